@@ -1,0 +1,57 @@
+//! What a backend can do. The conformance suite and the bridge read these
+//! instead of matching on adapter names.
+
+/// Ordering a backend guarantees to consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// No ordering promise.
+    None,
+    /// Events with the same key are delivered in publish order, including
+    /// across redeliveries (a key waits while one of its events is in flight).
+    PerKey,
+}
+
+/// The declared abilities of a publisher/consumer pair on one backend.
+///
+/// Construct with struct update syntax from [`Capabilities::default`], which
+/// promises nothing beyond at-least-once delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `nack` affects only that message (no head-of-line blocking of others).
+    pub per_message_nack: bool,
+    /// `nack(delay)` waits at least `delay` before redelivering.
+    pub delayed_redelivery: bool,
+    /// A delivery neither acked nor nacked is redelivered after the ack timeout.
+    pub ack_timeout_redelivery: bool,
+    /// `reject` moves the message to a dead-letter destination with the reason.
+    pub dead_letter: bool,
+    /// The broker drops a re-published event id within its dedup window.
+    pub native_dedup: bool,
+    /// The ordering promise.
+    pub ordering: Ordering,
+    /// Consumers in one group share the work, each message to one member.
+    pub consumer_groups: bool,
+    /// A consumer that restarts with the same group resumes where the group left off.
+    pub durable_resume: bool,
+    /// Largest event ([`crate::Event::encoded_len`]) the backend accepts.
+    pub max_message_bytes: usize,
+    /// Largest number of events worth sending in one publish call.
+    pub max_batch: usize,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            per_message_nack: false,
+            delayed_redelivery: false,
+            ack_timeout_redelivery: false,
+            dead_letter: false,
+            native_dedup: false,
+            ordering: Ordering::None,
+            consumer_groups: false,
+            durable_resume: false,
+            max_message_bytes: 256 * 1024,
+            max_batch: 100,
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Consuming: batches of deliveries, each settled exactly once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::capabilities::Capabilities;
+use crate::error::Result;
+use crate::event::Event;
+
+/// A position in a partitioned log (Kafka partition/offset, JetStream
+/// sequence with partition 0, RabbitMQ stream offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// Partition, 0 where the backend has one log.
+    pub partition: u32,
+    /// Offset or sequence within the partition.
+    pub offset: u64,
+}
+
+/// How a delivery ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Done: the broker may forget it.
+    Ack,
+    /// Redeliver after `delay` (as soon as possible where delays are unsupported).
+    Nack {
+        /// How long to wait before redelivering.
+        delay: Duration,
+    },
+    /// Never redeliver: move to the dead-letter destination with `reason`.
+    Reject {
+        /// Why, recorded in the dead letter's headers.
+        reason: String,
+    },
+}
+
+/// The adapter side of settlement. Tags are chosen by the adapter (a delivery
+/// tag, an index into its own table of receipt handles); settling in batches
+/// lets it send one call for many messages.
+#[async_trait]
+pub trait Settler: Send + Sync {
+    /// Settles each tag once. A tag settled twice or unknown is an error.
+    async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()>;
+}
+
+/// The right to settle one delivery, consumed on use.
+///
+/// Dropping a ticket unsettled is allowed: the broker redelivers the message
+/// (after its ack timeout, or when the consumer closes).
+#[must_use = "an unsettled delivery is redelivered later"]
+pub struct Ticket {
+    settler: Arc<dyn Settler>,
+    tag: u64,
+    position: Option<Position>,
+    attempt: u32,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("tag", &self.tag)
+            .field("position", &self.position)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ticket {
+    /// For adapters: a ticket settled through `settler` under `tag`.
+    /// `attempt` counts deliveries of this message, starting at 1.
+    pub fn new(settler: Arc<dyn Settler>, tag: u64, position: Option<Position>, attempt: u32) -> Self {
+        Ticket {
+            settler,
+            tag,
+            position,
+            attempt,
+        }
+    }
+
+    /// Where the message sits in its source, where the backend has positions.
+    pub fn position(&self) -> Option<Position> {
+        self.position
+    }
+
+    /// How many times this message has been delivered, this time included.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Settles this one delivery. To settle many, use [`settle_all`].
+    pub async fn settle(self, settlement: Settlement) -> Result<()> {
+        self.settler.settle(vec![(self.tag, settlement)]).await
+    }
+
+    /// Acknowledges: the effect is durable, the broker may forget the message.
+    pub async fn ack(self) -> Result<()> {
+        self.settle(Settlement::Ack).await
+    }
+
+    /// Asks for redelivery after `delay`.
+    pub async fn nack(self, delay: Duration) -> Result<()> {
+        self.settle(Settlement::Nack { delay }).await
+    }
+
+    /// Dead-letters the message with `reason`.
+    pub async fn reject(self, reason: impl Into<String>) -> Result<()> {
+        self.settle(Settlement::Reject {
+            reason: reason.into(),
+        })
+        .await
+    }
+}
+
+/// Settles many tickets, one call per settler (consecutive tickets of one
+/// consumer share a call). Stops at the first failing call.
+pub async fn settle_all(items: impl IntoIterator<Item = (Ticket, Settlement)>) -> Result<()> {
+    let mut current: Option<(Arc<dyn Settler>, Vec<(u64, Settlement)>)> = None;
+    for (ticket, settlement) in items {
+        match &mut current {
+            Some((settler, batch)) if Arc::ptr_eq(settler, &ticket.settler) => {
+                batch.push((ticket.tag, settlement));
+            }
+            _ => {
+                if let Some((settler, batch)) = current.take() {
+                    settler.settle(batch).await?;
+                }
+                current = Some((ticket.settler, vec![(ticket.tag, settlement)]));
+            }
+        }
+    }
+    if let Some((settler, batch)) = current {
+        settler.settle(batch).await?;
+    }
+    Ok(())
+}
+
+/// One received event and the ticket to settle it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The event as the broker delivered it.
+    pub event: Event,
+    /// Settles the delivery; moved out when the event goes its own way.
+    pub ticket: Ticket,
+}
+
+impl Delivery {
+    /// Acknowledges the delivery.
+    pub async fn ack(self) -> Result<()> {
+        self.ticket.ack().await
+    }
+
+    /// Asks for redelivery after `delay`.
+    pub async fn nack(self, delay: Duration) -> Result<()> {
+        self.ticket.nack(delay).await
+    }
+
+    /// Dead-letters the delivery with `reason`.
+    pub async fn reject(self, reason: impl Into<String>) -> Result<()> {
+        self.ticket.reject(reason).await
+    }
+}
+
+/// Receives events from a broker.
+#[async_trait]
+pub trait Consumer: Send {
+    /// What this consumer's backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Up to `max` deliveries, waiting at most `wait` for the first one. An
+    /// empty batch after `wait` is normal.
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+
+    /// Stops consuming: commits what was acked and hands unsettled messages
+    /// back for redelivery. Called on shutdown; dropping without it is a crash.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

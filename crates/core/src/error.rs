@@ -1,0 +1,233 @@
+//! The one error type of causeway-core, with a kind and a retry status.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+/// Whether an operation that failed may succeed if tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Retry with backoff: a connection dropped, a broker is busy, a lease is held.
+    Temporary,
+    /// Don't retry: dead-letter the event or report the fault.
+    Permanent,
+}
+
+/// What went wrong, independent of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The connection to a broker or store failed or was lost.
+    Connection,
+    /// An operation did not complete in time.
+    Timeout,
+    /// The backend is overloaded or refusing work for now (throttled, circuit open).
+    Unavailable,
+    /// An event is malformed: a required attribute is missing or invalid.
+    InvalidEvent,
+    /// An event exceeds the backend's maximum message size.
+    TooLarge,
+    /// The broker refused the message (authorization, policy, schema).
+    Rejected,
+    /// A destination, entity or record does not exist.
+    NotFound,
+    /// Existing state conflicts with what was asked (topology mismatch, duplicate).
+    Conflict,
+    /// A dedup claim lost its lease to another owner: the stale owner must not commit.
+    Fenced,
+    /// Configuration is invalid.
+    Config,
+    /// The component was closed or shut down.
+    Closed,
+    /// Storage failed (disk, database).
+    Storage,
+    /// The backend cannot do what was asked.
+    Unsupported,
+    /// A bug or an unexpected state inside causeway or a client library.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The status an error of this kind has unless the backend says otherwise.
+    pub fn default_status(self) -> Status {
+        match self {
+            ErrorKind::Connection
+            | ErrorKind::Timeout
+            | ErrorKind::Unavailable
+            | ErrorKind::Storage => Status::Temporary,
+            ErrorKind::InvalidEvent
+            | ErrorKind::TooLarge
+            | ErrorKind::Rejected
+            | ErrorKind::NotFound
+            | ErrorKind::Conflict
+            | ErrorKind::Fenced
+            | ErrorKind::Config
+            | ErrorKind::Closed
+            | ErrorKind::Unsupported
+            | ErrorKind::Internal => Status::Permanent,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connection => "connection",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::InvalidEvent => "invalid event",
+            ErrorKind::TooLarge => "too large",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Fenced => "fenced",
+            ErrorKind::Config => "config",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of every causeway trait. Adapter crates keep their own error type
+/// and convert into this one, keeping kind, status and the client's error as source.
+///
+/// Cloneable (the source is shared) so that one failure can be reported for
+/// every message of a batch it affected.
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    status: Status,
+    message: Cow<'static, str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// `Result` with causeway's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error with the kind's default status.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error {
+            kind,
+            status: kind.default_status(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A temporary error: worth retrying.
+    pub fn temporary(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(kind, message).with_status(Status::Temporary)
+    }
+
+    /// A permanent error: retrying will not help.
+    pub fn permanent(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(kind, message).with_status(Status::Permanent)
+    }
+
+    /// An invalid event, naming the offending field.
+    pub fn invalid_event(field: &str, problem: impl fmt::Display) -> Self {
+        Error::new(
+            ErrorKind::InvalidEvent,
+            format!("field `{field}`: {problem}"),
+        )
+    }
+
+    /// Overrides the status, e.g. from the client's own retriable flag.
+    #[must_use]
+    pub fn with_status(mut self, status: Status) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Attaches the underlying error.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether retrying may help.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Shorthand for `status() == Status::Temporary`.
+    pub fn is_temporary(&self) -> bool {
+        self.status == Status::Temporary
+    }
+
+    /// The message without kind or source.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            Status::Temporary => "temporary",
+            Status::Permanent => "permanent",
+        };
+        write!(f, "{} error ({status}): {}", self.kind, self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("status", &self.status)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_carry_a_default_status_that_can_be_overridden() {
+        let e = Error::new(ErrorKind::Connection, "lost");
+        assert!(e.is_temporary());
+        let e = Error::new(ErrorKind::Rejected, "no").with_status(Status::Temporary);
+        assert!(e.is_temporary());
+        assert_eq!(Error::new(ErrorKind::TooLarge, "x").status(), Status::Permanent);
+    }
+
+    #[test]
+    fn display_names_kind_status_message_and_source() {
+        let io = std::io::Error::other("socket closed");
+        let e = Error::new(ErrorKind::Connection, "publish failed").with_source(io);
+        assert_eq!(
+            e.to_string(),
+            "connection error (temporary): publish failed: socket closed"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}

@@ -1,0 +1,247 @@
+//! The CloudEvents 1.0 event that causeway moves, and its validation.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+
+/// The CloudEvents specification version causeway speaks.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// Attribute names defined by CloudEvents 1.0 (plus the `partitionkey`
+/// extension, which causeway models as [`Event::key`]). They cannot be used as
+/// header names because each has its own field.
+pub const RESERVED_ATTRIBUTES: [&str; 10] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "partitionkey",
+    "data",
+];
+
+/// A CloudEvents 1.0 event in binary content mode: attributes beside an opaque payload.
+///
+/// The payload is never parsed; it stays [`Bytes`] end to end, so cloning an
+/// event does not copy it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// `id`: unique per source; the idempotency key dedup works on.
+    pub id: String,
+    /// `source`: where the event was produced, a URI-reference (e.g. `kafka://onprem/transactions-3`).
+    pub source: String,
+    /// `type`: the event type, e.g. `finbank.transaction.created`.
+    pub kind: String,
+    /// `time`: when it happened; end-to-end latency is measured from it.
+    pub time: Option<DateTime<Utc>>,
+    /// `datacontenttype`: the media type of the payload.
+    pub content_type: Option<String>,
+    /// `dataschema`: a URI of the payload's schema.
+    pub data_schema: Option<String>,
+    /// `subject`: what the event is about within the source.
+    pub subject: Option<String>,
+    /// `partitionkey` extension: the ordering key. Same key, same order.
+    pub key: Option<String>,
+    /// Other extension attributes, e.g. W3C `traceparent`. Names follow the
+    /// CloudEvents rule: lowercase ASCII letters and digits.
+    pub headers: BTreeMap<String, String>,
+    /// `data`: the payload, never parsed.
+    pub payload: Bytes,
+}
+
+impl Event {
+    /// An event with the required attributes, `time` set to now and an empty payload.
+    pub fn new(id: impl Into<String>, source: impl Into<String>, kind: impl Into<String>) -> Self {
+        Event {
+            id: id.into(),
+            source: source.into(),
+            kind: kind.into(),
+            time: Some(Utc::now()),
+            content_type: None,
+            data_schema: None,
+            subject: None,
+            key: None,
+            headers: BTreeMap::new(),
+            payload: Bytes::new(),
+        }
+    }
+
+    /// Sets the payload.
+    #[must_use]
+    pub fn with_payload(mut self, payload: impl Into<Bytes>) -> Self {
+        self.payload = payload.into();
+        self
+    }
+
+    /// Sets the ordering key (`partitionkey`).
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets `datacontenttype`.
+    #[must_use]
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    /// Sets `subject`.
+    #[must_use]
+    pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// Sets or clears `time`.
+    #[must_use]
+    pub fn with_time(mut self, time: Option<DateTime<Utc>>) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// Adds an extension attribute.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// An extension attribute's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// Bytes this event takes on the wire, roughly: payload plus attributes.
+    /// Adapters compare it with their broker's maximum message size.
+    pub fn encoded_len(&self) -> usize {
+        let optional = [
+            &self.content_type,
+            &self.data_schema,
+            &self.subject,
+            &self.key,
+        ]
+        .iter()
+        .map(|v| v.as_ref().map_or(0, |s| s.len() + 16))
+        .sum::<usize>();
+        let headers = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>();
+        self.payload.len()
+            + self.id.len()
+            + self.source.len()
+            + self.kind.len()
+            + optional
+            + headers
+            + 64
+    }
+
+    /// Checks the event against CloudEvents 1.0: required attributes present
+    /// and non-empty, extension names valid and not reserved. The error names
+    /// the offending field.
+    pub fn validate(&self) -> Result<()> {
+        require_non_empty("id", &self.id)?;
+        require_non_empty("source", &self.source)?;
+        require_non_empty("type", &self.kind)?;
+        if self.source.chars().any(char::is_whitespace) {
+            return Err(Error::invalid_event(
+                "source",
+                "a URI-reference cannot contain whitespace",
+            ));
+        }
+        for (field, value) in [
+            ("datacontenttype", &self.content_type),
+            ("dataschema", &self.data_schema),
+            ("subject", &self.subject),
+            ("partitionkey", &self.key),
+        ] {
+            if let Some(v) = value {
+                require_non_empty(field, v)?;
+            }
+        }
+        for name in self.headers.keys() {
+            validate_extension_name(name)?;
+        }
+        Ok(())
+    }
+}
+
+fn require_non_empty(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        Err(Error::invalid_event(field, "required and must not be empty"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks an extension attribute name: lowercase ASCII letters and digits
+/// (CloudEvents 1.0 §3.1.1), and not one of [`RESERVED_ATTRIBUTES`].
+pub fn validate_extension_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid_event("header name", "must not be empty"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
+    {
+        return Err(Error::invalid_event(
+            "header name",
+            format!("`{name}` contains {c:?}; only a-z and 0-9 are allowed"),
+        ));
+    }
+    if RESERVED_ATTRIBUTES.contains(&name) {
+        return Err(Error::invalid_event(
+            "header name",
+            format!("`{name}` is a CloudEvents attribute, not an extension"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn err_of(e: Event) -> Error {
+        e.validate().expect_err("should be invalid")
+    }
+
+    #[test]
+    fn a_complete_event_is_valid() {
+        Event::new("1", "kafka://onprem/t", "t.created")
+            .with_key("acct-1")
+            .with_header("traceparent", "00-abc-def-01")
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn missing_required_attributes_name_the_field() {
+        let e = err_of(Event::new("", "s", "t"));
+        assert_eq!(e.kind(), ErrorKind::InvalidEvent);
+        assert!(e.to_string().contains("`id`"), "{e}");
+        assert!(err_of(Event::new("1", "", "t")).to_string().contains("`source`"));
+        assert!(err_of(Event::new("1", "s", "")).to_string().contains("`type`"));
+        assert!(err_of(Event::new("1", "a b", "t")).to_string().contains("`source`"));
+        assert!(err_of(Event::new("1", "s", "t").with_key("")).to_string().contains("partitionkey"));
+    }
+
+    #[test]
+    fn header_names_follow_the_cloudevents_rule() {
+        let e = err_of(Event::new("1", "s", "t").with_header("Trace-Id", "x"));
+        assert!(e.to_string().contains("header name"), "{e}");
+        assert!(e.to_string().contains("Trace-Id"), "{e}");
+        let e = err_of(Event::new("1", "s", "t").with_header("time", "x"));
+        assert!(e.to_string().contains("CloudEvents attribute"), "{e}");
+    }
+}

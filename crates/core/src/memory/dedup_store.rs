@@ -1,0 +1,104 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::dedup::{Claim, ClaimToken, DedupStore};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A [`DedupStore`] in a hash map, for one process.
+#[derive(Debug, Default)]
+pub struct MemoryDedupStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: HashMap<String, Entry>,
+    last_fence: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    Claimed { fence: u64, until: Instant },
+    Done { until: Instant },
+}
+
+impl Entry {
+    fn fence(&self) -> Option<u64> {
+        match self {
+            Entry::Claimed { fence, .. } => Some(*fence),
+            Entry::Done { .. } => None,
+        }
+    }
+}
+
+impl MemoryDedupStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-written entry.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn fenced(token: &ClaimToken) -> Error {
+    Error::new(
+        ErrorKind::Fenced,
+        format!("claim {} on `{}` was taken over or is gone", token.fence, token.key),
+    )
+}
+
+#[async_trait]
+impl DedupStore for MemoryDedupStore {
+    async fn claim(&self, key: &str, lease: Duration) -> Result<Claim> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match state.keys.get(key) {
+            Some(Entry::Done { until }) if *until > now => return Ok(Claim::Done),
+            Some(Entry::Claimed { until, .. }) if *until > now => return Ok(Claim::Busy),
+            _ => {}
+        }
+        state.last_fence += 1;
+        let fence = state.last_fence;
+        state.keys.insert(key.to_owned(), Entry::Claimed { fence, until: now + lease });
+        Ok(Claim::Claimed(ClaimToken { key: key.to_owned(), fence }))
+    }
+
+    async fn commit(&self, token: &ClaimToken, ttl: Duration) -> Result<()> {
+        let mut state = self.lock();
+        match state.keys.get_mut(&token.key) {
+            Some(entry @ Entry::Claimed { .. }) if entry.fence() == Some(token.fence) => {
+                *entry = Entry::Done { until: Instant::now() + ttl };
+                Ok(())
+            }
+            _ => Err(fenced(token)),
+        }
+    }
+
+    async fn release(&self, token: &ClaimToken) -> Result<()> {
+        let mut state = self.lock();
+        match state.keys.get(&token.key) {
+            Some(Entry::Claimed { fence, .. }) if *fence == token.fence => {
+                state.keys.remove(&token.key);
+                Ok(())
+            }
+            _ => Err(fenced(token)),
+        }
+    }
+
+    async fn purge_expired(&self) -> Result<u64> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let before = state.keys.len();
+        state.keys.retain(|_, e| match e {
+            Entry::Done { until } | Entry::Claimed { until, .. } => *until > now,
+        });
+        Ok((before - state.keys.len()) as u64)
+    }
+}

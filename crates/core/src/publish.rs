@@ -1,0 +1,57 @@
+//! Publishing: batches in, one durable confirmation per event out.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::capabilities::Capabilities;
+use crate::consume::Position;
+use crate::error::Result;
+use crate::event::Event;
+
+/// The broker's confirmation that one event is durably stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Receipt {
+    /// Where the broker put it, where it says (Kafka partition/offset, JetStream sequence).
+    pub position: Option<Position>,
+    /// The broker recognised the event id and dropped this copy (native dedup).
+    pub duplicate: bool,
+}
+
+/// Sends events to a broker.
+///
+/// `publish` resolves only once the broker confirmed every event durably
+/// (Kafka acks=all, RabbitMQ publisher confirms, JetStream PubAck, an SQS or
+/// Service Bus response). The outer `Err` means nothing in the batch is known
+/// to be stored; otherwise the result holds one entry per event, in order, so
+/// partial failures are reported per message. Adapters carry the event id into
+/// the broker's own dedup where it has one.
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// What this publisher's backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes `events` to `destination` (topic, queue, subject; an empty
+    /// string means the adapter's configured default).
+    async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>>;
+}
+
+#[async_trait]
+impl<P: Publisher + ?Sized> Publisher for Arc<P> {
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        (**self).publish(destination, events).await
+    }
+}
+
+#[async_trait]
+impl<P: Publisher + ?Sized> Publisher for Box<P> {
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        (**self).publish(destination, events).await
+    }
+}
