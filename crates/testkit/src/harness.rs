@@ -1,0 +1,58 @@
+//! What a backend provides so the conformance suite can run against it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use causeway_core::{Capabilities, Consumer, DedupStore, EventStore, Publisher, Result};
+
+/// A broker under test: publishers, consumers and dead-letter access.
+#[async_trait]
+pub trait BrokerHarness: Send + Sync {
+    /// The backend's name in test output. Emulators say so, e.g. `sqs (moto emulator)`.
+    fn name(&self) -> String;
+
+    /// The capabilities its adapter declares.
+    fn capabilities(&self) -> Capabilities;
+
+    /// How long an unsettled delivery stays invisible before redelivery,
+    /// as configured for the consumers this harness makes.
+    fn ack_timeout(&self) -> Duration;
+
+    /// A fresh destination (topic, queue, subject) only this scenario uses.
+    async fn destination(&self, scenario: &str) -> Result<String>;
+
+    /// A publisher.
+    async fn publisher(&self) -> Result<Box<dyn Publisher>>;
+
+    /// A consumer of `destination` in consumer group `group`.
+    async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>>;
+
+    /// A consumer of the dead-letter destination of `destination`.
+    async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>>;
+
+    /// Cuts every connection between the adapter and the broker, as a network
+    /// failure would, and keeps new connections failing for `outage`. Returns
+    /// false where the backend has no connection to cut (in-process backends).
+    async fn cut_connections(&self, outage: Duration) -> bool;
+}
+
+/// An event store under test.
+#[async_trait]
+pub trait EventStoreHarness: Send + Sync {
+    /// The backend's name in test output.
+    fn name(&self) -> String;
+
+    /// A fresh, empty store whose dedup window is `dedup_window`.
+    async fn store(&self, dedup_window: Duration) -> Result<Arc<dyn EventStore>>;
+}
+
+/// A dedup store under test.
+#[async_trait]
+pub trait DedupStoreHarness: Send + Sync {
+    /// The backend's name in test output.
+    fn name(&self) -> String;
+
+    /// A fresh, empty store.
+    async fn store(&self) -> Result<Arc<dyn DedupStore>>;
+}

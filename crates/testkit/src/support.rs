@@ -1,0 +1,79 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use causeway_core::{Consumer, Delivery, Event};
+
+/// A name unique to this process run: `prefix-<pid>-<n>-<random>`, so
+/// scenarios and repeated runs against one broker never share a destination.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}-{:04x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        fastrand::u16(..)
+    )
+}
+
+/// `n` events with ids `{prefix}-{i}`, keys `key-{i % keys}` (none if
+/// `keys == 0`), a `seq` header and a small payload.
+pub fn events(prefix: &str, n: usize, keys: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let mut e = Event::new(format!("{prefix}-{i}"), "causeway://testkit", "causeway.test")
+                .with_header("seq", i.to_string())
+                .with_payload(format!("payload {i}").into_bytes());
+            if keys > 0 {
+                e = e.with_key(format!("key-{}", i % keys));
+            }
+            e
+        })
+        .collect()
+}
+
+/// Prints that a scenario does not apply to this backend and why (a
+/// capability it does not declare). The test passes: there is nothing to test.
+pub fn not_applicable(backend: &str, scenario: &str, why: &str) {
+    println!("{backend}: {scenario}: not applicable: {why}");
+}
+
+/// Receives until `n` deliveries arrived or `timeout` passed.
+pub async fn collect(consumer: &mut dyn Consumer, n: usize, timeout: Duration) -> Vec<Delivery> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let batch = consumer
+            .next_batch(n - out.len(), left.min(Duration::from_secs(1)))
+            .await
+            .expect("next_batch failed");
+        out.extend(batch);
+    }
+    out
+}
+
+/// Receives and acks until `n` events arrived or `timeout` passed.
+pub async fn receive_and_ack(consumer: &mut dyn Consumer, n: usize, timeout: Duration) -> Vec<Event> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let batch = consumer
+            .next_batch(n - out.len(), left.min(Duration::from_secs(1)))
+            .await
+            .expect("next_batch failed");
+        let mut tickets = Vec::with_capacity(batch.len());
+        for d in batch {
+            out.push(d.event);
+            tickets.push((d.ticket, causeway_core::Settlement::Ack));
+        }
+        causeway_core::settle_all(tickets).await.expect("ack failed");
+    }
+    out
+}
