@@ -53,7 +53,9 @@ impl AckTracker {
     /// Forgets `partition` (revoked in a rebalance); returns its final commit
     /// offset so the caller can commit it before giving the partition up.
     pub fn revoke(&mut self, partition: u32) -> Option<u64> {
-        self.partitions.remove(&partition).map(|p| p.commit_offset())
+        self.partitions
+            .remove(&partition)
+            .map(|p| p.commit_offset())
     }
 
     /// Records that `offset` was delivered. A partition seen for the first
@@ -81,12 +83,16 @@ impl AckTracker {
     /// The offset that is safe to commit for `partition`: every offset below
     /// it that was delivered has been acked.
     pub fn commit_offset(&self, partition: u32) -> Option<u64> {
-        self.partitions.get(&partition).map(Partition::commit_offset)
+        self.partitions
+            .get(&partition)
+            .map(Partition::commit_offset)
     }
 
     /// Offsets delivered and not acked in `partition`.
     pub fn pending(&self, partition: u32) -> usize {
-        self.partitions.get(&partition).map_or(0, |p| p.pending.len())
+        self.partitions
+            .get(&partition)
+            .map_or(0, |p| p.pending.len())
     }
 
     /// The partitions whose commit offset moved since the last call, with

@@ -150,7 +150,12 @@ impl Binding {
     /// Headers without the binding's prefix are not CloudEvents attributes and
     /// are ignored, except W3C `traceparent`/`tracestate`. A header name that
     /// is not UTF-8, or a missing or malformed attribute, is an error naming it.
-    pub fn decode<'a, I>(self, headers: I, content_type: Option<&str>, payload: Bytes) -> Result<Event>
+    pub fn decode<'a, I>(
+        self,
+        headers: I,
+        content_type: Option<&str>,
+        payload: Bytes,
+    ) -> Result<Event>
     where
         I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
     {
@@ -168,15 +173,20 @@ impl Binding {
             })?;
             let attr = match strip_prefix_ignore_case(name, prefix) {
                 Some(attr) => attr,
-                None if self.content_type_header().is_some_and(|h| h.eq_ignore_ascii_case(name)) => {
+                None if self
+                    .content_type_header()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(name)) =>
+                {
                     "datacontenttype"
                 }
                 None if TRACE_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) => {
                     // A prefixed trace header wins over a plain one.
                     let key = name.to_ascii_lowercase();
-                    if !event.headers.contains_key(&key) {
-                        let value = self.decode_value(&key, raw_value)?;
-                        event.headers.insert(key, value);
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        event.headers.entry(key)
+                    {
+                        let value = self.decode_value(slot.key(), raw_value)?;
+                        slot.insert(value);
                     }
                     continue;
                 }
@@ -230,7 +240,8 @@ impl Binding {
 
 fn strip_prefix_ignore_case<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
     let head = name.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &name[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &name[prefix.len()..])
 }
 
 /// Formats `time` as RFC 3339 in UTC, keeping sub-second precision.
@@ -250,21 +261,37 @@ mod tests {
     use super::*;
     use crate::ErrorKind;
 
-    const ALL: [Binding; 4] = [Binding::Kafka, Binding::Amqp, Binding::ServiceBus, Binding::Nats];
+    const ALL: [Binding; 4] = [
+        Binding::Kafka,
+        Binding::Amqp,
+        Binding::ServiceBus,
+        Binding::Nats,
+    ];
 
     fn full_event() -> Event {
-        Event::new("id-1", "kafka://onprem/transactions-3", "finbank.transaction.created")
-            .with_key("acct-42")
-            .with_subject("accounts/42")
-            .with_content_type("application/json; charset=utf-8")
-            .with_header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-            .with_header("region", "zürich \"HQ\" 100%")
-            .with_payload(&b"\x00\xffbinary"[..])
+        Event::new(
+            "id-1",
+            "kafka://onprem/transactions-3",
+            "finbank.transaction.created",
+        )
+        .with_key("acct-42")
+        .with_subject("accounts/42")
+        .with_content_type("application/json; charset=utf-8")
+        .with_header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .with_header("region", "zürich \"HQ\" 100%")
+        .with_payload(&b"\x00\xffbinary"[..])
     }
 
     fn round_trip(binding: Binding, event: &Event) -> Event {
         let headers = binding.encode(event);
-        let native_ct = binding.content_type_header().is_none().then_some(()).and(event.content_type.as_deref());
+        let native_ct = binding
+            .content_type_header()
+            .is_none()
+            .then_some(())
+            .and(event.content_type.as_deref());
         binding
             .decode(
                 headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
@@ -310,7 +337,11 @@ mod tests {
         let mut headers = Binding::Kafka.encode(&full_event());
         headers.retain(|(k, _)| k != "ce_id");
         let err = Binding::Kafka
-            .decode(headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())), None, Bytes::new())
+            .decode(
+                headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+                None,
+                Bytes::new(),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("`id`"), "{err}");
         let err = Binding::Kafka

@@ -70,7 +70,12 @@ impl std::fmt::Debug for Ticket {
 impl Ticket {
     /// For adapters: a ticket settled through `settler` under `tag`.
     /// `attempt` counts deliveries of this message, starting at 1.
-    pub fn new(settler: Arc<dyn Settler>, tag: u64, position: Option<Position>, attempt: u32) -> Self {
+    pub fn new(
+        settler: Arc<dyn Settler>,
+        tag: u64,
+        position: Option<Position>,
+        attempt: u32,
+    ) -> Self {
         Ticket {
             settler,
             tag,
@@ -116,7 +121,8 @@ impl Ticket {
 /// Settles many tickets, one call per settler (consecutive tickets of one
 /// consumer share a call). Stops at the first failing call.
 pub async fn settle_all(items: impl IntoIterator<Item = (Ticket, Settlement)>) -> Result<()> {
-    let mut current: Option<(Arc<dyn Settler>, Vec<(u64, Settlement)>)> = None;
+    type Run = (Arc<dyn Settler>, Vec<(u64, Settlement)>);
+    let mut current: Option<Run> = None;
     for (ticket, settlement) in items {
         match &mut current {
             Some((settler, batch)) if Arc::ptr_eq(settler, &ticket.settler) => {

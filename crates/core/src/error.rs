@@ -217,7 +217,10 @@ mod tests {
         assert!(e.is_temporary());
         let e = Error::new(ErrorKind::Rejected, "no").with_status(Status::Temporary);
         assert!(e.is_temporary());
-        assert_eq!(Error::new(ErrorKind::TooLarge, "x").status(), Status::Permanent);
+        assert_eq!(
+            Error::new(ErrorKind::TooLarge, "x").status(),
+            Status::Permanent
+        );
     }
 
     #[test]

@@ -177,7 +177,10 @@ impl Event {
 
 fn require_non_empty(field: &str, value: &str) -> Result<()> {
     if value.is_empty() {
-        Err(Error::invalid_event(field, "required and must not be empty"))
+        Err(Error::invalid_event(
+            field,
+            "required and must not be empty",
+        ))
     } else {
         Ok(())
     }
@@ -230,10 +233,26 @@ mod tests {
         let e = err_of(Event::new("", "s", "t"));
         assert_eq!(e.kind(), ErrorKind::InvalidEvent);
         assert!(e.to_string().contains("`id`"), "{e}");
-        assert!(err_of(Event::new("1", "", "t")).to_string().contains("`source`"));
-        assert!(err_of(Event::new("1", "s", "")).to_string().contains("`type`"));
-        assert!(err_of(Event::new("1", "a b", "t")).to_string().contains("`source`"));
-        assert!(err_of(Event::new("1", "s", "t").with_key("")).to_string().contains("partitionkey"));
+        assert!(
+            err_of(Event::new("1", "", "t"))
+                .to_string()
+                .contains("`source`")
+        );
+        assert!(
+            err_of(Event::new("1", "s", ""))
+                .to_string()
+                .contains("`type`")
+        );
+        assert!(
+            err_of(Event::new("1", "a b", "t"))
+                .to_string()
+                .contains("`source`")
+        );
+        assert!(
+            err_of(Event::new("1", "s", "t").with_key(""))
+                .to_string()
+                .contains("partitionkey")
+        );
     }
 
     #[test]

@@ -196,7 +196,10 @@ mod tests {
         fail_next.store(1, Ordering::SeqCst);
         let err = handler.handle(other.clone()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Connection);
-        assert_eq!(handler.handle(other.clone()).await.unwrap(), Handled::Ran(()));
+        assert_eq!(
+            handler.handle(other.clone()).await.unwrap(),
+            Handled::Ran(())
+        );
         assert_eq!(handler.handle(other).await.unwrap(), Handled::AlreadyDone);
         assert_eq!(runs.load(Ordering::SeqCst), 3);
     }

@@ -28,4 +28,6 @@ pub use event::Event;
 pub use idempotent::{Handled, IdempotentHandler};
 pub use publish::{Publisher, Receipt};
 pub use retry::{RetryPolicy, RetryingPublisher};
-pub use store::{AppendOutcome, EventStore, ReadFrom, ReadQuery, Retention, StoreStats, StoredEvent};
+pub use store::{
+    AppendOutcome, EventStore, ReadFrom, ReadQuery, Retention, StoreStats, StoredEvent,
+};

@@ -109,7 +109,12 @@ impl<P: Publisher> Publisher for RetryingPublisher<P> {
             let Some(delay) = delays.next() else {
                 return Ok(outcomes);
             };
-            tracing::warn!(failed = retry.len(), ?delay, destination, "some events failed, retrying them");
+            tracing::warn!(
+                failed = retry.len(),
+                ?delay,
+                destination,
+                "some events failed, retrying them"
+            );
             tokio::time::sleep(delay).await;
             let subset: Vec<Event> = retry.iter().map(|&i| events[i].clone()).collect();
             match self.inner.publish(destination, &subset).await {
@@ -183,7 +188,9 @@ mod tests {
     }
 
     fn events(n: u32) -> Vec<Event> {
-        (0..n).map(|i| Event::new(i.to_string(), "s", "t")).collect()
+        (0..n)
+            .map(|i| Event::new(i.to_string(), "s", "t"))
+            .collect()
     }
 
     #[tokio::test]

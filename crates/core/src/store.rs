@@ -80,14 +80,20 @@ impl ReadQuery {
     /// Whether `stored` passes the filters and time bounds of this query
     /// (the start position is the caller's business).
     pub fn matches(&self, stored: &StoredEvent) -> bool {
-        if let ReadFrom::Time(t) = self.from {
-            if stored.stored_at < t {
-                return false;
-            }
+        if let ReadFrom::Time(t) = self.from
+            && stored.stored_at < t
+        {
+            return false;
         }
         self.until.is_none_or(|u| stored.stored_at < u)
-            && self.source.as_ref().is_none_or(|s| *s == stored.event.source)
-            && self.key.as_ref().is_none_or(|k| Some(k) == stored.event.key.as_ref())
+            && self
+                .source
+                .as_ref()
+                .is_none_or(|s| *s == stored.event.source)
+            && self
+                .key
+                .as_ref()
+                .is_none_or(|k| Some(k) == stored.event.key.as_ref())
     }
 }
 

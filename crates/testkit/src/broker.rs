@@ -31,7 +31,10 @@ async fn publish_all(h: &dyn BrokerHarness, destination: &str, events: &[Event])
     let publisher = h.publisher().await.expect("publisher");
     let batch = h.capabilities().max_batch.max(1);
     for chunk in events.chunks(batch) {
-        let outcomes = publisher.publish(destination, chunk).await.expect("publish failed");
+        let outcomes = publisher
+            .publish(destination, chunk)
+            .await
+            .expect("publish failed");
         assert_eq!(outcomes.len(), chunk.len(), "one outcome per event");
         for (event, outcome) in chunk.iter().zip(outcomes) {
             if let Err(e) = outcome {
@@ -47,18 +50,30 @@ async fn publish_all(h: &dyn BrokerHarness, destination: &str, events: &[Event])
 /// declared maximum size.
 pub async fn round_trip_every_field(h: &dyn BrokerHarness) {
     let dest = h.destination("round-trip").await.expect("destination");
-    let full = Event::new("rt-full", "kafka://onprem/transactions-3", "finbank.transaction.created")
-        .with_key("acct-42")
-        .with_subject("accounts/42")
-        .with_content_type("application/octet-stream")
-        .with_header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-        .with_header("region", "grüße aus Zürich — 東京 ✓ \"quoted\" 100%")
-        .with_payload((0..=255u8).collect::<Vec<u8>>());
+    let full = Event::new(
+        "rt-full",
+        "kafka://onprem/transactions-3",
+        "finbank.transaction.created",
+    )
+    .with_key("acct-42")
+    .with_subject("accounts/42")
+    .with_content_type("application/octet-stream")
+    .with_header(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+    .with_header("region", "grüße aus Zürich — 東京 ✓ \"quoted\" 100%")
+    .with_payload((0..=255u8).collect::<Vec<u8>>());
     let mut full = full;
     full.data_schema = Some("https://schemas.example/tx/v1.json".into());
-    let minimal = Event::new("rt-empty", "causeway://testkit", "causeway.test.empty").with_time(None);
-    let mut large = Event::new("rt-large", "causeway://testkit", "causeway.test.large").with_key("big");
-    let room = h.capabilities().max_message_bytes.saturating_sub(large.encoded_len());
+    let minimal =
+        Event::new("rt-empty", "causeway://testkit", "causeway.test.empty").with_time(None);
+    let mut large =
+        Event::new("rt-large", "causeway://testkit", "causeway.test.large").with_key("big");
+    let room = h
+        .capabilities()
+        .max_message_bytes
+        .saturating_sub(large.encoded_len());
     let size = room.min(1024 * 1024);
     large.payload = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     let sent = [full, minimal, large];
@@ -68,15 +83,30 @@ pub async fn round_trip_every_field(h: &dyn BrokerHarness) {
 
     let mut consumer = h.consumer(&dest, "round-trip").await.expect("consumer");
     let got = receive_and_ack(consumer.as_mut(), sent.len(), RECEIVE).await;
-    assert_eq!(got.len(), sent.len(), "{}: received {:?}", h.name(), ids(&got));
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "{}: received {:?}",
+        h.name(),
+        ids(&got)
+    );
     for expected in &sent {
         let actual = got
             .iter()
             .find(|e| e.id == expected.id)
             .unwrap_or_else(|| panic!("{}: `{}` never arrived", h.name(), expected.id));
-        assert_eq!(actual, expected, "{}: `{}` changed on the way", h.name(), expected.id);
+        assert_eq!(
+            actual,
+            expected,
+            "{}: `{}` changed on the way",
+            h.name(),
+            expected.id
+        );
     }
-    println!("{}: round trip kept every field, large payload {size} bytes", h.name());
+    println!(
+        "{}: round trip kept every field, large payload {size} bytes",
+        h.name()
+    );
 }
 
 /// 1,000 events published in batches of the declared size all arrive, once each.
@@ -87,8 +117,20 @@ pub async fn batch_publish_1000(h: &dyn BrokerHarness) {
     let mut consumer = h.consumer(&dest, "batch").await.expect("consumer");
     let got = receive_and_ack(consumer.as_mut(), sent.len(), RECEIVE * 2).await;
     let unique: HashSet<&str> = ids(&got).into_iter().collect();
-    assert_eq!(unique.len(), 1000, "{}: {} of 1000 distinct events arrived", h.name(), unique.len());
-    assert_eq!(got.len(), 1000, "{}: {} deliveries for 1000 events", h.name(), got.len());
+    assert_eq!(
+        unique.len(),
+        1000,
+        "{}: {} of 1000 distinct events arrived",
+        h.name(),
+        unique.len()
+    );
+    assert_eq!(
+        got.len(),
+        1000,
+        "{}: {} deliveries for 1000 events",
+        h.name(),
+        got.len()
+    );
 }
 
 /// An acked event is gone: a new consumer in the group does not see it,
@@ -104,7 +146,12 @@ pub async fn ack_removes(h: &dyn BrokerHarness) {
     }
     let mut again = h.consumer(&dest, "ack").await.expect("consumer");
     let late = collect(again.as_mut(), 1, quiet(h)).await;
-    assert!(late.is_empty(), "{}: acked event came back: {:?}", h.name(), late);
+    assert!(
+        late.is_empty(),
+        "{}: acked event came back: {:?}",
+        h.name(),
+        late
+    );
 }
 
 /// A nacked event comes back, after the delay where the backend supports delays.
@@ -114,15 +161,26 @@ pub async fn nack_redelivers(h: &dyn BrokerHarness) {
     publish_all(h, &dest, &events("nack", 1, 0)).await;
     let mut consumer = h.consumer(&dest, "nack").await.expect("consumer");
     let first = collect(consumer.as_mut(), 1, RECEIVE).await;
-    let first = first.into_iter().next().unwrap_or_else(|| panic!("{}: nothing arrived", h.name()));
+    let first = first
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{}: nothing arrived", h.name()));
     let delay = Duration::from_secs(2);
     let nacked_at = Instant::now();
     first.nack(delay).await.expect("nack");
     let again = collect(consumer.as_mut(), 1, RECEIVE + delay).await;
     let elapsed = nacked_at.elapsed();
-    let again = again.into_iter().next().unwrap_or_else(|| panic!("{}: nacked event never came back", h.name()));
+    let again = again
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{}: nacked event never came back", h.name()));
     assert_eq!(again.event.id, "nack-0");
-    assert!(again.ticket.attempt() >= 2, "{}: redelivery reported attempt {}", h.name(), again.ticket.attempt());
+    assert!(
+        again.ticket.attempt() >= 2,
+        "{}: redelivery reported attempt {}",
+        h.name(),
+        again.ticket.attempt()
+    );
     if caps.delayed_redelivery {
         assert!(
             elapsed >= delay.mul_f32(0.9),
@@ -130,7 +188,11 @@ pub async fn nack_redelivers(h: &dyn BrokerHarness) {
             h.name()
         );
     } else {
-        not_applicable(&h.name(), "nack delay", "delayed_redelivery not declared; redelivery checked without the delay");
+        not_applicable(
+            &h.name(),
+            "nack delay",
+            "delayed_redelivery not declared; redelivery checked without the delay",
+        );
     }
     again.ack().await.expect("ack");
 }
@@ -148,7 +210,9 @@ pub async fn reject_dead_letters(h: &dyn BrokerHarness) {
     assert_eq!(got.len(), 2, "{}", h.name());
     for d in got {
         if d.event.id == "reject-0" {
-            d.reject("poison: amount is not a number").await.expect("reject");
+            d.reject("poison: amount is not a number")
+                .await
+                .expect("reject");
         } else {
             d.ack().await.expect("ack");
         }
@@ -157,18 +221,38 @@ pub async fn reject_dead_letters(h: &dyn BrokerHarness) {
     let dead = receive_and_ack(dlq.as_mut(), 1, RECEIVE).await;
     assert_eq!(ids(&dead), ["reject-0"], "{}", h.name());
     let d = &dead[0];
-    assert_eq!(d.header(dead_letter::REASON), Some("poison: amount is not a number"), "{}", h.name());
-    assert!(d.header(dead_letter::ATTEMPTS).is_some_and(|a| a.parse::<u32>().is_ok_and(|n| n >= 1)));
-    assert!(d.header(dead_letter::ORIGIN).is_some(), "{}: no origin header", h.name());
+    assert_eq!(
+        d.header(dead_letter::REASON),
+        Some("poison: amount is not a number"),
+        "{}",
+        h.name()
+    );
+    assert!(
+        d.header(dead_letter::ATTEMPTS)
+            .is_some_and(|a| a.parse::<u32>().is_ok_and(|n| n >= 1))
+    );
+    assert!(
+        d.header(dead_letter::ORIGIN).is_some(),
+        "{}: no origin header",
+        h.name()
+    );
     assert_eq!(d.payload, sent[0].payload);
     let late = collect(consumer.as_mut(), 1, quiet(h)).await;
-    assert!(late.is_empty(), "{}: rejected event was redelivered", h.name());
+    assert!(
+        late.is_empty(),
+        "{}: rejected event was redelivered",
+        h.name()
+    );
 }
 
 /// A delivery neither acked nor nacked comes back after the ack timeout.
 pub async fn no_ack_redelivers_after_timeout(h: &dyn BrokerHarness) {
     if !h.capabilities().ack_timeout_redelivery {
-        return not_applicable(&h.name(), "no_ack_redelivers_after_timeout", "ack_timeout_redelivery not declared");
+        return not_applicable(
+            &h.name(),
+            "no_ack_redelivers_after_timeout",
+            "ack_timeout_redelivery not declared",
+        );
     }
     let dest = h.destination("noack").await.expect("destination");
     publish_all(h, &dest, &events("noack", 1, 0)).await;
@@ -178,7 +262,12 @@ pub async fn no_ack_redelivers_after_timeout(h: &dyn BrokerHarness) {
     let received_at = Instant::now();
     let again = collect(consumer.as_mut(), 1, h.ack_timeout() * 3 + RECEIVE).await;
     let elapsed = received_at.elapsed();
-    assert_eq!(again.len(), 1, "{}: not redelivered after the ack timeout", h.name());
+    assert_eq!(
+        again.len(),
+        1,
+        "{}: not redelivered after the ack timeout",
+        h.name()
+    );
     assert_eq!(again[0].event.id, "noack-0");
     assert!(
         elapsed >= h.ack_timeout() / 2,
@@ -205,11 +294,21 @@ pub async fn per_key_order(h: &dyn BrokerHarness) {
     assert_eq!(got.len(), sent.len(), "{}", h.name());
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for e in &got {
-        let seq = e.header("seq").and_then(|s| s.parse().ok()).expect("seq header");
-        by_key.entry(e.key.as_deref().expect("key")).or_default().push(seq);
+        let seq = e
+            .header("seq")
+            .and_then(|s| s.parse().ok())
+            .expect("seq header");
+        by_key
+            .entry(e.key.as_deref().expect("key"))
+            .or_default()
+            .push(seq);
     }
     for (key, seqs) in by_key {
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{}: key {key} out of order: {seqs:?}", h.name());
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{}: key {key} out of order: {seqs:?}",
+            h.name()
+        );
     }
 }
 
@@ -217,7 +316,11 @@ pub async fn per_key_order(h: &dyn BrokerHarness) {
 /// event the other got, and together they get all.
 pub async fn consumer_group_shares_work(h: &dyn BrokerHarness) {
     if !h.capabilities().consumer_groups {
-        return not_applicable(&h.name(), "consumer_group_shares_work", "consumer_groups not declared");
+        return not_applicable(
+            &h.name(),
+            "consumer_group_shares_work",
+            "consumer_groups not declared",
+        );
     }
     let dest = h.destination("group").await.expect("destination");
     let sent = events("group", 200, 20);
@@ -228,7 +331,10 @@ pub async fn consumer_group_shares_work(h: &dyn BrokerHarness) {
     let deadline = Instant::now() + RECEIVE * 2;
     while got_a.len() + got_b.len() < sent.len() && Instant::now() < deadline {
         for (consumer, got) in [(&mut a, &mut got_a), (&mut b, &mut got_b)] {
-            let batch = consumer.next_batch(20, Duration::from_millis(300)).await.expect("next_batch");
+            let batch = consumer
+                .next_batch(20, Duration::from_millis(300))
+                .await
+                .expect("next_batch");
             for d in batch {
                 got.push(d.event.id.clone());
                 d.ack().await.expect("ack");
@@ -237,17 +343,39 @@ pub async fn consumer_group_shares_work(h: &dyn BrokerHarness) {
     }
     let set_a: HashSet<_> = got_a.iter().collect();
     let set_b: HashSet<_> = got_b.iter().collect();
-    println!("{}: group split {} / {}", h.name(), got_a.len(), got_b.len());
-    assert!(set_a.is_disjoint(&set_b), "{}: an event went to both consumers", h.name());
-    assert_eq!(set_a.len() + set_b.len(), sent.len(), "{}: events missing", h.name());
-    assert!(!got_a.is_empty() && !got_b.is_empty(), "{}: one consumer got everything", h.name());
+    println!(
+        "{}: group split {} / {}",
+        h.name(),
+        got_a.len(),
+        got_b.len()
+    );
+    assert!(
+        set_a.is_disjoint(&set_b),
+        "{}: an event went to both consumers",
+        h.name()
+    );
+    assert_eq!(
+        set_a.len() + set_b.len(),
+        sent.len(),
+        "{}: events missing",
+        h.name()
+    );
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "{}: one consumer got everything",
+        h.name()
+    );
 }
 
 /// A consumer that closes with some deliveries unsettled, then restarts in
 /// the same group, gets everything it had not acked, and nothing it had.
 pub async fn restart_resumes_without_loss(h: &dyn BrokerHarness) {
     if !h.capabilities().durable_resume {
-        return not_applicable(&h.name(), "restart_resumes_without_loss", "durable_resume not declared");
+        return not_applicable(
+            &h.name(),
+            "restart_resumes_without_loss",
+            "durable_resume not declared",
+        );
     }
     let dest = h.destination("resume").await.expect("destination");
     let sent = events("resume", 100, 0);
@@ -276,9 +404,21 @@ pub async fn restart_resumes_without_loss(h: &dyn BrokerHarness) {
         .into_iter()
         .filter(|id| !acked.contains(*id) && !rest_ids.contains(id))
         .collect();
-    assert!(missing.is_empty(), "{}: lost after restart: {missing:?}", h.name());
-    let repeated: Vec<&str> = rest_ids.iter().copied().filter(|id| acked.contains(*id)).collect();
-    assert!(repeated.is_empty(), "{}: acked events redelivered after restart: {repeated:?}", h.name());
+    assert!(
+        missing.is_empty(),
+        "{}: lost after restart: {missing:?}",
+        h.name()
+    );
+    let repeated: Vec<&str> = rest_ids
+        .iter()
+        .copied()
+        .filter(|id| acked.contains(*id))
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "{}: acked events redelivered after restart: {repeated:?}",
+        h.name()
+    );
     let late = collect(second.as_mut(), 1, quiet(h)).await;
     assert!(late.is_empty(), "{}: extra delivery {:?}", h.name(), late);
 }
@@ -291,15 +431,33 @@ pub async fn duplicate_publish(h: &dyn BrokerHarness) {
     let event = events("dup", 1, 1).remove(0);
     let publisher = h.publisher().await.expect("publisher");
     for _ in 0..2 {
-        let out = publisher.publish(&dest, std::slice::from_ref(&event)).await.expect("publish");
-        out.into_iter().next().expect("one outcome").expect("publish outcome");
+        let out = publisher
+            .publish(&dest, std::slice::from_ref(&event))
+            .await
+            .expect("publish");
+        out.into_iter()
+            .next()
+            .expect("one outcome")
+            .expect("publish outcome");
     }
     let mut consumer = h.consumer(&dest, "dup").await.expect("consumer");
     let got = receive_and_ack(consumer.as_mut(), 2, quiet(h).max(Duration::from_secs(3))).await;
     if h.capabilities().native_dedup {
-        assert_eq!(got.len(), 1, "{}: native dedup declared, {} copies delivered", h.name(), got.len());
+        assert_eq!(
+            got.len(),
+            1,
+            "{}: native dedup declared, {} copies delivered",
+            h.name(),
+            got.len()
+        );
     } else {
-        assert_eq!(got.len(), 2, "{}: no native dedup declared, {} copies delivered", h.name(), got.len());
+        assert_eq!(
+            got.len(),
+            2,
+            "{}: no native dedup declared, {} copies delivered",
+            h.name(),
+            got.len()
+        );
     }
 }
 
@@ -312,9 +470,17 @@ pub async fn oversize_event_is_rejected_permanently(h: &dyn BrokerHarness) {
     let big = Event::new("oversize-big", "causeway://testkit", "causeway.test")
         .with_payload(vec![7u8; caps.max_message_bytes + 1]);
     let publisher = h.publisher().await.expect("publisher");
-    let out = publisher.publish(&dest, &[small.clone(), big]).await.expect("publish");
+    let out = publisher
+        .publish(&dest, &[small.clone(), big])
+        .await
+        .expect("publish");
     assert_eq!(out.len(), 2);
-    assert!(out[0].is_ok(), "{}: small event failed: {:?}", h.name(), out[0]);
+    assert!(
+        out[0].is_ok(),
+        "{}: small event failed: {:?}",
+        h.name(),
+        out[0]
+    );
     let err = out[1].as_ref().expect_err("oversize event was accepted");
     assert_eq!(err.kind(), ErrorKind::TooLarge, "{}: {err}", h.name());
     assert_eq!(err.status(), Status::Permanent, "{}: {err}", h.name());
@@ -329,7 +495,10 @@ pub async fn invalid_event_is_rejected(h: &dyn BrokerHarness) {
     let good = events("invalid", 1, 0).remove(0);
     let bad = Event::new("", "causeway://testkit", "causeway.test");
     let publisher = h.publisher().await.expect("publisher");
-    let out = publisher.publish(&dest, &[good, bad]).await.expect("publish");
+    let out = publisher
+        .publish(&dest, &[good, bad])
+        .await
+        .expect("publish");
     assert!(out[0].is_ok(), "{}: {:?}", h.name(), out[0]);
     let err = out[1].as_ref().expect_err("invalid event was accepted");
     assert_eq!(err.kind(), ErrorKind::InvalidEvent, "{}: {err}", h.name());
@@ -352,15 +521,30 @@ pub async fn reconnect_after_cut(h: &dyn BrokerHarness) {
     );
     let mut consumer = h.consumer(&dest, "reconnect").await.expect("consumer");
     let (before, after) = sent.split_at(50);
-    let first = publisher.publish(&dest, before).await.expect("publish before cut");
+    let first = publisher
+        .publish(&dest, before)
+        .await
+        .expect("publish before cut");
     assert!(first.iter().all(Result::is_ok));
     let mut got = receive_and_ack(consumer.as_mut(), 25, RECEIVE).await;
     if !h.cut_connections(Duration::from_secs(2)).await {
-        println!("{}: reconnect_after_cut: in-process backend, no connection to cut; the flow is checked without one", h.name());
+        println!(
+            "{}: reconnect_after_cut: in-process backend, no connection to cut; the flow is checked without one",
+            h.name()
+        );
     }
-    let second = publisher.publish(&dest, after).await.expect("publish after cut");
+    let second = publisher
+        .publish(&dest, after)
+        .await
+        .expect("publish after cut");
     for (e, o) in after.iter().zip(&second) {
-        assert!(o.is_ok(), "{}: `{}` not published after reconnect: {:?}", h.name(), e.id, o);
+        assert!(
+            o.is_ok(),
+            "{}: `{}` not published after reconnect: {:?}",
+            h.name(),
+            e.id,
+            o
+        );
     }
     let deadline = Instant::now() + RECEIVE * 2;
     let mut seen: HashSet<String> = got.iter().map(|e| e.id.clone()).collect();
@@ -378,7 +562,19 @@ pub async fn reconnect_after_cut(h: &dyn BrokerHarness) {
             Err(e) => println!("{}: consumer reported during the cut: {e}", h.name()),
         }
     }
-    let missing: Vec<&str> = ids(&sent).into_iter().filter(|id| !seen.contains(*id)).collect();
-    assert!(missing.is_empty(), "{}: lost across the cut: {missing:?}", h.name());
-    println!("{}: {} deliveries for {} events across the cut", h.name(), got.len(), sent.len());
+    let missing: Vec<&str> = ids(&sent)
+        .into_iter()
+        .filter(|id| !seen.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{}: lost across the cut: {missing:?}",
+        h.name()
+    );
+    println!(
+        "{}: {} deliveries for {} events across the cut",
+        h.name(),
+        got.len(),
+        sent.len()
+    );
 }

@@ -24,9 +24,19 @@ pub async fn claim_commit_done(h: &dyn DedupStoreHarness) {
     let store = h.store().await.expect("store");
     let key = unique_name("k");
     let token = claimed(store.claim(&key, LEASE).await.expect("claim"));
-    assert_eq!(store.claim(&key, LEASE).await.expect("claim"), Claim::Busy, "{}", h.name());
+    assert_eq!(
+        store.claim(&key, LEASE).await.expect("claim"),
+        Claim::Busy,
+        "{}",
+        h.name()
+    );
     store.commit(&token, TTL).await.expect("commit");
-    assert_eq!(store.claim(&key, LEASE).await.expect("claim"), Claim::Done, "{}", h.name());
+    assert_eq!(
+        store.claim(&key, LEASE).await.expect("claim"),
+        Claim::Done,
+        "{}",
+        h.name()
+    );
 }
 
 /// A released claim is claimable at once; a release never marks it done.
@@ -36,7 +46,11 @@ pub async fn release_makes_claimable(h: &dyn DedupStoreHarness) {
     let token = claimed(store.claim(&key, LEASE).await.expect("claim"));
     store.release(&token).await.expect("release");
     let again = claimed(store.claim(&key, LEASE).await.expect("claim"));
-    assert!(again.fence > token.fence, "{}: fence did not increase", h.name());
+    assert!(
+        again.fence > token.fence,
+        "{}: fence did not increase",
+        h.name()
+    );
 }
 
 /// A lease that ran out can be taken over; the stale owner can then neither
@@ -44,12 +58,23 @@ pub async fn release_makes_claimable(h: &dyn DedupStoreHarness) {
 pub async fn expired_lease_is_fenced(h: &dyn DedupStoreHarness) {
     let store = h.store().await.expect("store");
     let key = unique_name("k");
-    let stale = claimed(store.claim(&key, Duration::from_millis(200)).await.expect("claim"));
+    let stale = claimed(
+        store
+            .claim(&key, Duration::from_millis(200))
+            .await
+            .expect("claim"),
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     let fresh = claimed(store.claim(&key, LEASE).await.expect("claim"));
-    let err = store.commit(&stale, TTL).await.expect_err("stale commit accepted");
+    let err = store
+        .commit(&stale, TTL)
+        .await
+        .expect_err("stale commit accepted");
     assert_eq!(err.kind(), ErrorKind::Fenced, "{}: {err}", h.name());
-    let err = store.release(&stale).await.expect_err("stale release accepted");
+    let err = store
+        .release(&stale)
+        .await
+        .expect_err("stale release accepted");
     assert_eq!(err.kind(), ErrorKind::Fenced, "{}: {err}", h.name());
     store.commit(&fresh, TTL).await.expect("commit");
     assert_eq!(store.claim(&key, LEASE).await.expect("claim"), Claim::Done);
@@ -59,10 +84,20 @@ pub async fn expired_lease_is_fenced(h: &dyn DedupStoreHarness) {
 pub async fn late_commit_without_takeover(h: &dyn DedupStoreHarness) {
     let store = h.store().await.expect("store");
     let key = unique_name("k");
-    let token = claimed(store.claim(&key, Duration::from_millis(100)).await.expect("claim"));
+    let token = claimed(
+        store
+            .claim(&key, Duration::from_millis(100))
+            .await
+            .expect("claim"),
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     store.commit(&token, TTL).await.expect("late commit");
-    assert_eq!(store.claim(&key, LEASE).await.expect("claim"), Claim::Done, "{}", h.name());
+    assert_eq!(
+        store.claim(&key, LEASE).await.expect("claim"),
+        Claim::Done,
+        "{}",
+        h.name()
+    );
 }
 
 /// A committed key is forgotten after its TTL, and purged.
@@ -70,7 +105,10 @@ pub async fn committed_keys_expire(h: &dyn DedupStoreHarness) {
     let store = h.store().await.expect("store");
     let key = unique_name("k");
     let token = claimed(store.claim(&key, LEASE).await.expect("claim"));
-    store.commit(&token, Duration::from_millis(200)).await.expect("commit");
+    store
+        .commit(&token, Duration::from_millis(200))
+        .await
+        .expect("commit");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let purged = store.purge_expired().await.expect("purge");
     assert!(purged >= 1, "{}: nothing purged", h.name());
@@ -82,13 +120,24 @@ pub async fn batch_claims(h: &dyn DedupStoreHarness) {
     let store = h.store().await.expect("store");
     let keys: Vec<String> = (0..20).map(|_| unique_name("b")).collect();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let claims = store.claim_many(&refs[..10], LEASE).await.expect("claim_many");
+    let claims = store
+        .claim_many(&refs[..10], LEASE)
+        .await
+        .expect("claim_many");
     let tokens: Vec<ClaimToken> = claims.into_iter().map(claimed).collect();
     let commits = store.commit_many(&tokens, TTL).await.expect("commit_many");
     assert!(commits.iter().all(Result::is_ok), "{}", h.name());
     let again = store.claim_many(&refs, LEASE).await.expect("claim_many");
-    assert!(again[..10].iter().all(|c| *c == Claim::Done), "{}", h.name());
-    assert!(again[10..].iter().all(|c| matches!(c, Claim::Claimed(_))), "{}", h.name());
+    assert!(
+        again[..10].iter().all(|c| *c == Claim::Done),
+        "{}",
+        h.name()
+    );
+    assert!(
+        again[10..].iter().all(|c| matches!(c, Claim::Claimed(_))),
+        "{}",
+        h.name()
+    );
 }
 
 /// Eight workers race claim → commit on the same 500 keys: each key is
@@ -106,10 +155,10 @@ pub async fn concurrent_claims_commit_once(h: &dyn DedupStoreHarness) {
                 // Each worker walks the keys from a different start.
                 for i in 0..keys.len() {
                     let key = &keys[(i + w * 61) % keys.len()];
-                    if let Claim::Claimed(token) = store.claim(key, LEASE).await.expect("claim") {
-                        if store.commit(&token, TTL).await.is_ok() {
-                            committed.push(key.clone());
-                        }
+                    if let Claim::Claimed(token) = store.claim(key, LEASE).await.expect("claim")
+                        && store.commit(&token, TTL).await.is_ok()
+                    {
+                        committed.push(key.clone());
                     }
                 }
                 committed
@@ -123,5 +172,9 @@ pub async fn concurrent_claims_commit_once(h: &dyn DedupStoreHarness) {
         }
     }
     assert_eq!(counts.len(), 500, "{}: some keys never committed", h.name());
-    assert!(counts.values().all(|&c| c == 1), "{}: a key committed twice", h.name());
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "{}: a key committed twice",
+        h.name()
+    );
 }

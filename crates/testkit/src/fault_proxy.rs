@@ -55,7 +55,11 @@ impl FaultProxy {
             open: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
-        Ok(FaultProxy { addr, shared, accept })
+        Ok(FaultProxy {
+            addr,
+            shared,
+            accept,
+        })
     }
 
     /// Where clients connect instead of the upstream.
@@ -66,8 +70,12 @@ impl FaultProxy {
     /// Adds one-way latency: `up` on client → upstream, `down` on the way back.
     /// A round trip gains `up + down`.
     pub fn set_latency(&self, up: Duration, down: Duration) {
-        self.shared.delay_up.store(up.as_micros() as u64, Ordering::Relaxed);
-        self.shared.delay_down.store(down.as_micros() as u64, Ordering::Relaxed);
+        self.shared
+            .delay_up
+            .store(up.as_micros() as u64, Ordering::Relaxed);
+        self.shared
+            .delay_down
+            .store(down.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Resets every open connection (both sides see a TCP reset).
@@ -149,7 +157,12 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
 
 /// Copies one direction, delaying each chunk by the current latency, and
 /// passes a clean end of stream on. `None` when either side failed.
-async fn pump(mut from: OwnedReadHalf, to: OwnedWriteHalf, shared: Arc<Shared>, upward: bool) -> Option<()> {
+async fn pump(
+    mut from: OwnedReadHalf,
+    to: OwnedWriteHalf,
+    shared: Arc<Shared>,
+    upward: bool,
+) -> Option<()> {
     let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(IN_FLIGHT_CHUNKS);
     let writer = async move {
         let mut to = ResetOnDrop(Some(to));
@@ -167,9 +180,15 @@ async fn pump(mut from: OwnedReadHalf, to: OwnedWriteHalf, shared: Arc<Shared>, 
             if n == 0 {
                 return Some(());
             }
-            let delay = if upward { &shared.delay_up } else { &shared.delay_down };
+            let delay = if upward {
+                &shared.delay_up
+            } else {
+                &shared.delay_down
+            };
             let due = Instant::now() + Duration::from_micros(delay.load(Ordering::Relaxed));
-            tx.send((due, Bytes::copy_from_slice(&buf[..n]))).await.ok()?;
+            tx.send((due, Bytes::copy_from_slice(&buf[..n])))
+                .await
+                .ok()?;
         }
     };
     let (read, written) = tokio::join!(reader, writer);
@@ -229,7 +248,10 @@ mod tests {
         assert!(plain < Duration::from_millis(50), "{plain:?}");
         proxy.set_latency(Duration::from_millis(30), Duration::from_millis(60));
         let slow = ping(&mut s).await.unwrap();
-        assert!(slow >= Duration::from_millis(90), "round trip {slow:?} < 90 ms");
+        assert!(
+            slow >= Duration::from_millis(90),
+            "round trip {slow:?} < 90 ms"
+        );
         assert!(slow < Duration::from_millis(400), "round trip {slow:?}");
         assert_eq!(proxy.open_connections(), 1);
     }
@@ -245,7 +267,10 @@ mod tests {
 
         // During the outage a new connection is reset straight away.
         let mut refused = TcpStream::connect(proxy.addr()).await.unwrap();
-        assert!(ping(&mut refused).await.is_err(), "connected during the outage");
+        assert!(
+            ping(&mut refused).await.is_err(),
+            "connected during the outage"
+        );
 
         tokio::time::sleep(Duration::from_millis(400)).await;
         let mut back = TcpStream::connect(proxy.addr()).await.unwrap();
@@ -265,6 +290,9 @@ mod tests {
         let mut buf = vec![0u8; 80];
         s.read_exact(&mut buf).await.unwrap();
         let took = start.elapsed();
-        assert!(took >= Duration::from_millis(50) && took < Duration::from_millis(500), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(50) && took < Duration::from_millis(500),
+            "{took:?}"
+        );
     }
 }

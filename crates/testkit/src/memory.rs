@@ -52,12 +52,20 @@ impl BrokerHarness for MemoryBrokerHarness {
     }
 
     async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>> {
-        Ok(Box::new(self.broker.consumer(destination, group, Self::options())))
+        Ok(Box::new(self.broker.consumer(
+            destination,
+            group,
+            Self::options(),
+        )))
     }
 
     async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
         let dlq = format!("{destination}.dlq");
-        Ok(Box::new(self.broker.consumer(&dlq, "dead-letters", Self::options())))
+        Ok(Box::new(self.broker.consumer(
+            &dlq,
+            "dead-letters",
+            Self::options(),
+        )))
     }
 
     async fn cut_connections(&self, _outage: Duration) -> bool {

@@ -31,7 +31,11 @@ pub async fn append_and_read_back(h: &dyn EventStoreHarness) {
     let first = stored(&store.append("s1", &batch[..20]).await.expect("append"));
     let second = stored(&store.append("s1", &batch[20..]).await.expect("append"));
     let all: Vec<u64> = first.iter().chain(&second).copied().collect();
-    assert!(all.windows(2).all(|w| w[0] < w[1]), "{}: positions not increasing: {all:?}", h.name());
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "{}: positions not increasing: {all:?}",
+        h.name()
+    );
     let other = stored(&store.append("s2", &batch[..1]).await.expect("append"));
     assert_eq!(other.len(), 1);
 
@@ -52,12 +56,24 @@ pub async fn duplicates_are_refused(h: &dyn EventStoreHarness) {
     let store = fresh(h).await;
     let batch = events("dup", 3, 0);
     let first = stored(&store.append("s", &batch).await.expect("append"));
-    let again = store.append("s", &[batch[1].clone(), batch[1].clone()]).await.expect("append");
-    assert_eq!(again, vec![AppendOutcome::Duplicate(first[1]); 2], "{}", h.name());
+    let again = store
+        .append("s", &[batch[1].clone(), batch[1].clone()])
+        .await
+        .expect("append");
+    assert_eq!(
+        again,
+        vec![AppendOutcome::Duplicate(first[1]); 2],
+        "{}",
+        h.name()
+    );
     let mut other_source = batch[1].clone();
     other_source.source = "causeway://elsewhere".into();
     let out = store.append("s", &[other_source]).await.expect("append");
-    assert!(matches!(out[0], AppendOutcome::Stored(_)), "{}: same id from another source is another event", h.name());
+    assert!(
+        matches!(out[0], AppendOutcome::Stored(_)),
+        "{}: same id from another source is another event",
+        h.name()
+    );
     let stats = store.stats(Some("s")).await.expect("stats");
     assert_eq!(stats.events, 4, "{}", h.name());
 
@@ -65,7 +81,11 @@ pub async fn duplicates_are_refused(h: &dyn EventStoreHarness) {
     short.append("s", &batch[..1]).await.expect("append");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let out = short.append("s", &batch[..1]).await.expect("append");
-    assert!(matches!(out[0], AppendOutcome::Stored(_)), "{}: dedup window did not expire", h.name());
+    assert!(
+        matches!(out[0], AppendOutcome::Stored(_)),
+        "{}: dedup window did not expire",
+        h.name()
+    );
 }
 
 /// Reads start at a position or a time, stop at `until`, filter by source
@@ -88,7 +108,10 @@ pub async fn read_by_position_time_and_filter(h: &dyn EventStoreHarness) {
     assert_eq!(from_pos.len(), 15, "{}", h.name());
     assert_eq!(from_pos[0].event.id, "early-5");
 
-    let from_time = store.read(&ReadQuery::new("s", ReadFrom::Time(cut), 100)).await.expect("read");
+    let from_time = store
+        .read(&ReadQuery::new("s", ReadFrom::Time(cut), 100))
+        .await
+        .expect("read");
     assert_eq!(from_time.len(), 10, "{}: from time", h.name());
     assert!(from_time.iter().all(|s| s.event.id.starts_with("late")));
 
@@ -101,16 +124,26 @@ pub async fn read_by_position_time_and_filter(h: &dyn EventStoreHarness) {
     by_key.key = Some("key-1".into());
     let keyed = store.read(&by_key).await.expect("read");
     assert_eq!(keyed.len(), 10, "{}: key filter", h.name());
-    assert!(keyed.iter().all(|s| s.event.key.as_deref() == Some("key-1")));
+    assert!(
+        keyed
+            .iter()
+            .all(|s| s.event.key.as_deref() == Some("key-1"))
+    );
 
     let mut by_source = ReadQuery::new("s", ReadFrom::Position(0), 100);
     by_source.source = Some("causeway://other".into());
     let sourced = store.read(&by_source).await.expect("read");
     assert_eq!(sourced.len(), 1, "{}: source filter", h.name());
 
-    let limited = store.read(&ReadQuery::new("s", ReadFrom::Position(0), 7)).await.expect("read");
+    let limited = store
+        .read(&ReadQuery::new("s", ReadFrom::Position(0), 7))
+        .await
+        .expect("read");
     assert_eq!(limited.len(), 7, "{}: limit", h.name());
-    let none = store.read(&ReadQuery::new("nope", ReadFrom::Position(0), 7)).await.expect("read");
+    let none = store
+        .read(&ReadQuery::new("nope", ReadFrom::Position(0), 7))
+        .await
+        .expect("read");
     assert!(none.is_empty());
 }
 
@@ -122,8 +155,16 @@ pub async fn cursors(h: &dyn EventStoreHarness) {
     store.set_cursor("s", "sqs", 12).await.expect("set");
     store.set_cursor("s", "servicebus", 3).await.expect("set");
     store.set_cursor("t", "sqs", 99).await.expect("set");
-    assert_eq!(store.cursor("s", "sqs").await.expect("cursor"), Some(12), "{}", h.name());
-    assert_eq!(store.cursor("s", "servicebus").await.expect("cursor"), Some(3));
+    assert_eq!(
+        store.cursor("s", "sqs").await.expect("cursor"),
+        Some(12),
+        "{}",
+        h.name()
+    );
+    assert_eq!(
+        store.cursor("s", "servicebus").await.expect("cursor"),
+        Some(3)
+    );
     assert_eq!(store.cursor("t", "sqs").await.expect("cursor"), Some(99));
 }
 
@@ -134,8 +175,14 @@ pub async fn retention_respects_cursors(h: &dyn EventStoreHarness) {
     let batch = events("ret", 20, 0);
     let positions = stored(&store.append("s", &batch).await.expect("append"));
     let bytes = store.stats(Some("s")).await.expect("stats").bytes;
-    store.set_cursor("s", "fast", positions[15]).await.expect("cursor");
-    store.set_cursor("s", "slow", positions[4]).await.expect("cursor");
+    store
+        .set_cursor("s", "fast", positions[15])
+        .await
+        .expect("cursor");
+    store
+        .set_cursor("s", "slow", positions[4])
+        .await
+        .expect("cursor");
 
     let by_size = Retention {
         max_bytes: Some(0),
@@ -148,13 +195,21 @@ pub async fn retention_respects_cursors(h: &dyn EventStoreHarness) {
     assert_eq!(left.first_position, Some(positions[5]));
     assert!(left.bytes < bytes);
 
-    store.set_cursor("s", "slow", positions[9]).await.expect("cursor");
+    store
+        .set_cursor("s", "slow", positions[9])
+        .await
+        .expect("cursor");
     tokio::time::sleep(Duration::from_millis(20)).await;
     let by_age = Retention {
         max_age: Some(Duration::from_millis(1)),
         ..Retention::default()
     };
-    assert_eq!(store.apply_retention(&by_age).await.expect("retention"), 5, "{}", h.name());
+    assert_eq!(
+        store.apply_retention(&by_age).await.expect("retention"),
+        5,
+        "{}",
+        h.name()
+    );
 
     let forced = Retention {
         max_age: Some(Duration::from_millis(1)),
@@ -165,7 +220,11 @@ pub async fn retention_respects_cursors(h: &dyn EventStoreHarness) {
     assert_eq!(store.stats(Some("s")).await.expect("stats").events, 0);
     // Deleted events still count for dedup within the window.
     let again = store.append("s", &batch[..1]).await.expect("append");
-    assert!(matches!(again[0], AppendOutcome::Duplicate(_)), "{}: retention forgot dedup ids", h.name());
+    assert!(
+        matches!(again[0], AppendOutcome::Duplicate(_)),
+        "{}: retention forgot dedup ids",
+        h.name()
+    );
 }
 
 /// Stats count events, bytes and the time range.
@@ -192,7 +251,14 @@ pub async fn concurrent_appends(h: &dyn EventStoreHarness) {
             tokio::spawn(async move {
                 let mut positions = Vec::new();
                 for chunk in events(&format!("task{t}"), 100, 0).chunks(10) {
-                    positions.extend(store.append("s", chunk).await.expect("append").into_iter().map(|o| o.position()));
+                    positions.extend(
+                        store
+                            .append("s", chunk)
+                            .await
+                            .expect("append")
+                            .into_iter()
+                            .map(|o| o.position()),
+                    );
                 }
                 positions
             })

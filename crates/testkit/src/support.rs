@@ -20,9 +20,13 @@ pub fn unique_name(prefix: &str) -> String {
 pub fn events(prefix: &str, n: usize, keys: usize) -> Vec<Event> {
     (0..n)
         .map(|i| {
-            let mut e = Event::new(format!("{prefix}-{i}"), "causeway://testkit", "causeway.test")
-                .with_header("seq", i.to_string())
-                .with_payload(format!("payload {i}").into_bytes());
+            let mut e = Event::new(
+                format!("{prefix}-{i}"),
+                "causeway://testkit",
+                "causeway.test",
+            )
+            .with_header("seq", i.to_string())
+            .with_payload(format!("payload {i}").into_bytes());
             if keys > 0 {
                 e = e.with_key(format!("key-{}", i % keys));
             }
@@ -56,7 +60,11 @@ pub async fn collect(consumer: &mut dyn Consumer, n: usize, timeout: Duration) -
 }
 
 /// Receives and acks until `n` events arrived or `timeout` passed.
-pub async fn receive_and_ack(consumer: &mut dyn Consumer, n: usize, timeout: Duration) -> Vec<Event> {
+pub async fn receive_and_ack(
+    consumer: &mut dyn Consumer,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Event> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
@@ -73,7 +81,9 @@ pub async fn receive_and_ack(consumer: &mut dyn Consumer, n: usize, timeout: Dur
             out.push(d.event);
             tickets.push((d.ticket, causeway_core::Settlement::Ack));
         }
-        causeway_core::settle_all(tickets).await.expect("ack failed");
+        causeway_core::settle_all(tickets)
+            .await
+            .expect("ack failed");
     }
     out
 }

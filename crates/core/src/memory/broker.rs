@@ -162,7 +162,10 @@ impl MemoryBroker {
                 topic: topic.to_owned(),
                 group: group.to_owned(),
             }),
-            id: self.inner.next_consumer.fetch_add(1, AtomicOrdering::Relaxed),
+            id: self
+                .inner
+                .next_consumer
+                .fetch_add(1, AtomicOrdering::Relaxed),
             capabilities: self.capabilities(),
         }
     }
@@ -175,21 +178,28 @@ impl MemoryBroker {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Topic>> {
-        self.topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-fn append(inner: &Inner, topics: &mut HashMap<String, Topic>, topic: &str, event: Event) -> Receipt {
+fn append(
+    inner: &Inner,
+    topics: &mut HashMap<String, Topic>,
+    topic: &str,
+    event: Event,
+) -> Receipt {
     let now = Instant::now();
     let t = topics.entry(topic.to_owned()).or_default();
     if !inner.dedup_window.is_zero() {
-        if let Some(at) = t.published.get(&event.id) {
-            if now.duration_since(*at) < inner.dedup_window {
-                return Receipt {
-                    position: None,
-                    duplicate: true,
-                };
-            }
+        if let Some(at) = t.published.get(&event.id)
+            && now.duration_since(*at) < inner.dedup_window
+        {
+            return Receipt {
+                position: None,
+                duplicate: true,
+            };
         }
         t.published.insert(event.id.clone(), now);
     }
@@ -217,7 +227,10 @@ impl Publisher for MemoryPublisher {
 
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         if destination.is_empty() {
-            return Err(Error::new(ErrorKind::Config, "the memory broker needs a topic name"));
+            return Err(Error::new(
+                ErrorKind::Config,
+                "the memory broker needs a topic name",
+            ));
         }
         let inner = &self.broker.inner;
         let mut topics = inner.lock();
@@ -264,16 +277,25 @@ struct MemorySettler {
 impl MemorySettler {
     /// Runs `f` on the group and the topic log; dead letters it returns are
     /// appended afterwards (they go to another topic).
-    fn with_group<T>(&self, f: impl FnOnce(&mut Group, &[Event], Instant) -> (T, Vec<(String, Event)>)) -> Result<T> {
+    fn with_group<T>(
+        &self,
+        f: impl FnOnce(&mut Group, &[Event], Instant) -> (T, Vec<(String, Event)>),
+    ) -> Result<T> {
         let inner = &self.broker.inner;
         let mut topics = inner.lock();
-        let topic = topics
-            .get_mut(&self.topic)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("topic `{}` is gone", self.topic)))?;
+        let topic = topics.get_mut(&self.topic).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("topic `{}` is gone", self.topic),
+            )
+        })?;
         let Topic { log, groups, .. } = topic;
-        let group = groups
-            .get_mut(&self.group)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("group `{}` is gone", self.group)))?;
+        let group = groups.get_mut(&self.group).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("group `{}` is gone", self.group),
+            )
+        })?;
         let (value, dead) = f(group, log, Instant::now());
         for (dlq, event) in dead {
             append(inner, &mut topics, &dlq, event);
@@ -283,7 +305,14 @@ impl MemorySettler {
         Ok(value)
     }
 
-    fn dead_letter(&self, group: &Group, log: &[Event], index: usize, reason: &str, deliveries: u32) -> (String, Event) {
+    fn dead_letter(
+        &self,
+        group: &Group,
+        log: &[Event],
+        index: usize,
+        reason: &str,
+        deliveries: u32,
+    ) -> (String, Event) {
         let mut event = log[index].clone();
         let origin = format!("memory://{}/{}#{index}", self.topic, self.group);
         dead_letter::mark(&mut event, reason, deliveries, &origin);
@@ -296,7 +325,13 @@ impl MemorySettler {
     }
 
     /// Hands back deliveries past their deadline (or all of one consumer's).
-    fn expire(&self, group: &mut Group, log: &[Event], now: Instant, consumer: Option<u64>) -> Vec<(String, Event)> {
+    fn expire(
+        &self,
+        group: &mut Group,
+        log: &[Event],
+        now: Instant,
+        consumer: Option<u64>,
+    ) -> Vec<(String, Event)> {
         let expired: Vec<u64> = group
             .in_flight
             .iter()
@@ -307,8 +342,18 @@ impl MemorySettler {
         for tag in expired {
             if let Some(f) = group.in_flight.remove(&tag) {
                 free_key(group, log, f.index);
-                if group.options.max_deliveries.is_some_and(|m| f.deliveries >= m) {
-                    dead.push(self.dead_letter(group, log, f.index, "maximum deliveries reached", f.deliveries));
+                if group
+                    .options
+                    .max_deliveries
+                    .is_some_and(|m| f.deliveries >= m)
+                {
+                    dead.push(self.dead_letter(
+                        group,
+                        log,
+                        f.index,
+                        "maximum deliveries reached",
+                        f.deliveries,
+                    ));
                 } else {
                     group.waiting.insert(
                         f.index,
@@ -471,10 +516,10 @@ fn take_ready(
             break;
         }
         let key = log[index].key.as_deref();
-        if let Some(k) = key {
-            if group.busy_keys.contains(k) || !blocked.insert(k) {
-                continue;
-            }
+        if let Some(k) = key
+            && (group.busy_keys.contains(k) || !blocked.insert(k))
+        {
+            continue;
         }
         if w.ready_at > now {
             wake = Some(wake.map_or(w.ready_at, |x| x.min(w.ready_at)));

@@ -43,14 +43,19 @@ impl MemoryDedupStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-written entry.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 fn fenced(token: &ClaimToken) -> Error {
     Error::new(
         ErrorKind::Fenced,
-        format!("claim {} on `{}` was taken over or is gone", token.fence, token.key),
+        format!(
+            "claim {} on `{}` was taken over or is gone",
+            token.fence, token.key
+        ),
     )
 }
 
@@ -66,15 +71,26 @@ impl DedupStore for MemoryDedupStore {
         }
         state.last_fence += 1;
         let fence = state.last_fence;
-        state.keys.insert(key.to_owned(), Entry::Claimed { fence, until: now + lease });
-        Ok(Claim::Claimed(ClaimToken { key: key.to_owned(), fence }))
+        state.keys.insert(
+            key.to_owned(),
+            Entry::Claimed {
+                fence,
+                until: now + lease,
+            },
+        );
+        Ok(Claim::Claimed(ClaimToken {
+            key: key.to_owned(),
+            fence,
+        }))
     }
 
     async fn commit(&self, token: &ClaimToken, ttl: Duration) -> Result<()> {
         let mut state = self.lock();
         match state.keys.get_mut(&token.key) {
             Some(entry @ Entry::Claimed { .. }) if entry.fence() == Some(token.fence) => {
-                *entry = Entry::Done { until: Instant::now() + ttl };
+                *entry = Entry::Done {
+                    until: Instant::now() + ttl,
+                };
                 Ok(())
             }
             _ => Err(fenced(token)),

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 
 use crate::error::Result;
 use crate::event::Event;
-use crate::store::{AppendOutcome, EventStore, ReadFrom, ReadQuery, Retention, StoreStats, StoredEvent};
+use crate::store::{
+    AppendOutcome, EventStore, ReadFrom, ReadQuery, Retention, StoreStats, StoredEvent,
+};
 
 /// An [`EventStore`] in memory, for tests and the quickstart.
 #[derive(Debug)]
@@ -47,7 +49,9 @@ impl MemoryEventStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stream>> {
-        self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -70,11 +74,11 @@ impl EventStore for MemoryEventStore {
         let mut out = Vec::with_capacity(events.len());
         for event in events {
             let id = (event.source.clone(), event.id.clone());
-            if let Some(&(position, at)) = s.ids.get(&id) {
-                if now - at < window {
-                    out.push(AppendOutcome::Duplicate(position));
-                    continue;
-                }
+            if let Some(&(position, at)) = s.ids.get(&id)
+                && now - at < window
+            {
+                out.push(AppendOutcome::Duplicate(position));
+                continue;
             }
             let position = s.next_position;
             s.next_position += 1;
@@ -109,7 +113,10 @@ impl EventStore for MemoryEventStore {
     }
 
     async fn cursor(&self, stream: &str, name: &str) -> Result<Option<u64>> {
-        Ok(self.lock().get(stream).and_then(|s| s.cursors.get(name).copied()))
+        Ok(self
+            .lock()
+            .get(stream)
+            .and_then(|s| s.cursors.get(name).copied()))
     }
 
     async fn set_cursor(&self, stream: &str, name: &str, position: u64) -> Result<()> {
@@ -127,14 +134,20 @@ impl EventStore for MemoryEventStore {
     async fn apply_retention(&self, policy: &Retention) -> Result<u64> {
         let now = Utc::now();
         let window = chrono::Duration::from_std(self.dedup_window).unwrap_or(chrono::Duration::MAX);
-        let max_age = policy.max_age.and_then(|a| chrono::Duration::from_std(a).ok());
+        let max_age = policy
+            .max_age
+            .and_then(|a| chrono::Duration::from_std(a).ok());
         let mut deleted = 0;
         for s in self.lock().values_mut() {
             let protect_from = if policy.ignore_cursors {
                 u64::MAX
             } else {
                 // Events after the slowest cursor are still to be forwarded.
-                s.cursors.values().copied().min().map_or(u64::MAX, |c| c + 1)
+                s.cursors
+                    .values()
+                    .copied()
+                    .min()
+                    .map_or(u64::MAX, |c| c + 1)
             };
             while let Some(first) = s.events.front() {
                 let too_old = max_age.is_some_and(|a| now - first.stored_at > a);
@@ -154,14 +167,33 @@ impl EventStore for MemoryEventStore {
     async fn stats(&self, stream: Option<&str>) -> Result<StoreStats> {
         let streams = self.lock();
         let mut stats = StoreStats::default();
-        for (_, s) in streams.iter().filter(|(name, _)| stream.is_none_or(|n| n == *name)) {
+        for (_, s) in streams
+            .iter()
+            .filter(|(name, _)| stream.is_none_or(|n| n == *name))
+        {
             stats.events += s.events.len() as u64;
             stats.bytes += s.bytes;
             if let (Some(first), Some(last)) = (s.events.front(), s.events.back()) {
-                stats.first_position = Some(stats.first_position.map_or(first.position, |p| p.min(first.position)));
-                stats.last_position = Some(stats.last_position.map_or(last.position, |p| p.max(last.position)));
-                stats.oldest = Some(stats.oldest.map_or(first.stored_at, |t| t.min(first.stored_at)));
-                stats.newest = Some(stats.newest.map_or(last.stored_at, |t| t.max(last.stored_at)));
+                stats.first_position = Some(
+                    stats
+                        .first_position
+                        .map_or(first.position, |p| p.min(first.position)),
+                );
+                stats.last_position = Some(
+                    stats
+                        .last_position
+                        .map_or(last.position, |p| p.max(last.position)),
+                );
+                stats.oldest = Some(
+                    stats
+                        .oldest
+                        .map_or(first.stored_at, |t| t.min(first.stored_at)),
+                );
+                stats.newest = Some(
+                    stats
+                        .newest
+                        .map_or(last.stored_at, |t| t.max(last.stored_at)),
+                );
             }
         }
         Ok(stats)

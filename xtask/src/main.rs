@@ -1,0 +1,173 @@
+//! `cargo xtask`: starts the brokers tests need, runs the tests, the CI
+//! checks and the benchmarks. Everything a fresh machine needs is installed
+//! from here, never by hand.
+
+mod cmd;
+mod services;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "causeway project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start, stop or show the local broker services tests use.
+    Services {
+        #[command(subcommand)]
+        action: ServicesAction,
+    },
+    /// Bring the needed services up and run the whole test suite.
+    Test(TestArgs),
+    /// What CI runs: fmt, clippy -D warnings, cargo deny, then `test`.
+    Ci(TestArgs),
+    /// cargo deny check (installs cargo-deny from crates.io when missing).
+    Deny,
+    /// Run benchmarks (criterion), each next to its baseline in the same run.
+    Bench {
+        /// Bench targets to run; all when empty.
+        targets: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServicesAction {
+    /// Start each service that is not reachable yet, then print the env vars tests read.
+    Up {
+        /// Services to start; all when empty.
+        names: Vec<String>,
+    },
+    /// Stop the services xtask started.
+    Down {
+        /// Services to stop; all when empty.
+        names: Vec<String>,
+    },
+    /// Show which services are reachable.
+    Status,
+}
+
+#[derive(clap::Args, Clone)]
+struct TestArgs {
+    /// Also run the long suites (the full bridge matrix); CI runs the default set.
+    #[arg(long)]
+    full: bool,
+    /// Extra arguments for the test runner.
+    #[arg(last = true)]
+    runner_args: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Services { action } => match action {
+            ServicesAction::Up { names } => {
+                let names = if names.is_empty() {
+                    services::all().iter().map(|s| s.to_string()).collect()
+                } else {
+                    names
+                };
+                services::up(&names).map(|env| services::print_env(&env))
+            }
+            ServicesAction::Down { names } => services::down(&names),
+            ServicesAction::Status => services::status(),
+        },
+        Command::Test(args) => test(&args),
+        Command::Ci(args) => {
+            cmd::run("cargo", &["fmt", "--all", "--check"], &[])?;
+            cmd::run(
+                "cargo",
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--locked",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+                &[],
+            )?;
+            deny()?;
+            test(&args)
+        }
+        Command::Deny => deny(),
+        Command::Bench { targets } => bench(&targets),
+    }
+}
+
+/// Starts what the suites need and runs them with nextest (cargo test where
+/// nextest is missing), passing the services' endpoints in the environment.
+fn test(args: &TestArgs) -> Result<()> {
+    let env = services::up(services::NEEDED_BY_TESTS)?;
+    services::print_env(&env);
+    let mut extra: Vec<(String, String)> = env;
+    if args.full {
+        extra.push(("CAUSEWAY_FULL".into(), "1".into()));
+    }
+    let extra_refs: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let runner: Vec<&str> = args.runner_args.iter().map(String::as_str).collect();
+    if cmd::succeeds("cargo", &["nextest", "--version"]) {
+        let mut a = vec![
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--profile",
+            "ci",
+        ];
+        a.extend(&runner);
+        cmd::run("cargo", &a, &extra_refs)
+    } else {
+        println!("cargo-nextest not found; running cargo test");
+        let mut a = vec!["test", "--workspace", "--locked"];
+        a.extend(&runner);
+        cmd::run("cargo", &a, &extra_refs)
+    }
+}
+
+fn deny() -> Result<()> {
+    if !cmd::succeeds("cargo", &["deny", "--version"]) {
+        println!("installing cargo-deny from crates.io");
+        cmd::run("cargo", &["install", "--locked", "cargo-deny@0.20.2"], &[])?;
+    }
+    // The advisory database lives on GitHub, which these machines cannot
+    // reach; check it only where it can be fetched (see docs/ops.md).
+    if cmd::succeeds(
+        "git",
+        &[
+            "ls-remote",
+            "--exit-code",
+            "https://github.com/rustsec/advisory-db",
+            "HEAD",
+        ],
+    ) {
+        cmd::run("cargo", &["deny", "--locked", "check"], &[])
+    } else {
+        println!(
+            "cargo deny: the RustSec advisory database is unreachable here; checking bans, licenses and sources"
+        );
+        cmd::run(
+            "cargo",
+            &["deny", "--locked", "check", "bans", "licenses", "sources"],
+            &[],
+        )
+    }
+}
+
+fn bench(targets: &[String]) -> Result<()> {
+    let env = services::up(services::NEEDED_BY_BENCHES)?;
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut a = vec!["bench", "--workspace", "--locked"];
+    for t in targets {
+        a.extend(["--bench", t.as_str()]);
+    }
+    cmd::run("cargo", &a, &env_refs)
+}
