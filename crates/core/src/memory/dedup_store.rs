@@ -112,8 +112,12 @@ impl DedupStore for MemoryDedupStore {
         let now = Instant::now();
         let mut state = self.lock();
         let before = state.keys.len();
+        // Claims whose owner vanished go an hour after their lease; until then
+        // a late commit without takeover is still allowed.
+        let grace = Duration::from_secs(3600);
         state.keys.retain(|_, e| match e {
-            Entry::Done { until } | Entry::Claimed { until, .. } => *until > now,
+            Entry::Done { until } => *until > now,
+            Entry::Claimed { until, .. } => *until + grace > now,
         });
         Ok((before - state.keys.len()) as u64)
     }

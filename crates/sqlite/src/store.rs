@@ -1,0 +1,272 @@
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use causeway_core::{
+    AppendOutcome, Claim, ClaimToken, DedupStore, Event, EventStore, ReadFrom, ReadQuery, Result, Retention,
+    StoreStats, StoredEvent,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+use crate::row::{COLUMNS, from_micros, from_row, micros};
+use crate::schema::migrate;
+use crate::writer::{Command, Writer};
+
+/// How the store behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// An event whose (source, id) is already in its stream this recently is refused as a duplicate.
+    pub dedup_window: Duration,
+    /// How often the idle writer purges expired dedup keys.
+    pub purge_interval: Duration,
+    /// Most commands one transaction (one fsync) takes.
+    pub max_commands_per_transaction: usize,
+    /// Read-only connections kept for reads.
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            dedup_window: Duration::from_secs(24 * 3600),
+            purge_interval: Duration::from_secs(60),
+            max_commands_per_transaction: 1024,
+            readers: 4,
+        }
+    }
+}
+
+/// An [`EventStore`] and [`DedupStore`] in one SQLite file. Cheap to clone;
+/// the writer thread stops when the last clone is dropped, after finishing
+/// what was queued.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: mpsc::Sender<Command>,
+    readers: Arc<Readers>,
+}
+
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    keep: usize,
+}
+
+fn configure(conn: &Connection) -> Result<(), Error> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "cache_size", -65536)?; // 64 MiB
+    conn.pragma_update(None, "temp_store", "memory")?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path`, migrating its schema.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore, Error> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = Connection::open(&path)?;
+        configure(&conn)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: every commit is fsynced before the writer answers.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer::new(
+            conn,
+            options.dedup_window,
+            options.purge_interval,
+            options.max_commands_per_transaction.max(1),
+        );
+        std::thread::Builder::new()
+            .name("causeway-sqlite-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(Readers {
+                path,
+                idle: Mutex::new(Vec::new()),
+                keep: options.readers.max(1),
+            }),
+        })
+    }
+
+    async fn send<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.send(make(tx)).map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Runs `f` on a read-only connection on the blocking pool.
+    async fn read_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T> {
+        let readers = self.readers.clone();
+        let out = tokio::task::spawn_blocking(move || -> Result<T, Error> {
+            let idle = readers.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+            let conn = match idle {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &readers.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    configure(&c)?;
+                    c
+                }
+            };
+            let result = f(&conn);
+            let mut idle = readers.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() < readers.keep {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(Error::from)?;
+        Ok(out?)
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(&self, stream: &str, events: &[Event]) -> Result<Vec<AppendOutcome>> {
+        let (stream, events) = (stream.to_owned(), events.to_vec());
+        self.send(|reply| Command::Append { stream, events, reply }).await
+    }
+
+    async fn read(&self, query: &ReadQuery) -> Result<Vec<StoredEvent>> {
+        let q = query.clone();
+        self.read_with(move |conn| {
+            let (from_position, from_time) = match q.from {
+                ReadFrom::Position(p) => (p as i64, None),
+                ReadFrom::Time(t) => (0, Some(micros(t))),
+            };
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM events
+                 WHERE sid = (SELECT sid FROM streams WHERE name = ?1)
+                   AND position >= max(?2, coalesce(
+                       (SELECT min(position) FROM events
+                         WHERE sid = (SELECT sid FROM streams WHERE name = ?1) AND stored_at >= ?3), ?2))
+                   AND (?3 IS NULL OR stored_at >= ?3)
+                   AND (?4 IS NULL OR stored_at < ?4)
+                   AND (?5 IS NULL OR source = ?5)
+                   AND (?6 IS NULL OR key = ?6)
+                 ORDER BY position LIMIT ?7"
+            ))?;
+            let rows = stmt.query_and_then(
+                params![
+                    q.stream,
+                    from_position,
+                    from_time,
+                    q.until.map(micros),
+                    q.source,
+                    q.key,
+                    q.limit.min(i64::MAX as usize) as i64
+                ],
+                from_row,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn cursor(&self, stream: &str, name: &str) -> Result<Option<u64>> {
+        let (stream, name) = (stream.to_owned(), name.to_owned());
+        self.read_with(move |conn| {
+            let position: Option<i64> = conn
+                .query_row(
+                    "SELECT c.position FROM cursors c JOIN streams s ON s.sid = c.sid WHERE s.name = ?1 AND c.name = ?2",
+                    params![stream, name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(position.map(|p| p as u64))
+        })
+        .await
+    }
+
+    async fn set_cursor(&self, stream: &str, name: &str, position: u64) -> Result<()> {
+        let (stream, name) = (stream.to_owned(), name.to_owned());
+        self.send(|reply| Command::SetCursor {
+            stream,
+            name,
+            position,
+            reply,
+        })
+        .await
+    }
+
+    async fn apply_retention(&self, policy: &Retention) -> Result<u64> {
+        let policy = *policy;
+        self.send(|reply| Command::Retention { policy, reply }).await
+    }
+
+    async fn stats(&self, stream: Option<&str>) -> Result<StoreStats> {
+        let stream = stream.map(str::to_owned);
+        self.read_with(move |conn| {
+            let mut stats = StoreStats::default();
+            let mut streams = conn.prepare_cached("SELECT sid, events, bytes FROM streams WHERE ?1 IS NULL OR name = ?1")?;
+            let rows: Vec<(i64, i64, i64)> = streams
+                .query_map([&stream], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut ends = conn.prepare_cached(
+                "SELECT position, stored_at FROM events WHERE sid = ?1
+                 AND position IN ((SELECT min(position) FROM events WHERE sid = ?1),
+                                  (SELECT max(position) FROM events WHERE sid = ?1))
+                 ORDER BY position",
+            )?;
+            for (sid, events, bytes) in rows {
+                stats.events += events as u64;
+                stats.bytes += bytes as u64;
+                let found: Vec<(i64, i64)> =
+                    ends.query_map([sid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                if let (Some(first), Some(last)) = (found.first(), found.last()) {
+                    let (fp, lp) = (first.0 as u64, last.0 as u64);
+                    let (ft, lt) = (from_micros(first.1)?, from_micros(last.1)?);
+                    stats.first_position = Some(stats.first_position.map_or(fp, |p| p.min(fp)));
+                    stats.last_position = Some(stats.last_position.map_or(lp, |p| p.max(lp)));
+                    stats.oldest = Some(stats.oldest.map_or(ft, |t| t.min(ft)));
+                    stats.newest = Some(stats.newest.map_or(lt, |t| t.max(lt)));
+                }
+            }
+            Ok(stats)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl DedupStore for SqliteStore {
+    async fn claim(&self, key: &str, lease: Duration) -> Result<Claim> {
+        let mut claims = self.claim_many(&[key], lease).await?;
+        claims.pop().ok_or_else(|| Error::Corrupt("claim returned nothing".into()).into())
+    }
+
+    async fn commit(&self, token: &ClaimToken, ttl: Duration) -> Result<()> {
+        let mut out = self.commit_many(std::slice::from_ref(token), ttl).await?;
+        out.pop().unwrap_or_else(|| Err(Error::Corrupt("commit returned nothing".into()).into()))
+    }
+
+    async fn release(&self, token: &ClaimToken) -> Result<()> {
+        let token = token.clone();
+        self.send(|reply| Command::Release { token, reply }).await
+    }
+
+    async fn claim_many(&self, keys: &[&str], lease: Duration) -> Result<Vec<Claim>> {
+        let keys = keys.iter().map(|k| (*k).to_owned()).collect();
+        self.send(|reply| Command::Claim { keys, lease, reply }).await
+    }
+
+    async fn commit_many(&self, tokens: &[ClaimToken], ttl: Duration) -> Result<Vec<Result<()>>> {
+        let tokens = tokens.to_vec();
+        self.send(|reply| Command::Commit { tokens, ttl, reply }).await
+    }
+
+    async fn purge_expired(&self) -> Result<u64> {
+        self.send(|reply| Command::Purge { reply }).await
+    }
+}

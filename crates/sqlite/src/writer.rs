@@ -1,0 +1,385 @@
+//! The single writer: group commit of every mutation.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use causeway_core::{AppendOutcome, Claim, ClaimToken, Event, Retention};
+use chrono::Utc;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+use crate::row::{headers_json, micros, time_text};
+
+type Reply<T> = oneshot::Sender<Result<T, causeway_core::Error>>;
+
+/// A mutation for the writer thread; its result goes back through `reply`.
+pub(crate) enum Command {
+    Append {
+        stream: String,
+        events: Vec<Event>,
+        reply: Reply<Vec<AppendOutcome>>,
+    },
+    SetCursor {
+        stream: String,
+        name: String,
+        position: u64,
+        reply: Reply<()>,
+    },
+    Retention {
+        policy: Retention,
+        reply: Reply<u64>,
+    },
+    Claim {
+        keys: Vec<String>,
+        lease: Duration,
+        reply: Reply<Vec<Claim>>,
+    },
+    Commit {
+        tokens: Vec<ClaimToken>,
+        ttl: Duration,
+        reply: Reply<Vec<Result<(), causeway_core::Error>>>,
+    },
+    Release {
+        token: ClaimToken,
+        reply: Reply<()>,
+    },
+    Purge {
+        reply: Reply<u64>,
+    },
+}
+
+/// A finished command waiting for its transaction to commit.
+type Done = Box<dyn FnOnce(Option<&causeway_core::Error>) + Send>;
+
+fn done<T: Send + 'static>(reply: Reply<T>, result: Result<T, causeway_core::Error>) -> Done {
+    Box::new(move |commit_failed| {
+        // The caller may have gone away (timed out, dropped): nothing to tell.
+        let _ = reply.send(match commit_failed {
+            Some(e) => Err(e.clone()),
+            None => result,
+        });
+    })
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    dedup_window: Duration,
+    purge_interval: Duration,
+    max_commands: usize,
+    sids: HashMap<String, i64>,
+}
+
+impl Writer {
+    pub(crate) fn new(conn: Connection, dedup_window: Duration, purge_interval: Duration, max_commands: usize) -> Self {
+        Writer {
+            conn,
+            dedup_window,
+            purge_interval,
+            max_commands,
+            sids: HashMap::new(),
+        }
+    }
+
+    /// Runs until every sender is dropped: waits for a command, takes every
+    /// other command already queued, runs them all in one transaction.
+    pub(crate) fn run(mut self, rx: Receiver<Command>) {
+        loop {
+            let first = match rx.recv_timeout(self.purge_interval) {
+                Ok(cmd) => cmd,
+                Err(RecvTimeoutError::Timeout) => {
+                    let (tx, _) = oneshot::channel();
+                    self.run_batch(vec![Command::Purge { reply: tx }]);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.max_commands {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Command>) {
+        let mut finished = Vec::with_capacity(batch.len());
+        let outcome = (|| -> Result<(), Error> {
+            let mut tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for cmd in batch {
+                finished.push(execute(&mut tx, &mut self.sids, self.dedup_window, cmd)?);
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        let failure = outcome.err().map(|e| {
+            tracing::error!(error = %e, "sqlite store transaction failed");
+            // Stream ids created in the rolled-back transaction are gone.
+            self.sids.clear();
+            causeway_core::Error::from(e)
+        });
+        for f in finished {
+            f(failure.as_ref());
+        }
+    }
+}
+
+/// Runs one command inside a savepoint of the batch's transaction, so its
+/// failure rolls back only its own writes.
+fn execute(tx: &mut Transaction<'_>, sids: &mut HashMap<String, i64>, window: Duration, cmd: Command) -> Result<Done, Error> {
+    let sp = tx.savepoint()?;
+    macro_rules! run {
+        ($reply:expr, $body:expr) => {{
+            let result: Result<_, Error> = $body;
+            match result {
+                Ok(v) => {
+                    sp.commit()?;
+                    Ok(done($reply, Ok(v)))
+                }
+                Err(e) => {
+                    drop(sp); // rolls back to the savepoint
+                    // Stream ids it created are rolled back too.
+                    sids.clear();
+                    Ok(done($reply, Err(e.into())))
+                }
+            }
+        }};
+    }
+    match cmd {
+        Command::Append { stream, events, reply } => run!(reply, append(&sp, sids, window, &stream, &events)),
+        Command::SetCursor {
+            stream,
+            name,
+            position,
+            reply,
+        } => run!(reply, set_cursor(&sp, sids, &stream, &name, position)),
+        Command::Retention { policy, reply } => run!(reply, retention(&sp, window, &policy)),
+        Command::Claim { keys, lease, reply } => run!(reply, claim(&sp, &keys, lease)),
+        Command::Commit { tokens, ttl, reply } => run!(reply, commit(&sp, &tokens, ttl)),
+        Command::Release { token, reply } => run!(reply, release(&sp, &token)),
+        Command::Purge { reply } => run!(reply, purge(&sp)),
+    }
+}
+
+fn sid(conn: &Connection, sids: &mut HashMap<String, i64>, stream: &str) -> Result<i64, Error> {
+    if let Some(&sid) = sids.get(stream) {
+        return Ok(sid);
+    }
+    conn.execute("INSERT OR IGNORE INTO streams (name) VALUES (?1)", [stream])?;
+    let sid = conn.query_row("SELECT sid FROM streams WHERE name = ?1", [stream], |r| r.get(0))?;
+    sids.insert(stream.to_owned(), sid);
+    Ok(sid)
+}
+
+fn append(
+    conn: &Connection,
+    sids: &mut HashMap<String, i64>,
+    window: Duration,
+    stream: &str,
+    events: &[Event],
+) -> Result<Vec<AppendOutcome>, Error> {
+    let sid = sid(conn, sids, stream)?;
+    let now = micros(Utc::now());
+    let window_start = now - window.as_micros() as i64;
+    let mut next: i64 = conn.query_row("SELECT next_position FROM streams WHERE sid = ?1", [sid], |r| r.get(0))?;
+    let mut claim_id = conn.prepare_cached(
+        "INSERT INTO event_ids (sid, source, id, position, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (sid, source, id) DO UPDATE SET position = excluded.position, stored_at = excluded.stored_at
+         WHERE event_ids.stored_at < ?6",
+    )?;
+    let mut existing = conn.prepare_cached("SELECT position FROM event_ids WHERE sid = ?1 AND source = ?2 AND id = ?3")?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (sid, position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, size, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    let mut out = Vec::with_capacity(events.len());
+    let (mut added, mut bytes) = (0i64, 0i64);
+    for e in events {
+        if claim_id.execute(params![sid, e.source, e.id, next, now, window_start])? == 0 {
+            let position: i64 = existing.query_row(params![sid, e.source, e.id], |r| r.get(0))?;
+            out.push(AppendOutcome::Duplicate(position as u64));
+            continue;
+        }
+        let size = e.payload.len() as i64;
+        insert.execute(params![
+            sid,
+            next,
+            now,
+            e.source,
+            e.id,
+            e.kind,
+            time_text(e),
+            e.content_type,
+            e.data_schema,
+            e.subject,
+            e.key,
+            headers_json(e),
+            size,
+            &e.payload[..],
+        ])?;
+        out.push(AppendOutcome::Stored(next as u64));
+        next += 1;
+        added += 1;
+        bytes += size;
+    }
+    conn.execute(
+        "UPDATE streams SET next_position = ?2, events = events + ?3, bytes = bytes + ?4 WHERE sid = ?1",
+        params![sid, next, added, bytes],
+    )?;
+    Ok(out)
+}
+
+fn set_cursor(conn: &Connection, sids: &mut HashMap<String, i64>, stream: &str, name: &str, position: u64) -> Result<(), Error> {
+    let sid = sid(conn, sids, stream)?;
+    conn.execute(
+        "INSERT INTO cursors (sid, name, position) VALUES (?1, ?2, ?3)
+         ON CONFLICT (sid, name) DO UPDATE SET position = excluded.position",
+        params![sid, name, position as i64],
+    )?;
+    Ok(())
+}
+
+fn retention(conn: &Connection, window: Duration, policy: &Retention) -> Result<u64, Error> {
+    let now = micros(Utc::now());
+    let streams: Vec<(i64, i64)> = conn
+        .prepare("SELECT sid, bytes FROM streams")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut deleted = 0u64;
+    for (sid, bytes) in streams {
+        // Events after the slowest cursor are still to be forwarded.
+        let protect_from: i64 = if policy.ignore_cursors {
+            i64::MAX
+        } else {
+            conn.query_row("SELECT min(position) + 1 FROM cursors WHERE sid = ?1", [sid], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?
+            .unwrap_or(i64::MAX)
+        };
+        // The last position to delete: the older of the age cut and the size cut.
+        let mut cut: Option<i64> = None;
+        if let Some(age) = policy.max_age {
+            let before = now - age.as_micros() as i64;
+            cut = conn
+                .query_row(
+                    "SELECT max(position) FROM events WHERE sid = ?1 AND stored_at < ?2",
+                    params![sid, before],
+                    |r| r.get::<_, Option<i64>>(0),
+                )
+                .optional()?
+                .flatten();
+        }
+        if let Some(max_bytes) = policy.max_bytes {
+            let mut excess = bytes - max_bytes as i64;
+            if excess > 0 {
+                let mut rows = conn.prepare_cached("SELECT position, size FROM events WHERE sid = ?1 ORDER BY position")?;
+                let mut rows = rows.query([sid])?;
+                while let Some(row) = rows.next()? {
+                    let (position, size): (i64, i64) = (row.get(0)?, row.get(1)?);
+                    cut = Some(cut.map_or(position, |c| c.max(position)));
+                    excess -= size;
+                    if excess <= 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(cut) = cut else { continue };
+        let last = cut.min(protect_from - 1);
+        let (n, freed): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE sid = ?1 AND position <= ?2",
+            params![sid, last],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        conn.execute("DELETE FROM events WHERE sid = ?1 AND position <= ?2", params![sid, last])?;
+        conn.execute(
+            "UPDATE streams SET events = events - ?2, bytes = bytes - ?3 WHERE sid = ?1",
+            params![sid, n, freed],
+        )?;
+        deleted += n as u64;
+    }
+    conn.execute(
+        "DELETE FROM event_ids WHERE stored_at < ?1",
+        [now - window.as_micros() as i64],
+    )?;
+    Ok(deleted)
+}
+
+fn now_millis() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn next_fence(conn: &Connection) -> Result<i64, Error> {
+    Ok(conn.query_row(
+        "UPDATE meta SET value = value + 1 WHERE name = 'last_fence' RETURNING value",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+fn claim(conn: &Connection, keys: &[String], lease: Duration) -> Result<Vec<Claim>, Error> {
+    let now = now_millis();
+    let mut get = conn.prepare_cached("SELECT done, until FROM dedup WHERE key = ?1")?;
+    let mut put = conn.prepare_cached(
+        "INSERT INTO dedup (key, fence, done, until) VALUES (?1, ?2, 0, ?3)
+         ON CONFLICT (key) DO UPDATE SET fence = excluded.fence, done = 0, until = excluded.until",
+    )?;
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let current: Option<(bool, i64)> = get.query_row([key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        match current {
+            Some((true, until)) if until > now => out.push(Claim::Done),
+            Some((false, until)) if until > now => out.push(Claim::Busy),
+            _ => {
+                let fence = next_fence(conn)?;
+                put.execute(params![key, fence, now + lease.as_millis() as i64])?;
+                out.push(Claim::Claimed(ClaimToken {
+                    key: key.clone(),
+                    fence: fence as u64,
+                }));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn fenced(token: &ClaimToken) -> causeway_core::Error {
+    Error::Fenced(format!("claim {} on `{}` was taken over or is gone", token.fence, token.key)).into()
+}
+
+fn commit(conn: &Connection, tokens: &[ClaimToken], ttl: Duration) -> Result<Vec<Result<(), causeway_core::Error>>, Error> {
+    let until = now_millis() + ttl.as_millis() as i64;
+    let mut stmt = conn.prepare_cached("UPDATE dedup SET done = 1, until = ?3 WHERE key = ?1 AND fence = ?2 AND done = 0")?;
+    tokens
+        .iter()
+        .map(|t| {
+            let changed = stmt.execute(params![t.key, t.fence as i64, until])?;
+            Ok(if changed == 1 { Ok(()) } else { Err(fenced(t)) })
+        })
+        .collect()
+}
+
+fn release(conn: &Connection, token: &ClaimToken) -> Result<(), Error> {
+    let changed = conn.execute(
+        "DELETE FROM dedup WHERE key = ?1 AND fence = ?2 AND done = 0",
+        params![token.key, token.fence as i64],
+    )?;
+    if changed == 1 { Ok(()) } else { Err(Error::Fenced(fenced(token).to_string())) }
+}
+
+/// Deletes committed keys past their TTL, and claims whose lease ran out
+/// over an hour ago (their owner is gone; a late commit would have been
+/// allowed until then).
+fn purge(conn: &Connection) -> Result<u64, Error> {
+    let now = now_millis();
+    Ok(conn.execute(
+        "DELETE FROM dedup WHERE until <= ?1 AND (done = 1 OR until <= ?2)",
+        params![now, now - STALE_CLAIM_GRACE_MS],
+    )? as u64)
+}
+
+const STALE_CLAIM_GRACE_MS: i64 = 3600 * 1000;
