@@ -17,10 +17,10 @@ use anyhow::{Context, Result, bail};
 use crate::cmd;
 
 /// Services `cargo xtask test` brings up. An adapter's issue adds its broker here.
-pub const NEEDED_BY_TESTS: &[&str] = &[];
+pub const NEEDED_BY_TESTS: &[&str] = &["postgres"];
 
 /// Services `cargo xtask bench` brings up.
-pub const NEEDED_BY_BENCHES: &[&str] = &[];
+pub const NEEDED_BY_BENCHES: &[&str] = &["postgres"];
 
 struct Service {
     name: &'static str,
@@ -34,6 +34,13 @@ struct Service {
 }
 
 const SERVICES: &[Service] = &[
+    Service {
+        name: "postgres",
+        env: "CAUSEWAY_POSTGRES_URL",
+        default: "postgres://postgres@127.0.0.1:5432/test",
+        probe: "127.0.0.1:5432",
+        start: start_postgres,
+    },
     Service {
         name: "rabbitmq",
         env: "CAUSEWAY_RABBITMQ_URL",
@@ -257,6 +264,57 @@ pub fn status() -> Result<()> {
             "down"
         };
         println!("{:<10} {:<10} {} ({})", s.name, state, s.probe, s.env);
+    }
+    Ok(())
+}
+
+/// Debian's PostgreSQL cluster; on a machine without one, installed with
+/// trust authentication on loopback and a `test` database, as on the
+/// project's machines.
+fn start_postgres(cache: &Cache) -> Result<()> {
+    let fresh = !cmd::succeeds("sh", &["-c", "command -v pg_ctlcluster"]);
+    if fresh {
+        cmd::run("apt-get", &["update", "-qq"], &[])?;
+        cmd::run(
+            "apt-get",
+            &["install", "-y", "-qq", "postgresql"],
+            &[("DEBIAN_FRONTEND", "noninteractive")],
+        )?;
+    }
+    let version = fs::read_dir("/etc/postgresql")
+        .context("no cluster under /etc/postgresql")?
+        .flatten()
+        .filter_map(|d| d.file_name().into_string().ok())
+        .max()
+        .context("no cluster under /etc/postgresql")?;
+    if fresh {
+        // First matching line wins: trust local test connections.
+        let hba = format!("/etc/postgresql/{version}/main/pg_hba.conf");
+        let old = fs::read_to_string(&hba)?;
+        fs::write(
+            &hba,
+            format!("local all all trust\nhost all all 127.0.0.1/32 trust\n{old}"),
+        )?;
+    }
+    cmd::run(
+        "pg_ctlcluster",
+        &["--skip-systemctl-redirect", &version, "main", "start"],
+        &[],
+    )?;
+    if fresh {
+        wait_reachable("postgres", "127.0.0.1:5432", Duration::from_secs(30), cache)?;
+        cmd::run(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-c",
+                "CREATE DATABASE test",
+            ],
+            &[],
+        )?;
     }
     Ok(())
 }

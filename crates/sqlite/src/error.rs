@@ -43,13 +43,19 @@ impl Error {
                 | ErrorCode::OutOfMemory => Status::Temporary,
                 _ => Status::Permanent,
             },
-            Error::Sqlite(_) | Error::Corrupt(_) | Error::Closed | Error::Fenced(_) | Error::Join(_) => Status::Permanent,
+            Error::Sqlite(_)
+            | Error::Corrupt(_)
+            | Error::Closed
+            | Error::Fenced(_)
+            | Error::Join(_) => Status::Permanent,
         }
     }
 }
 
 impl From<Error> for causeway_core::Error {
     fn from(e: Error) -> Self {
-        causeway_core::Error::new(e.kind(), "sqlite store").with_status(e.status()).with_source(e)
+        causeway_core::Error::new(e.kind(), "sqlite store")
+            .with_status(e.status())
+            .with_source(e)
     }
 }

@@ -11,8 +11,7 @@ use rusqlite::Row;
 use crate::error::Error;
 
 /// The columns `from_row` reads, in order.
-pub(crate) const COLUMNS: &str =
-    "position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, payload";
+pub(crate) const COLUMNS: &str = "position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, payload";
 
 pub(crate) fn headers_json(event: &Event) -> Option<String> {
     if event.headers.is_empty() {
@@ -31,7 +30,8 @@ pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
 }
 
 pub(crate) fn from_micros(us: i64) -> Result<DateTime<Utc>, Error> {
-    DateTime::from_timestamp_micros(us).ok_or_else(|| Error::Corrupt(format!("stored_at {us} out of range")))
+    DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| Error::Corrupt(format!("stored_at {us} out of range")))
 }
 
 pub(crate) fn from_row(row: &Row<'_>) -> Result<StoredEvent, Error> {
@@ -40,7 +40,9 @@ pub(crate) fn from_row(row: &Row<'_>) -> Result<StoredEvent, Error> {
     let time: Option<String> = row.get(5)?;
     let headers: Option<String> = row.get(10)?;
     let headers: BTreeMap<String, String> = match headers {
-        Some(json) => serde_json::from_str(&json).map_err(|e| Error::Corrupt(format!("headers: {e}")))?,
+        Some(json) => {
+            serde_json::from_str(&json).map_err(|e| Error::Corrupt(format!("headers: {e}")))?
+        }
         None => BTreeMap::new(),
     };
     let payload: Vec<u8> = row.get(11)?;

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use causeway_core::{
-    AppendOutcome, Claim, ClaimToken, DedupStore, Event, EventStore, ReadFrom, ReadQuery, Result, Retention,
-    StoreStats, StoredEvent,
+    AppendOutcome, Claim, ClaimToken, DedupStore, Event, EventStore, ReadFrom, ReadQuery, Result,
+    Retention, StoreStats, StoredEvent,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
@@ -106,7 +106,11 @@ impl SqliteStore {
     ) -> Result<T> {
         let readers = self.readers.clone();
         let out = tokio::task::spawn_blocking(move || -> Result<T, Error> {
-            let idle = readers.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+            let idle = readers
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
             let conn = match idle {
                 Some(c) => c,
                 None => {
@@ -119,7 +123,10 @@ impl SqliteStore {
                 }
             };
             let result = f(&conn);
-            let mut idle = readers.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut idle = readers
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if idle.len() < readers.keep {
                 idle.push(conn);
             }
@@ -135,7 +142,12 @@ impl SqliteStore {
 impl EventStore for SqliteStore {
     async fn append(&self, stream: &str, events: &[Event]) -> Result<Vec<AppendOutcome>> {
         let (stream, events) = (stream.to_owned(), events.to_vec());
-        self.send(|reply| Command::Append { stream, events, reply }).await
+        self.send(|reply| Command::Append {
+            stream,
+            events,
+            reply,
+        })
+        .await
     }
 
     async fn read(&self, query: &ReadQuery) -> Result<Vec<StoredEvent>> {
@@ -202,14 +214,17 @@ impl EventStore for SqliteStore {
 
     async fn apply_retention(&self, policy: &Retention) -> Result<u64> {
         let policy = *policy;
-        self.send(|reply| Command::Retention { policy, reply }).await
+        self.send(|reply| Command::Retention { policy, reply })
+            .await
     }
 
     async fn stats(&self, stream: Option<&str>) -> Result<StoreStats> {
         let stream = stream.map(str::to_owned);
         self.read_with(move |conn| {
             let mut stats = StoreStats::default();
-            let mut streams = conn.prepare_cached("SELECT sid, events, bytes FROM streams WHERE ?1 IS NULL OR name = ?1")?;
+            let mut streams = conn.prepare_cached(
+                "SELECT sid, events, bytes FROM streams WHERE ?1 IS NULL OR name = ?1",
+            )?;
             let rows: Vec<(i64, i64, i64)> = streams
                 .query_map([&stream], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
@@ -222,8 +237,9 @@ impl EventStore for SqliteStore {
             for (sid, events, bytes) in rows {
                 stats.events += events as u64;
                 stats.bytes += bytes as u64;
-                let found: Vec<(i64, i64)> =
-                    ends.query_map([sid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                let found: Vec<(i64, i64)> = ends
+                    .query_map([sid], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
                 if let (Some(first), Some(last)) = (found.first(), found.last()) {
                     let (fp, lp) = (first.0 as u64, last.0 as u64);
                     let (ft, lt) = (from_micros(first.1)?, from_micros(last.1)?);
@@ -243,12 +259,15 @@ impl EventStore for SqliteStore {
 impl DedupStore for SqliteStore {
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim> {
         let mut claims = self.claim_many(&[key], lease).await?;
-        claims.pop().ok_or_else(|| Error::Corrupt("claim returned nothing".into()).into())
+        claims
+            .pop()
+            .ok_or_else(|| Error::Corrupt("claim returned nothing".into()).into())
     }
 
     async fn commit(&self, token: &ClaimToken, ttl: Duration) -> Result<()> {
         let mut out = self.commit_many(std::slice::from_ref(token), ttl).await?;
-        out.pop().unwrap_or_else(|| Err(Error::Corrupt("commit returned nothing".into()).into()))
+        out.pop()
+            .unwrap_or_else(|| Err(Error::Corrupt("commit returned nothing".into()).into()))
     }
 
     async fn release(&self, token: &ClaimToken) -> Result<()> {
@@ -258,12 +277,14 @@ impl DedupStore for SqliteStore {
 
     async fn claim_many(&self, keys: &[&str], lease: Duration) -> Result<Vec<Claim>> {
         let keys = keys.iter().map(|k| (*k).to_owned()).collect();
-        self.send(|reply| Command::Claim { keys, lease, reply }).await
+        self.send(|reply| Command::Claim { keys, lease, reply })
+            .await
     }
 
     async fn commit_many(&self, tokens: &[ClaimToken], ttl: Duration) -> Result<Vec<Result<()>>> {
         let tokens = tokens.to_vec();
-        self.send(|reply| Command::Commit { tokens, ttl, reply }).await
+        self.send(|reply| Command::Commit { tokens, ttl, reply })
+            .await
     }
 
     async fn purge_expired(&self) -> Result<u64> {

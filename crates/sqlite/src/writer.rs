@@ -72,7 +72,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(conn: Connection, dedup_window: Duration, purge_interval: Duration, max_commands: usize) -> Self {
+    pub(crate) fn new(
+        conn: Connection,
+        dedup_window: Duration,
+        purge_interval: Duration,
+        max_commands: usize,
+    ) -> Self {
         Writer {
             conn,
             dedup_window,
@@ -109,7 +114,9 @@ impl Writer {
     fn run_batch(&mut self, batch: Vec<Command>) {
         let mut finished = Vec::with_capacity(batch.len());
         let outcome = (|| -> Result<(), Error> {
-            let mut tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for cmd in batch {
                 finished.push(execute(&mut tx, &mut self.sids, self.dedup_window, cmd)?);
             }
@@ -130,7 +137,12 @@ impl Writer {
 
 /// Runs one command inside a savepoint of the batch's transaction, so its
 /// failure rolls back only its own writes.
-fn execute(tx: &mut Transaction<'_>, sids: &mut HashMap<String, i64>, window: Duration, cmd: Command) -> Result<Done, Error> {
+fn execute(
+    tx: &mut Transaction<'_>,
+    sids: &mut HashMap<String, i64>,
+    window: Duration,
+    cmd: Command,
+) -> Result<Done, Error> {
     let sp = tx.savepoint()?;
     macro_rules! run {
         ($reply:expr, $body:expr) => {{
@@ -150,7 +162,11 @@ fn execute(tx: &mut Transaction<'_>, sids: &mut HashMap<String, i64>, window: Du
         }};
     }
     match cmd {
-        Command::Append { stream, events, reply } => run!(reply, append(&sp, sids, window, &stream, &events)),
+        Command::Append {
+            stream,
+            events,
+            reply,
+        } => run!(reply, append(&sp, sids, window, &stream, &events)),
         Command::SetCursor {
             stream,
             name,
@@ -170,7 +186,9 @@ fn sid(conn: &Connection, sids: &mut HashMap<String, i64>, stream: &str) -> Resu
         return Ok(sid);
     }
     conn.execute("INSERT OR IGNORE INTO streams (name) VALUES (?1)", [stream])?;
-    let sid = conn.query_row("SELECT sid FROM streams WHERE name = ?1", [stream], |r| r.get(0))?;
+    let sid = conn.query_row("SELECT sid FROM streams WHERE name = ?1", [stream], |r| {
+        r.get(0)
+    })?;
     sids.insert(stream.to_owned(), sid);
     Ok(sid)
 }
@@ -185,13 +203,19 @@ fn append(
     let sid = sid(conn, sids, stream)?;
     let now = micros(Utc::now());
     let window_start = now - window.as_micros() as i64;
-    let mut next: i64 = conn.query_row("SELECT next_position FROM streams WHERE sid = ?1", [sid], |r| r.get(0))?;
+    let mut next: i64 = conn.query_row(
+        "SELECT next_position FROM streams WHERE sid = ?1",
+        [sid],
+        |r| r.get(0),
+    )?;
     let mut claim_id = conn.prepare_cached(
         "INSERT INTO event_ids (sid, source, id, position, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (sid, source, id) DO UPDATE SET position = excluded.position, stored_at = excluded.stored_at
          WHERE event_ids.stored_at < ?6",
     )?;
-    let mut existing = conn.prepare_cached("SELECT position FROM event_ids WHERE sid = ?1 AND source = ?2 AND id = ?3")?;
+    let mut existing = conn.prepare_cached(
+        "SELECT position FROM event_ids WHERE sid = ?1 AND source = ?2 AND id = ?3",
+    )?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO events (sid, position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, size, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
@@ -233,7 +257,13 @@ fn append(
     Ok(out)
 }
 
-fn set_cursor(conn: &Connection, sids: &mut HashMap<String, i64>, stream: &str, name: &str, position: u64) -> Result<(), Error> {
+fn set_cursor(
+    conn: &Connection,
+    sids: &mut HashMap<String, i64>,
+    stream: &str,
+    name: &str,
+    position: u64,
+) -> Result<(), Error> {
     let sid = sid(conn, sids, stream)?;
     conn.execute(
         "INSERT INTO cursors (sid, name, position) VALUES (?1, ?2, ?3)
@@ -255,9 +285,11 @@ fn retention(conn: &Connection, window: Duration, policy: &Retention) -> Result<
         let protect_from: i64 = if policy.ignore_cursors {
             i64::MAX
         } else {
-            conn.query_row("SELECT min(position) + 1 FROM cursors WHERE sid = ?1", [sid], |r| {
-                r.get::<_, Option<i64>>(0)
-            })?
+            conn.query_row(
+                "SELECT min(position) + 1 FROM cursors WHERE sid = ?1",
+                [sid],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
             .unwrap_or(i64::MAX)
         };
         // The last position to delete: the older of the age cut and the size cut.
@@ -276,7 +308,9 @@ fn retention(conn: &Connection, window: Duration, policy: &Retention) -> Result<
         if let Some(max_bytes) = policy.max_bytes {
             let mut excess = bytes - max_bytes as i64;
             if excess > 0 {
-                let mut rows = conn.prepare_cached("SELECT position, size FROM events WHERE sid = ?1 ORDER BY position")?;
+                let mut rows = conn.prepare_cached(
+                    "SELECT position, size FROM events WHERE sid = ?1 ORDER BY position",
+                )?;
                 let mut rows = rows.query([sid])?;
                 while let Some(row) = rows.next()? {
                     let (position, size): (i64, i64) = (row.get(0)?, row.get(1)?);
@@ -295,7 +329,10 @@ fn retention(conn: &Connection, window: Duration, policy: &Retention) -> Result<
             params![sid, last],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        conn.execute("DELETE FROM events WHERE sid = ?1 AND position <= ?2", params![sid, last])?;
+        conn.execute(
+            "DELETE FROM events WHERE sid = ?1 AND position <= ?2",
+            params![sid, last],
+        )?;
         conn.execute(
             "UPDATE streams SET events = events - ?2, bytes = bytes - ?3 WHERE sid = ?1",
             params![sid, n, freed],
@@ -330,7 +367,9 @@ fn claim(conn: &Connection, keys: &[String], lease: Duration) -> Result<Vec<Clai
     )?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
-        let current: Option<(bool, i64)> = get.query_row([key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let current: Option<(bool, i64)> = get
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
         match current {
             Some((true, until)) if until > now => out.push(Claim::Done),
             Some((false, until)) if until > now => out.push(Claim::Busy),
@@ -348,12 +387,22 @@ fn claim(conn: &Connection, keys: &[String], lease: Duration) -> Result<Vec<Clai
 }
 
 fn fenced(token: &ClaimToken) -> causeway_core::Error {
-    Error::Fenced(format!("claim {} on `{}` was taken over or is gone", token.fence, token.key)).into()
+    Error::Fenced(format!(
+        "claim {} on `{}` was taken over or is gone",
+        token.fence, token.key
+    ))
+    .into()
 }
 
-fn commit(conn: &Connection, tokens: &[ClaimToken], ttl: Duration) -> Result<Vec<Result<(), causeway_core::Error>>, Error> {
+fn commit(
+    conn: &Connection,
+    tokens: &[ClaimToken],
+    ttl: Duration,
+) -> Result<Vec<Result<(), causeway_core::Error>>, Error> {
     let until = now_millis() + ttl.as_millis() as i64;
-    let mut stmt = conn.prepare_cached("UPDATE dedup SET done = 1, until = ?3 WHERE key = ?1 AND fence = ?2 AND done = 0")?;
+    let mut stmt = conn.prepare_cached(
+        "UPDATE dedup SET done = 1, until = ?3 WHERE key = ?1 AND fence = ?2 AND done = 0",
+    )?;
     tokens
         .iter()
         .map(|t| {
@@ -368,7 +417,11 @@ fn release(conn: &Connection, token: &ClaimToken) -> Result<(), Error> {
         "DELETE FROM dedup WHERE key = ?1 AND fence = ?2 AND done = 0",
         params![token.key, token.fence as i64],
     )?;
-    if changed == 1 { Ok(()) } else { Err(Error::Fenced(fenced(token).to_string())) }
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(Error::Fenced(fenced(token).to_string()))
+    }
 }
 
 /// Deletes committed keys past their TTL, and claims whose lease ran out

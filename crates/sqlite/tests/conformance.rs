@@ -21,7 +21,10 @@ impl Sqlite {
     }
 
     fn open(&self, dedup_window: Duration) -> SqliteStore {
-        let path = self.dir.path().join(format!("{}.db", causeway_testkit::unique_name("store")));
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}.db", causeway_testkit::unique_name("store")));
         SqliteStore::open(
             path,
             SqliteOptions {

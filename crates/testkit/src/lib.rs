@@ -12,8 +12,11 @@
 //!
 //! [`Capabilities`]: causeway_core::Capabilities
 
+pub mod bench;
 pub mod broker;
+pub mod crash;
 pub mod dedup;
+pub mod env;
 pub mod fault_proxy;
 pub mod harness;
 pub mod memory;
