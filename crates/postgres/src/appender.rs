@@ -78,9 +78,11 @@ async fn append_batch(
         .await?;
     let find = tx
         .prepare_cached(
-            "SELECT e.source, e.id, e.position FROM event_ids e
-             JOIN unnest($2::text[], $3::text[]) AS t(source, id) ON e.source = t.source AND e.id = t.id
-             WHERE e.sid = $1 AND e.stored_at >= $4",
+            // LATERAL: one primary-key probe per id; a plain join lets the
+            // generic plan scan the whole table, which grows without bound.
+            "SELECT t.source, t.id, e.position FROM unnest($2::text[], $3::text[]) AS t(source, id)
+             CROSS JOIN LATERAL (SELECT position FROM event_ids
+                                  WHERE sid = $1 AND source = t.source AND id = t.id AND stored_at >= $4) e",
         )
         .await?;
     let insert_ids = tx

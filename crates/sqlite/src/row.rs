@@ -11,7 +11,7 @@ use rusqlite::Row;
 use crate::error::Error;
 
 /// The columns `from_row` reads, in order.
-pub(crate) const COLUMNS: &str = "position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, payload";
+pub(crate) const COLUMNS: &str = "rowid & 1099511627775, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, payload";
 
 pub(crate) fn headers_json(event: &Event) -> Option<String> {
     if event.headers.is_empty() {
@@ -66,4 +66,17 @@ pub(crate) fn from_row(row: &Row<'_>) -> Result<StoredEvent, Error> {
         stored_at,
         event,
     })
+}
+
+/// Bits of a rowid that hold the position; the rest hold the stream id.
+pub(crate) const POSITION_BITS: u32 = 40;
+
+/// The rowid of `position` in stream `sid`.
+pub(crate) fn rowid(sid: i64, position: i64) -> i64 {
+    (sid << POSITION_BITS) | position
+}
+
+/// The last rowid stream `sid` can have.
+pub(crate) fn last_rowid(sid: i64) -> i64 {
+    rowid(sid, (1 << POSITION_BITS) - 1)
 }

@@ -13,9 +13,10 @@ CREATE TABLE streams (
     events        INTEGER NOT NULL DEFAULT 0,
     bytes         INTEGER NOT NULL DEFAULT 0
 );
+-- rowid = sid << 40 | position: the table is its own per-stream index, so
+-- an append touches one B-tree for the row (plus one for its id).
 CREATE TABLE events (
-    sid          INTEGER NOT NULL,
-    position     INTEGER NOT NULL,
+    rowid        INTEGER PRIMARY KEY,
     stored_at    INTEGER NOT NULL, -- unix microseconds
     source       TEXT NOT NULL,
     id           TEXT NOT NULL,
@@ -27,10 +28,14 @@ CREATE TABLE events (
     key          TEXT,
     headers      TEXT,             -- JSON object, NULL when empty
     size         INTEGER NOT NULL, -- payload bytes
-    payload      BLOB NOT NULL,
-    PRIMARY KEY (sid, position)
+    payload      BLOB NOT NULL
 );
-CREATE INDEX events_by_time ON events (sid, stored_at);
+-- One row per append to a stream, keyed like events by its first position:
+-- reads from a time find their start here instead of in a per-event index.
+CREATE TABLE batches (
+    rowid     INTEGER PRIMARY KEY,
+    stored_at INTEGER NOT NULL
+);
 -- Ids outlive their events: dedup holds for the window even after retention.
 CREATE TABLE event_ids (
     sid       INTEGER NOT NULL,

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::error::Error;
-use crate::row::{COLUMNS, from_micros, from_row, micros};
+use crate::row::{COLUMNS, POSITION_BITS, from_micros, from_row, last_rowid, micros, rowid};
 use crate::schema::migrate;
 use crate::writer::{Command, Writer};
 
@@ -157,22 +157,37 @@ impl EventStore for SqliteStore {
                 ReadFrom::Position(p) => (p as i64, None),
                 ReadFrom::Time(t) => (0, Some(micros(t))),
             };
+            let Some(sid) = conn
+                .prepare_cached("SELECT sid FROM streams WHERE name = ?1")?
+                .query_row([&q.stream], |r| r.get::<_, i64>(0))
+                .optional()?
+            else {
+                return Ok(Vec::new());
+            };
+            let mut start = rowid(sid, from_position.min((1 << POSITION_BITS) - 1));
+            if let Some(t) = from_time {
+                // The first append at or after `t`: its events and all later ones qualify.
+                let first: Option<i64> = conn
+                    .prepare_cached("SELECT min(rowid) FROM batches WHERE rowid BETWEEN ?1 AND ?2 AND stored_at >= ?3")?
+                    .query_row(params![rowid(sid, 0), last_rowid(sid), t], |r| r.get(0))?;
+                match first {
+                    Some(first) => start = start.max(first),
+                    None => return Ok(Vec::new()),
+                }
+            }
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM events
-                 WHERE sid = (SELECT sid FROM streams WHERE name = ?1)
-                   AND position >= max(?2, coalesce(
-                       (SELECT min(position) FROM events
-                         WHERE sid = (SELECT sid FROM streams WHERE name = ?1) AND stored_at >= ?3), ?2))
+                 WHERE rowid BETWEEN ?1 AND ?2
                    AND (?3 IS NULL OR stored_at >= ?3)
                    AND (?4 IS NULL OR stored_at < ?4)
                    AND (?5 IS NULL OR source = ?5)
                    AND (?6 IS NULL OR key = ?6)
-                 ORDER BY position LIMIT ?7"
+                 ORDER BY rowid LIMIT ?7"
             ))?;
             let rows = stmt.query_and_then(
                 params![
-                    q.stream,
-                    from_position,
+                    start,
+                    last_rowid(sid),
                     from_time,
                     q.until.map(micros),
                     q.source,
@@ -229,16 +244,18 @@ impl EventStore for SqliteStore {
                 .query_map([&stream], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             let mut ends = conn.prepare_cached(
-                "SELECT position, stored_at FROM events WHERE sid = ?1
-                 AND position IN ((SELECT min(position) FROM events WHERE sid = ?1),
-                                  (SELECT max(position) FROM events WHERE sid = ?1))
-                 ORDER BY position",
+                "SELECT rowid & 1099511627775, stored_at FROM events
+                 WHERE rowid IN ((SELECT min(rowid) FROM events WHERE rowid BETWEEN ?1 AND ?2),
+                                 (SELECT max(rowid) FROM events WHERE rowid BETWEEN ?1 AND ?2))
+                 ORDER BY rowid",
             )?;
             for (sid, events, bytes) in rows {
                 stats.events += events as u64;
                 stats.bytes += bytes as u64;
                 let found: Vec<(i64, i64)> = ends
-                    .query_map([sid], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .query_map([rowid(sid, 0), last_rowid(sid)], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
                     .collect::<Result<_, _>>()?;
                 if let (Some(first), Some(last)) = (found.first(), found.last()) {
                     let (fp, lp) = (first.0 as u64, last.0 as u64);

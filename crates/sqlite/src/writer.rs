@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
 use crate::error::Error;
-use crate::row::{headers_json, micros, time_text};
+use crate::row::{headers_json, last_rowid, micros, rowid, time_text};
 
 type Reply<T> = oneshot::Sender<Result<T, causeway_core::Error>>;
 
@@ -217,9 +217,10 @@ fn append(
         "SELECT position FROM event_ids WHERE sid = ?1 AND source = ?2 AND id = ?3",
     )?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO events (sid, position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, size, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "INSERT INTO events (rowid, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, size, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
+    let first = next;
     let mut out = Vec::with_capacity(events.len());
     let (mut added, mut bytes) = (0i64, 0i64);
     for e in events {
@@ -230,8 +231,7 @@ fn append(
         }
         let size = e.payload.len() as i64;
         insert.execute(params![
-            sid,
-            next,
+            rowid(sid, next),
             now,
             e.source,
             e.id,
@@ -250,10 +250,12 @@ fn append(
         added += 1;
         bytes += size;
     }
-    conn.execute(
-        "UPDATE streams SET next_position = ?2, events = events + ?3, bytes = bytes + ?4 WHERE sid = ?1",
-        params![sid, next, added, bytes],
-    )?;
+    if added > 0 {
+        conn.prepare_cached("INSERT INTO batches (rowid, stored_at) VALUES (?1, ?2)")?
+            .execute(params![rowid(sid, first), now])?;
+        conn.prepare_cached("UPDATE streams SET next_position = ?2, events = events + ?3, bytes = bytes + ?4 WHERE sid = ?1")?
+            .execute(params![sid, next, added, bytes])?;
+    }
     Ok(out)
 }
 
@@ -298,22 +300,24 @@ fn retention(conn: &Connection, window: Duration, policy: &Retention) -> Result<
             let before = now - age.as_micros() as i64;
             cut = conn
                 .query_row(
-                    "SELECT max(position) FROM events WHERE sid = ?1 AND stored_at < ?2",
-                    params![sid, before],
+                    "SELECT max(rowid) FROM events WHERE rowid BETWEEN ?1 AND ?2 AND stored_at < ?3",
+                    params![rowid(sid, 0), last_rowid(sid), before],
                     |r| r.get::<_, Option<i64>>(0),
                 )
                 .optional()?
-                .flatten();
+                .flatten()
+                .map(|r| r - rowid(sid, 0));
         }
         if let Some(max_bytes) = policy.max_bytes {
             let mut excess = bytes - max_bytes as i64;
             if excess > 0 {
                 let mut rows = conn.prepare_cached(
-                    "SELECT position, size FROM events WHERE sid = ?1 ORDER BY position",
+                    "SELECT rowid, size FROM events WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid",
                 )?;
-                let mut rows = rows.query([sid])?;
+                let mut rows = rows.query([rowid(sid, 0), last_rowid(sid)])?;
                 while let Some(row) = rows.next()? {
-                    let (position, size): (i64, i64) = (row.get(0)?, row.get(1)?);
+                    let (key, size): (i64, i64) = (row.get(0)?, row.get(1)?);
+                    let position = key - rowid(sid, 0);
                     cut = Some(cut.map_or(position, |c| c.max(position)));
                     excess -= size;
                     if excess <= 0 {
@@ -324,14 +328,22 @@ fn retention(conn: &Connection, window: Duration, policy: &Retention) -> Result<
         }
         let Some(cut) = cut else { continue };
         let last = cut.min(protect_from - 1);
+        if last < 1 {
+            continue;
+        }
+        let range = params![rowid(sid, 0), rowid(sid, last)];
         let (n, freed): (i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE sid = ?1 AND position <= ?2",
-            params![sid, last],
+            "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE rowid BETWEEN ?1 AND ?2",
+            range,
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        conn.execute("DELETE FROM events WHERE rowid BETWEEN ?1 AND ?2", range)?;
+        // Keep the batch row the oldest remaining event belongs to: reads
+        // from a time start there.
         conn.execute(
-            "DELETE FROM events WHERE sid = ?1 AND position <= ?2",
-            params![sid, last],
+            "DELETE FROM batches WHERE rowid >= ?1
+               AND rowid < (SELECT max(rowid) FROM batches WHERE rowid BETWEEN ?1 AND ?2)",
+            params![rowid(sid, 0), rowid(sid, last + 1)],
         )?;
         conn.execute(
             "UPDATE streams SET events = events - ?2, bytes = bytes - ?3 WHERE sid = ?1",
