@@ -143,6 +143,13 @@ impl Binding {
         out
     }
 
+    /// The header carrying extension `name` with `value`, for adapters that
+    /// add attributes to a message they pass on without decoding it (a
+    /// dead letter of an undecodable message).
+    pub fn extension_header(self, name: &str, value: &str) -> (String, String) {
+        (format!("{}{name}", self.prefix()), self.value(value).into_owned())
+    }
+
     /// Rebuilds an event from a message's headers and payload, validating it.
     ///
     /// `content_type` is the native content-type property for bindings that

@@ -76,20 +76,22 @@ async fn append_batch(
              RETURNING sid, next_position",
         )
         .await?;
-    let find = tx
-        .prepare_cached(
-            // LATERAL: one primary-key probe per id; a plain join lets the
-            // generic plan scan the whole table, which grows without bound.
-            "SELECT t.source, t.id, e.position FROM unnest($2::text[], $3::text[]) AS t(source, id)
-             CROSS JOIN LATERAL (SELECT position FROM event_ids
-                                  WHERE sid = $1 AND source = t.source AND id = t.id AND stored_at >= $4) e",
-        )
-        .await?;
-    let insert_ids = tx
+    // Inserting the ids is the duplicate check: the primary key finds the
+    // conflicts, and RETURNING names the rows that are new (or whose old
+    // copy left the dedup window).
+    let claim_ids = tx
         .prepare_cached(
             "INSERT INTO event_ids (sid, source, id, position, stored_at)
              SELECT $1, t.s, t.i, t.p, $5 FROM unnest($2::text[], $3::text[], $4::int8[]) AS t(s, i, p)
-             ON CONFLICT (sid, source, id) DO UPDATE SET position = excluded.position, stored_at = excluded.stored_at",
+             ON CONFLICT (sid, source, id) DO UPDATE SET position = excluded.position, stored_at = excluded.stored_at
+             WHERE event_ids.stored_at < $6
+             RETURNING source, id",
+        )
+        .await?;
+    let existing = tx
+        .prepare_cached(
+            "SELECT t.source, t.id, e.position FROM unnest($2::text[], $3::text[]) AS t(source, id)
+             JOIN event_ids e ON e.sid = $1 AND e.source = t.source AND e.id = t.id",
         )
         .await?;
     let insert_events = tx
@@ -112,39 +114,64 @@ async fn append_batch(
             .iter()
             .flat_map(|&i| batch[i].events.iter().map(move |e| (i, e)))
             .collect();
-        let sources: Vec<&str> = events.iter().map(|(_, e)| e.source.as_str()).collect();
-        let ids: Vec<&str> = events.iter().map(|(_, e)| e.id.as_str()).collect();
-        let found: Vec<(String, String, i64)> = tx
-            .query(&find, &[&sid, &sources, &ids, &window_start])
-            .await?
-            .iter()
-            .map(|row| (row.get(0), row.get(1), row.get(2)))
-            .collect();
-        // Stored ones, then earlier copies in this very batch.
-        let mut known: HashMap<(&str, &str), i64> = found
-            .iter()
-            .map(|(s, i, p)| ((s.as_str(), i.as_str()), *p))
-            .collect();
-        let mut new: Vec<(i64, &Event)> = Vec::with_capacity(events.len());
-        for (i, e) in events {
-            match known.get(&(e.source.as_str(), e.id.as_str())) {
-                Some(&position) => outcomes[i].push(AppendOutcome::Duplicate(position as u64)),
+        // Copies within this batch: the first one stands for the rest.
+        let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut unique: Vec<(i64, &Event)> = Vec::with_capacity(events.len());
+        let mut copy_of: Vec<Option<usize>> = Vec::with_capacity(events.len());
+        for (_, e) in &events {
+            match first_of.get(&(e.source.as_str(), e.id.as_str())) {
+                Some(&u) => copy_of.push(Some(u)),
                 None => {
-                    known.insert((e.source.as_str(), e.id.as_str()), next);
-                    outcomes[i].push(AppendOutcome::Stored(next as u64));
-                    new.push((next, e));
-                    next += 1;
+                    first_of.insert((e.source.as_str(), e.id.as_str()), unique.len());
+                    copy_of.push(None);
+                    unique.push((next + unique.len() as i64, *e));
                 }
             }
         }
+        let positions: Vec<i64> = unique.iter().map(|(p, _)| *p).collect();
+        let sources: Vec<&str> = unique.iter().map(|(_, e)| e.source.as_str()).collect();
+        let ids: Vec<&str> = unique.iter().map(|(_, e)| e.id.as_str()).collect();
+        let mut is_new = vec![false; unique.len()];
+        for r in tx
+            .query(&claim_ids, &[&sid, &sources, &ids, &positions, &now, &window_start])
+            .await?
+        {
+            if let Some(&u) = first_of.get(&(r.get::<_, &str>(0), r.get::<_, &str>(1))) {
+                is_new[u] = true;
+            }
+        }
+        // Ids stored before, within the window: where their first copy is.
+        let old: Vec<usize> = (0..unique.len()).filter(|&u| !is_new[u]).collect();
+        let mut old_position: HashMap<usize, i64> = HashMap::new();
+        if !old.is_empty() {
+            let old_sources: Vec<&str> = old.iter().map(|&u| sources[u]).collect();
+            let old_ids: Vec<&str> = old.iter().map(|&u| ids[u]).collect();
+            for r in tx.query(&existing, &[&sid, &old_sources, &old_ids]).await? {
+                if let Some(&u) = first_of.get(&(r.get::<_, &str>(0), r.get::<_, &str>(1))) {
+                    old_position.insert(u, r.get(2));
+                }
+            }
+        }
+        for ((i, e), copy) in events.iter().zip(&copy_of) {
+            let u = copy.unwrap_or_else(|| first_of[&(e.source.as_str(), e.id.as_str())]);
+            let position = if is_new[u] { unique[u].0 } else { old_position.get(&u).copied().unwrap_or(unique[u].0) };
+            outcomes[*i].push(if copy.is_none() && is_new[u] {
+                AppendOutcome::Stored(position as u64)
+            } else {
+                AppendOutcome::Duplicate(position as u64)
+            });
+        }
+        // Positions of duplicates stay unused: positions increase, with gaps
+        // only where a duplicate was refused.
+        next += unique.len() as i64;
+        let new: Vec<(i64, &Event)> = unique.iter().zip(&is_new).filter(|(_, n)| **n).map(|(u, _)| *u).collect();
         if new.is_empty() {
+            tx.execute(&bump, &[&sid, &next, &0i64, &0i64]).await?;
             continue;
         }
         let positions: Vec<i64> = new.iter().map(|(p, _)| *p).collect();
         let sources: Vec<&str> = new.iter().map(|(_, e)| e.source.as_str()).collect();
         let ids: Vec<&str> = new.iter().map(|(_, e)| e.id.as_str()).collect();
-        tx.execute(&insert_ids, &[&sid, &sources, &ids, &positions, &now])
-            .await?;
         let kinds: Vec<&str> = new.iter().map(|(_, e)| e.kind.as_str()).collect();
         let times: Vec<Option<String>> = new.iter().map(|(_, e)| e.time.map(format_time)).collect();
         let content_types: Vec<Option<&str>> =

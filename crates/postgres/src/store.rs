@@ -130,7 +130,10 @@ impl PostgresStore {
             .url
             .parse()
             .map_err(|e| Error::Config(format!("url: {e}")))?;
-        config.options(format!("-c search_path={}", options.schema));
+        // Custom plans: the batch statements take arrays whose size the
+        // generic plan of a prepared statement guesses badly (it turned the
+        // per-id index probes of the duplicate check into a full scan).
+        config.options(format!("-c search_path={} -c plan_cache_mode=force_custom_plan", options.schema));
         config.application_name("causeway");
         let manager = Manager::from_config(
             config,
