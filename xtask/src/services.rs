@@ -17,10 +17,10 @@ use anyhow::{Context, Result, bail};
 use crate::cmd;
 
 /// Services `cargo xtask test` brings up. An adapter's issue adds its broker here.
-pub const NEEDED_BY_TESTS: &[&str] = &["postgres"];
+pub const NEEDED_BY_TESTS: &[&str] = &["postgres", "nats"];
 
 /// Services `cargo xtask bench` brings up.
-pub const NEEDED_BY_BENCHES: &[&str] = &["postgres"];
+pub const NEEDED_BY_BENCHES: &[&str] = &["postgres", "nats"];
 
 struct Service {
     name: &'static str,

@@ -147,7 +147,10 @@ impl Binding {
     /// add attributes to a message they pass on without decoding it (a
     /// dead letter of an undecodable message).
     pub fn extension_header(self, name: &str, value: &str) -> (String, String) {
-        (format!("{}{name}", self.prefix()), self.value(value).into_owned())
+        (
+            format!("{}{name}", self.prefix()),
+            self.value(value).into_owned(),
+        )
     }
 
     /// Rebuilds an event from a message's headers and payload, validating it.

@@ -133,7 +133,10 @@ async fn append_batch(
         let ids: Vec<&str> = unique.iter().map(|(_, e)| e.id.as_str()).collect();
         let mut is_new = vec![false; unique.len()];
         for r in tx
-            .query(&claim_ids, &[&sid, &sources, &ids, &positions, &now, &window_start])
+            .query(
+                &claim_ids,
+                &[&sid, &sources, &ids, &positions, &now, &window_start],
+            )
             .await?
         {
             if let Some(&u) = first_of.get(&(r.get::<_, &str>(0), r.get::<_, &str>(1))) {
@@ -154,7 +157,11 @@ async fn append_batch(
         }
         for ((i, e), copy) in events.iter().zip(&copy_of) {
             let u = copy.unwrap_or_else(|| first_of[&(e.source.as_str(), e.id.as_str())]);
-            let position = if is_new[u] { unique[u].0 } else { old_position.get(&u).copied().unwrap_or(unique[u].0) };
+            let position = if is_new[u] {
+                unique[u].0
+            } else {
+                old_position.get(&u).copied().unwrap_or(unique[u].0)
+            };
             outcomes[*i].push(if copy.is_none() && is_new[u] {
                 AppendOutcome::Stored(position as u64)
             } else {
@@ -164,7 +171,12 @@ async fn append_batch(
         // Positions of duplicates stay unused: positions increase, with gaps
         // only where a duplicate was refused.
         next += unique.len() as i64;
-        let new: Vec<(i64, &Event)> = unique.iter().zip(&is_new).filter(|(_, n)| **n).map(|(u, _)| *u).collect();
+        let new: Vec<(i64, &Event)> = unique
+            .iter()
+            .zip(&is_new)
+            .filter(|(_, n)| **n)
+            .map(|(u, _)| *u)
+            .collect();
         if new.is_empty() {
             tx.execute(&bump, &[&sid, &next, &0i64, &0i64]).await?;
             continue;

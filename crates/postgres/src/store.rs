@@ -133,7 +133,10 @@ impl PostgresStore {
         // Custom plans: the batch statements take arrays whose size the
         // generic plan of a prepared statement guesses badly (it turned the
         // per-id index probes of the duplicate check into a full scan).
-        config.options(format!("-c search_path={} -c plan_cache_mode=force_custom_plan", options.schema));
+        config.options(format!(
+            "-c search_path={} -c plan_cache_mode=force_custom_plan",
+            options.schema
+        ));
         config.application_name("causeway");
         let manager = Manager::from_config(
             config,

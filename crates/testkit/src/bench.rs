@@ -44,7 +44,9 @@ pub fn append_group_commit(
         b.to_async(rt).iter_batched(
             || {
                 round += 1;
-                (0..8).map(|t| events_1kib(&format!("r{round}-t{t}"), PER_ITER / 8)).collect::<Vec<_>>()
+                (0..8)
+                    .map(|t| events_1kib(&format!("r{round}-t{t}"), PER_ITER / 8))
+                    .collect::<Vec<_>>()
             },
             |per_task| {
                 let store = store.clone();

@@ -640,13 +640,30 @@ pub async fn cut_mid_stream_10000(h: &dyn BrokerHarness) {
     let (first, second) = sent.split_at(TOTAL / 2);
     for chunk in first.chunks(500) {
         let out = publisher.publish(&dest, chunk).await.expect("publish");
-        assert!(out.iter().all(Result::is_ok), "{}: publish failed before the cut", h.name());
+        assert!(
+            out.iter().all(Result::is_ok),
+            "{}: publish failed before the cut",
+            h.name()
+        );
     }
-    assert!(h.cut_connections(Duration::from_secs(3)).await, "{}: nothing to cut", h.name());
+    assert!(
+        h.cut_connections(Duration::from_secs(3)).await,
+        "{}: nothing to cut",
+        h.name()
+    );
     for chunk in second.chunks(500) {
-        let out = publisher.publish(&dest, chunk).await.expect("publish after cut");
+        let out = publisher
+            .publish(&dest, chunk)
+            .await
+            .expect("publish after cut");
         for (e, o) in chunk.iter().zip(&out) {
-            assert!(o.is_ok(), "{}: `{}` not published across the cut: {:?}", h.name(), e.id, o);
+            assert!(
+                o.is_ok(),
+                "{}: `{}` not published across the cut: {:?}",
+                h.name(),
+                e.id,
+                o
+            );
         }
     }
     let (seen, deliveries, skipped, errors) = receiving.await.expect("receiver");
@@ -658,6 +675,16 @@ pub async fn cut_mid_stream_10000(h: &dyn BrokerHarness) {
         seen.len(),
         handled.load(AtomicOrdering::SeqCst)
     );
-    assert_eq!(missing, 0, "{}: {missing} events lost across the cut", h.name());
-    assert_eq!(handled.load(AtomicOrdering::SeqCst), TOTAL, "{}: handler did not run exactly once per event", h.name());
+    assert_eq!(
+        missing,
+        0,
+        "{}: {missing} events lost across the cut",
+        h.name()
+    );
+    assert_eq!(
+        handled.load(AtomicOrdering::SeqCst),
+        TOTAL,
+        "{}: handler did not run exactly once per event",
+        h.name()
+    );
 }

@@ -1,0 +1,101 @@
+use causeway_core::{ErrorKind, Status};
+
+/// The error of causeway-nats: what failed, classified from async-nats's own
+/// error kinds into a kind and a retry status.
+#[derive(Debug, thiserror::Error)]
+#[error("nats {operation}: {source}")]
+pub struct Error {
+    operation: &'static str,
+    kind: ErrorKind,
+    status: Status,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Error {
+    pub(crate) fn new(
+        operation: &'static str,
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error {
+            operation,
+            kind,
+            status: kind.default_status(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::new("config", ErrorKind::Config, message.into())
+    }
+
+    pub(crate) fn connect(e: async_nats::ConnectError) -> Self {
+        use async_nats::ConnectErrorKind as K;
+        let kind = match e.kind() {
+            K::ServerParse | K::Tls => ErrorKind::Config,
+            K::Authentication | K::AuthorizationViolation => ErrorKind::Rejected,
+            K::TimedOut => ErrorKind::Timeout,
+            _ => ErrorKind::Connection,
+        };
+        Error::new("connect", kind, e)
+    }
+
+    pub(crate) fn publish(e: async_nats::jetstream::context::PublishError) -> Self {
+        use async_nats::jetstream::context::PublishErrorKind as K;
+        let kind = match e.kind() {
+            K::TimedOut => ErrorKind::Timeout,
+            K::BrokenPipe | K::MaxAckPending => ErrorKind::Connection,
+            K::StreamNotFound => ErrorKind::NotFound,
+            K::MaxPayloadExceeded => ErrorKind::TooLarge,
+            K::WrongLastMessageId | K::WrongLastSequence => ErrorKind::Conflict,
+            // The server answered with an error: retrying the same message won't help.
+            K::Other => ErrorKind::Rejected,
+        };
+        Error::new("publish", kind, e)
+    }
+
+    /// A request to the server (stream or consumer management, pulls, acks):
+    /// timeouts and I/O are temporary, answers from the server are not.
+    pub(crate) fn request(
+        operation: &'static str,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        let e = e.into();
+        let text = e.to_string().to_ascii_lowercase();
+        let kind = if text.contains("timed out") || text.contains("timeout") {
+            ErrorKind::Timeout
+        } else if text.contains("broken pipe")
+            || text.contains("disconnect")
+            || text.contains("connection")
+        {
+            ErrorKind::Connection
+        } else {
+            ErrorKind::Rejected
+        };
+        Error::new(operation, kind, e)
+    }
+
+    /// An ack, nak or term could not be sent: the connection is the problem.
+    pub(crate) fn ack(e: async_nats::Error) -> Self {
+        Error::new("ack", ErrorKind::Connection, e)
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether retrying may help.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+}
+
+impl From<Error> for causeway_core::Error {
+    fn from(e: Error) -> Self {
+        causeway_core::Error::new(e.kind, e.operation)
+            .with_status(e.status)
+            .with_source(e)
+    }
+}

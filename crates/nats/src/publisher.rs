@@ -1,0 +1,111 @@
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use async_trait::async_trait;
+use causeway_core::{
+    Binding, Capabilities, Error as CoreError, ErrorKind, Event, Position, Publisher, Receipt,
+    Result,
+};
+use futures_util::future::join_all;
+
+use crate::client::NatsClient;
+use crate::error::Error;
+
+/// Publishes to JetStream, pipelined: the whole batch is sent, then the
+/// PubAcks are awaited together.
+#[derive(Clone, Debug)]
+pub struct NatsPublisher {
+    client: NatsClient,
+    capabilities: Capabilities,
+}
+
+/// The NATS headers of `event`: CloudEvents attributes per the NATS binding,
+/// and the id as `Nats-Msg-Id` for the stream's duplicate window.
+pub(crate) fn headers_of(event: &Event) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in Binding::Nats.encode(event) {
+        headers.insert(name.as_ref(), value.as_str());
+    }
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
+    headers
+}
+
+impl NatsPublisher {
+    pub(crate) fn new(client: NatsClient) -> Self {
+        let capabilities = client.capabilities();
+        NatsPublisher {
+            client,
+            capabilities,
+        }
+    }
+
+    fn subject<'a>(&'a self, destination: &'a str) -> Result<&'a str> {
+        if !destination.is_empty() {
+            return Ok(destination);
+        }
+        self.client
+            .config
+            .publish
+            .default_subject
+            .as_deref()
+            .ok_or_else(|| {
+                CoreError::new(
+                    ErrorKind::Config,
+                    "no destination given and no publish.default_subject",
+                )
+            })
+    }
+
+    /// Sends one event; the returned future resolves with its PubAck.
+    async fn send(&self, subject: &str, event: &Event) -> Result<PublishAckFuture> {
+        event.validate()?;
+        if event.encoded_len() > self.capabilities.max_message_bytes {
+            return Err(CoreError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "event `{}` is {} bytes; this server takes {}",
+                    event.id,
+                    event.encoded_len(),
+                    self.capabilities.max_message_bytes
+                ),
+            ));
+        }
+        let message = PublishMessage::build()
+            .payload(event.payload.clone())
+            .headers(headers_of(event));
+        Ok(self
+            .client
+            .jetstream
+            .send_publish(subject.to_owned(), message)
+            .await
+            .map_err(Error::publish)?)
+    }
+}
+
+#[async_trait]
+impl Publisher for NatsPublisher {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        let subject = self.subject(destination)?;
+        // Send everything first: the acks come back while later messages go out.
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            pending.push(self.send(subject, event).await);
+        }
+        let acks = join_all(pending.into_iter().map(|sent| async move {
+            let ack = sent?.await.map_err(Error::publish)?;
+            Ok(Receipt {
+                position: Some(Position {
+                    partition: 0,
+                    offset: ack.sequence,
+                }),
+                duplicate: ack.duplicate,
+            })
+        }))
+        .await;
+        Ok(acks)
+    }
+}

@@ -1,0 +1,118 @@
+//! The conformance suite and the cut-mid-stream fault test against a real
+//! NATS JetStream server (2.15; `cargo xtask services up nats`), reached
+//! through the fault proxy so that connections can be cut.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use causeway_core::{Capabilities, Consumer, Publisher, Result};
+use causeway_nats::{ConsumerConfig, NatsClient, NatsConfig, PublishConfig, Start, StreamConfig};
+use causeway_testkit::{BrokerHarness, FaultProxy};
+
+const VAR: &str = "CAUSEWAY_NATS_URL";
+const DEFAULT: &str = "nats://127.0.0.1:14222";
+const ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// One stream per test, capturing `<prefix>.>`; each scenario's subject is
+/// `<prefix>.<scenario>` and its dead letters go to `<subject>.dlq`.
+struct Nats {
+    proxy: FaultProxy,
+    prefix: String,
+    client: NatsClient,
+}
+
+impl Nats {
+    async fn new() -> Nats {
+        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
+        let upstream = url
+            .trim_start_matches("nats://")
+            .parse()
+            .unwrap_or_else(|e| panic!("{VAR}={url} is not nats://ip:port: {e}"));
+        let proxy = FaultProxy::start(upstream).await.expect("fault proxy");
+        let prefix = causeway_testkit::unique_name("t");
+        let config = NatsConfig {
+            url: format!("nats://{}", proxy.addr()),
+            auth: Default::default(),
+            tls: None,
+            stream: StreamConfig {
+                name: prefix.clone(),
+                subjects: vec![format!("{prefix}.>")],
+                duplicate_window: Duration::from_secs(120),
+                max_age: Duration::from_secs(3600),
+                memory_storage: false,
+            },
+            publish: PublishConfig::default(),
+            consumer: Some(consumer_config("template", &prefix)),
+        };
+        let client = match tokio::time::timeout(
+            Duration::from_secs(10),
+            NatsClient::connect(config),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => causeway_testkit::env::unreachable("nats", VAR, &url, e),
+            Err(_) => causeway_testkit::env::unreachable("nats", VAR, &url, "no answer in 10 s"),
+        };
+        Nats {
+            proxy,
+            prefix,
+            client,
+        }
+    }
+}
+
+fn consumer_config(durable: &str, subject: &str) -> ConsumerConfig {
+    ConsumerConfig {
+        durable: durable.to_owned(),
+        filter_subject: Some(subject.to_owned()),
+        ack_wait: ACK_WAIT,
+        max_deliver: -1,
+        dead_letter_subject: Some(format!("{subject}.dlq")),
+        start: Start::All,
+        prefetch: 256,
+    }
+}
+
+#[async_trait]
+impl BrokerHarness for Nats {
+    fn name(&self) -> String {
+        "nats-jetstream".into()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.client.capabilities()
+    }
+    fn ack_timeout(&self) -> Duration {
+        ACK_WAIT
+    }
+    async fn destination(&self, scenario: &str) -> Result<String> {
+        Ok(format!("{}.{scenario}", self.prefix))
+    }
+    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
+        Ok(Box::new(self.client.publisher()))
+    }
+    async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>> {
+        Ok(Box::new(
+            self.client
+                .consumer(Some(&consumer_config(group, destination)))
+                .await?,
+        ))
+    }
+    async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
+        let dlq = format!("{destination}.dlq");
+        let mut config = consumer_config("dead-letters", &dlq);
+        config.dead_letter_subject = None;
+        Ok(Box::new(self.client.consumer(Some(&config)).await?))
+    }
+    async fn cut_connections(&self, outage: Duration) -> bool {
+        self.proxy.cut_for(outage);
+        true
+    }
+}
+
+causeway_testkit::broker_conformance!(Nats::new());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_all_connections_mid_stream_of_10000() {
+    causeway_testkit::broker::cut_mid_stream_10000(&Nats::new().await).await;
+}
