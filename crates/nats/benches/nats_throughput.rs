@@ -60,8 +60,8 @@ fn publish(c: &mut Criterion) {
     let prefix = causeway_testkit::unique_name("benchpub");
     let client = rt.block_on(NatsClient::connect(config(&prefix))).expect("connect");
     let publisher = client.publisher();
-    let raw = rt.block_on(async_nats::connect(url())).expect("raw connect");
-    let raw = jetstream::new(raw);
+    // jetstream::new spawns a task: inside the runtime.
+    let raw = rt.block_on(async { jetstream::new(async_nats::connect(url()).await.expect("raw connect")) });
     let mut group = c.benchmark_group("nats_publish_1KiB");
     group.sample_size(10).measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -111,7 +111,7 @@ fn consume(c: &mut Criterion) {
     let prefix = causeway_testkit::unique_name("benchsub");
     let client = rt.block_on(NatsClient::connect(config(&prefix))).expect("connect");
     let publisher = client.publisher();
-    let raw = jetstream::new(rt.block_on(async_nats::connect(url())).expect("raw connect"));
+    let raw = rt.block_on(async { jetstream::new(async_nats::connect(url()).await.expect("raw connect")) });
     let fill = |subject: String| {
         let publisher = publisher.clone();
         async move {

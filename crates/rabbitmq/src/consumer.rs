@@ -1,0 +1,328 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use causeway_core::{
+    Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement, Settler, Ticket,
+    dead_letter,
+};
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Acker, BasicProperties, Confirmation};
+use tokio::time::Instant;
+
+use crate::config::{QueueConfig, QueueKind, StreamOffset};
+use crate::error::Error;
+use crate::mapping::{ATTEMPT_HEADER, attempt, copy_with, decode};
+use crate::session::{Link, Session, delay_bucket};
+
+/// Consumes one queue with manual acks. Reconnects with backoff when the
+/// connection is lost; deliveries of the lost channel come back from the
+/// broker (they were never acked), and settling them reports that.
+pub struct RabbitConsumer {
+    session: Arc<Session>,
+    consuming: Option<(Arc<Link>, lapin::Consumer)>,
+    settler: Arc<RabbitSettler>,
+    capabilities: Capabilities,
+    backoff: Duration,
+}
+
+impl std::fmt::Debug for RabbitConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitConsumer").field("capabilities", &self.capabilities).finish_non_exhaustive()
+    }
+}
+
+/// What settling a delivery needs: its acker, and the message itself for
+/// the copies that `nack(delay)` and `reject` publish.
+struct InFlight {
+    acker: Acker,
+    link: Arc<Link>,
+    properties: BasicProperties,
+    payload: Bytes,
+    attempt: u32,
+    origin: String,
+}
+
+struct RabbitSettler {
+    in_flight: Mutex<HashMap<u64, InFlight>>,
+    next_tag: AtomicU64,
+    queue: QueueConfig,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+impl RabbitConsumer {
+    pub(crate) async fn start(session: Session, capabilities: Capabilities) -> Result<RabbitConsumer, Error> {
+        let queue = session.queue.clone().ok_or_else(|| Error::config("consumer without a queue"))?;
+        let mut this = RabbitConsumer {
+            session: Arc::new(session),
+            consuming: None,
+            settler: Arc::new(RabbitSettler {
+                in_flight: Mutex::default(),
+                next_tag: AtomicU64::new(1),
+                queue,
+            }),
+            capabilities,
+            backoff: MIN_BACKOFF,
+        };
+        // Fail now on a bad endpoint or topology rather than on the first poll.
+        this.consume().await?;
+        Ok(this)
+    }
+
+    /// Starts consuming on the live link (reconnecting if needed).
+    async fn consume(&mut self) -> Result<(), Error> {
+        let link = self.session.link().await?;
+        let q = &self.settler.queue;
+        link.channel
+            .basic_qos(q.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| Error::lapin("qos", e))?;
+        let mut args = FieldTable::default();
+        if q.kind == QueueKind::Stream {
+            let offset = match q.stream_offset.as_ref().unwrap_or(&StreamOffset::Next) {
+                StreamOffset::First => AMQPValue::LongString(LongString::from("first")),
+                StreamOffset::Last => AMQPValue::LongString(LongString::from("last")),
+                StreamOffset::Next => AMQPValue::LongString(LongString::from("next")),
+                StreamOffset::Offset(n) => AMQPValue::LongLongInt(*n as i64),
+                StreamOffset::Timestamp(t) => AMQPValue::Timestamp(*t as u64),
+            };
+            args.insert("x-stream-offset".into(), offset);
+        }
+        let consumer = link
+            .channel
+            .basic_consume(q.name.as_str().into(), ShortString::from(""), BasicConsumeOptions::default(), args)
+            .await
+            .map_err(|e| Error::lapin("consume", e))?;
+        self.consuming = Some((link, consumer));
+        Ok(())
+    }
+
+    fn deliver(&self, link: &Arc<Link>, d: lapin::message::Delivery) -> Option<Delivery> {
+        let payload = Bytes::from(d.data);
+        let attempt = attempt(&d.properties, d.redelivered);
+        let origin = format!("rabbitmq://{}#{}", self.settler.queue.name, d.delivery_tag);
+        let event = match decode(&d.properties, payload.clone()) {
+            Ok(event) => Some(event),
+            Err(e) => {
+                tracing::warn!(error = %e, queue = %self.settler.queue.name, "dead-lettering a message that is not a CloudEvent");
+                None
+            }
+        };
+        let tag = self.settler.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
+        let in_flight = InFlight {
+            acker: d.acker,
+            link: link.clone(),
+            properties: d.properties,
+            payload,
+            attempt,
+            origin,
+        };
+        match event {
+            Some(event) => {
+                self.settler.lock().insert(tag, in_flight);
+                let settler: Arc<dyn Settler> = self.settler.clone();
+                Some(Delivery {
+                    event,
+                    ticket: Ticket::new(settler, tag, None, attempt),
+                })
+            }
+            None => {
+                let settler = self.settler.clone();
+                // Poison: dead-letter it without handing it out, and keep going.
+                tokio::spawn(async move {
+                    if let Err(e) = settler.reject(in_flight, "undecodable message: not a CloudEvent").await {
+                        tracing::error!(error = %e, "could not dead-letter an undecodable message");
+                    }
+                });
+                None
+            }
+        }
+    }
+}
+
+impl RabbitSettler {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
+        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publishes a copy on the delivery's channel and waits for its confirm.
+    async fn publish_copy(&self, m: &InFlight, routing_key: &str, properties: BasicProperties) -> Result<()> {
+        let confirm = m
+            .link
+            .channel
+            .basic_publish("".into(), routing_key.into(), BasicPublishOptions { mandatory: true, ..Default::default() }, &m.payload, properties)
+            .await
+            .map_err(|e| Error::lapin("publish copy", e))?
+            .await
+            .map_err(|e| Error::lapin("confirm copy", e))?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(CoreError::new(ErrorKind::NotFound, format!("queue `{routing_key}` is missing"))),
+            Confirmation::Nack(_) => Err(CoreError::temporary(ErrorKind::Unavailable, "the broker nacked the copy")),
+        }
+    }
+
+    async fn ack(m: &InFlight) -> Result<()> {
+        m.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(drop)
+            .map_err(|e| Error::lapin("ack", e).into())
+    }
+
+    /// A copy with the reason goes to the dead-letter queue, then the
+    /// original is acked; without a dead-letter queue the broker rejects it.
+    async fn reject(&self, m: InFlight, reason: &str) -> Result<()> {
+        let Some(dlq) = &self.queue.dead_letter_queue else {
+            tracing::warn!(reason, queue = %self.queue.name, "rejected with no dead_letter_queue configured");
+            return m
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map(drop)
+                .map_err(|e| Error::lapin("reject", e).into());
+        };
+        let extra: Vec<(String, AMQPValue)> = [
+            (dead_letter::REASON, reason.to_owned()),
+            (dead_letter::ATTEMPTS, m.attempt.to_string()),
+            (dead_letter::ORIGIN, m.origin.clone()),
+        ]
+        .into_iter()
+        .map(|(ext, value)| {
+            let (name, value) = Binding::Amqp.extension_header(ext, &value);
+            (name, AMQPValue::LongString(LongString::from(value)))
+        })
+        .collect();
+        let extra: Vec<(&str, AMQPValue)> = extra.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        self.publish_copy(&m, dlq, copy_with(&m.properties, &extra)).await?;
+        Self::ack(&m).await
+    }
+
+    /// Plain AMQP requeue has no delay: a copy goes to the delay queue of
+    /// the delay's bucket, whose TTL sends it back, then the original is acked.
+    async fn nack_later(&self, m: InFlight, delay: Duration) -> Result<()> {
+        if self.queue.kind == QueueKind::Stream {
+            return Err(CoreError::new(ErrorKind::Unsupported, "a stream queue cannot redeliver one message"));
+        }
+        let bucket = delay_bucket(delay);
+        let delay_queue = m.link.delay_queue(&self.queue.name, bucket).await?;
+        let next = AMQPValue::LongLongInt(i64::from(m.attempt) + 1);
+        self.publish_copy(&m, &delay_queue, copy_with(&m.properties, &[(ATTEMPT_HEADER, next)])).await?;
+        Self::ack(&m).await
+    }
+}
+
+#[async_trait]
+impl Settler for RabbitSettler {
+    async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
+        let taken: Vec<(Option<InFlight>, Settlement)> = {
+            let mut in_flight = self.lock();
+            items.into_iter().map(|(tag, s)| (in_flight.remove(&tag), s)).collect()
+        };
+        let mut unknown = 0;
+        for (m, settlement) in taken {
+            let Some(m) = m else {
+                unknown += 1;
+                continue;
+            };
+            if !m.link.channel.status().connected() {
+                // Its channel is gone: the broker already requeued the message.
+                return Err(CoreError::new(
+                    ErrorKind::Connection,
+                    "the delivery's channel was lost; the broker redelivers the message",
+                ));
+            }
+            match settlement {
+                Settlement::Ack => Self::ack(&m).await?,
+                Settlement::Nack { delay } if delay.is_zero() => {
+                    m.acker
+                        .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                        .await
+                        .map_err(|e| Error::lapin("nack", e))?;
+                }
+                Settlement::Nack { delay } => self.nack_later(m, delay).await?,
+                Settlement::Reject { reason } => self.reject(m, &reason).await?,
+            }
+        }
+        if unknown > 0 {
+            return Err(CoreError::new(ErrorKind::Conflict, format!("{unknown} deliveries were already settled")));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for RabbitConsumer {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        while out.len() < max {
+            if self.consuming.is_none() {
+                match self.consume().await {
+                    Ok(()) => self.backoff = MIN_BACKOFF,
+                    Err(e) => {
+                        tracing::warn!(error = %e, backoff = ?self.backoff, "rabbitmq consumer reconnecting");
+                        let pause = self.backoff.min(deadline.saturating_duration_since(Instant::now()));
+                        self.backoff = (self.backoff * 2).min(self.session.config.max_reconnect_delay);
+                        tokio::time::sleep(pause).await;
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some((link, consumer)) = self.consuming.as_mut() else { break };
+            let next = if out.is_empty() {
+                match tokio::time::timeout_at(deadline, consumer.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            } else {
+                match consumer.next().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                }
+            };
+            match next {
+                Some(Ok(d)) => {
+                    let link = link.clone();
+                    if let Some(d) = self.deliver(&link, d) {
+                        out.push(d);
+                    }
+                }
+                lost => {
+                    if let Some(Err(e)) = lost {
+                        tracing::warn!(error = %e, "rabbitmq consumer lost its channel");
+                    }
+                    // Reconnect on the next turn; what was received so far is handed out.
+                    if let Some((link, _)) = self.consuming.take() {
+                        self.session.invalidate(&link).await;
+                    }
+                    if !out.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Closes the channel: the broker requeues every unacked delivery.
+    async fn close(&mut self) -> Result<()> {
+        self.consuming = None;
+        self.settler.lock().clear();
+        self.session.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+use causeway_core::{ErrorKind, Status};
+
+/// The error of causeway-rabbitmq: what failed, classified with lapin's
+/// own `can_be_recovered` and the AMQP reply codes.
+#[derive(Debug, thiserror::Error)]
+#[error("rabbitmq {operation}: {source}")]
+pub struct Error {
+    operation: &'static str,
+    kind: ErrorKind,
+    status: Status,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Error {
+    pub(crate) fn new(
+        operation: &'static str,
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error {
+            operation,
+            kind,
+            status: kind.default_status(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::new("config", ErrorKind::Config, message.into())
+    }
+
+    /// From lapin: I/O and channel/connection state errors are connection
+    /// trouble; an AMQP error from the broker is a rejection (access refused,
+    /// precondition failed: a topology conflict); `can_be_recovered` decides
+    /// the status.
+    pub(crate) fn lapin(operation: &'static str, e: lapin::Error) -> Self {
+        use lapin::ErrorKind as K;
+        let kind = match e.kind() {
+            K::IOError(_)
+            | K::InvalidChannel(_)
+            | K::InvalidChannelState(..)
+            | K::InvalidConnectionState(_)
+            | K::MissingHeartbeatError => ErrorKind::Connection,
+            K::ProtocolError(amqp) => match amqp.get_id() {
+                // NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED
+                404 => ErrorKind::NotFound,
+                406 => ErrorKind::Conflict,
+                403 => ErrorKind::Rejected,
+                _ => ErrorKind::Connection,
+            },
+            _ => ErrorKind::Internal,
+        };
+        let status = if e.can_be_recovered() && kind != ErrorKind::Conflict && kind != ErrorKind::Rejected {
+            Status::Temporary
+        } else {
+            Status::Permanent
+        };
+        let mut this = Error::new(operation, kind, e);
+        this.status = status;
+        this
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether retrying may help.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+}
+
+impl From<Error> for causeway_core::Error {
+    fn from(e: Error) -> Self {
+        causeway_core::Error::new(e.kind, e.operation).with_status(e.status).with_source(e)
+    }
+}

@@ -1,0 +1,264 @@
+//! Connections: one live channel per session, reopened (and the topology
+//! re-declared) after it is lost.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use causeway_core::{Capabilities, Ordering};
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties};
+
+use crate::config::{ExchangeKind, QueueConfig, QueueKind, RabbitConfig};
+use crate::consumer::RabbitConsumer;
+use crate::error::Error;
+use crate::publisher::RabbitPublisher;
+
+/// A RabbitMQ endpoint: makes publishers and consumers, each with its own
+/// connection, so a slow consumer never holds up a publisher's confirms.
+#[derive(Clone, Debug)]
+pub struct RabbitClient {
+    config: Arc<RabbitConfig>,
+}
+
+impl RabbitClient {
+    /// Connects once to check the endpoint and declare its topology: a
+    /// conflicting existing queue or exchange is an error here.
+    pub async fn connect(config: RabbitConfig) -> Result<RabbitClient, Error> {
+        let config = Arc::new(config);
+        let session = Session::new(config.clone(), config.queue.clone());
+        let link = session.link().await?;
+        session.invalidate(&link).await;
+        Ok(RabbitClient { config })
+    }
+
+    /// What this endpoint can do; stream queues keep messages for every
+    /// consumer and cannot requeue one.
+    pub fn capabilities(&self) -> Capabilities {
+        capabilities(&self.config, self.config.queue.as_ref())
+    }
+
+    /// A publisher with its own connection.
+    pub fn publisher(&self) -> RabbitPublisher {
+        RabbitPublisher::new(Session::new(self.config.clone(), None), self.capabilities())
+    }
+
+    /// A consumer of `queue` (the config's own when `None`), with its own connection.
+    pub async fn consumer(&self, queue: Option<&QueueConfig>) -> Result<RabbitConsumer, Error> {
+        let queue = match queue.or(self.config.queue.as_ref()) {
+            Some(q) => q.clone(),
+            None => return Err(Error::config("no [queue] configured for this RabbitMQ endpoint")),
+        };
+        let capabilities = capabilities(&self.config, Some(&queue));
+        RabbitConsumer::start(Session::new(self.config.clone(), Some(queue)), capabilities).await
+    }
+}
+
+pub(crate) fn capabilities(config: &RabbitConfig, queue: Option<&QueueConfig>) -> Capabilities {
+    let stream = queue.is_some_and(|q| q.kind == QueueKind::Stream);
+    Capabilities {
+        per_message_nack: !stream,
+        delayed_redelivery: !stream,
+        // Unacked messages return when the channel closes, not after a timeout.
+        ack_timeout_redelivery: false,
+        dead_letter: queue.is_some_and(|q| q.dead_letter_queue.is_some()),
+        native_dedup: false,
+        ordering: Ordering::None,
+        consumer_groups: !stream,
+        durable_resume: !stream,
+        max_message_bytes: config.max_message_bytes,
+        max_batch: 1000,
+    }
+}
+
+/// An open connection and its confirm-mode channel.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) connection: Connection,
+    pub(crate) channel: Channel,
+    /// Delay queues declared on this link.
+    delay_queues: std::sync::Mutex<HashSet<u64>>,
+}
+
+/// Holds at most one live link and reopens it on demand.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) config: Arc<RabbitConfig>,
+    pub(crate) queue: Option<QueueConfig>,
+    link: tokio::sync::Mutex<Option<Arc<Link>>>,
+}
+
+impl Session {
+    pub(crate) fn new(config: Arc<RabbitConfig>, queue: Option<QueueConfig>) -> Self {
+        Session {
+            config,
+            queue,
+            link: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The live link, opening a new one (and declaring the topology) if needed.
+    pub(crate) async fn link(&self) -> Result<Arc<Link>, Error> {
+        let mut current = self.link.lock().await;
+        if let Some(link) = current.as_ref()
+            && link.channel.status().connected()
+        {
+            return Ok(link.clone());
+        }
+        let link = Arc::new(self.open().await?);
+        *current = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Forgets `link` after a failure on it, so the next call reconnects.
+    pub(crate) async fn invalidate(&self, link: &Arc<Link>) {
+        let mut current = self.link.lock().await;
+        if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+            *current = None;
+        }
+        let _ = link.connection.close(200, ShortString::from("causeway reconnecting")).await;
+    }
+
+    /// Closes the live link, if any.
+    pub(crate) async fn close(&self) {
+        if let Some(link) = self.link.lock().await.take() {
+            let _ = link.channel.close(200, ShortString::from("causeway closing")).await;
+            let _ = link.connection.close(200, ShortString::from("causeway closing")).await;
+        }
+    }
+
+    async fn open(&self) -> Result<Link, Error> {
+        let connection = Connection::connect(
+            &self.config.url,
+            ConnectionProperties::default().with_connection_name("causeway".into()),
+        )
+        .await
+        .map_err(|e| Error::lapin("connect", e))?;
+        let channel = connection.create_channel().await.map_err(|e| Error::lapin("open channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| Error::lapin("confirm select", e))?;
+        declare(&channel, &self.config, self.queue.as_ref()).await?;
+        Ok(Link {
+            connection,
+            channel,
+            delay_queues: std::sync::Mutex::default(),
+        })
+    }
+}
+
+impl Link {
+    /// The delay queue for `bucket_ms`, declared on first use: its TTL
+    /// dead-letters messages back to `queue` through the default exchange,
+    /// and it deletes itself when unused for a minute past its TTL.
+    pub(crate) async fn delay_queue(&self, queue: &str, bucket_ms: u64) -> Result<String, Error> {
+        let name = format!("{queue}.delay.{bucket_ms}ms");
+        let declared = self
+            .delay_queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&bucket_ms);
+        if !declared {
+            let mut args = FieldTable::default();
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(bucket_ms as i64));
+            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
+            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(queue)));
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(bucket_ms as i64 + 60_000));
+            self.channel
+                .queue_declare(name.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+                .await
+                .map_err(|e| Error::lapin("declare delay queue", e))?;
+            self.delay_queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(bucket_ms);
+        }
+        Ok(name)
+    }
+}
+
+/// Delays round up to one of these, so a few delay queues serve every
+/// backoff (one TTL per queue: messages never wait behind longer ones).
+const DELAY_BUCKETS_MS: [u64; 13] = [
+    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000, 1_800_000, 3_600_000,
+];
+
+/// The bucket a delay goes to: the smallest at least as long, at most an hour.
+pub(crate) fn delay_bucket(delay: Duration) -> u64 {
+    let ms = delay.as_millis() as u64;
+    DELAY_BUCKETS_MS.iter().copied().find(|b| *b >= ms).unwrap_or(3_600_000)
+}
+
+async fn declare(channel: &Channel, config: &RabbitConfig, queue: Option<&QueueConfig>) -> Result<(), Error> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    if !config.exchange.is_empty() {
+        let kind = match config.exchange_kind {
+            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+        };
+        channel
+            .exchange_declare(
+                config.exchange.as_str().into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::lapin("declare exchange", e))?;
+    }
+    let Some(q) = queue else { return Ok(()) };
+    if let Some(dlq) = &q.dead_letter_queue {
+        channel
+            .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
+            .await
+            .map_err(|e| Error::lapin("declare dead-letter queue", e))?;
+    }
+    let mut args = FieldTable::default();
+    match q.kind {
+        QueueKind::Classic => {}
+        QueueKind::Quorum => {
+            args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+        }
+        QueueKind::Stream => {
+            args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("stream")));
+        }
+    }
+    if q.kind != QueueKind::Stream
+        && let Some(dlq) = &q.dead_letter_queue
+    {
+        // The broker's own dead-lettering (delivery limit, expiry) lands there too.
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(dlq.as_str())));
+    }
+    if let (QueueKind::Quorum, Some(limit)) = (q.kind, q.delivery_limit) {
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(limit)));
+    }
+    channel
+        .queue_declare(q.name.as_str().into(), durable, args)
+        .await
+        .map_err(|e| Error::lapin("declare queue", e))?;
+    if !config.exchange.is_empty() {
+        for key in &q.bindings {
+            channel
+                .queue_bind(
+                    q.name.as_str().into(),
+                    config.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| Error::lapin("bind queue", e))?;
+        }
+    }
+    Ok(())
+}

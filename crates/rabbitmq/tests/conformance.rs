@@ -1,0 +1,125 @@
+//! The conformance suite and the cut-mid-stream fault test against the real
+//! RabbitMQ server (`cargo xtask services up rabbitmq`), for classic and
+//! quorum queues, reached through the fault proxy so connections can be cut.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use causeway_core::{Capabilities, Consumer, Publisher, Result};
+use causeway_rabbitmq::{ExchangeKind, PublishConfig, QueueConfig, QueueKind, RabbitClient, RabbitConfig};
+use causeway_testkit::{BrokerHarness, FaultProxy};
+
+const VAR: &str = "CAUSEWAY_RABBITMQ_URL";
+const DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Publishes through the default exchange (routing key = queue name), one
+/// queue per scenario with `<queue>.dlq` for dead letters.
+struct Rabbit {
+    kind: QueueKind,
+    proxy: FaultProxy,
+    config: RabbitConfig,
+    client: RabbitClient,
+}
+
+/// `amqp://user:pass@host:port/vhost` → (`host:port`, the URL with `replacement` there).
+fn split_url(url: &str, replacement: &str) -> (String, String) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let after_auth = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let authority = after_auth.split('/').next().unwrap_or(after_auth).to_owned();
+    (authority.clone(), url.replacen(&authority, replacement, 1))
+}
+
+impl Rabbit {
+    async fn new(kind: QueueKind) -> Rabbit {
+        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
+        let (authority, _) = split_url(&url, "");
+        let upstream: SocketAddr = authority
+            .parse()
+            .unwrap_or_else(|e| panic!("{VAR}={url}: the host must be ip:port for the fault proxy: {e}"));
+        let proxy = FaultProxy::start(upstream).await.expect("fault proxy");
+        let (_, proxied) = split_url(&url, &proxy.addr().to_string());
+        let config = RabbitConfig {
+            url: proxied,
+            exchange: String::new(),
+            exchange_kind: ExchangeKind::Direct,
+            publish: PublishConfig::default(),
+            queue: Some(queue_config(kind, &causeway_testkit::unique_name("probe"))),
+            max_message_bytes: 16 * 1024 * 1024,
+            max_reconnect_delay: Duration::from_secs(1),
+        };
+        let client = match tokio::time::timeout(Duration::from_secs(15), RabbitClient::connect(config.clone())).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => causeway_testkit::env::unreachable("rabbitmq", VAR, &url, e),
+            Err(_) => causeway_testkit::env::unreachable("rabbitmq", VAR, &url, "no answer in 15 s"),
+        };
+        Rabbit { kind, proxy, config, client }
+    }
+}
+
+fn queue_config(kind: QueueKind, name: &str) -> QueueConfig {
+    QueueConfig {
+        name: name.to_owned(),
+        kind,
+        bindings: Vec::new(),
+        prefetch: 100,
+        dead_letter_queue: Some(format!("{name}.dlq")),
+        delivery_limit: None,
+        stream_offset: None,
+    }
+}
+
+#[async_trait]
+impl BrokerHarness for Rabbit {
+    fn name(&self) -> String {
+        format!("rabbitmq-{:?}", self.kind).to_lowercase()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.client.capabilities()
+    }
+    fn ack_timeout(&self) -> Duration {
+        // No ack timeout: the wait used to be sure nothing more arrives.
+        Duration::from_secs(1)
+    }
+    async fn destination(&self, scenario: &str) -> Result<String> {
+        let name = causeway_testkit::unique_name(scenario);
+        // Declare the queue up front: publishing before a consumer exists must not be unroutable.
+        RabbitClient::connect(RabbitConfig {
+            queue: Some(queue_config(self.kind, &name)),
+            ..self.config.clone()
+        })
+        .await?;
+        Ok(name)
+    }
+    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
+        Ok(Box::new(self.client.publisher()))
+    }
+    async fn consumer(&self, destination: &str, _group: &str) -> Result<Box<dyn Consumer>> {
+        // One queue per destination: its consumers are the group.
+        Ok(Box::new(self.client.consumer(Some(&queue_config(self.kind, destination))).await?))
+    }
+    async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
+        let mut q = queue_config(QueueKind::Classic, &format!("{destination}.dlq"));
+        q.dead_letter_queue = None;
+        Ok(Box::new(self.client.consumer(Some(&q)).await?))
+    }
+    async fn cut_connections(&self, outage: Duration) -> bool {
+        self.proxy.cut_for(outage);
+        true
+    }
+}
+
+mod classic {
+    use super::*;
+    causeway_testkit::broker_conformance!(Rabbit::new(QueueKind::Classic));
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cut_all_connections_mid_stream_of_10000() {
+        causeway_testkit::broker::cut_mid_stream_10000(&Rabbit::new(QueueKind::Classic).await).await;
+    }
+}
+
+mod quorum {
+    use super::*;
+    causeway_testkit::broker_conformance!(Rabbit::new(QueueKind::Quorum));
+}
