@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, consumer};
 use causeway_core::{Binding, Consumer, Event, Publisher, Settlement, settle_all};
 use causeway_nats::{ConsumerConfig, NatsClient, NatsConfig, PublishConfig, Start, StreamConfig};
 use causeway_testkit::bench::{events_1kib, runtime};
@@ -52,18 +52,25 @@ fn raw_message(e: &Event) -> PublishMessage {
         headers.insert("ce-time", causeway_core::binding::format_time(t).as_str());
     }
     headers.insert(async_nats::header::NATS_MESSAGE_ID, e.id.as_str());
-    PublishMessage::build().payload(e.payload.clone()).headers(headers)
+    PublishMessage::build()
+        .payload(e.payload.clone())
+        .headers(headers)
 }
 
 fn publish(c: &mut Criterion) {
     let rt = runtime();
     let prefix = causeway_testkit::unique_name("benchpub");
-    let client = rt.block_on(NatsClient::connect(config(&prefix))).expect("connect");
+    let client = rt
+        .block_on(NatsClient::connect(config(&prefix)))
+        .expect("connect");
     let publisher = client.publisher();
     // jetstream::new spawns a task: inside the runtime.
-    let raw = rt.block_on(async { jetstream::new(async_nats::connect(url()).await.expect("raw connect")) });
+    let raw = rt
+        .block_on(async { jetstream::new(async_nats::connect(url()).await.expect("raw connect")) });
     let mut group = c.benchmark_group("nats_publish_1KiB");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(BATCH as u64));
     let mut round = 0u64;
     group.bench_function("adapter_batch_1000", |b| {
@@ -93,7 +100,11 @@ fn publish(c: &mut Criterion) {
                 async move {
                     let mut acks = Vec::with_capacity(events.len());
                     for e in &events {
-                        acks.push(raw.send_publish(subject.clone(), raw_message(e)).await.expect("send"));
+                        acks.push(
+                            raw.send_publish(subject.clone(), raw_message(e))
+                                .await
+                                .expect("send"),
+                        );
                     }
                     for ack in join_all(acks.into_iter().map(|a| a.into_future())).await {
                         ack.expect("ack");
@@ -109,9 +120,12 @@ fn publish(c: &mut Criterion) {
 fn consume(c: &mut Criterion) {
     let rt = runtime();
     let prefix = causeway_testkit::unique_name("benchsub");
-    let client = rt.block_on(NatsClient::connect(config(&prefix))).expect("connect");
+    let client = rt
+        .block_on(NatsClient::connect(config(&prefix)))
+        .expect("connect");
     let publisher = client.publisher();
-    let raw = rt.block_on(async { jetstream::new(async_nats::connect(url()).await.expect("raw connect")) });
+    let raw = rt
+        .block_on(async { jetstream::new(async_nats::connect(url()).await.expect("raw connect")) });
     let fill = |subject: String| {
         let publisher = publisher.clone();
         async move {
@@ -121,7 +135,9 @@ fn consume(c: &mut Criterion) {
         }
     };
     let mut group = c.benchmark_group("nats_consume_1KiB");
-    group.sample_size(10).measurement_time(Duration::from_secs(15));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(15));
     group.throughput(Throughput::Elements(CONSUME as u64));
     let mut round = 0u64;
     group.bench_function("adapter_next_batch_500_ack_each", |b| {
@@ -149,9 +165,14 @@ fn consume(c: &mut Criterion) {
                     let start = Instant::now();
                     let mut got = 0;
                     while got < CONSUME {
-                        let batch = consumer.next_batch(500, Duration::from_secs(5)).await.expect("next");
+                        let batch = consumer
+                            .next_batch(500, Duration::from_secs(5))
+                            .await
+                            .expect("next");
                         got += batch.len();
-                        settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack))).await.expect("ack");
+                        settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
+                            .await
+                            .expect("ack");
                     }
                     total += start.elapsed();
                 }
@@ -194,7 +215,9 @@ fn consume(c: &mut Criterion) {
                         // A raw client decodes the attributes too.
                         let headers = m.headers.as_ref().expect("headers");
                         let _ = Binding::Nats.decode(
-                            headers.iter().filter_map(|(n, v)| v.first().map(|v| (n.as_ref(), v.as_ref()))),
+                            headers
+                                .iter()
+                                .filter_map(|(n, v)| v.first().map(|v| (n.as_ref(), v.as_ref()))),
                             None,
                             m.payload.clone(),
                         );

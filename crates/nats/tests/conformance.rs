@@ -116,3 +116,29 @@ causeway_testkit::broker_conformance!(Nats::new());
 async fn cut_all_connections_mid_stream_of_10000() {
     causeway_testkit::broker::cut_mid_stream_10000(&Nats::new().await).await;
 }
+
+/// Ordered replay: a new consumer that starts at a stream sequence gets the
+/// messages from there on, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_a_stream_sequence() {
+    let h = Nats::new().await;
+    let subject = h.destination("replay").await.expect("destination");
+    let sent = causeway_testkit::events("replay", 20, 0);
+    let receipts = h
+        .client
+        .publisher()
+        .publish(&subject, &sent)
+        .await
+        .expect("publish");
+    let sequences: Vec<u64> = receipts
+        .into_iter()
+        .map(|r| r.expect("receipt").position.expect("sequence").offset)
+        .collect();
+    let mut config = consumer_config("replayer", &subject);
+    config.start = Start::Sequence(sequences[12]);
+    let mut consumer = h.client.consumer(Some(&config)).await.expect("consumer");
+    let got = causeway_testkit::receive_and_ack(&mut consumer, 8, Duration::from_secs(20)).await;
+    let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+    let want: Vec<&str> = sent[12..].iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, want);
+}

@@ -6,11 +6,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use causeway_core::{
-    Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement, Settler, Ticket,
-    dead_letter,
+    Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement,
+    Settler, Ticket, dead_letter,
 };
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties, Confirmation};
 use tokio::time::Instant;
@@ -33,7 +36,9 @@ pub struct RabbitConsumer {
 
 impl std::fmt::Debug for RabbitConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RabbitConsumer").field("capabilities", &self.capabilities).finish_non_exhaustive()
+        f.debug_struct("RabbitConsumer")
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,8 +62,14 @@ struct RabbitSettler {
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 impl RabbitConsumer {
-    pub(crate) async fn start(session: Session, capabilities: Capabilities) -> Result<RabbitConsumer, Error> {
-        let queue = session.queue.clone().ok_or_else(|| Error::config("consumer without a queue"))?;
+    pub(crate) async fn start(
+        session: Session,
+        capabilities: Capabilities,
+    ) -> Result<RabbitConsumer, Error> {
+        let queue = session
+            .queue
+            .clone()
+            .ok_or_else(|| Error::config("consumer without a queue"))?;
         let mut this = RabbitConsumer {
             session: Arc::new(session),
             consuming: None,
@@ -96,7 +107,12 @@ impl RabbitConsumer {
         }
         let consumer = link
             .channel
-            .basic_consume(q.name.as_str().into(), ShortString::from(""), BasicConsumeOptions::default(), args)
+            .basic_consume(
+                q.name.as_str().into(),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                args,
+            )
             .await
             .map_err(|e| Error::lapin("consume", e))?;
         self.consuming = Some((link, consumer));
@@ -136,7 +152,10 @@ impl RabbitConsumer {
                 let settler = self.settler.clone();
                 // Poison: dead-letter it without handing it out, and keep going.
                 tokio::spawn(async move {
-                    if let Err(e) = settler.reject(in_flight, "undecodable message: not a CloudEvent").await {
+                    if let Err(e) = settler
+                        .reject(in_flight, "undecodable message: not a CloudEvent")
+                        .await
+                    {
                         tracing::error!(error = %e, "could not dead-letter an undecodable message");
                     }
                 });
@@ -148,23 +167,45 @@ impl RabbitConsumer {
 
 impl RabbitSettler {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
-        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Publishes a copy on the delivery's channel and waits for its confirm.
-    async fn publish_copy(&self, m: &InFlight, routing_key: &str, properties: BasicProperties) -> Result<()> {
+    async fn publish_copy(
+        &self,
+        m: &InFlight,
+        routing_key: &str,
+        properties: BasicProperties,
+    ) -> Result<()> {
         let confirm = m
             .link
             .channel
-            .basic_publish("".into(), routing_key.into(), BasicPublishOptions { mandatory: true, ..Default::default() }, &m.payload, properties)
+            .basic_publish(
+                "".into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &m.payload,
+                properties,
+            )
             .await
             .map_err(|e| Error::lapin("publish copy", e))?
             .await
             .map_err(|e| Error::lapin("confirm copy", e))?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(CoreError::new(ErrorKind::NotFound, format!("queue `{routing_key}` is missing"))),
-            Confirmation::Nack(_) => Err(CoreError::temporary(ErrorKind::Unavailable, "the broker nacked the copy")),
+            Confirmation::Ack(Some(_)) => Err(CoreError::new(
+                ErrorKind::NotFound,
+                format!("queue `{routing_key}` is missing"),
+            )),
+            Confirmation::Nack(_) => Err(CoreError::temporary(
+                ErrorKind::Unavailable,
+                "the broker nacked the copy",
+            )),
         }
     }
 
@@ -199,8 +240,10 @@ impl RabbitSettler {
             (name, AMQPValue::LongString(LongString::from(value)))
         })
         .collect();
-        let extra: Vec<(&str, AMQPValue)> = extra.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-        self.publish_copy(&m, dlq, copy_with(&m.properties, &extra)).await?;
+        let extra: Vec<(&str, AMQPValue)> =
+            extra.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        self.publish_copy(&m, dlq, copy_with(&m.properties, &extra))
+            .await?;
         Self::ack(&m).await
     }
 
@@ -208,12 +251,20 @@ impl RabbitSettler {
     /// the delay's bucket, whose TTL sends it back, then the original is acked.
     async fn nack_later(&self, m: InFlight, delay: Duration) -> Result<()> {
         if self.queue.kind == QueueKind::Stream {
-            return Err(CoreError::new(ErrorKind::Unsupported, "a stream queue cannot redeliver one message"));
+            return Err(CoreError::new(
+                ErrorKind::Unsupported,
+                "a stream queue cannot redeliver one message",
+            ));
         }
         let bucket = delay_bucket(delay);
         let delay_queue = m.link.delay_queue(&self.queue.name, bucket).await?;
         let next = AMQPValue::LongLongInt(i64::from(m.attempt) + 1);
-        self.publish_copy(&m, &delay_queue, copy_with(&m.properties, &[(ATTEMPT_HEADER, next)])).await?;
+        self.publish_copy(
+            &m,
+            &delay_queue,
+            copy_with(&m.properties, &[(ATTEMPT_HEADER, next)]),
+        )
+        .await?;
         Self::ack(&m).await
     }
 }
@@ -223,7 +274,10 @@ impl Settler for RabbitSettler {
     async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
         let taken: Vec<(Option<InFlight>, Settlement)> = {
             let mut in_flight = self.lock();
-            items.into_iter().map(|(tag, s)| (in_flight.remove(&tag), s)).collect()
+            items
+                .into_iter()
+                .map(|(tag, s)| (in_flight.remove(&tag), s))
+                .collect()
         };
         let mut unknown = 0;
         for (m, settlement) in taken {
@@ -242,7 +296,10 @@ impl Settler for RabbitSettler {
                 Settlement::Ack => Self::ack(&m).await?,
                 Settlement::Nack { delay } if delay.is_zero() => {
                     m.acker
-                        .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
                         .await
                         .map_err(|e| Error::lapin("nack", e))?;
                 }
@@ -251,7 +308,10 @@ impl Settler for RabbitSettler {
             }
         }
         if unknown > 0 {
-            return Err(CoreError::new(ErrorKind::Conflict, format!("{unknown} deliveries were already settled")));
+            return Err(CoreError::new(
+                ErrorKind::Conflict,
+                format!("{unknown} deliveries were already settled"),
+            ));
         }
         Ok(())
     }
@@ -272,8 +332,11 @@ impl Consumer for RabbitConsumer {
                     Ok(()) => self.backoff = MIN_BACKOFF,
                     Err(e) => {
                         tracing::warn!(error = %e, backoff = ?self.backoff, "rabbitmq consumer reconnecting");
-                        let pause = self.backoff.min(deadline.saturating_duration_since(Instant::now()));
-                        self.backoff = (self.backoff * 2).min(self.session.config.max_reconnect_delay);
+                        let pause = self
+                            .backoff
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                        self.backoff =
+                            (self.backoff * 2).min(self.session.config.max_reconnect_delay);
                         tokio::time::sleep(pause).await;
                         if Instant::now() >= deadline {
                             break;
@@ -282,7 +345,9 @@ impl Consumer for RabbitConsumer {
                     }
                 }
             }
-            let Some((link, consumer)) = self.consuming.as_mut() else { break };
+            let Some((link, consumer)) = self.consuming.as_mut() else {
+                break;
+            };
             let next = if out.is_empty() {
                 match tokio::time::timeout_at(deadline, consumer.next()).await {
                     Ok(next) => next,

@@ -51,11 +51,12 @@ impl Error {
             },
             _ => ErrorKind::Internal,
         };
-        let status = if e.can_be_recovered() && kind != ErrorKind::Conflict && kind != ErrorKind::Rejected {
-            Status::Temporary
-        } else {
-            Status::Permanent
-        };
+        let status =
+            if e.can_be_recovered() && kind != ErrorKind::Conflict && kind != ErrorKind::Rejected {
+                Status::Temporary
+            } else {
+                Status::Permanent
+            };
         let mut this = Error::new(operation, kind, e);
         this.status = status;
         this
@@ -74,6 +75,8 @@ impl Error {
 
 impl From<Error> for causeway_core::Error {
     fn from(e: Error) -> Self {
-        causeway_core::Error::new(e.kind, e.operation).with_status(e.status).with_source(e)
+        causeway_core::Error::new(e.kind, e.operation)
+            .with_status(e.status)
+            .with_source(e)
     }
 }

@@ -14,7 +14,10 @@ pub(crate) const ATTEMPT_HEADER: &str = "x-causeway-attempt";
 pub(crate) fn properties(event: &Event) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in Binding::Amqp.encode(event) {
-        headers.insert(ShortString::from(name.into_owned()), AMQPValue::LongString(LongString::from(value)));
+        headers.insert(
+            ShortString::from(name.into_owned()),
+            AMQPValue::LongString(LongString::from(value)),
+        );
     }
     let mut props = BasicProperties::default()
         .with_message_id(ShortString::from(event.id.as_str()))
@@ -54,11 +57,13 @@ pub(crate) fn decode(props: &BasicProperties, payload: Bytes) -> Result<Event> {
 pub(crate) fn attempt(props: &BasicProperties, redelivered: bool) -> u32 {
     let headers = props.headers().as_ref();
     let number = |name: &str| {
-        headers.and_then(|h| h.inner().get(name)).and_then(|v| match v {
-            AMQPValue::LongLongInt(n) => Some(*n as u32),
-            AMQPValue::LongInt(n) => Some(*n as u32),
-            _ => None,
-        })
+        headers
+            .and_then(|h| h.inner().get(name))
+            .and_then(|v| match v {
+                AMQPValue::LongLongInt(n) => Some(*n as u32),
+                AMQPValue::LongInt(n) => Some(*n as u32),
+                _ => None,
+            })
     };
     let base = number(ATTEMPT_HEADER)
         .or_else(|| number("x-delivery-count").map(|n| n + 1))

@@ -1,10 +1,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Error as CoreError, ErrorKind, Event, Publisher, Receipt, Result};
+use causeway_core::{
+    Capabilities, Error as CoreError, ErrorKind, Event, Publisher, Receipt, Result,
+};
 use futures_util::future::join_all;
-use lapin::options::BasicPublishOptions;
 use lapin::Confirmation;
+use lapin::options::BasicPublishOptions;
 use tokio::sync::Semaphore;
 
 use crate::error::Error;
@@ -23,7 +25,9 @@ pub struct RabbitPublisher {
 
 impl RabbitPublisher {
     pub(crate) fn new(session: Session, capabilities: Capabilities) -> Self {
-        let window = Arc::new(Semaphore::new(session.config.publish.max_unconfirmed.max(1)));
+        let window = Arc::new(Semaphore::new(
+            session.config.publish.max_unconfirmed.max(1),
+        ));
         RabbitPublisher {
             session: Arc::new(session),
             window,
@@ -40,7 +44,12 @@ impl RabbitPublisher {
             .publish
             .default_routing_key
             .as_deref()
-            .ok_or_else(|| CoreError::new(ErrorKind::Config, "no destination given and no publish.default_routing_key"))
+            .ok_or_else(|| {
+                CoreError::new(
+                    ErrorKind::Config,
+                    "no destination given and no publish.default_routing_key",
+                )
+            })
     }
 
     fn check(&self, event: &Event) -> Result<()> {
@@ -126,11 +135,17 @@ impl Publisher for RabbitPublisher {
                     ),
                 )),
                 // The broker could not store it; it may next time.
-                Confirmation::Nack(_) => Err(CoreError::temporary(ErrorKind::Unavailable, "the broker nacked the message")),
+                Confirmation::Nack(_) => Err(CoreError::temporary(
+                    ErrorKind::Unavailable,
+                    "the broker nacked the message",
+                )),
             }
         }))
         .await;
-        if outcomes.iter().any(|o| o.as_ref().is_err_and(|e| e.kind() == ErrorKind::Connection)) {
+        if outcomes
+            .iter()
+            .any(|o| o.as_ref().is_err_and(|e| e.kind() == ErrorKind::Connection))
+        {
             self.session.invalidate(&link).await;
         }
         Ok(outcomes)

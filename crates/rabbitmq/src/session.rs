@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use causeway_core::{Capabilities, Ordering};
-use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
 
@@ -48,7 +50,11 @@ impl RabbitClient {
     pub async fn consumer(&self, queue: Option<&QueueConfig>) -> Result<RabbitConsumer, Error> {
         let queue = match queue.or(self.config.queue.as_ref()) {
             Some(q) => q.clone(),
-            None => return Err(Error::config("no [queue] configured for this RabbitMQ endpoint")),
+            None => {
+                return Err(Error::config(
+                    "no [queue] configured for this RabbitMQ endpoint",
+                ));
+            }
         };
         let capabilities = capabilities(&self.config, Some(&queue));
         RabbitConsumer::start(Session::new(self.config.clone(), Some(queue)), capabilities).await
@@ -117,14 +123,23 @@ impl Session {
         if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
             *current = None;
         }
-        let _ = link.connection.close(200, ShortString::from("causeway reconnecting")).await;
+        let _ = link
+            .connection
+            .close(200, ShortString::from("causeway reconnecting"))
+            .await;
     }
 
     /// Closes the live link, if any.
     pub(crate) async fn close(&self) {
         if let Some(link) = self.link.lock().await.take() {
-            let _ = link.channel.close(200, ShortString::from("causeway closing")).await;
-            let _ = link.connection.close(200, ShortString::from("causeway closing")).await;
+            let _ = link
+                .channel
+                .close(200, ShortString::from("causeway closing"))
+                .await;
+            let _ = link
+                .connection
+                .close(200, ShortString::from("causeway closing"))
+                .await;
         }
     }
 
@@ -135,7 +150,10 @@ impl Session {
         )
         .await
         .map_err(|e| Error::lapin("connect", e))?;
-        let channel = connection.create_channel().await.map_err(|e| Error::lapin("open channel", e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::lapin("open channel", e))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -162,12 +180,31 @@ impl Link {
             .contains(&bucket_ms);
         if !declared {
             let mut args = FieldTable::default();
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(bucket_ms as i64));
-            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
-            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(queue)));
-            args.insert("x-expires".into(), AMQPValue::LongLongInt(bucket_ms as i64 + 60_000));
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(bucket_ms as i64),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from("")),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(LongString::from(queue)),
+            );
+            args.insert(
+                "x-expires".into(),
+                AMQPValue::LongLongInt(bucket_ms as i64 + 60_000),
+            );
             self.channel
-                .queue_declare(name.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    args,
+                )
                 .await
                 .map_err(|e| Error::lapin("declare delay queue", e))?;
             self.delay_queues
@@ -182,16 +219,25 @@ impl Link {
 /// Delays round up to one of these, so a few delay queues serve every
 /// backoff (one TTL per queue: messages never wait behind longer ones).
 const DELAY_BUCKETS_MS: [u64; 13] = [
-    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000, 1_800_000, 3_600_000,
+    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000, 1_800_000,
+    3_600_000,
 ];
 
 /// The bucket a delay goes to: the smallest at least as long, at most an hour.
 pub(crate) fn delay_bucket(delay: Duration) -> u64 {
     let ms = delay.as_millis() as u64;
-    DELAY_BUCKETS_MS.iter().copied().find(|b| *b >= ms).unwrap_or(3_600_000)
+    DELAY_BUCKETS_MS
+        .iter()
+        .copied()
+        .find(|b| *b >= ms)
+        .unwrap_or(3_600_000)
 }
 
-async fn declare(channel: &Channel, config: &RabbitConfig, queue: Option<&QueueConfig>) -> Result<(), Error> {
+async fn declare(
+    channel: &Channel,
+    config: &RabbitConfig,
+    queue: Option<&QueueConfig>,
+) -> Result<(), Error> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -226,21 +272,36 @@ async fn declare(channel: &Channel, config: &RabbitConfig, queue: Option<&QueueC
     match q.kind {
         QueueKind::Classic => {}
         QueueKind::Quorum => {
-            args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("quorum")),
+            );
         }
         QueueKind::Stream => {
-            args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("stream")));
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("stream")),
+            );
         }
     }
     if q.kind != QueueKind::Stream
         && let Some(dlq) = &q.dead_letter_queue
     {
         // The broker's own dead-lettering (delivery limit, expiry) lands there too.
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
-        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(dlq.as_str())));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from("")),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(dlq.as_str())),
+        );
     }
     if let (QueueKind::Quorum, Some(limit)) = (q.kind, q.delivery_limit) {
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(limit)));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(limit)),
+        );
     }
     channel
         .queue_declare(q.name.as_str().into(), durable, args)

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use causeway_core::{Capabilities, Consumer, Publisher, Result};
-use causeway_rabbitmq::{ExchangeKind, PublishConfig, QueueConfig, QueueKind, RabbitClient, RabbitConfig};
+use causeway_rabbitmq::{
+    ExchangeKind, PublishConfig, QueueConfig, QueueKind, RabbitClient, RabbitConfig,
+};
 use causeway_testkit::{BrokerHarness, FaultProxy};
 
 const VAR: &str = "CAUSEWAY_RABBITMQ_URL";
@@ -26,7 +28,11 @@ struct Rabbit {
 fn split_url(url: &str, replacement: &str) -> (String, String) {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let after_auth = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let authority = after_auth.split('/').next().unwrap_or(after_auth).to_owned();
+    let authority = after_auth
+        .split('/')
+        .next()
+        .unwrap_or(after_auth)
+        .to_owned();
     (authority.clone(), url.replacen(&authority, replacement, 1))
 }
 
@@ -34,9 +40,9 @@ impl Rabbit {
     async fn new(kind: QueueKind) -> Rabbit {
         let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
         let (authority, _) = split_url(&url, "");
-        let upstream: SocketAddr = authority
-            .parse()
-            .unwrap_or_else(|e| panic!("{VAR}={url}: the host must be ip:port for the fault proxy: {e}"));
+        let upstream: SocketAddr = authority.parse().unwrap_or_else(|e| {
+            panic!("{VAR}={url}: the host must be ip:port for the fault proxy: {e}")
+        });
         let proxy = FaultProxy::start(upstream).await.expect("fault proxy");
         let (_, proxied) = split_url(&url, &proxy.addr().to_string());
         let config = RabbitConfig {
@@ -48,12 +54,24 @@ impl Rabbit {
             max_message_bytes: 16 * 1024 * 1024,
             max_reconnect_delay: Duration::from_secs(1),
         };
-        let client = match tokio::time::timeout(Duration::from_secs(15), RabbitClient::connect(config.clone())).await {
+        let client = match tokio::time::timeout(
+            Duration::from_secs(15),
+            RabbitClient::connect(config.clone()),
+        )
+        .await
+        {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => causeway_testkit::env::unreachable("rabbitmq", VAR, &url, e),
-            Err(_) => causeway_testkit::env::unreachable("rabbitmq", VAR, &url, "no answer in 15 s"),
+            Err(_) => {
+                causeway_testkit::env::unreachable("rabbitmq", VAR, &url, "no answer in 15 s")
+            }
         };
-        Rabbit { kind, proxy, config, client }
+        Rabbit {
+            kind,
+            proxy,
+            config,
+            client,
+        }
     }
 }
 
@@ -96,7 +114,11 @@ impl BrokerHarness for Rabbit {
     }
     async fn consumer(&self, destination: &str, _group: &str) -> Result<Box<dyn Consumer>> {
         // One queue per destination: its consumers are the group.
-        Ok(Box::new(self.client.consumer(Some(&queue_config(self.kind, destination))).await?))
+        Ok(Box::new(
+            self.client
+                .consumer(Some(&queue_config(self.kind, destination)))
+                .await?,
+        ))
     }
     async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
         let mut q = queue_config(QueueKind::Classic, &format!("{destination}.dlq"));
@@ -115,7 +137,8 @@ mod classic {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cut_all_connections_mid_stream_of_10000() {
-        causeway_testkit::broker::cut_mid_stream_10000(&Rabbit::new(QueueKind::Classic).await).await;
+        causeway_testkit::broker::cut_mid_stream_10000(&Rabbit::new(QueueKind::Classic).await)
+            .await;
     }
 }
 
