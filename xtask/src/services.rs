@@ -17,10 +17,10 @@ use anyhow::{Context, Result, bail};
 use crate::cmd;
 
 /// Services `cargo xtask test` brings up. An adapter's issue adds its broker here.
-pub const NEEDED_BY_TESTS: &[&str] = &["postgres", "nats", "rabbitmq"];
+pub const NEEDED_BY_TESTS: &[&str] = &["postgres", "nats", "rabbitmq", "kafka"];
 
 /// Services `cargo xtask bench` brings up.
-pub const NEEDED_BY_BENCHES: &[&str] = &["postgres", "nats", "rabbitmq"];
+pub const NEEDED_BY_BENCHES: &[&str] = &["postgres", "nats", "rabbitmq", "kafka"];
 
 struct Service {
     name: &'static str,

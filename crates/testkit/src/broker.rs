@@ -441,7 +441,9 @@ pub async fn duplicate_publish(h: &dyn BrokerHarness) {
             .expect("publish outcome");
     }
     let mut consumer = h.consumer(&dest, "dup").await.expect("consumer");
-    let got = receive_and_ack(consumer.as_mut(), 2, quiet(h).max(Duration::from_secs(3))).await;
+    // The first copy must come; a second may follow within the quiet period.
+    let mut got = receive_and_ack(consumer.as_mut(), 1, RECEIVE).await;
+    got.extend(receive_and_ack(consumer.as_mut(), 1, quiet(h).max(Duration::from_secs(3))).await);
     if h.capabilities().native_dedup {
         assert_eq!(
             got.len(),
@@ -485,7 +487,8 @@ pub async fn oversize_event_is_rejected_permanently(h: &dyn BrokerHarness) {
     assert_eq!(err.kind(), ErrorKind::TooLarge, "{}: {err}", h.name());
     assert_eq!(err.status(), Status::Permanent, "{}: {err}", h.name());
     let mut consumer = h.consumer(&dest, "oversize").await.expect("consumer");
-    let got = receive_and_ack(consumer.as_mut(), 2, quiet(h).max(Duration::from_secs(3))).await;
+    let mut got = receive_and_ack(consumer.as_mut(), 1, RECEIVE).await;
+    got.extend(receive_and_ack(consumer.as_mut(), 1, quiet(h).max(Duration::from_secs(3))).await);
     assert_eq!(ids(&got), [small.id.as_str()], "{}", h.name());
 }
 
@@ -529,7 +532,7 @@ pub async fn reconnect_after_cut(h: &dyn BrokerHarness) {
     let mut got = receive_and_ack(consumer.as_mut(), 25, RECEIVE).await;
     if !h.cut_connections(Duration::from_secs(2)).await {
         println!(
-            "{}: reconnect_after_cut: in-process backend, no connection to cut; the flow is checked without one",
+            "{}: reconnect_after_cut: the harness cannot cut this backend's connections; checked without a cut",
             h.name()
         );
     }

@@ -1,0 +1,128 @@
+//! librdkafka configuration from [`KafkaConfig`], and the entry point.
+
+use causeway_core::{Capabilities, Ordering};
+use rdkafka::ClientConfig;
+
+use crate::config::{ConsumerConfig, KafkaConfig, StartFrom};
+use crate::consumer::KafkaConsumer;
+use crate::error::Error;
+use crate::producer::KafkaPublisher;
+
+/// A Kafka endpoint: makes publishers and consumers.
+#[derive(Clone, Debug)]
+pub struct KafkaClient {
+    pub(crate) config: KafkaConfig,
+}
+
+impl KafkaClient {
+    /// An endpoint for `config`. Connections are made by the publishers and
+    /// consumers it creates.
+    pub fn new(config: KafkaConfig) -> Self {
+        KafkaClient { config }
+    }
+
+    /// What this endpoint can do.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            per_message_nack: true,
+            delayed_redelivery: true,
+            // Unacked offsets hold the watermark; they come back after a
+            // restart or rebalance, not after a timeout.
+            ack_timeout_redelivery: false,
+            dead_letter: self
+                .config
+                .consumer
+                .as_ref()
+                .is_some_and(|c| c.dead_letter_topic.is_some()),
+            // The idempotent producer drops its own retries, not a second send of an id.
+            native_dedup: false,
+            ordering: Ordering::PerKey,
+            consumer_groups: true,
+            durable_resume: true,
+            max_message_bytes: self.config.max_message_bytes,
+            max_batch: 10_000,
+        }
+    }
+
+    /// An idempotent, `acks=all` producer with the configured tuning.
+    pub fn publisher(&self) -> Result<KafkaPublisher, Error> {
+        KafkaPublisher::new(self, self.producer_config())
+    }
+
+    /// A consumer as configured in `consumer` (the config's own when `None`).
+    pub fn consumer(&self, consumer: Option<&ConsumerConfig>) -> Result<KafkaConsumer, Error> {
+        let c = consumer
+            .or(self.config.consumer.as_ref())
+            .ok_or_else(|| Error::config("no [consumer] configured for this Kafka endpoint"))?
+            .clone();
+        let mut cc = self.common();
+        cc.set("group.id", &c.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match c.start {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                },
+            )
+            .set("enable.partition.eof", "false");
+        self.passthrough(&mut cc);
+        KafkaConsumer::new(self, cc, c)
+    }
+
+    pub(crate) fn producer_config(&self) -> ClientConfig {
+        let p = &self.config.producer;
+        let mut cc = self.common();
+        cc.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", &p.compression)
+            .set("batch.size", p.batch_size.to_string())
+            .set("linger.ms", p.linger.as_millis().to_string())
+            .set(
+                "delivery.timeout.ms",
+                p.delivery_timeout.as_millis().to_string(),
+            )
+            .set(
+                "message.max.bytes",
+                (self.config.max_message_bytes + 64 * 1024).to_string(),
+            );
+        self.passthrough(&mut cc);
+        cc
+    }
+
+    fn common(&self) -> ClientConfig {
+        let mut cc = ClientConfig::new();
+        let s = &self.config.security;
+        cc.set("bootstrap.servers", &self.config.brokers)
+            .set("client.id", "causeway")
+            .set(
+                "socket.nagle.disable",
+                self.config.producer.nagle_disabled.to_string(),
+            )
+            .set(
+                "socket.timeout.ms",
+                self.config.producer.socket_timeout.as_millis().to_string(),
+            )
+            .set("security.protocol", &s.protocol);
+        if let Some(m) = &s.sasl_mechanism {
+            cc.set("sasl.mechanism", m);
+        }
+        if let Some(u) = &s.username {
+            cc.set("sasl.username", u);
+        }
+        if let Some(p) = &s.password {
+            cc.set("sasl.password", p);
+        }
+        if let Some(ca) = &s.ca_file {
+            cc.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        cc
+    }
+
+    fn passthrough(&self, cc: &mut ClientConfig) {
+        for (k, v) in &self.config.librdkafka {
+            cc.set(k, v);
+        }
+    }
+}

@@ -1,0 +1,570 @@
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use causeway_core::{
+    AckTracker, Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Event,
+    Position, Result, Settlement, Settler, Ticket, dead_letter,
+};
+use futures_util::FutureExt;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::time::Instant;
+
+use crate::client::KafkaClient;
+use crate::config::ConsumerConfig;
+use crate::error::Error;
+use crate::producer::{KafkaPublisher, headers_of};
+
+/// A consumer group member. Acks may come in any order: only the
+/// contiguous acked watermark of each partition is ever committed.
+pub struct KafkaConsumer {
+    consumer: Arc<StreamConsumer<Context>>,
+    shared: Arc<Shared>,
+    settler: Arc<KafkaSettler>,
+    capabilities: Capabilities,
+    commit_interval: Duration,
+    last_commit: Instant,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer")
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A delivered message kept until it is settled.
+#[derive(Clone)]
+struct Held {
+    event: Event,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    attempt: u32,
+}
+
+impl Held {
+    fn id(&self) -> (String, i32, i64) {
+        (self.topic.clone(), self.partition, self.offset)
+    }
+}
+
+/// Everything the consumer, its settler and the rebalance callback share.
+#[derive(Default)]
+struct State {
+    /// Per topic: delivered and acked offsets, for the watermark.
+    trackers: HashMap<String, AckTracker>,
+    in_flight: HashMap<u64, Held>,
+    /// Nacked, waiting for their delay: (due, sequence) → message.
+    retry: BTreeMap<(Instant, u64), Held>,
+    /// Released from `parked`, handed out before anything new.
+    ready: VecDeque<Held>,
+    /// Messages waiting behind a nacked message of their key.
+    parked: HashMap<String, VecDeque<Held>>,
+    /// Keys with nacked messages not yet acked or rejected, and which.
+    held_keys: HashMap<String, HashSet<(String, i32, i64)>>,
+    next_tag: u64,
+    sequence: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn tracker(&mut self, topic: &str) -> &mut AckTracker {
+        self.trackers.entry(topic.to_owned()).or_default()
+    }
+
+    /// An ack, or the end of a rejected message: advances the watermark and
+    /// lets messages parked behind it go.
+    fn done(&mut self, held: &Held) {
+        self.tracker(&held.topic)
+            .acked(held.partition as u32, held.offset as u64);
+        if let Some(key) = &held.event.key
+            && let Some(ids) = self.held_keys.get_mut(key)
+        {
+            ids.remove(&held.id());
+            if ids.is_empty() {
+                self.held_keys.remove(key);
+                if let Some(parked) = self.parked.remove(key) {
+                    self.ready.extend(parked);
+                }
+            }
+        }
+    }
+
+    fn nack(&mut self, mut held: Held, delay: Duration) {
+        if let Some(key) = &held.event.key {
+            self.held_keys
+                .entry(key.clone())
+                .or_default()
+                .insert(held.id());
+        }
+        held.attempt += 1;
+        self.sequence += 1;
+        self.retry
+            .insert((Instant::now() + delay, self.sequence), held);
+    }
+
+    /// A message from the broker: handed out, or parked behind its key.
+    fn arrive(&mut self, held: Held) -> Option<Held> {
+        self.tracker(&held.topic)
+            .delivered(held.partition as u32, held.offset as u64);
+        match &held.event.key {
+            Some(key) if self.held_keys.contains_key(key) => {
+                self.parked.entry(key.clone()).or_default().push_back(held);
+                None
+            }
+            _ => Some(held),
+        }
+    }
+
+    /// Forgets a revoked partition; returns the offset to commit for it.
+    /// Its unsettled messages go to the partition's next owner.
+    fn revoke(&mut self, topic: &str, partition: i32) -> Option<i64> {
+        let mine = |h: &Held| h.topic == topic && h.partition == partition;
+        self.in_flight.retain(|_, h| !mine(h));
+        self.retry.retain(|_, h| !mine(h));
+        self.ready.retain(|h| !mine(h));
+        for q in self.parked.values_mut() {
+            q.retain(|h| !mine(h));
+        }
+        for ids in self.held_keys.values_mut() {
+            ids.retain(|(t, p, _)| !(t == topic && *p == partition));
+        }
+        let released: Vec<String> = self
+            .held_keys
+            .iter()
+            .filter(|(_, ids)| ids.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in released {
+            self.held_keys.remove(&key);
+            if let Some(parked) = self.parked.remove(&key) {
+                self.ready.extend(parked);
+            }
+        }
+        self.trackers
+            .get_mut(topic)?
+            .revoke(partition as u32)
+            .map(|o| o as i64)
+    }
+
+    fn commits(&mut self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, tracker) in &mut self.trackers {
+            for (partition, offset) in tracker.take_commits() {
+                let _ = tpl.add_partition_offset(
+                    topic,
+                    partition as i32,
+                    Offset::Offset(offset as i64),
+                );
+            }
+        }
+        tpl
+    }
+}
+
+/// Commits the watermark of partitions before they are given up in a rebalance.
+struct Context {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let mut commit = TopicPartitionList::new();
+        {
+            let mut state = self.shared.lock();
+            for tp in revoked.elements() {
+                if let Some(offset) = state.revoke(tp.topic(), tp.partition()) {
+                    let _ = commit.add_partition_offset(
+                        tp.topic(),
+                        tp.partition(),
+                        Offset::Offset(offset),
+                    );
+                }
+            }
+        }
+        if commit.count() > 0
+            && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "commit before revocation failed; the new owner repeats from the last commit");
+        }
+    }
+}
+
+struct KafkaSettler {
+    shared: Arc<Shared>,
+    dead_letters: Option<(KafkaPublisher, String)>,
+}
+
+impl KafkaSettler {
+    /// Produces a copy with the reason to the dead-letter topic (or, without
+    /// one, only logs), then marks the message done.
+    async fn reject(&self, held: Held, reason: &str) -> Result<()> {
+        match &self.dead_letters {
+            Some((producer, topic)) => {
+                let mut copy = held.event.clone();
+                let origin = format!("kafka://{}/{}@{}", held.topic, held.partition, held.offset);
+                dead_letter::mark(&mut copy, reason, held.attempt, &origin);
+                producer
+                    .produce_raw(
+                        topic,
+                        copy.key.as_deref().map(str::as_bytes),
+                        &copy.payload,
+                        headers_of(&copy),
+                    )
+                    .await?;
+            }
+            None => {
+                tracing::warn!(reason, topic = %held.topic, offset = held.offset, "rejected with no dead_letter_topic: skipped")
+            }
+        }
+        self.shared.lock().done(&held);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Settler for KafkaSettler {
+    async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
+        let mut rejects = Vec::new();
+        let mut unknown = 0;
+        {
+            let mut state = self.shared.lock();
+            for (tag, settlement) in items {
+                let Some(held) = state.in_flight.remove(&tag) else {
+                    unknown += 1;
+                    continue;
+                };
+                match settlement {
+                    Settlement::Ack => state.done(&held),
+                    Settlement::Nack { delay } => state.nack(held, delay),
+                    Settlement::Reject { reason } => rejects.push((held, reason)),
+                }
+            }
+        }
+        for (held, reason) in rejects {
+            self.reject(held, &reason).await?;
+        }
+        if unknown > 0 {
+            return Err(CoreError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{unknown} deliveries were already settled or their partition was revoked (its new owner gets them)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl KafkaConsumer {
+    pub(crate) fn new(
+        client: &KafkaClient,
+        config: ClientConfig,
+        c: ConsumerConfig,
+    ) -> Result<Self, Error> {
+        let shared = Arc::new(Shared::default());
+        let consumer: StreamConsumer<Context> = config
+            .create_with_context(Context {
+                shared: shared.clone(),
+            })
+            .map_err(|e| Error::kafka("create consumer", e))?;
+        let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| Error::kafka("subscribe", e))?;
+        let dead_letters = match &c.dead_letter_topic {
+            Some(topic) => Some((client.publisher()?, topic.clone())),
+            None => None,
+        };
+        let mut capabilities = client.capabilities();
+        capabilities.dead_letter = dead_letters.is_some();
+        Ok(KafkaConsumer {
+            consumer: Arc::new(consumer),
+            settler: Arc::new(KafkaSettler {
+                shared: shared.clone(),
+                dead_letters,
+            }),
+            shared,
+            capabilities,
+            commit_interval: c.commit_interval,
+            last_commit: Instant::now(),
+        })
+    }
+
+    /// Commits the acked watermark of every partition that moved.
+    pub fn commit(&mut self, mode: CommitMode) -> Result<()> {
+        self.last_commit = Instant::now();
+        let tpl = self.shared.lock().commits();
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.consumer
+            .commit(&tpl, mode)
+            .map_err(|e| Error::kafka("commit", e).into())
+    }
+
+    /// Moves an assigned partition's position to `offset`, for replay.
+    pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
+        self.consumer
+            .seek(
+                topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            )
+            .map_err(|e| Error::kafka("seek", e).into())
+    }
+
+    /// The first offset of each partition of `topic` at or after `unix_ms`, for replay.
+    pub fn offsets_for_time(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        unix_ms: i64,
+    ) -> Result<Vec<(i32, Option<i64>)>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(unix_ms))
+                .map_err(|e| Error::kafka("offsets for time", e))?;
+        }
+        let found = self
+            .consumer
+            .offsets_for_times(tpl, Duration::from_secs(10))
+            .map_err(|e| Error::kafka("offsets for time", e))?;
+        Ok(found
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (e.partition(), Some(o)),
+                _ => (e.partition(), None),
+            })
+            .collect())
+    }
+
+    /// Hands out a held message under a fresh tag.
+    fn hand_out(&self, state: &mut State, held: Held) -> Delivery {
+        state.next_tag += 1;
+        let tag = state.next_tag;
+        let settler: Arc<dyn Settler> = self.settler.clone();
+        let ticket = Ticket::new(
+            settler,
+            tag,
+            Some(Position {
+                partition: held.partition as u32,
+                offset: held.offset as u64,
+            }),
+            held.attempt,
+        );
+        let event = held.event.clone();
+        state.in_flight.insert(tag, held);
+        Delivery { event, ticket }
+    }
+
+    /// Retries that are due and messages released from parking.
+    fn take_waiting(&self, max: usize, out: &mut Vec<Delivery>) -> Option<Instant> {
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        while out.len() < max {
+            let Some((&(due, seq), _)) = state.retry.iter().next() else {
+                break;
+            };
+            if due > now {
+                break;
+            }
+            if let Some(held) = state.retry.remove(&(due, seq)) {
+                let d = self.hand_out(&mut state, held);
+                out.push(d);
+            }
+        }
+        while out.len() < max {
+            let Some(held) = state.ready.pop_front() else {
+                break;
+            };
+            let d = self.hand_out(&mut state, held);
+            out.push(d);
+        }
+        state.retry.keys().next().map(|(due, _)| *due)
+    }
+
+    async fn arrive(&self, message: OwnedMessage, out: &mut Vec<Delivery>) {
+        let headers: Vec<(&[u8], &[u8])> = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|h| h.value.map(|v| (h.key.as_bytes(), v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+        let decoded = Binding::Kafka.decode(headers, None, payload).map(|mut e| {
+            // The binding maps the record key to partitionkey.
+            if e.key.is_none() {
+                e.key = message
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .map(str::to_owned);
+            }
+            e
+        });
+        let position = (
+            message.topic().to_owned(),
+            message.partition(),
+            message.offset(),
+        );
+        match decoded {
+            Ok(event) => {
+                let held = Held {
+                    event,
+                    topic: position.0,
+                    partition: position.1,
+                    offset: position.2,
+                    attempt: 1,
+                };
+                let mut state = self.shared.lock();
+                if let Some(held) = state.arrive(held) {
+                    let d = self.hand_out(&mut state, held);
+                    out.push(d);
+                }
+            }
+            Err(e) => {
+                let reason = format!("undecodable message: {e}");
+                tracing::warn!(topic = %position.0, partition = position.1, offset = position.2, %reason, "dead-lettering");
+                self.shared
+                    .lock()
+                    .tracker(&position.0)
+                    .delivered(position.1 as u32, position.2 as u64);
+                if let Err(e) = self.dead_letter_raw(&message, &reason).await {
+                    // Not acked: the watermark stays, so it is read again after a restart.
+                    tracing::error!(error = %e, "could not dead-letter an undecodable message");
+                    return;
+                }
+                self.shared
+                    .lock()
+                    .tracker(&position.0)
+                    .acked(position.1 as u32, position.2 as u64);
+            }
+        }
+    }
+
+    async fn dead_letter_raw(&self, message: &OwnedMessage, reason: &str) -> Result<()> {
+        let Some((producer, topic)) = &self.settler.dead_letters else {
+            return Ok(());
+        };
+        let mut headers = message
+            .headers()
+            .cloned()
+            .unwrap_or_else(rdkafka::message::OwnedHeaders::new);
+        let origin = format!(
+            "kafka://{}/{}@{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+        for (ext, value) in [
+            (dead_letter::REASON, reason.to_owned()),
+            (dead_letter::ATTEMPTS, "1".to_owned()),
+            (dead_letter::ORIGIN, origin),
+        ] {
+            let (name, value) = Binding::Kafka.extension_header(ext, &value);
+            headers = headers.insert(rdkafka::message::Header {
+                key: &name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        producer
+            .produce_raw(
+                topic,
+                message.key(),
+                message.payload().unwrap_or_default(),
+                headers,
+            )
+            .await
+            .map(drop)
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        if self.last_commit.elapsed() >= self.commit_interval
+            && let Err(e) = self.commit(CommitMode::Async)
+        {
+            tracing::warn!(error = %e, "periodic commit failed; the next one catches up");
+        }
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        let consumer = self.consumer.clone();
+        while out.len() < max {
+            let next_retry = self.take_waiting(max, &mut out);
+            if out.len() >= max {
+                break;
+            }
+            let received = if out.is_empty() {
+                let until = next_retry.map_or(deadline, |r| r.min(deadline));
+                match tokio::time::timeout_at(until, consumer.recv()).await {
+                    Ok(r) => Some(r.map(|m| m.detach())),
+                    Err(_) if Instant::now() >= deadline => break,
+                    Err(_) => continue, // a retry is due
+                }
+            } else {
+                consumer
+                    .recv()
+                    .now_or_never()
+                    .map(|r| r.map(|m| m.detach()))
+            };
+            match received {
+                Some(Ok(message)) => self.arrive(message, &mut out).await,
+                Some(Err(e)) => {
+                    let e = Error::kafka("receive", e);
+                    if e.status() == causeway_core::Status::Permanent {
+                        return Err(e.into());
+                    }
+                    tracing::warn!(error = %e, "kafka receive failed; retrying");
+                    if !out.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits the acked watermark and leaves the group; unacked messages
+    /// are read again by whoever gets the partitions.
+    async fn close(&mut self) -> Result<()> {
+        let result = self.commit(CommitMode::Sync);
+        self.consumer.unsubscribe();
+        result
+    }
+}

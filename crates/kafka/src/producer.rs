@@ -1,0 +1,140 @@
+use async_trait::async_trait;
+use causeway_core::{
+    Binding, Capabilities, Error as CoreError, ErrorKind, Event, Position, Publisher, Receipt,
+    Result,
+};
+use futures_util::future::join_all;
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::client::KafkaClient;
+use crate::error::Error;
+
+/// Produces to Kafka: the batch is enqueued whole (librdkafka batches and
+/// compresses it), then the delivery reports are awaited together.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    capabilities: Capabilities,
+    default_topic: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Kafka headers of `event` (CloudEvents Kafka binding).
+pub(crate) fn headers_of(event: &Event) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(8 + event.headers.len());
+    for (key, value) in Binding::Kafka.encode(event) {
+        headers = headers.insert(Header {
+            key: key.as_ref(),
+            value: Some(value.as_bytes()),
+        });
+    }
+    headers
+}
+
+impl KafkaPublisher {
+    pub(crate) fn new(client: &KafkaClient, config: ClientConfig) -> Result<Self, Error> {
+        Ok(KafkaPublisher {
+            producer: config
+                .create()
+                .map_err(|e| Error::kafka("create producer", e))?,
+            capabilities: client.capabilities(),
+            default_topic: client.config.producer.default_topic.clone(),
+        })
+    }
+
+    /// Produces one record with raw headers (dead letters keep the original's).
+    pub(crate) async fn produce_raw(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<Position> {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).payload(payload).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| Error::kafka("produce", e))?
+            .await
+            .map_err(|_| CoreError::new(ErrorKind::Closed, "producer closed"))?
+            .map_err(|(e, _)| Error::kafka("produce", e))?;
+        Ok(Position {
+            partition: delivery.partition as u32,
+            offset: delivery.offset as u64,
+        })
+    }
+}
+
+#[async_trait]
+impl Publisher for KafkaPublisher {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        let topic = if destination.is_empty() {
+            self.default_topic.as_deref().ok_or_else(|| {
+                CoreError::new(
+                    ErrorKind::Config,
+                    "no destination given and no producer.default_topic",
+                )
+            })?
+        } else {
+            destination
+        };
+        // Enqueue everything first; librdkafka sends while we enqueue.
+        let enqueued: Vec<Result<_>> = events
+            .iter()
+            .map(|event| {
+                event.validate()?;
+                if event.encoded_len() > self.capabilities.max_message_bytes {
+                    return Err(CoreError::new(
+                        ErrorKind::TooLarge,
+                        format!(
+                            "event `{}` is {} bytes; the limit is {}",
+                            event.id,
+                            event.encoded_len(),
+                            self.capabilities.max_message_bytes
+                        ),
+                    ));
+                }
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                    .payload(&event.payload[..])
+                    .headers(headers_of(event));
+                if let Some(key) = &event.key {
+                    record = record.key(key.as_bytes());
+                }
+                self.producer
+                    .send_result(record)
+                    .map_err(|(e, _)| Error::kafka("enqueue", e).into())
+            })
+            .collect();
+        Ok(join_all(enqueued.into_iter().map(|e| async move {
+            let delivery = e?
+                .await
+                .map_err(|_| CoreError::new(ErrorKind::Closed, "producer closed"))?
+                .map_err(|(e, _)| Error::kafka("produce", e))?;
+            Ok(Receipt {
+                position: Some(Position {
+                    partition: delivery.partition as u32,
+                    offset: delivery.offset as u64,
+                }),
+                duplicate: false,
+            })
+        }))
+        .await)
+    }
+}

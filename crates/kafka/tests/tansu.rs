@@ -1,0 +1,185 @@
+//! The conformance suite and a rebalance test against a real Kafka-protocol
+//! broker: Tansu (`cargo xtask services up kafka`; SERVICES.md). No Apache
+//! Kafka broker can be installed on the project's machines.
+//!
+//! Tansu's known gaps, none of which these tests rely on: `read_committed`
+//! sees aborted records, the high watermark is wrong (so `offsets_for_times`
+//! and OffsetTail misbehave), partitions cannot be added, and the first group
+//! join takes about 5 s. Broker-connection cuts are not run here: clients
+//! reconnect to the advertised listener, which bypasses the fault proxy; the
+//! mock-cluster tests take the broker down instead.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use causeway_core::memory::MemoryDedupStore;
+use causeway_core::{Capabilities, Consumer, Event, Handled, IdempotentHandler, Publisher, Result};
+use causeway_kafka::{KafkaClient, KafkaConfig};
+use causeway_testkit::BrokerHarness;
+
+const VAR: &str = "CAUSEWAY_KAFKA_BROKERS";
+const DEFAULT: &str = "127.0.0.1:19092";
+
+struct Tansu {
+    brokers: String,
+    client: KafkaClient,
+}
+
+impl Tansu {
+    async fn new() -> Tansu {
+        let brokers = causeway_testkit::env::endpoint(VAR, DEFAULT);
+        let probe = causeway_testkit::unique_name("probe");
+        if let Err(e) = common::create_topics(&brokers, &[&probe], 1).await {
+            causeway_testkit::env::unreachable("kafka", VAR, &brokers, e);
+        }
+        let mut config = common::config(&brokers);
+        config.consumer = Some(common::consumer("template", &probe, true));
+        Tansu {
+            client: KafkaClient::new(config),
+            brokers,
+        }
+    }
+
+    fn config_for(&self, consumer: causeway_kafka::ConsumerConfig) -> KafkaConfig {
+        let mut config = common::config(&self.brokers);
+        config.consumer = Some(consumer);
+        config
+    }
+}
+
+#[async_trait]
+impl BrokerHarness for Tansu {
+    fn name(&self) -> String {
+        "kafka-protocol (tansu)".into()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.client.capabilities()
+    }
+    fn ack_timeout(&self) -> Duration {
+        // No ack timeout; the wait to be sure nothing more arrives must
+        // outlast a group join (about 5 s on Tansu).
+        Duration::from_secs(8)
+    }
+    async fn destination(&self, scenario: &str) -> Result<String> {
+        let topic = causeway_testkit::unique_name(scenario);
+        let dlq = format!("{topic}.dlq");
+        common::create_topics(&self.brokers, &[&topic, &dlq], 4)
+            .await
+            .map_err(|e| causeway_core::Error::new(causeway_core::ErrorKind::Connection, e))?;
+        Ok(topic)
+    }
+    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
+        Ok(Box::new(self.client.publisher()?))
+    }
+    async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>> {
+        let c = common::consumer(&format!("{destination}-{group}"), destination, true);
+        Ok(Box::new(
+            KafkaClient::new(self.config_for(c)).consumer(None)?,
+        ))
+    }
+    async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
+        let dlq = format!("{destination}.dlq");
+        let c = common::consumer(&format!("{dlq}-reader"), &dlq, false);
+        Ok(Box::new(
+            KafkaClient::new(self.config_for(c)).consumer(None)?,
+        ))
+    }
+    async fn cut_connections(&self, _outage: Duration) -> bool {
+        // See the module comment: the mock-cluster tests cover broker outages.
+        false
+    }
+}
+
+causeway_testkit::broker_conformance!(Tansu::new());
+
+/// Two members share 10,000 events on 6 partitions; one leaves mid-stream.
+/// Nothing is lost; duplicates are at most what was in flight at the
+/// revocation, and none survive the idempotent handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_when_a_member_leaves_mid_stream() {
+    const TOTAL: usize = 10_000;
+    let h = Tansu::new().await;
+    let topic = causeway_testkit::unique_name("rebalance");
+    common::create_topics(&h.brokers, &[&topic], 6)
+        .await
+        .expect("topic");
+    let sent = causeway_testkit::events("rb", TOTAL, 100);
+    let publisher = h.client.publisher().expect("publisher");
+    for chunk in sent.chunks(1000) {
+        assert!(
+            publisher
+                .publish(&topic, chunk)
+                .await
+                .expect("publish")
+                .iter()
+                .all(Result::is_ok)
+        );
+    }
+    let group = format!("{topic}-group");
+    let member = || {
+        KafkaClient::new(h.config_for(common::consumer(&group, &topic, false)))
+            .consumer(None)
+            .expect("consumer")
+    };
+    let (mut a, mut b) = (member(), member());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let runs = runs.clone();
+        IdempotentHandler::new(MemoryDedupStore::new(), "rebalance", move |_e: Event| {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    };
+    let (mut seen, mut deliveries, mut suppressed) = (HashSet::new(), 0usize, 0usize);
+    let mut a_left = false;
+    let in_flight_at_revocation = 0; // every delivery is settled before the next poll
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < TOTAL && Instant::now() < deadline {
+        let members: Vec<&mut causeway_kafka::KafkaConsumer> = if a_left {
+            vec![&mut b]
+        } else {
+            vec![&mut a, &mut b]
+        };
+        for m in members {
+            for d in m
+                .next_batch(500, Duration::from_millis(300))
+                .await
+                .expect("next_batch")
+            {
+                deliveries += 1;
+                seen.insert(d.event.id.clone());
+                if handler.handle_delivery(d).await.expect("handle") != Handled::Ran(()) {
+                    suppressed += 1;
+                }
+            }
+        }
+        if !a_left && seen.len() >= TOTAL / 2 {
+            a.close().await.expect("leave");
+            a_left = true;
+        }
+    }
+    let duplicates = deliveries - seen.len();
+    println!(
+        "kafka (tansu) rebalance: {} of {TOTAL} events, {deliveries} deliveries, {duplicates} duplicates ({suppressed} suppressed by the handler)",
+        seen.len()
+    );
+    assert!(a_left, "the first member never left");
+    assert_eq!(seen.len(), TOTAL, "events lost in the rebalance");
+    assert!(
+        duplicates <= in_flight_at_revocation,
+        "{duplicates} duplicates, more than were in flight"
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        TOTAL,
+        "the handler ran other than once per event"
+    );
+}
