@@ -186,7 +186,9 @@ fn produce(c: &mut Criterion) {
             for i in 0..500 {
                 let events = events_1kib(&format!("lat-{name}-{i}"), 1);
                 let start = Instant::now();
-                publisher.publish(&topic, &events).await.expect("publish")[0].as_ref().expect("delivery");
+                publisher.publish(&topic, &events).await.expect("publish")[0]
+                    .as_ref()
+                    .expect("delivery");
                 out.push(start.elapsed());
             }
             out

@@ -55,23 +55,24 @@ impl Error {
         Error::new("publish", kind, e)
     }
 
-    /// A request to the server (stream or consumer management, pulls, acks):
-    /// timeouts and I/O are temporary, answers from the server are not.
-    pub(crate) fn request(
-        operation: &'static str,
-        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        let e = e.into();
-        let text = e.to_string().to_ascii_lowercase();
-        let kind = if text.contains("timed out") || text.contains("timeout") {
-            ErrorKind::Timeout
-        } else if text.contains("broken pipe")
-            || text.contains("disconnect")
-            || text.contains("connection")
-        {
-            ErrorKind::Connection
-        } else {
-            ErrorKind::Rejected
+    /// A request to the server (stream or consumer management, pulls),
+    /// classified by async-nats's own error kind: timeouts and missing
+    /// responders are temporary; an error answered by JetStream is not.
+    pub(crate) fn request<K>(operation: &'static str, e: async_nats::error::Error<K>) -> Self
+    where
+        K: Clone + std::fmt::Debug + std::fmt::Display + PartialEq + Send + Sync + 'static,
+    {
+        // The kind enums differ per call but share variant names.
+        let variant = format!("{:?}", e.kind());
+        let kind = match variant.split('(').next().unwrap_or_default() {
+            "TimedOut" => ErrorKind::Timeout,
+            "Request"
+            | "NoResponders"
+            | "JetStreamUnavailable"
+            | "MissingHeartbeat"
+            | "ConsumerDeleted" => ErrorKind::Connection,
+            "JetStream" => ErrorKind::Rejected,
+            _ => ErrorKind::Internal,
         };
         Error::new(operation, kind, e)
     }
