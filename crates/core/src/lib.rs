@@ -17,6 +17,7 @@ pub mod memory;
 pub mod publish;
 pub mod retry;
 pub mod store;
+pub mod template;
 
 pub use ack_tracker::AckTracker;
 pub use binding::Binding;
@@ -31,3 +32,4 @@ pub use retry::{RetryPolicy, RetryingPublisher};
 pub use store::{
     AppendOutcome, EventStore, ReadFrom, ReadQuery, Retention, StoreStats, StoredEvent,
 };
+pub use template::Template;

@@ -64,6 +64,15 @@ pub struct PublishConfig {
     /// Most messages sent and not yet confirmed, per publisher.
     #[serde(default = "default_max_unconfirmed")]
     pub max_unconfirmed: usize,
+    /// How long to wait for a publisher confirm before reporting the
+    /// message failed (temporary): a confirm lost with its connection must
+    /// not hang the publisher.
+    #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+}
+
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_max_unconfirmed() -> usize {
@@ -75,6 +84,7 @@ impl Default for PublishConfig {
         PublishConfig {
             default_routing_key: None,
             max_unconfirmed: default_max_unconfirmed(),
+            confirm_timeout: default_confirm_timeout(),
         }
     }
 }

@@ -19,7 +19,7 @@ use lapin::{Acker, BasicProperties, Confirmation};
 use tokio::time::Instant;
 
 use crate::config::{QueueConfig, QueueKind, StreamOffset};
-use crate::error::Error;
+use crate::error::{Error, bounded};
 use crate::mapping::{ATTEMPT_HEADER, attempt, copy_with, decode};
 use crate::session::{Link, Session, delay_bucket};
 
@@ -90,10 +90,12 @@ impl RabbitConsumer {
     async fn consume(&mut self) -> Result<(), Error> {
         let link = self.session.link().await?;
         let q = &self.settler.queue;
-        link.channel
-            .basic_qos(q.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| Error::lapin("qos", e))?;
+        bounded(
+            "qos",
+            link.channel
+                .basic_qos(q.prefetch, BasicQosOptions::default()),
+        )
+        .await?;
         let mut args = FieldTable::default();
         if q.kind == QueueKind::Stream {
             let offset = match q.stream_offset.as_ref().unwrap_or(&StreamOffset::Next) {
@@ -105,16 +107,16 @@ impl RabbitConsumer {
             };
             args.insert("x-stream-offset".into(), offset);
         }
-        let consumer = link
-            .channel
-            .basic_consume(
+        let consumer = bounded(
+            "consume",
+            link.channel.basic_consume(
                 q.name.as_str().into(),
                 ShortString::from(""),
                 BasicConsumeOptions::default(),
                 args,
-            )
-            .await
-            .map_err(|e| Error::lapin("consume", e))?;
+            ),
+        )
+        .await?;
         self.consuming = Some((link, consumer));
         Ok(())
     }
@@ -179,10 +181,9 @@ impl RabbitSettler {
         routing_key: &str,
         properties: BasicProperties,
     ) -> Result<()> {
-        let confirm = m
-            .link
-            .channel
-            .basic_publish(
+        let sent = bounded(
+            "publish copy",
+            m.link.channel.basic_publish(
                 "".into(),
                 routing_key.into(),
                 BasicPublishOptions {
@@ -191,11 +192,10 @@ impl RabbitSettler {
                 },
                 &m.payload,
                 properties,
-            )
-            .await
-            .map_err(|e| Error::lapin("publish copy", e))?
-            .await
-            .map_err(|e| Error::lapin("confirm copy", e))?;
+            ),
+        )
+        .await?;
+        let confirm = bounded("confirm copy", sent).await?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(CoreError::new(
@@ -210,11 +210,10 @@ impl RabbitSettler {
     }
 
     async fn ack(m: &InFlight) -> Result<()> {
-        m.acker
-            .ack(BasicAckOptions::default())
+        bounded("ack", m.acker.ack(BasicAckOptions::default()))
             .await
             .map(drop)
-            .map_err(|e| Error::lapin("ack", e).into())
+            .map_err(Into::into)
     }
 
     /// A copy with the reason goes to the dead-letter queue, then the
@@ -222,12 +221,13 @@ impl RabbitSettler {
     async fn reject(&self, m: InFlight, reason: &str) -> Result<()> {
         let Some(dlq) = &self.queue.dead_letter_queue else {
             tracing::warn!(reason, queue = %self.queue.name, "rejected with no dead_letter_queue configured");
-            return m
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .map(drop)
-                .map_err(|e| Error::lapin("reject", e).into());
+            return bounded(
+                "reject",
+                m.acker.reject(BasicRejectOptions { requeue: false }),
+            )
+            .await
+            .map(drop)
+            .map_err(Into::into);
         };
         let extra: Vec<(String, AMQPValue)> = [
             (dead_letter::REASON, reason.to_owned()),
@@ -295,13 +295,14 @@ impl Settler for RabbitSettler {
             match settlement {
                 Settlement::Ack => Self::ack(&m).await?,
                 Settlement::Nack { delay } if delay.is_zero() => {
-                    m.acker
-                        .nack(BasicNackOptions {
+                    bounded(
+                        "nack",
+                        m.acker.nack(BasicNackOptions {
                             requeue: true,
                             ..Default::default()
-                        })
-                        .await
-                        .map_err(|e| Error::lapin("nack", e))?;
+                        }),
+                    )
+                    .await?;
                 }
                 Settlement::Nack { delay } => self.nack_later(m, delay).await?,
                 Settlement::Reject { reason } => self.reject(m, &reason).await?,

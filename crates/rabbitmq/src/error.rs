@@ -1,4 +1,27 @@
+use std::future::Future;
+use std::time::Duration;
+
 use causeway_core::{ErrorKind, Status};
+
+/// The longest any single broker operation may take. lapin can leave an
+/// operation pending forever on a connection that died under it; bounded,
+/// that becomes a temporary error the caller retries.
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a lapin operation with [`OPERATION_TIMEOUT`].
+pub(crate) async fn bounded<T>(
+    operation: &'static str,
+    op: impl Future<Output = lapin::Result<T>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
+        Ok(result) => result.map_err(|e| Error::lapin(operation, e)),
+        Err(_) => Err(Error::new(
+            operation,
+            ErrorKind::Timeout,
+            format!("no answer within {OPERATION_TIMEOUT:?}"),
+        )),
+    }
+}
 
 /// The error of causeway-rabbitmq: what failed, classified with lapin's
 /// own `can_be_recovered` and the AMQP reply codes.

@@ -9,7 +9,7 @@ use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use tokio::sync::Semaphore;
 
-use crate::error::Error;
+use crate::error::{Error, bounded};
 use crate::mapping::properties;
 use crate::session::Session;
 
@@ -97,9 +97,9 @@ impl Publisher for RabbitPublisher {
                 .acquire_owned()
                 .await
                 .map_err(|_| CoreError::new(ErrorKind::Closed, "publisher closed"))?;
-            match link
-                .channel
-                .basic_publish(
+            let sent = bounded(
+                "publish",
+                link.channel.basic_publish(
                     exchange.into(),
                     routing_key.into(),
                     // Mandatory: a message no queue takes comes back as an error.
@@ -109,12 +109,13 @@ impl Publisher for RabbitPublisher {
                     },
                     &event.payload,
                     properties(event),
-                )
-                .await
-            {
+                ),
+            )
+            .await;
+            match sent {
                 Ok(confirm) => confirms.push(Ok((confirm, permit))),
                 Err(e) => {
-                    let e = CoreError::from(Error::lapin("publish", e));
+                    let e = CoreError::from(e);
                     broken = Some(e.clone());
                     confirms.push(Err(e));
                 }
@@ -123,9 +124,16 @@ impl Publisher for RabbitPublisher {
         if broken.is_some() {
             self.session.invalidate(&link).await;
         }
+        let timeout = self.session.config.publish.confirm_timeout;
         let outcomes = join_all(confirms.into_iter().map(|c| async move {
             let (confirm, _permit) = c?;
-            match confirm.await.map_err(|e| Error::lapin("confirm", e))? {
+            let confirmed = tokio::time::timeout(timeout, confirm).await.map_err(|_| {
+                CoreError::new(
+                    ErrorKind::Timeout,
+                    format!("no publisher confirm within {timeout:?}"),
+                )
+            })?;
+            match confirmed.map_err(|e| Error::lapin("confirm", e))? {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Receipt::default()),
                 Confirmation::Ack(Some(returned)) => Err(CoreError::new(
                     ErrorKind::NotFound,

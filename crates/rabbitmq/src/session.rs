@@ -14,7 +14,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::config::{ExchangeKind, QueueConfig, QueueKind, RabbitConfig};
 use crate::consumer::RabbitConsumer;
-use crate::error::Error;
+use crate::error::{Error, bounded};
 use crate::publisher::RabbitPublisher;
 
 /// A RabbitMQ endpoint: makes publishers and consumers, each with its own
@@ -112,34 +112,55 @@ impl Session {
         {
             return Ok(link.clone());
         }
-        let link = Arc::new(self.open().await?);
+        // A handshake that never completes must not hold the session forever.
+        let opened = tokio::time::timeout(Duration::from_secs(15), self.open())
+            .await
+            .map_err(|_| {
+                Error::new(
+                    "connect",
+                    causeway_core::ErrorKind::Timeout,
+                    "no AMQP handshake within 15 s",
+                )
+            })?;
+        let link = Arc::new(opened?);
         *current = Some(link.clone());
         Ok(link)
     }
 
     /// Forgets `link` after a failure on it, so the next call reconnects.
+    /// The old connection is closed in the background, bounded in time: a
+    /// broken connection may never answer the close, and nothing may wait on it.
     pub(crate) async fn invalidate(&self, link: &Arc<Link>) {
-        let mut current = self.link.lock().await;
-        if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
-            *current = None;
+        {
+            let mut current = self.link.lock().await;
+            if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+                *current = None;
+            }
         }
-        let _ = link
-            .connection
-            .close(200, ShortString::from("causeway reconnecting"))
-            .await;
+        let link = link.clone();
+        tokio::spawn(async move {
+            let close = link
+                .connection
+                .close(200, ShortString::from("causeway reconnecting"));
+            let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
+        });
     }
 
-    /// Closes the live link, if any.
+    /// Closes the live link, if any (bounded in time, like `invalidate`).
     pub(crate) async fn close(&self) {
-        if let Some(link) = self.link.lock().await.take() {
-            let _ = link
-                .channel
-                .close(200, ShortString::from("causeway closing"))
-                .await;
-            let _ = link
-                .connection
-                .close(200, ShortString::from("causeway closing"))
-                .await;
+        let link = self.link.lock().await.take();
+        if let Some(link) = link {
+            let closing = async {
+                let _ = link
+                    .channel
+                    .close(200, ShortString::from("causeway closing"))
+                    .await;
+                let _ = link
+                    .connection
+                    .close(200, ShortString::from("causeway closing"))
+                    .await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
         }
     }
 
@@ -196,17 +217,18 @@ impl Link {
                 "x-expires".into(),
                 AMQPValue::LongLongInt(bucket_ms as i64 + 60_000),
             );
-            self.channel
-                .queue_declare(
+            bounded(
+                "declare delay queue",
+                self.channel.queue_declare(
                     name.as_str().into(),
                     QueueDeclareOptions {
                         durable: true,
                         ..Default::default()
                     },
                     args,
-                )
-                .await
-                .map_err(|e| Error::lapin("declare delay queue", e))?;
+                ),
+            )
+            .await?;
             self.delay_queues
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -1,0 +1,488 @@
+//! The bridge's one TOML file: endpoints, the store, routes, metrics.
+//!
+//! `${VAR}` (or `${VAR:-default}`) is replaced from the environment before
+//! parsing, so secrets stay out of the file. Unknown keys and wrong types
+//! are errors that name the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where durable routes, dedup state and dead letters are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The Prometheus and health endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Brokers by name; each has exactly one table naming its type.
+    pub endpoints: BTreeMap<String, EndpointConfig>,
+    /// Routes by name.
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+/// One broker endpoint: `[endpoints.NAME.TYPE]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum EndpointConfig {
+    /// An in-process broker (tests, the quickstart).
+    Memory(MemoryEndpoint),
+    /// A source of synthetic FinBank transactions at a fixed rate (the quickstart).
+    Generator(GeneratorEndpoint),
+    /// Kafka (feature `kafka`).
+    #[cfg(feature = "kafka")]
+    Kafka(causeway_kafka::KafkaConfig),
+    /// NATS JetStream (feature `nats`).
+    #[cfg(feature = "nats")]
+    Nats(causeway_nats::NatsConfig),
+    /// RabbitMQ (feature `rabbitmq`).
+    #[cfg(feature = "rabbitmq")]
+    Rabbitmq(causeway_rabbitmq::RabbitConfig),
+}
+
+/// The in-process broker.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryEndpoint {
+    /// Topic consumed where this endpoint is a source.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Consumer group.
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+fn default_group() -> String {
+    "causeway".into()
+}
+
+/// Synthetic events: FinBank transactions with account keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorEndpoint {
+    /// Events per second.
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+    /// Distinct account keys.
+    #[serde(default = "default_keys")]
+    pub keys: u32,
+    /// Payload size in bytes.
+    #[serde(default = "default_payload")]
+    pub payload_bytes: usize,
+}
+
+fn default_rate() -> u32 {
+    200
+}
+fn default_keys() -> u32 {
+    100
+}
+fn default_payload() -> usize {
+    256
+}
+
+/// The store: SQLite by default, PostgreSQL for several bridge instances.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file (created if missing).
+    #[serde(default)]
+    pub sqlite: Option<PathBuf>,
+    /// PostgreSQL (feature `postgres`): `{ url = "...", schema = "causeway" }`.
+    #[serde(default)]
+    pub postgres: Option<PostgresStoreConfig>,
+    /// Window in which a re-sent event id is recognised by the store.
+    #[serde(default = "default_dedup_window", with = "humantime_serde")]
+    pub dedup_window: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            sqlite: None,
+            postgres: None,
+            dedup_window: default_dedup_window(),
+        }
+    }
+}
+
+fn default_dedup_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// PostgreSQL store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresStoreConfig {
+    /// Connection URL.
+    pub url: String,
+    /// Schema holding causeway's tables.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+}
+
+fn default_schema() -> String {
+    "causeway".into()
+}
+
+/// Metrics and health.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; none when unset.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// How often a summary line is logged.
+    #[serde(default = "default_summary", with = "humantime_serde")]
+    pub summary_every: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            summary_every: default_summary(),
+        }
+    }
+}
+
+fn default_summary() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// How a route hands events on.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Ack the source after the sink confirmed. Lowest latency.
+    #[default]
+    Direct,
+    /// Ack the source once the event is in the store; a forwarder drains the
+    /// store to the sink in order. A sink outage never stops the source.
+    Durable,
+}
+
+/// One source → one sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Source endpoint name.
+    pub source: String,
+    /// Sink endpoint name.
+    pub sink: String,
+    /// Destination template at the sink, e.g. `transactions-{key_hash % 10}`.
+    pub destination: String,
+    /// Direct or durable.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Most events taken from the source at once.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// How long a poll waits for the first event.
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: Duration,
+    /// Key shards publishing in parallel (direct mode): same key, same shard, source order.
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+    /// Batches queued per shard: the in-flight window is `shards × in_flight`.
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
+    /// How long a handled event id is remembered (direct mode dedup).
+    #[serde(default = "default_dedup_ttl", with = "humantime_serde")]
+    pub dedup_ttl: Duration,
+    /// Whether to deduplicate at all.
+    #[serde(default = "yes")]
+    pub dedup: bool,
+    /// Retrying temporary failures.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// The sink's circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Where poison events and permanent failures go.
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+}
+
+fn default_batch() -> usize {
+    500
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_shards() -> usize {
+    8
+}
+fn default_in_flight() -> usize {
+    4
+}
+fn default_dedup_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn yes() -> bool {
+    true
+}
+
+/// Exponential backoff with jitter, for temporary failures only.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First delay.
+    #[serde(default = "default_initial", with = "humantime_serde")]
+    pub initial_delay: Duration,
+    /// Largest delay.
+    #[serde(default = "default_max_delay", with = "humantime_serde")]
+    pub max_delay: Duration,
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+fn default_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_delay() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: default_attempts(),
+            initial_delay: default_initial(),
+            max_delay: default_max_delay(),
+        }
+    }
+}
+
+/// Open after `failures` consecutive failed publishes; probe again after `cooldown`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    /// How long it stays open before a probe.
+    #[serde(default = "default_cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+fn default_failures() -> u32 {
+    5
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: default_failures(),
+            cooldown: default_cooldown(),
+        }
+    }
+}
+
+/// A dead-letter destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Destination at that endpoint.
+    pub destination: String,
+}
+
+/// A configuration error, naming the file, and the line and key where known.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The quickstart: generated FinBank transactions, durably stored in SQLite
+/// and forwarded to an in-process broker.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../examples/quickstart.toml");
+
+impl Config {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses `text`, naming it `origin` in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let text = substitute_env(text, origin)?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| ConfigError(describe(origin, &text, &e)))?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Cross-references: every route's endpoints exist, templates parse.
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        for (name, r) in &self.routes {
+            for (key, endpoint) in [("source", &r.source), ("sink", &r.sink)] {
+                if !self.endpoints.contains_key(endpoint) {
+                    return Err(ConfigError(format!(
+                        "{origin}: routes.{name}.{key}: no endpoint `{endpoint}` (known: {})",
+                        self.endpoints
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+            if let Some(dl) = &r.dead_letter
+                && !self.endpoints.contains_key(&dl.endpoint)
+            {
+                return Err(ConfigError(format!(
+                    "{origin}: routes.{name}.dead_letter.endpoint: no endpoint `{}`",
+                    dl.endpoint
+                )));
+            }
+            causeway_core::Template::parse(&r.destination).map_err(|e| {
+                ConfigError(format!(
+                    "{origin}: routes.{name}.destination: {}",
+                    e.message()
+                ))
+            })?;
+            if r.batch_size == 0 || r.shards == 0 || r.in_flight == 0 {
+                return Err(ConfigError(format!(
+                    "{origin}: routes.{name}: batch_size, shards and in_flight must be at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `file:line:column: message` from a TOML error (the message names the key).
+fn describe(origin: &str, text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start].matches('\n').count() + 1;
+            let column = span.start - text[..span.start].rfind('\n').map_or(0, |i| i + 1) + 1;
+            let source_line = text.lines().nth(line - 1).unwrap_or_default().trim();
+            format!("{origin}:{line}:{column}: {message}\n    {source_line}")
+        }
+        None => format!("{origin}: {message}"),
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}`; an unset variable without a
+/// default is an error naming the line.
+fn substitute_env(text: &str, origin: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let Some(end) = rest[start..].find('}') else {
+                return Err(ConfigError(format!("{origin}:{}: unclosed `${{`", n + 1)));
+            };
+            let inner = &rest[start + 2..start + end];
+            let (var, default) = match inner.split_once(":-") {
+                Some((v, d)) => (v, Some(d)),
+                None => (inner, None),
+            };
+            match (std::env::var(var), default) {
+                (Ok(v), _) => out.push_str(&v),
+                (Err(_), Some(d)) => out.push_str(d),
+                (Err(_), None) => {
+                    return Err(ConfigError(format!(
+                        "{origin}:{}: environment variable `{var}` is not set (use `${{{var}:-default}}` for a default)",
+                        n + 1
+                    )));
+                }
+            }
+            rest = &rest[start + end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[store]
+sqlite = "x.db"
+
+[endpoints.gen.generator]
+rate = 10
+
+[endpoints.local.memory]
+topic = "t"
+
+[routes.r]
+source = "gen"
+sink = "local"
+destination = "transactions-{key_hash % 10}"
+mode = "durable"
+"#;
+
+    #[test]
+    fn the_embedded_default_and_a_good_file_parse() {
+        Config::parse(EMBEDDED_DEFAULT, "embedded").unwrap();
+        let c = Config::parse(GOOD, "good.toml").unwrap();
+        assert_eq!(c.routes["r"].mode, Mode::Durable);
+        assert_eq!(c.routes["r"].batch_size, 500);
+    }
+
+    #[test]
+    fn an_unknown_key_names_file_line_and_key() {
+        let bad = GOOD.replace("rate = 10", "rate = 10\nrat = 5");
+        let e = Config::parse(&bad, "bridge.toml").unwrap_err().to_string();
+        assert!(e.starts_with("bridge.toml:7:"), "{e}");
+        assert!(e.contains("rat"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_file_line_and_key() {
+        let bad = GOOD.replace("rate = 10", "rate = \"fast\"");
+        let e = Config::parse(&bad, "bridge.toml").unwrap_err().to_string();
+        assert!(e.starts_with("bridge.toml:6:"), "{e}");
+    }
+
+    #[test]
+    fn env_substitution_with_defaults_and_missing_variables() {
+        let text = GOOD.replace("x.db", "${CAUSEWAY_TEST_DB:-fallback.db}");
+        let c = Config::parse(&text, "f").unwrap();
+        assert_eq!(c.store.sqlite.as_deref(), Some(Path::new("fallback.db")));
+        let text = GOOD.replace("x.db", "${CAUSEWAY_TEST_SURELY_UNSET}");
+        let e = Config::parse(&text, "f.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("f.toml:3") && e.contains("CAUSEWAY_TEST_SURELY_UNSET"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dangling_endpoint_names_and_bad_templates_are_errors() {
+        let e = Config::parse(&GOOD.replace("sink = \"local\"", "sink = \"nowhere\""), "f")
+            .unwrap_err();
+        assert!(e.to_string().contains("routes.r.sink"), "{e}");
+        let e = Config::parse(&GOOD.replace("{key_hash % 10}", "{bogus}"), "f").unwrap_err();
+        assert!(e.to_string().contains("routes.r.destination"), "{e}");
+    }
+}

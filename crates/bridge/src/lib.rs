@@ -1,0 +1,297 @@
+//! causeway-bridge: routes events from any source endpoint to any sink, with
+//! dedup, durable store-and-forward, retries, a circuit breaker, dead
+//! letters, replay and metrics. The `causeway` binary is its command line.
+//!
+//! Adapters are cargo features (`kafka`, `nats`, `rabbitmq`, `postgres`),
+//! all on by default; `memory` and `generator` endpoints are always there.
+
+pub mod breaker;
+pub mod config;
+pub mod endpoint;
+pub mod metrics;
+pub mod pipeline;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use causeway_core::{
+    DedupStore, EventStore, ReadFrom, ReadQuery, RetryPolicy, RetryingPublisher, Template,
+};
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{Breaker, Breaking};
+use crate::config::Config;
+use crate::endpoint::Endpoints;
+use crate::metrics::Metrics;
+use crate::pipeline::Route;
+
+/// Where the SQLite store goes when the config names none.
+pub const DEFAULT_SQLITE: &str = "causeway-data/causeway.db";
+
+/// A configured bridge: endpoints, the store, metrics.
+pub struct Bridge {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// The endpoints.
+    pub endpoints: Endpoints,
+    /// The event store (durable routes, dead letters, replay).
+    pub store: Arc<dyn EventStore>,
+    /// The dedup store (direct routes).
+    pub dedup: Arc<dyn DedupStore>,
+    /// Metrics of every route.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The route whose stream is read.
+    pub route: String,
+    /// Read another stream (e.g. the route's dead letters) instead.
+    pub stream: Option<String>,
+    /// Where to start.
+    pub from: ReadFrom,
+    /// Stop before events stored at or after this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only this key.
+    pub key: Option<String>,
+    /// Another sink endpoint than the route's.
+    pub sink: Option<String>,
+    /// Another destination template than the route's.
+    pub destination: Option<String>,
+}
+
+/// How a replay went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Events the sink confirmed.
+    pub published: u64,
+    /// Events dead-lettered on a permanent failure.
+    pub dead_lettered: u64,
+    /// The last position handled, to resume from after a failure.
+    pub last_position: Option<u64>,
+}
+
+impl Bridge {
+    /// Opens the store and prepares the endpoints (nothing connects yet).
+    pub async fn new(config: Config) -> Result<Bridge> {
+        let window = config.store.dedup_window;
+        let (store, dedup): (Arc<dyn EventStore>, Arc<dyn DedupStore>) =
+            match (&config.store.postgres, &config.store.sqlite) {
+                #[cfg(feature = "postgres")]
+                (Some(pg), _) => {
+                    let mut options = causeway_postgres::PostgresOptions::new(pg.url.clone());
+                    options.schema = pg.schema.clone();
+                    options.dedup_window = window;
+                    let s = causeway_postgres::PostgresStore::connect(options)
+                        .await
+                        .context("store.postgres")?;
+                    (Arc::new(s.clone()), Arc::new(s))
+                }
+                #[cfg(not(feature = "postgres"))]
+                (Some(_), _) => bail!("store.postgres needs the `postgres` feature"),
+                (None, path) => {
+                    let path = path.clone().unwrap_or_else(|| DEFAULT_SQLITE.into());
+                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir)
+                            .with_context(|| format!("store directory {}", dir.display()))?;
+                    }
+                    let options = causeway_sqlite::SqliteOptions {
+                        dedup_window: window,
+                        ..Default::default()
+                    };
+                    let s = causeway_sqlite::SqliteStore::open(&path, options)
+                        .with_context(|| format!("store.sqlite {}", path.display()))?;
+                    (Arc::new(s.clone()), Arc::new(s))
+                }
+            };
+        Ok(Bridge {
+            endpoints: Endpoints::new(config.endpoints.clone()),
+            config,
+            store,
+            dedup,
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    /// A route ready to run: its sink wrapped in retries and a breaker.
+    pub async fn route(&self, name: &str) -> Result<Arc<Route>> {
+        self.route_with(name, None, None).await
+    }
+
+    async fn route_with(
+        &self,
+        name: &str,
+        sink: Option<&str>,
+        destination: Option<&str>,
+    ) -> Result<Arc<Route>> {
+        let config = self
+            .config
+            .routes
+            .get(name)
+            .with_context(|| format!("no route `{name}`"))?
+            .clone();
+        let r = &config.retry;
+        let policy = RetryPolicy {
+            max_attempts: r.max_attempts,
+            initial_delay: r.initial_delay,
+            max_delay: r.max_delay,
+            ..RetryPolicy::default()
+        };
+        let breaker = Arc::new(Breaker::new(
+            config.breaker.failures,
+            config.breaker.cooldown,
+        ));
+        let raw = self
+            .endpoints
+            .publisher(sink.unwrap_or(&config.sink))
+            .await?;
+        let sink = Arc::new(RetryingPublisher::new(
+            Breaking {
+                inner: raw,
+                breaker,
+            },
+            policy,
+        ));
+        let dead_letter = match &config.dead_letter {
+            Some(dl) => Some((
+                self.endpoints.publisher(&dl.endpoint).await?,
+                dl.destination.clone(),
+            )),
+            None => None,
+        };
+        let template = Template::parse(destination.unwrap_or(&config.destination))?;
+        Ok(Arc::new(Route {
+            name: name.to_owned(),
+            template,
+            sink,
+            dead_letter,
+            store: self.store.clone(),
+            dedup: self.dedup.clone(),
+            metrics: self.metrics.route(name),
+            config,
+        }))
+    }
+
+    /// Runs every route until `shutdown`; then each finishes its in-flight
+    /// work, commits and closes its source.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let _server = match &self.config.metrics.listen {
+            Some(listen) => Some(self.metrics.clone().serve(listen).await?),
+            None => None,
+        };
+        let mut tasks = Vec::new();
+        for name in self.config.routes.keys() {
+            let route = self.route(name).await?;
+            let source = self.endpoints.consumer(&route.config.source).await?;
+            let shutdown = shutdown.clone();
+            tasks.push((
+                name.clone(),
+                tokio::spawn(async move { route.run(source, shutdown).await }),
+            ));
+        }
+        self.metrics.set_ready(true);
+        let summary = tokio::spawn(summarize(
+            self.metrics.clone(),
+            self.config.routes.keys().cloned().collect(),
+            self.config.metrics.summary_every,
+            shutdown.clone(),
+        ));
+        let mut failed = Vec::new();
+        for (name, task) in tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failed.push(format!("{name}: {e:#}")),
+                Err(e) => failed.push(format!("{name}: {e}")),
+            }
+        }
+        self.metrics.set_ready(false);
+        summary.abort();
+        if !failed.is_empty() {
+            bail!("routes failed: {}", failed.join("; "));
+        }
+        Ok(())
+    }
+
+    /// Re-publishes stored events to the route's sink (or another), in
+    /// position order. Stops at the first event that fails temporarily,
+    /// reporting where, so the replay can be resumed from there.
+    pub async fn replay(
+        &self,
+        replay: &Replay,
+        mut progress: impl FnMut(u64),
+    ) -> Result<ReplayReport> {
+        let route = self
+            .route_with(
+                &replay.route,
+                replay.sink.as_deref(),
+                replay.destination.as_deref(),
+            )
+            .await?;
+        let stream = replay
+            .stream
+            .clone()
+            .unwrap_or_else(|| replay.route.clone());
+        let mut report = ReplayReport::default();
+        let mut query = ReadQuery::new(stream, replay.from, 1000);
+        query.until = replay.until;
+        query.key = replay.key.clone();
+        loop {
+            let page = self.store.read(&query).await?;
+            let Some(last) = page.last() else { break };
+            let next = last.position + 1;
+            let events: Vec<_> = page.iter().map(|s| s.event.clone()).collect();
+            let fates = route.forward_report(&events).await;
+            for (stored, fate) in page.iter().zip(fates) {
+                match fate {
+                    Ok(true) => report.published += 1,
+                    Ok(false) => report.dead_lettered += 1,
+                    Err(e) => bail!(
+                        "stopped at position {} ({e}); {} published so far; resume with --from-position {}",
+                        stored.position,
+                        report.published,
+                        stored.position
+                    ),
+                }
+                report.last_position = Some(stored.position);
+            }
+            progress(page.len() as u64);
+            query.from = ReadFrom::Position(next);
+        }
+        Ok(report)
+    }
+}
+
+/// Logs a line per route every `every`: the live summary.
+async fn summarize(
+    metrics: Arc<Metrics>,
+    routes: Vec<String>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut last: Vec<u64> = vec![0; routes.len()];
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        for (i, name) in routes.iter().enumerate() {
+            let m = metrics.route(name);
+            let published = m.published.get();
+            let rate = (published - last[i]) as f64 / every.as_secs_f64();
+            last[i] = published;
+            tracing::info!(
+                route = %name,
+                received = m.received.get(),
+                published,
+                rate = format!("{rate:.0}/s"),
+                duplicates = m.duplicates.get(),
+                dead_lettered = m.dead_lettered.get(),
+                backlog = m.backlog.get(),
+                "flowing"
+            );
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Prometheus metrics per route, and `/metrics`, `/healthz`, `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The `route` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// Route name.
+    pub route: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to about 65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Every metric the bridge exports.
+pub struct Metrics {
+    registry: Registry,
+    received: Family<RouteLabel, Counter>,
+    published: Family<RouteLabel, Counter>,
+    duplicates: Family<RouteLabel, Counter>,
+    dead_lettered: Family<RouteLabel, Counter>,
+    errors: Family<RouteLabel, Counter>,
+    redeliveries: Family<RouteLabel, Counter>,
+    latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    backlog: Family<RouteLabel, Gauge>,
+    ready: AtomicBool,
+}
+
+/// One route's handles.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    /// Events taken from the source.
+    pub received: Counter,
+    /// Events the sink confirmed.
+    pub published: Counter,
+    /// Events recognised as already handled and dropped.
+    pub duplicates: Counter,
+    /// Events sent to the dead-letter destination.
+    pub dead_lettered: Counter,
+    /// Failed publish attempts.
+    pub errors: Counter,
+    /// Deliveries the source made more than once.
+    pub redeliveries: Counter,
+    /// Event time to sink confirmation, seconds.
+    pub latency: Histogram,
+    /// Durable mode: events stored and not yet forwarded.
+    pub backlog: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("causeway");
+        let m = Metrics {
+            received: Family::default(),
+            published: Family::default(),
+            duplicates: Family::default(),
+            dead_lettered: Family::default(),
+            errors: Family::default(),
+            redeliveries: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            backlog: Family::default(),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events_received",
+            "Events taken from the source",
+            m.received.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Events the sink confirmed",
+            m.published.clone(),
+        );
+        registry.register(
+            "duplicates_suppressed",
+            "Events dropped as already handled",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Events sent to the dead-letter destination",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "publish_errors",
+            "Failed publish attempts",
+            m.errors.clone(),
+        );
+        registry.register(
+            "redeliveries",
+            "Deliveries the source made more than once",
+            m.redeliveries.clone(),
+        );
+        registry.register(
+            "end_to_end_latency_seconds",
+            "Event time to sink confirmation",
+            m.latency.clone(),
+        );
+        registry.register(
+            "backlog",
+            "Events stored and not yet forwarded (durable mode)",
+            m.backlog.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The handles of `route`.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let l = RouteLabel {
+            route: route.to_owned(),
+        };
+        RouteMetrics {
+            received: self.received.get_or_create(&l).clone(),
+            published: self.published.get_or_create(&l).clone(),
+            duplicates: self.duplicates.get_or_create(&l).clone(),
+            dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
+            errors: self.errors.get_or_create(&l).clone(),
+            redeliveries: self.redeliveries.get_or_create(&l).clone(),
+            latency: self.latency.get_or_create(&l).clone(),
+            backlog: self.backlog.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Marks the bridge ready (every route started) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listen: &str) -> Result<tokio::task::JoinHandle<()>> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("metrics.listen {listen}"))?;
+        let (m1, m2) = (self.clone(), self.clone());
+        let app = Router::new()
+            .route("/metrics", get(move || async move { m1.encode() }))
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get(move || async move {
+                    if m2.ready.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }),
+            );
+        Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        }))
+    }
+}
