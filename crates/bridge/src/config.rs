@@ -99,6 +99,28 @@ pub struct StoreConfig {
     /// Window in which a re-sent event id is recognised by the store.
     #[serde(default = "default_dedup_window", with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// Retention, applied periodically; never past a forwarder's cursor.
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
+}
+
+/// How much the store keeps.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Delete events stored longer ago than this.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Delete the oldest events while a stream holds more payload bytes than this.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// How often retention runs.
+    #[serde(default = "default_retention_every", with = "humantime_serde")]
+    pub every: Duration,
+}
+
+fn default_retention_every() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Default for StoreConfig {
@@ -107,6 +129,7 @@ impl Default for StoreConfig {
             sqlite: None,
             postgres: None,
             dedup_window: default_dedup_window(),
+            retention: None,
         }
     }
 }

@@ -115,6 +115,13 @@ impl Endpoints {
     pub async fn check(&self, name: &str) -> Result<Capabilities> {
         Ok(match self.config(name)? {
             EndpointConfig::Generator(g) => Generator::new(g.clone()).capabilities(),
+            // Creating a producer contacts no broker: ask for metadata.
+            #[cfg(feature = "kafka")]
+            EndpointConfig::Kafka(c) => {
+                let publisher = causeway_kafka::KafkaClient::new(c.clone()).publisher()?;
+                publisher.ping(Duration::from_secs(10)).await?;
+                causeway_core::Publisher::capabilities(&publisher)
+            }
             _ => self.publisher(name).await?.capabilities(),
         })
     }

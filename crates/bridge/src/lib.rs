@@ -192,6 +192,11 @@ impl Bridge {
                 tokio::spawn(async move { route.run(source, shutdown).await }),
             ));
         }
+        let retention = self.config.store.retention.map(|r| {
+            let store = self.store.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { retain(store, r, shutdown).await })
+        });
         self.metrics.set_ready(true);
         let summary = tokio::spawn(summarize(
             self.metrics.clone(),
@@ -209,6 +214,9 @@ impl Bridge {
         }
         self.metrics.set_ready(false);
         summary.abort();
+        if let Some(r) = retention {
+            r.abort();
+        }
         if !failed.is_empty() {
             bail!("routes failed: {}", failed.join("; "));
         }
@@ -261,6 +269,30 @@ impl Bridge {
             query.from = ReadFrom::Position(next);
         }
         Ok(report)
+    }
+}
+
+/// Applies the retention policy every `r.every` until shutdown.
+async fn retain(
+    store: Arc<dyn EventStore>,
+    r: config::RetentionConfig,
+    shutdown: CancellationToken,
+) {
+    let policy = causeway_core::Retention {
+        max_age: r.max_age,
+        max_bytes: r.max_bytes,
+        ignore_cursors: false,
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(r.every) => {}
+        }
+        match store.apply_retention(&policy).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "retention"),
+            Err(e) => tracing::warn!(error = %e, "retention failed; next run retries"),
+        }
     }
 }
 

@@ -211,21 +211,10 @@ impl Route {
             })
             .collect();
         while !shutdown.is_cancelled() {
-            let batch = match source
-                .next_batch(self.config.batch_size, self.config.linger)
-                .await
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(route = %self.name, error = %e, "source failed; retrying");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-            };
+            let batch = self.poll(source.as_mut()).await;
             if batch.is_empty() {
                 continue;
             }
-            self.metrics.received.inc_by(batch.len() as u64);
             let claimed = self.claim(batch).await;
             let mut per_shard: Vec<Vec<_>> = (0..shards.len()).map(|_| Vec::new()).collect();
             for item in claimed {
@@ -240,6 +229,10 @@ impl Route {
                     anyhow::bail!("route {}: a shard stopped", self.name);
                 }
             }
+            // Let the shards just woken run: a task woken by this one waits in
+            // this worker's LIFO slot, which no other worker steals from, and
+            // this loop may not yield otherwise until the next poll waits.
+            tokio::task::yield_now().await;
         }
         // Stop consuming; let the shards finish what they hold.
         let mut failed = None;
@@ -254,6 +247,25 @@ impl Route {
             anyhow::bail!("route {}: a shard panicked: {e}", self.name);
         }
         Ok(())
+    }
+
+    /// The next batch from the source; a failing source is logged and
+    /// polled again after a pause (the adapter reconnects by itself).
+    async fn poll(&self, source: &mut dyn Consumer) -> Vec<causeway_core::Delivery> {
+        match source
+            .next_batch(self.config.batch_size, self.config.linger)
+            .await
+        {
+            Ok(batch) => {
+                self.metrics.received.inc_by(batch.len() as u64);
+                batch
+            }
+            Err(e) => {
+                tracing::warn!(route = %self.name, error = %e, "source failed; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                Vec::new()
+            }
+        }
     }
 
     /// Dedup claims for a batch: duplicates are acked and dropped, events
@@ -393,21 +405,10 @@ impl Route {
             tokio::spawn(async move { route.forwarder(shutdown).await })
         };
         while !shutdown.is_cancelled() {
-            let batch = match source
-                .next_batch(self.config.batch_size, self.config.linger)
-                .await
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(route = %self.name, error = %e, "source failed; retrying");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-            };
+            let batch = self.poll(source.as_mut()).await;
             if batch.is_empty() {
                 continue;
             }
-            self.metrics.received.inc_by(batch.len() as u64);
             let (events, tickets): (Vec<Event>, Vec<Ticket>) =
                 batch.into_iter().map(|d| (d.event, d.ticket)).unzip();
             match self.store.append(&self.name, &events).await {
@@ -444,6 +445,7 @@ impl Route {
     /// between batches; the rest stays in the store for the next start.
     async fn forwarder(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
         let mut cursor = self.store.cursor(&self.name, FORWARDER).await?.unwrap_or(0);
+        let mut confirmed_ahead = std::collections::BTreeSet::new();
         while !shutdown.is_cancelled() {
             let page = match self
                 .store
@@ -471,15 +473,29 @@ impl Route {
                     () = tokio::time::sleep(self.config.linger) => continue,
                 }
             }
-            let events: Vec<Event> = page.iter().map(|s| s.event.clone()).collect();
-            let fates = self.forward(&events).await;
-            // Advance only over the confirmed prefix: order holds, nothing is skipped.
-            let confirmed = fates
+            // Events confirmed in an earlier round, beyond a failed one, are
+            // not sent again: the sink would get them twice.
+            let todo: Vec<&causeway_core::StoredEvent> = page
                 .iter()
-                .take_while(|f| !matches!(f, Fate::Failed(_)))
-                .count();
+                .filter(|s| !confirmed_ahead.contains(&s.position))
+                .collect();
+            let events: Vec<Event> = todo.iter().map(|s| s.event.clone()).collect();
+            let fates = self.forward(&events).await;
+            for (s, fate) in todo.iter().zip(&fates) {
+                if !matches!(fate, Fate::Failed(_)) {
+                    confirmed_ahead.insert(s.position);
+                }
+            }
+            // Advance over the confirmed prefix only: order holds, nothing is skipped.
+            let mut confirmed = 0;
+            for s in &page {
+                if !confirmed_ahead.remove(&s.position) {
+                    break;
+                }
+                cursor = s.position;
+                confirmed += 1;
+            }
             if confirmed > 0 {
-                cursor = page[confirmed - 1].position;
                 self.store.set_cursor(&self.name, FORWARDER, cursor).await?;
             }
             if confirmed < page.len() {

@@ -70,7 +70,7 @@ async fn run_route(bridge: &Bridge, n: u64) {
     let published = bridge.metrics.route("r").published;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(route.run(source, shutdown.clone()));
-    for _ in 0..600 {
+    for _ in 0..1800 {
         if published.get() >= n {
             break;
         }

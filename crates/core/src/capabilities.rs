@@ -39,6 +39,26 @@ pub struct Capabilities {
     pub max_batch: usize,
 }
 
+impl Capabilities {
+    /// Whether a publisher of this backend may send `event`: valid, and no
+    /// larger than `max_message_bytes`. Every adapter calls this before
+    /// sending, so a bad event fails alone with a permanent error.
+    pub fn admit(&self, event: &crate::Event) -> crate::Result<()> {
+        event.validate()?;
+        let len = event.encoded_len();
+        if len > self.max_message_bytes {
+            return Err(crate::Error::new(
+                crate::ErrorKind::TooLarge,
+                format!(
+                    "event `{}` is {len} bytes; the limit is {}",
+                    event.id, self.max_message_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Capabilities {
     fn default() -> Self {
         Capabilities {

@@ -126,6 +126,24 @@ pub struct StoreStats {
     pub newest: Option<DateTime<Utc>>,
 }
 
+/// A stream's first or last event: (position, stored at).
+pub type StreamEnd = (u64, DateTime<Utc>);
+
+impl StoreStats {
+    /// Adds one stream's counts; `ends` are its first and last (position,
+    /// stored at), when it holds any event. Stores sum streams with this.
+    pub fn add_stream(&mut self, events: u64, bytes: u64, ends: Option<(StreamEnd, StreamEnd)>) {
+        self.events += events;
+        self.bytes += bytes;
+        if let Some(((fp, ft), (lp, lt))) = ends {
+            self.first_position = Some(self.first_position.map_or(fp, |p| p.min(fp)));
+            self.last_position = Some(self.last_position.map_or(lp, |p| p.max(lp)));
+            self.oldest = Some(self.oldest.map_or(ft, |t| t.min(ft)));
+            self.newest = Some(self.newest.map_or(lt, |t| t.max(lt)));
+        }
+    }
+}
+
 /// A durable, replayable log of events, split into named streams.
 #[async_trait]
 pub trait EventStore: Send + Sync {

@@ -6,7 +6,7 @@ use causeway_core::{
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::client::KafkaClient;
 use crate::error::Error;
@@ -49,6 +49,17 @@ impl KafkaPublisher {
             capabilities: client.capabilities(),
             default_topic: client.config.producer.default_topic.clone(),
         })
+    }
+
+    /// Asks the cluster for its metadata: proves the brokers answer.
+    pub async fn ping(&self, timeout: std::time::Duration) -> Result<usize> {
+        let producer = self.producer.clone();
+        let metadata =
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
+                .await
+                .map_err(|e| CoreError::new(ErrorKind::Internal, e.to_string()))?
+                .map_err(|e| Error::kafka("metadata", e))?;
+        Ok(metadata.brokers().len())
     }
 
     /// Produces one record with raw headers (dead letters keep the original's).
@@ -99,18 +110,7 @@ impl Publisher for KafkaPublisher {
         let enqueued: Vec<Result<_>> = events
             .iter()
             .map(|event| {
-                event.validate()?;
-                if event.encoded_len() > self.capabilities.max_message_bytes {
-                    return Err(CoreError::new(
-                        ErrorKind::TooLarge,
-                        format!(
-                            "event `{}` is {} bytes; the limit is {}",
-                            event.id,
-                            event.encoded_len(),
-                            self.capabilities.max_message_bytes
-                        ),
-                    ));
-                }
+                self.capabilities.admit(event)?;
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
                     .payload(&event.payload[..])
                     .headers(headers_of(event));

@@ -58,18 +58,7 @@ impl NatsPublisher {
 
     /// Sends one event; the returned future resolves with its PubAck.
     async fn send(&self, subject: &str, event: &Event) -> Result<PublishAckFuture> {
-        event.validate()?;
-        if event.encoded_len() > self.capabilities.max_message_bytes {
-            return Err(CoreError::new(
-                ErrorKind::TooLarge,
-                format!(
-                    "event `{}` is {} bytes; this server takes {}",
-                    event.id,
-                    event.encoded_len(),
-                    self.capabilities.max_message_bytes
-                ),
-            ));
-        }
+        self.capabilities.admit(event)?;
         let message = PublishMessage::build()
             .payload(event.payload.clone())
             .headers(headers_of(event));

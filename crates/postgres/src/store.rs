@@ -368,18 +368,13 @@ impl EventStore for PostgresStore {
             .map_err(Error::from)?;
         let mut stats = StoreStats::default();
         for r in rows {
-            stats.events += r.get::<_, i64>(0) as u64;
-            stats.bytes += r.get::<_, i64>(1) as u64;
             let first: Option<i64> = r.get(2);
             let last: Option<i64> = r.get(4);
-            if let (Some(fp), Some(lp)) = (first, last) {
+            let ends = first.zip(last).map(|(f, l)| {
                 let (ft, lt): (DateTime<Utc>, DateTime<Utc>) = (r.get(3), r.get(5));
-                let (fp, lp) = (fp as u64, lp as u64);
-                stats.first_position = Some(stats.first_position.map_or(fp, |p| p.min(fp)));
-                stats.last_position = Some(stats.last_position.map_or(lp, |p| p.max(lp)));
-                stats.oldest = Some(stats.oldest.map_or(ft, |t| t.min(ft)));
-                stats.newest = Some(stats.newest.map_or(lt, |t| t.max(lt)));
-            }
+                ((f as u64, ft), (l as u64, lt))
+            });
+            stats.add_stream(r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64, ends);
         }
         Ok(stats)
     }

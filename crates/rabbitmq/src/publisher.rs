@@ -51,22 +51,6 @@ impl RabbitPublisher {
                 )
             })
     }
-
-    fn check(&self, event: &Event) -> Result<()> {
-        event.validate()?;
-        if event.encoded_len() > self.capabilities.max_message_bytes {
-            return Err(CoreError::new(
-                ErrorKind::TooLarge,
-                format!(
-                    "event `{}` is {} bytes; the limit is {}",
-                    event.id,
-                    event.encoded_len(),
-                    self.capabilities.max_message_bytes
-                ),
-            ));
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -82,7 +66,7 @@ impl Publisher for RabbitPublisher {
         let mut confirms = Vec::with_capacity(events.len());
         let mut broken = None;
         for event in events {
-            if let Err(e) = self.check(event) {
+            if let Err(e) = self.capabilities.admit(event) {
                 confirms.push(Err(e));
                 continue;
             }

@@ -250,21 +250,19 @@ impl EventStore for SqliteStore {
                  ORDER BY rowid",
             )?;
             for (sid, events, bytes) in rows {
-                stats.events += events as u64;
-                stats.bytes += bytes as u64;
                 let found: Vec<(i64, i64)> = ends
                     .query_map([rowid(sid, 0), last_rowid(sid)], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })?
                     .collect::<Result<_, _>>()?;
-                if let (Some(first), Some(last)) = (found.first(), found.last()) {
-                    let (fp, lp) = (first.0 as u64, last.0 as u64);
-                    let (ft, lt) = (from_micros(first.1)?, from_micros(last.1)?);
-                    stats.first_position = Some(stats.first_position.map_or(fp, |p| p.min(fp)));
-                    stats.last_position = Some(stats.last_position.map_or(lp, |p| p.max(lp)));
-                    stats.oldest = Some(stats.oldest.map_or(ft, |t| t.min(ft)));
-                    stats.newest = Some(stats.newest.map_or(lt, |t| t.max(lt)));
-                }
+                let ends = match (found.first(), found.last()) {
+                    (Some(f), Some(l)) => Some((
+                        (f.0 as u64, from_micros(f.1)?),
+                        (l.0 as u64, from_micros(l.1)?),
+                    )),
+                    _ => None,
+                };
+                stats.add_stream(events as u64, bytes as u64, ends);
             }
             Ok(stats)
         })

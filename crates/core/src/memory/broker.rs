@@ -233,22 +233,12 @@ impl Publisher for MemoryPublisher {
             ));
         }
         let inner = &self.broker.inner;
+        let capabilities = self.broker.capabilities();
         let mut topics = inner.lock();
         let out = events
             .iter()
             .map(|event| {
-                event.validate()?;
-                if event.encoded_len() > inner.max_message_bytes {
-                    return Err(Error::new(
-                        ErrorKind::TooLarge,
-                        format!(
-                            "event `{}` is {} bytes; the limit is {}",
-                            event.id,
-                            event.encoded_len(),
-                            inner.max_message_bytes
-                        ),
-                    ));
-                }
+                capabilities.admit(event)?;
                 Ok(append(inner, &mut topics, destination, event.clone()))
             })
             .collect();

@@ -171,30 +171,12 @@ impl EventStore for MemoryEventStore {
             .iter()
             .filter(|(name, _)| stream.is_none_or(|n| n == *name))
         {
-            stats.events += s.events.len() as u64;
-            stats.bytes += s.bytes;
-            if let (Some(first), Some(last)) = (s.events.front(), s.events.back()) {
-                stats.first_position = Some(
-                    stats
-                        .first_position
-                        .map_or(first.position, |p| p.min(first.position)),
-                );
-                stats.last_position = Some(
-                    stats
-                        .last_position
-                        .map_or(last.position, |p| p.max(last.position)),
-                );
-                stats.oldest = Some(
-                    stats
-                        .oldest
-                        .map_or(first.stored_at, |t| t.min(first.stored_at)),
-                );
-                stats.newest = Some(
-                    stats
-                        .newest
-                        .map_or(last.stored_at, |t| t.max(last.stored_at)),
-                );
-            }
+            let ends = s
+                .events
+                .front()
+                .zip(s.events.back())
+                .map(|(f, l)| ((f.position, f.stored_at), (l.position, l.stored_at)));
+            stats.add_stream(s.events.len() as u64, s.bytes, ends);
         }
         Ok(stats)
     }
