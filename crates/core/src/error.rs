@@ -207,6 +207,70 @@ impl std::error::Error for Error {
     }
 }
 
+/// Defines an adapter crate's own error type: the failed operation, a
+/// [`ErrorKind`], a [`Status`] and the client's error as source, converting
+/// into [`Error`]. Each adapter adds the constructors that classify its
+/// client's errors.
+#[macro_export]
+macro_rules! adapter_error {
+    ($(#[$meta:meta])* $name:ident, $prefix:literal) => {
+        $(#[$meta])*
+        #[derive(Debug)]
+        pub struct $name {
+            operation: &'static str,
+            kind: $crate::ErrorKind,
+            status: $crate::Status,
+            source: Box<dyn std::error::Error + Send + Sync>,
+        }
+
+        impl $name {
+            /// An error of `kind` with the kind's default status.
+            pub(crate) fn new(
+                operation: &'static str,
+                kind: $crate::ErrorKind,
+                source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+            ) -> Self {
+                $name { operation, kind, status: kind.default_status(), source: source.into() }
+            }
+
+            /// Overrides the status, e.g. from the client's own retriable signal.
+            #[allow(dead_code)]
+            pub(crate) fn with_status(mut self, status: $crate::Status) -> Self {
+                self.status = status;
+                self
+            }
+
+            /// What went wrong.
+            pub fn kind(&self) -> $crate::ErrorKind {
+                self.kind
+            }
+
+            /// Whether retrying may help.
+            pub fn status(&self) -> $crate::Status {
+                self.status
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!($prefix, " {}: {}"), self.operation, self.source)
+            }
+        }
+
+        impl std::error::Error for $name {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&*self.source)
+            }
+        }
+
+        impl From<$name> for $crate::Error {
+            fn from(e: $name) -> Self {
+                $crate::Error::new(e.kind, e.operation).with_status(e.status).with_source(e)
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

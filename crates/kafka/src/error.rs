@@ -1,31 +1,13 @@
 use causeway_core::{ErrorKind, Status};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
 
-/// The error of causeway-kafka, classified from librdkafka's error codes.
-#[derive(Debug, thiserror::Error)]
-#[error("kafka {operation}: {source}")]
-pub struct Error {
-    operation: &'static str,
-    kind: ErrorKind,
-    status: Status,
-    #[source]
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
+causeway_core::adapter_error!(
+    /// The error of causeway-kafka, classified from librdkafka's error codes.
+    Error,
+    "kafka"
+);
 
 impl Error {
-    pub(crate) fn new(
-        operation: &'static str,
-        kind: ErrorKind,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        Error {
-            operation,
-            kind,
-            status: kind.default_status(),
-            source: source.into(),
-        }
-    }
-
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Error::new("config", ErrorKind::Config, message.into())
     }
@@ -43,19 +25,7 @@ impl Error {
                 _ => (ErrorKind::Internal, Status::Permanent),
             },
         };
-        let mut this = Error::new(operation, kind, e);
-        this.status = status;
-        this
-    }
-
-    /// What went wrong.
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    /// Whether retrying may help.
-    pub fn status(&self) -> Status {
-        self.status
+        Error::new(operation, kind, e).with_status(status)
     }
 }
 
@@ -88,13 +58,5 @@ fn classify(code: Code) -> (ErrorKind, Status) {
         | Code::Authentication => (ErrorKind::Rejected, Permanent),
         Code::InvalidConfig | Code::InvalidArgument => (ErrorKind::Config, Permanent),
         _ => (ErrorKind::Internal, Permanent),
-    }
-}
-
-impl From<Error> for causeway_core::Error {
-    fn from(e: Error) -> Self {
-        causeway_core::Error::new(e.kind, e.operation)
-            .with_status(e.status)
-            .with_source(e)
     }
 }

@@ -1,31 +1,13 @@
-use causeway_core::{ErrorKind, Status};
+use causeway_core::ErrorKind;
 
-/// The error of causeway-nats: what failed, classified from async-nats's own
-/// error kinds into a kind and a retry status.
-#[derive(Debug, thiserror::Error)]
-#[error("nats {operation}: {source}")]
-pub struct Error {
-    operation: &'static str,
-    kind: ErrorKind,
-    status: Status,
-    #[source]
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
+causeway_core::adapter_error!(
+    /// The error of causeway-nats: what failed, classified from async-nats's own
+    /// error kinds into a kind and a retry status.
+    Error,
+    "nats"
+);
 
 impl Error {
-    pub(crate) fn new(
-        operation: &'static str,
-        kind: ErrorKind,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        Error {
-            operation,
-            kind,
-            status: kind.default_status(),
-            source: source.into(),
-        }
-    }
-
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Error::new("config", ErrorKind::Config, message.into())
     }
@@ -80,23 +62,5 @@ impl Error {
     /// An ack, nak or term could not be sent: the connection is the problem.
     pub(crate) fn ack(e: async_nats::Error) -> Self {
         Error::new("ack", ErrorKind::Connection, e)
-    }
-
-    /// What went wrong.
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    /// Whether retrying may help.
-    pub fn status(&self) -> Status {
-        self.status
-    }
-}
-
-impl From<Error> for causeway_core::Error {
-    fn from(e: Error) -> Self {
-        causeway_core::Error::new(e.kind, e.operation)
-            .with_status(e.status)
-            .with_source(e)
     }
 }

@@ -23,32 +23,14 @@ pub(crate) async fn bounded<T>(
     }
 }
 
-/// The error of causeway-rabbitmq: what failed, classified with lapin's
-/// own `can_be_recovered` and the AMQP reply codes.
-#[derive(Debug, thiserror::Error)]
-#[error("rabbitmq {operation}: {source}")]
-pub struct Error {
-    operation: &'static str,
-    kind: ErrorKind,
-    status: Status,
-    #[source]
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
+causeway_core::adapter_error!(
+    /// The error of causeway-rabbitmq: what failed, classified with lapin's
+    /// own `can_be_recovered` and the AMQP reply codes.
+    Error,
+    "rabbitmq"
+);
 
 impl Error {
-    pub(crate) fn new(
-        operation: &'static str,
-        kind: ErrorKind,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        Error {
-            operation,
-            kind,
-            status: kind.default_status(),
-            source: source.into(),
-        }
-    }
-
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Error::new("config", ErrorKind::Config, message.into())
     }
@@ -80,26 +62,6 @@ impl Error {
             } else {
                 Status::Permanent
             };
-        let mut this = Error::new(operation, kind, e);
-        this.status = status;
-        this
-    }
-
-    /// What went wrong.
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    /// Whether retrying may help.
-    pub fn status(&self) -> Status {
-        self.status
-    }
-}
-
-impl From<Error> for causeway_core::Error {
-    fn from(e: Error) -> Self {
-        causeway_core::Error::new(e.kind, e.operation)
-            .with_status(e.status)
-            .with_source(e)
+        Error::new(operation, kind, e).with_status(status)
     }
 }
