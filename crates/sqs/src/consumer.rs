@@ -1,0 +1,595 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageAttributeValue, MessageSystemAttributeName,
+};
+use causeway_core::{
+    Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement, Settler,
+    Ticket, dead_letter,
+};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::client::{Shared, capabilities};
+use crate::config::{QueueConfig, is_fifo};
+use crate::error::{Error, bounded};
+use crate::mapping::{decode, fifo_token, with_extensions};
+use crate::publisher::SQS_BATCH;
+
+/// Longest visibility SQS allows (12 hours).
+const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Delete calls in flight at once when many acks wait.
+const DELETES_IN_FLIGHT: usize = 8;
+
+/// Consumes one queue: receives run in background tasks into a bounded
+/// buffer; `next_batch` takes from it.
+pub struct SqsConsumer {
+    settler: Arc<SqsSettler>,
+    buffered: mpsc::Receiver<(u64, Delivery)>,
+    tasks: Vec<JoinHandle<()>>,
+    capabilities: Capabilities,
+}
+
+impl std::fmt::Debug for SqsConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsConsumer")
+            .field("queue", &self.settler.queue.name)
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A received message not yet settled: what settling, extending and
+/// dead-lettering it need.
+struct InFlight {
+    receipt_handle: String,
+    message_id: String,
+    body: String,
+    attributes: HashMap<String, MessageAttributeValue>,
+    group_id: Option<String>,
+    attempt: u32,
+    /// When `next_batch` handed it out; `max_processing` counts from here.
+    handed_out: Option<Instant>,
+    visible_until: Instant,
+}
+
+struct SqsSettler {
+    shared: Arc<Shared>,
+    queue: QueueConfig,
+    queue_url: String,
+    dead_letter_url: Option<String>,
+    in_flight: Mutex<HashMap<u64, InFlight>>,
+    next_tag: AtomicU64,
+    deletes: mpsc::UnboundedSender<DeleteRequest>,
+}
+
+/// Receipt handles to delete, and where to report the outcome. Requests
+/// waiting together are sent in shared `DeleteMessageBatch` calls.
+struct DeleteRequest {
+    handles: Vec<String>,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// SQS counts visibility in whole seconds.
+fn seconds(d: Duration) -> i32 {
+    let d = d.min(MAX_VISIBILITY);
+    let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(whole).unwrap_or(i32::MAX)
+}
+
+impl SqsConsumer {
+    pub(crate) async fn start(shared: Arc<Shared>, queue: QueueConfig) -> Result<Self, Error> {
+        if queue.visibility_timeout < Duration::from_secs(1) {
+            return Err(Error::config(
+                "queue.visibility_timeout must be at least 1s",
+            ));
+        }
+        if queue.long_poll > Duration::from_secs(20) {
+            return Err(Error::config("queue.long_poll is at most 20s"));
+        }
+        let queue_url = shared.queue_url(&queue.name).await?;
+        let dead_letter_url = match &queue.dead_letter_queue {
+            Some(dlq) => Some(shared.queue_url(dlq).await?),
+            None => shared.redrive_target(&queue_url).await?,
+        };
+        let capabilities = capabilities(
+            is_fifo(&queue_url),
+            dead_letter_url.is_some(),
+            &shared.config,
+        );
+        let (deletes, delete_requests) = mpsc::unbounded_channel();
+        let receives = queue.receives_in_flight.max(1);
+        let settler = Arc::new(SqsSettler {
+            shared: shared.clone(),
+            queue,
+            queue_url: queue_url.clone(),
+            dead_letter_url,
+            in_flight: Mutex::default(),
+            next_tag: AtomicU64::new(1),
+            deletes,
+        });
+        let (tx, buffered) = mpsc::channel(receives * SQS_BATCH);
+        // Ends by itself once the settler is gone: tickets outliving the
+        // consumer can still be acked.
+        tokio::spawn(delete_loop(shared, queue_url, delete_requests));
+        let mut tasks = Vec::with_capacity(receives + 1);
+        for _ in 0..receives {
+            tasks.push(tokio::spawn(receive_loop(settler.clone(), tx.clone())));
+        }
+        if !settler.queue.max_processing.is_zero() {
+            tasks.push(tokio::spawn(extend_loop(settler.clone())));
+        }
+        Ok(SqsConsumer {
+            settler,
+            buffered,
+            tasks,
+            capabilities,
+        })
+    }
+}
+
+/// Receives into the buffer, waiting for room for a whole receive first so
+/// no message is received that cannot be buffered.
+async fn receive_loop(settler: Arc<SqsSettler>, tx: mpsc::Sender<(u64, Delivery)>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let Ok(mut permits) = tx.reserve_many(SQS_BATCH).await else {
+            return;
+        };
+        // SQS starts the visibility clock when it answers; counting from
+        // before the request keeps our view on the safe side.
+        let asked = Instant::now();
+        match settler.receive().await {
+            Ok(messages) => {
+                backoff = MIN_BACKOFF;
+                for message in messages {
+                    if let Some(delivery) = settler.admit(message, asked)
+                        && let Some(permit) = permits.next()
+                    {
+                        permit.send(delivery);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, queue = %settler.queue.name, ?backoff, "sqs receive failed");
+                drop(permits);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Keeps messages still held invisible: buffered ones until they are handed
+/// out (or the consumer closes), handed-out ones for at most `max_processing`.
+async fn extend_loop(settler: Arc<SqsSettler>) {
+    let visibility = settler.queue.visibility_timeout;
+    let tick = (visibility / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = Instant::now();
+        let due: Vec<(u64, String)> = settler
+            .lock()
+            .iter()
+            .filter(|(_, m)| {
+                m.visible_until.saturating_duration_since(now) <= visibility / 2
+                    && m.handed_out
+                        .is_none_or(|at| at + settler.queue.max_processing > now)
+            })
+            .map(|(tag, m)| (*tag, m.receipt_handle.clone()))
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let handles: Vec<String> = due.iter().map(|(_, h)| h.clone()).collect();
+        match settler.change_visibility(&handles, visibility).await {
+            Ok(()) => {
+                let mut in_flight = settler.lock();
+                for (tag, _) in &due {
+                    if let Some(m) = in_flight.get_mut(tag) {
+                        m.visible_until = now + visibility;
+                    }
+                }
+            }
+            // Typically a message settled meanwhile; the next tick tries the rest again.
+            Err(e) => tracing::debug!(error = %e, "sqs visibility extension failed"),
+        }
+    }
+}
+
+/// Sends waiting deletes together, 10 per call, several calls in flight.
+async fn delete_loop(
+    shared: Arc<Shared>,
+    queue_url: String,
+    mut requests: mpsc::UnboundedReceiver<DeleteRequest>,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = requests.try_recv() {
+            waiting.push(more);
+        }
+        // Entry ids are positions in the flattened list of handles.
+        let handles: Vec<(usize, String)> = waiting
+            .iter()
+            .flat_map(|r| r.handles.iter().cloned())
+            .enumerate()
+            .collect();
+        let chunks: Vec<Vec<(usize, String)>> =
+            handles.chunks(SQS_BATCH).map(<[_]>::to_vec).collect();
+        let results: Vec<Vec<(usize, CoreError)>> = futures_util::stream::iter(chunks)
+            .map(|chunk| {
+                let (shared, queue_url) = (shared.clone(), queue_url.clone());
+                async move { delete_batch(&shared, &queue_url, &chunk).await }
+            })
+            .buffer_unordered(DELETES_IN_FLIGHT)
+            .collect()
+            .await;
+        let failures: Vec<(usize, CoreError)> = results.into_iter().flatten().collect();
+        let mut start = 0;
+        for request in waiting {
+            let end = start + request.handles.len();
+            let failed = failures.iter().find(|(i, _)| (start..end).contains(i));
+            let _ = request.done.send(match failed {
+                Some((_, e)) => Err(e.clone()),
+                None => Ok(()),
+            });
+            start = end;
+        }
+    }
+}
+
+/// One `DeleteMessageBatch`; returns the entries that failed.
+async fn delete_batch(
+    shared: &Shared,
+    queue_url: &str,
+    chunk: &[(usize, String)],
+) -> Vec<(usize, CoreError)> {
+    let entries = chunk
+        .iter()
+        .filter_map(|(i, handle)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(handle)
+                .build()
+                .ok()
+        })
+        .collect();
+    let call = async {
+        shared
+            .sqs
+            .delete_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| Error::sdk("delete message batch", e))
+    };
+    match bounded("delete message batch", shared.config.call_timeout, call).await {
+        Ok(out) => out
+            .failed
+            .iter()
+            .filter_map(|f| {
+                let i = f.id.parse().ok()?;
+                let e = Error::entry(
+                    "delete message",
+                    &f.code,
+                    f.message.as_deref(),
+                    f.sender_fault,
+                );
+                Some((i, e.into()))
+            })
+            .collect(),
+        Err(e) => {
+            let e = CoreError::from(e);
+            chunk.iter().map(|(i, _)| (*i, e.clone())).collect()
+        }
+    }
+}
+
+impl SqsSettler {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, InFlight>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn receive(&self) -> Result<Vec<Message>, Error> {
+        let q = &self.queue;
+        let call = async {
+            self.shared
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(SQS_BATCH as i32)
+                .wait_time_seconds(seconds(q.long_poll))
+                .visibility_timeout(seconds(q.visibility_timeout))
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+                .send()
+                .await
+                .map_err(|e| Error::sdk("receive message", e))
+        };
+        let limit = self.shared.config.call_timeout + q.long_poll;
+        let out = bounded("receive message", limit, call).await?;
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    /// Tracks a received message and turns it into a delivery; a message
+    /// that is not a CloudEvent is dead-lettered instead of handed out.
+    fn admit(self: &Arc<Self>, m: Message, asked: Instant) -> Option<(u64, Delivery)> {
+        let (Some(receipt_handle), Some(message_id)) = (m.receipt_handle, m.message_id) else {
+            tracing::warn!(queue = %self.queue.name, "sqs returned a message without a receipt handle or id");
+            return None;
+        };
+        let system = m.attributes.unwrap_or_default();
+        let attempt = system
+            .get(&MessageSystemAttributeName::ApproximateReceiveCount)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let body = m.body.unwrap_or_default();
+        let attributes = m.message_attributes.unwrap_or_default();
+        let decoded = decode(Some(&body), Some(&attributes));
+        let tag = self.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
+        self.lock().insert(
+            tag,
+            InFlight {
+                receipt_handle,
+                message_id,
+                body,
+                attributes,
+                group_id: system
+                    .get(&MessageSystemAttributeName::MessageGroupId)
+                    .cloned(),
+                attempt,
+                handed_out: None,
+                visible_until: asked + self.queue.visibility_timeout,
+            },
+        );
+        match decoded {
+            Ok(event) => {
+                let settler: Arc<dyn Settler> = self.clone();
+                let ticket = Ticket::new(settler, tag, None, attempt);
+                Some((tag, Delivery { event, ticket }))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, queue = %self.queue.name, "dead-lettering a message that is not a CloudEvent");
+                let settler = self.clone();
+                let reason = format!("undecodable message: {e}");
+                tokio::spawn(async move {
+                    if let Err(e) = settler
+                        .settle(vec![(tag, Settlement::Reject { reason })])
+                        .await
+                    {
+                        tracing::error!(error = %e, "could not dead-letter an undecodable message; it returns after its visibility timeout");
+                    }
+                });
+                None
+            }
+        }
+    }
+
+    async fn delete(&self, handles: Vec<String>) -> Result<()> {
+        if handles.is_empty() {
+            return Ok(());
+        }
+        let (done, outcome) = oneshot::channel();
+        self.deletes
+            .send(DeleteRequest { handles, done })
+            .map_err(|_| CoreError::new(ErrorKind::Closed, "the consumer is closed"))?;
+        outcome
+            .await
+            .map_err(|_| CoreError::new(ErrorKind::Closed, "the consumer is closed"))?
+    }
+
+    async fn change_visibility(&self, handles: &[String], to: Duration) -> Result<()> {
+        let calls = handles.chunks(SQS_BATCH).map(|chunk| async move {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, handle)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .visibility_timeout(seconds(to))
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let call = async {
+                self.shared
+                    .sqs
+                    .change_message_visibility_batch()
+                    .queue_url(&self.queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| Error::sdk("change message visibility batch", e))
+            };
+            let out = bounded(
+                "change message visibility",
+                self.shared.config.call_timeout,
+                call,
+            )
+            .await?;
+            match out.failed.first() {
+                Some(f) => Err(Error::entry(
+                    "change message visibility",
+                    &f.code,
+                    f.message.as_deref(),
+                    f.sender_fault,
+                )),
+                None => Ok(()),
+            }
+        });
+        let results: Vec<Result<(), Error>> = futures_util::future::join_all(calls).await;
+        results
+            .into_iter()
+            .collect::<Result<(), Error>>()
+            .map_err(Into::into)
+    }
+
+    /// A copy with the reason goes to the dead-letter queue, then the
+    /// original is deleted.
+    async fn dead_letter(&self, m: &InFlight, reason: &str) -> Result<()> {
+        let Some(dlq) = &self.dead_letter_url else {
+            return Err(CoreError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "queue `{}` has no dead-letter queue: set dead_letter_queue or give the queue a redrive policy",
+                    self.queue.name
+                ),
+            ));
+        };
+        let origin = format!("sqs://{}#{}", self.queue.name, m.message_id);
+        let attributes = with_extensions(
+            &m.attributes,
+            &[
+                (dead_letter::REASON, reason.to_owned()),
+                (dead_letter::ATTEMPTS, m.attempt.to_string()),
+                (dead_letter::ORIGIN, origin),
+            ],
+        );
+        let mut request = self
+            .shared
+            .sqs
+            .send_message()
+            .queue_url(dlq)
+            .message_body(&m.body)
+            .set_message_attributes(Some(attributes));
+        if is_fifo(dlq) {
+            // The SQS message id makes the copy idempotent if it is sent twice.
+            request = request
+                .message_group_id(m.group_id.clone().unwrap_or_else(|| m.message_id.clone()))
+                .message_deduplication_id(fifo_token(&m.message_id));
+        }
+        let call = async {
+            request
+                .send()
+                .await
+                .map_err(|e| Error::sdk("send dead letter", e))
+        };
+        bounded("send dead letter", self.shared.config.call_timeout, call).await?;
+        self.delete(vec![m.receipt_handle.clone()]).await
+    }
+
+    /// Makes every message still held visible again: closing hands them back.
+    async fn release_all(&self) -> Result<()> {
+        let handles: Vec<String> = self.lock().drain().map(|(_, m)| m.receipt_handle).collect();
+        self.change_visibility(&handles, Duration::ZERO).await
+    }
+}
+
+#[async_trait]
+impl Settler for SqsSettler {
+    async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
+        let mut acks = Vec::new();
+        let mut nacks: HashMap<i32, Vec<String>> = HashMap::new();
+        let mut rejects = Vec::new();
+        let mut unknown = 0;
+        {
+            let mut in_flight = self.lock();
+            for (tag, settlement) in items {
+                let Some(m) = in_flight.remove(&tag) else {
+                    unknown += 1;
+                    continue;
+                };
+                match settlement {
+                    Settlement::Ack => acks.push(m.receipt_handle),
+                    Settlement::Nack { delay } => nacks
+                        .entry(seconds(delay))
+                        .or_default()
+                        .push(m.receipt_handle),
+                    Settlement::Reject { reason } => rejects.push((m, reason)),
+                }
+            }
+        }
+        let mut first_error = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        };
+        note(self.delete(acks).await);
+        for (secs, handles) in nacks {
+            let delay = Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+            note(self.change_visibility(&handles, delay).await);
+        }
+        for (m, reason) in rejects {
+            note(self.dead_letter(&m, &reason).await);
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if unknown > 0 {
+            return Err(CoreError::new(
+                ErrorKind::Conflict,
+                format!("{unknown} deliveries were already settled"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for SqsConsumer {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(wait, self.buffered.recv()).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(CoreError::new(ErrorKind::Closed, "the consumer is closed")),
+            Err(_) => return Ok(out),
+        };
+        let mut tags = vec![first.0];
+        out.push(first.1);
+        while out.len() < max {
+            match self.buffered.try_recv() {
+                Ok((tag, d)) => {
+                    tags.push(tag);
+                    out.push(d);
+                }
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let mut in_flight = self.settler.lock();
+        for tag in tags {
+            if let Some(m) = in_flight.get_mut(&tag) {
+                m.handed_out = Some(now);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stops receiving and makes every message not yet settled visible
+    /// again, so another consumer gets it at once.
+    async fn close(&mut self) -> Result<()> {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.buffered.close();
+        while self.buffered.try_recv().is_ok() {}
+        self.settler.release_all().await
+    }
+}
+
+impl Drop for SqsConsumer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Events as SQS messages (docs/headers.md, "AWS SQS"): the CloudEvents
+//! Kafka binding's `ce_` names, folded to fit SQS's 10 message attributes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use causeway_core::{Binding, Event, Result};
+use sha2::{Digest, Sha256};
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+
+/// Attributes sent as SQS attributes of their own; every other CloudEvents
+/// attribute goes into the JSON of [`FOLDED`].
+const OWN: [&str; 7] = [
+    "ce_specversion",
+    "ce_id",
+    "ce_source",
+    "ce_type",
+    "ce_time",
+    "ce_partitionkey",
+    "content-type",
+];
+/// `subject`, `dataschema` and extensions: a JSON object `{name: value}`.
+pub(crate) const FOLDED: &str = "ce_attributes";
+/// How the body encodes the payload, when it is not the payload's text.
+pub(crate) const BODY_ENCODING: &str = "ce_bodyencoding";
+const BASE64_ENCODING: &str = "base64";
+/// SQS refuses an empty body: an empty payload travels as this one character.
+const EMPTY_ENCODING: &str = "empty";
+const EMPTY_BODY: &str = "-";
+
+/// An event ready to send.
+pub(crate) struct Encoded {
+    pub body: String,
+    pub attributes: HashMap<String, MessageAttributeValue>,
+}
+
+impl Encoded {
+    /// The size SQS counts against its limit: the body, and each attribute's
+    /// name, data type and value.
+    pub fn size(&self) -> usize {
+        self.body.len() + attributes_size(&self.attributes)
+    }
+}
+
+pub(crate) fn attributes_size(attributes: &HashMap<String, MessageAttributeValue>) -> usize {
+    attributes
+        .iter()
+        .map(|(name, v)| {
+            name.len()
+                + v.data_type().len()
+                + v.string_value().map_or(0, str::len)
+                + v.binary_value().map_or(0, |b| b.as_ref().len())
+        })
+        .sum()
+}
+
+pub(crate) fn string_attribute(value: impl Into<String>) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("data_type is set")
+}
+
+/// Whether SQS accepts `text` as a body or attribute value: its allowed
+/// characters are #x9, #xA, #xD, #x20–#xD7FF, #xE000–#xFFFD and #x10000 up.
+fn sqs_text(text: &str) -> bool {
+    text.chars().all(|c| {
+        matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+    })
+}
+
+/// Encodes `event`; `admit` has already validated it.
+pub(crate) fn encode(event: &Event) -> Encoded {
+    let mut attributes = HashMap::with_capacity(9);
+    let mut folded = BTreeMap::new();
+    for (name, value) in Binding::Kafka.encode(event) {
+        if value.is_empty() {
+            // SQS refuses empty attribute values; the JSON keeps them.
+            folded.insert(strip(&name).to_owned(), value);
+        } else if OWN.contains(&name.as_ref()) {
+            attributes.insert(name.into_owned(), string_attribute(value));
+        } else {
+            folded.insert(strip(&name).to_owned(), value);
+        }
+    }
+    if !folded.is_empty() {
+        let json = serde_json::to_string(&folded).expect("a map of strings serializes");
+        attributes.insert(FOLDED.to_owned(), string_attribute(json));
+    }
+    let text = std::str::from_utf8(&event.payload)
+        .ok()
+        .filter(|t| !t.is_empty() && sqs_text(t));
+    let body = match text {
+        Some(text) => text.to_owned(),
+        None if event.payload.is_empty() => {
+            attributes.insert(BODY_ENCODING.to_owned(), string_attribute(EMPTY_ENCODING));
+            EMPTY_BODY.to_owned()
+        }
+        None => {
+            attributes.insert(BODY_ENCODING.to_owned(), string_attribute(BASE64_ENCODING));
+            BASE64.encode(&event.payload)
+        }
+    };
+    Encoded { body, attributes }
+}
+
+fn strip(name: &str) -> &str {
+    name.strip_prefix("ce_").unwrap_or(name)
+}
+
+/// Rebuilds the event of a received message.
+pub(crate) fn decode(
+    body: Option<&str>,
+    attributes: Option<&HashMap<String, MessageAttributeValue>>,
+) -> Result<Event> {
+    let empty = HashMap::new();
+    let attributes = attributes.unwrap_or(&empty);
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(attributes.len() + 4);
+    let mut encoding = None;
+    for (name, value) in attributes {
+        let Some(text) = value.string_value() else {
+            continue;
+        };
+        match name.as_str() {
+            FOLDED => {
+                let folded: BTreeMap<String, String> = serde_json::from_str(text).map_err(|e| {
+                    causeway_core::Error::invalid_event(
+                        FOLDED,
+                        format!("not a JSON object of strings: {e}"),
+                    )
+                })?;
+                headers.extend(folded.into_iter().map(|(k, v)| (format!("ce_{k}"), v)));
+            }
+            BODY_ENCODING => encoding = Some(text),
+            _ => headers.push((name.clone(), text.to_owned())),
+        }
+    }
+    let body = body.unwrap_or("");
+    let payload = match encoding {
+        None => Bytes::copy_from_slice(body.as_bytes()),
+        Some(EMPTY_ENCODING) => Bytes::new(),
+        Some(BASE64_ENCODING) => Bytes::from(BASE64.decode(body).map_err(|e| {
+            causeway_core::Error::invalid_event(BODY_ENCODING, format!("body is not base64: {e}"))
+        })?),
+        Some(other) => {
+            return Err(causeway_core::Error::invalid_event(
+                BODY_ENCODING,
+                format!("unknown body encoding `{other}`"),
+            ));
+        }
+    };
+    Binding::Kafka.decode(
+        headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+        None,
+        payload,
+    )
+}
+
+/// Adds dead-letter extensions to a received message's attributes, for the
+/// copy `reject` sends: they join the folded JSON like any extension.
+pub(crate) fn with_extensions(
+    attributes: &HashMap<String, MessageAttributeValue>,
+    extensions: &[(&str, String)],
+) -> HashMap<String, MessageAttributeValue> {
+    let mut out = attributes.clone();
+    let mut folded: BTreeMap<String, String> = out
+        .get(FOLDED)
+        .and_then(|v| v.string_value())
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default();
+    for (name, value) in extensions {
+        folded.insert((*name).to_owned(), value.clone());
+    }
+    let json = serde_json::to_string(&folded).expect("a map of strings serializes");
+    out.insert(FOLDED.to_owned(), string_attribute(json));
+    out
+}
+
+/// A FIFO `MessageDeduplicationId` or `MessageGroupId`: the value itself
+/// where SQS accepts it (1–128 characters, alphanumeric or punctuation),
+/// otherwise its SHA-256 in hex.
+pub(crate) fn fifo_token(value: &str) -> String {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b.is_ascii_punctuation());
+    if ok {
+        value.to_owned()
+    } else {
+        Sha256::digest(value.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(event: &Event) -> Event {
+        let encoded = encode(event);
+        assert!(
+            encoded.attributes.len() <= 9,
+            "{:?}",
+            encoded.attributes.keys()
+        );
+        decode(Some(&encoded.body), Some(&encoded.attributes)).expect("decode")
+    }
+
+    #[test]
+    fn every_field_survives() {
+        let mut e = Event::new("id-1", "kafka://onprem/tx", "finbank.tx")
+            .with_key("acct-42")
+            .with_subject("accounts/42")
+            .with_content_type("application/json")
+            .with_header("traceparent", "00-abc-01")
+            .with_header("region", "Zürich \"quoted\"")
+            .with_header("a", "1")
+            .with_header("b", "2")
+            .with_payload(&b"{\"amount\":1}"[..]);
+        e.data_schema = Some("https://schemas.example/tx.json".into());
+        let encoded = encode(&e);
+        assert_eq!(encoded.body, "{\"amount\":1}");
+        assert!(!encoded.attributes.contains_key(BODY_ENCODING));
+        assert_eq!(round_trip(&e), e);
+    }
+
+    #[test]
+    fn binary_control_and_empty_payloads_survive() {
+        for payload in [
+            (0..=255u8).collect::<Vec<u8>>(),
+            vec![7u8; 10],
+            b"ok\x00".to_vec(),
+            Vec::new(),
+        ] {
+            let e = Event::new("id", "s", "t").with_payload(payload);
+            let encoded = encode(&e);
+            assert!(!encoded.body.is_empty());
+            assert!(sqs_text(&encoded.body));
+            assert_eq!(round_trip(&e), e);
+        }
+    }
+
+    #[test]
+    fn not_a_cloudevent_is_an_error() {
+        let err = decode(Some("hello"), None).expect_err("no attributes");
+        assert!(err.to_string().contains("specversion"), "{err}");
+    }
+
+    #[test]
+    fn dead_letter_extensions_join_the_folded_json() {
+        let e = Event::new("id", "s", "t").with_header("x", "1");
+        let encoded = encode(&e);
+        let copy = with_extensions(&encoded.attributes, &[("deadletterreason", "bad".into())]);
+        let back = decode(Some(&encoded.body), Some(&copy)).expect("decode");
+        assert_eq!(
+            back.headers.get("deadletterreason").map(String::as_str),
+            Some("bad")
+        );
+        assert_eq!(back.headers.get("x").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn fifo_tokens() {
+        assert_eq!(fifo_token("evt-1:a/b"), "evt-1:a/b");
+        assert_eq!(fifo_token(&"x".repeat(129)).len(), 64);
+        assert_eq!(fifo_token("with space").len(), 64);
+        assert_eq!(fifo_token("grüße").len(), 64);
+    }
+}
