@@ -43,6 +43,9 @@ pub enum EndpointConfig {
     /// RabbitMQ (feature `rabbitmq`).
     #[cfg(feature = "rabbitmq")]
     Rabbitmq(causeway_rabbitmq::RabbitConfig),
+    /// AWS SQS, standard or FIFO queues (feature `sqs`).
+    #[cfg(feature = "sqs")]
+    Sqs(causeway_sqs::SqsConfig),
 }
 
 /// The in-process broker.
@@ -357,9 +360,20 @@ impl Config {
         Ok(config)
     }
 
-    /// Cross-references: every route's endpoints exist, templates parse.
+    /// Cross-references: every route's endpoints exist, templates parse, no
+    /// two routes consume one endpoint (they would share its consumer group
+    /// and split its events between them).
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let mut sources: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, r) in &self.routes {
+            if let Some(other) = sources.insert(&r.source, name) {
+                return Err(ConfigError(format!(
+                    "{origin}: routes.{name}.source: endpoint `{}` is already the source of route \
+                     `{other}`; routes sharing a source split its events. Give each route its own \
+                     endpoint (its own consumer group)",
+                    r.source
+                )));
+            }
             for (key, endpoint) in [("source", &r.source), ("sink", &r.sink)] {
                 if !self.endpoints.contains_key(endpoint) {
                     return Err(ConfigError(format!(
@@ -507,5 +521,17 @@ mode = "durable"
         assert!(e.to_string().contains("routes.r.sink"), "{e}");
         let e = Config::parse(&GOOD.replace("{key_hash % 10}", "{bogus}"), "f").unwrap_err();
         assert!(e.to_string().contains("routes.r.destination"), "{e}");
+    }
+
+    #[test]
+    fn two_routes_from_one_source_are_an_error() {
+        let second = GOOD.replace("[routes.r]", "[routes.s]");
+        let routes = &second[second.find("[routes.s]").expect("route")..];
+        let text = format!("{GOOD}\n{routes}");
+        let e = Config::parse(&text, "f").unwrap_err();
+        assert!(
+            e.to_string().contains("already the source of route `r`"),
+            "{e}"
+        );
     }
 }

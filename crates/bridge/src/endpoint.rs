@@ -73,6 +73,12 @@ impl Endpoints {
                     .await?
                     .publisher(),
             ),
+            #[cfg(feature = "sqs")]
+            EndpointConfig::Sqs(c) => Arc::new(
+                causeway_sqs::SqsClient::connect(c.clone())
+                    .await?
+                    .publisher(),
+            ),
         })
     }
 
@@ -108,6 +114,13 @@ impl Endpoints {
                     .consumer(None)
                     .await?,
             ),
+            #[cfg(feature = "sqs")]
+            EndpointConfig::Sqs(c) => Box::new(
+                causeway_sqs::SqsClient::connect(c.clone())
+                    .await?
+                    .consumer(None)
+                    .await?,
+            ),
         })
     }
 
@@ -121,6 +134,13 @@ impl Endpoints {
                 let publisher = causeway_kafka::KafkaClient::new(c.clone()).publisher()?;
                 publisher.ping(Duration::from_secs(10)).await?;
                 causeway_core::Publisher::capabilities(&publisher)
+            }
+            // Building a client contacts no server: list queues, resolve the configured ones.
+            #[cfg(feature = "sqs")]
+            EndpointConfig::Sqs(c) => {
+                let client = causeway_sqs::SqsClient::connect(c.clone()).await?;
+                client.ping().await?;
+                client.capabilities()
             }
             _ => self.publisher(name).await?.capabilities(),
         })
@@ -140,6 +160,8 @@ impl Endpoints {
                     EndpointConfig::Nats(_) => "nats",
                     #[cfg(feature = "rabbitmq")]
                     EndpointConfig::Rabbitmq(_) => "rabbitmq",
+                    #[cfg(feature = "sqs")]
+                    EndpointConfig::Sqs(_) => "sqs",
                 };
                 (name.clone(), kind)
             })

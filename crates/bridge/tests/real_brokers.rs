@@ -1,7 +1,9 @@
 //! The bridge between real brokers: NATS JetStream → RabbitMQ (direct mode)
-//! and back, RabbitMQ → NATS (durable mode). Every event arrives once, in
-//! order per key, every field intact, checked with the sink's own client.
-//! The 5 × 5 matrix and the fault tests are issue 9's.
+//! and back, RabbitMQ → NATS (durable mode); Kafka (Tansu) → SQS FIFO
+//! (durable, the FinBank route) and SQS → RabbitMQ (direct), SQS being moto,
+//! an emulator. Every event arrives once, in order per key, every field
+//! intact, checked with the sink's own client. The 5 × 5 matrix and the
+//! fault tests are issue 9's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +25,14 @@ fn rabbit_url() -> String {
     )
 }
 
+fn kafka_brokers() -> String {
+    causeway_testkit::env::endpoint("CAUSEWAY_KAFKA_BROKERS", "127.0.0.1:19092")
+}
+
+fn sqs_endpoint() -> String {
+    causeway_testkit::env::endpoint("CAUSEWAY_SQS_ENDPOINT", "http://127.0.0.1:4566")
+}
+
 fn config(
     dir: &tempfile::TempDir,
     prefix: &str,
@@ -42,6 +52,15 @@ consumer = {{ durable = "bridge", filter_subject = "{prefix}.in", ack_wait = "30
 [endpoints.rabbit.rabbitmq]
 url = "{rabbit}"
 queue = {{ name = "{prefix}-in", prefetch = 500 }}
+[endpoints.kafka.kafka]
+brokers = "{kafka}"
+consumer = {{ group = "bridge", topics = ["{prefix}-in"] }}
+[endpoints.sqs.sqs]
+endpoint = "{sqs}"
+region = "us-east-1"
+credentials = {{ access_key_id = "test", secret_access_key = "test" }}
+create_queues = true
+queue = {{ name = "{prefix}-in", long_poll = "1s" }}
 [routes.r]
 source = "{from}"
 sink = "{to}"
@@ -52,6 +71,8 @@ linger = "20ms"
         dir = dir.path().display(),
         nats = nats_url(),
         rabbit = rabbit_url(),
+        kafka = kafka_brokers(),
+        sqs = sqs_endpoint(),
     );
     Config::parse(&text, "real_brokers.toml").expect("config")
 }
@@ -206,4 +227,111 @@ async fn rabbitmq_to_nats_durable() {
     let extra = causeway_testkit::receive_and_ack(sink.as_mut(), 1, Duration::from_secs(2)).await;
     assert!(extra.is_empty(), "a duplicate reached the sink");
     check(&sent, &got);
+}
+
+/// The FinBank route: the on-prem Kafka to an SQS FIFO queue, durable mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_to_sqs_fifo_durable_moto_emulator() {
+    let dir = tempfile::tempdir().expect("dir");
+    let prefix = causeway_testkit::unique_name("br");
+    let out = format!("{prefix}-out.fifo");
+    let bridge = Bridge::new(config(&dir, &prefix, "kafka", "sqs", &out, "durable"))
+        .await
+        .expect("bridge");
+    create_topic(&format!("{prefix}-in"), 3).await;
+    let sent = causeway_testkit::events(&prefix, 300, 15);
+    let kafka = bridge
+        .endpoints
+        .publisher("kafka")
+        .await
+        .expect("kafka publisher");
+    assert!(
+        kafka
+            .publish(&format!("{prefix}-in"), &sent)
+            .await
+            .expect("publish")
+            .iter()
+            .all(Result::is_ok)
+    );
+    run_route(&bridge, 300).await;
+    let got = read_sqs(&bridge, &out, 300).await;
+    check(&sent, &got);
+    println!("kafka -> sqs fifo (moto emulator): 300 of 300, once each, in order per key");
+}
+
+/// SQS (standard queue) as a source, RabbitMQ as the sink, direct mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_to_rabbitmq_direct_moto_emulator() {
+    let dir = tempfile::tempdir().expect("dir");
+    let prefix = causeway_testkit::unique_name("br");
+    let queue = format!("{prefix}-out");
+    let bridge = Bridge::new(config(&dir, &prefix, "sqs", "rabbit", &queue, "direct"))
+        .await
+        .expect("bridge");
+    let sink_client = rabbit_client(&queue).await;
+    // Standard queues do not keep order: send one key's events one by one.
+    let sent = causeway_testkit::events(&prefix, 200, 200);
+    let sqs = bridge
+        .endpoints
+        .publisher("sqs")
+        .await
+        .expect("sqs publisher");
+    assert!(
+        sqs.publish(&format!("{prefix}-in"), &sent)
+            .await
+            .expect("publish (is moto up? `cargo xtask services up sqs`)")
+            .iter()
+            .all(Result::is_ok)
+    );
+    run_route(&bridge, 200).await;
+    let mut sink = sink_client.consumer(None).await.expect("rabbit consumer");
+    let got = causeway_testkit::receive_and_ack(&mut sink, 200, Duration::from_secs(30)).await;
+    let extra = causeway_testkit::receive_and_ack(&mut sink, 1, Duration::from_secs(2)).await;
+    assert!(extra.is_empty(), "a duplicate reached the sink");
+    check(&sent, &got);
+}
+
+async fn create_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let brokers = kafka_brokers();
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin client");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await;
+    if let Err(e) = created.map(|r| r.into_iter().collect::<Result<Vec<_>, _>>()) {
+        causeway_testkit::env::unreachable("kafka", "CAUSEWAY_KAFKA_BROKERS", &brokers, e);
+    }
+}
+
+/// Reads `n` events from an SQS queue with the SQS adapter's own consumer,
+/// and checks nothing more arrives.
+async fn read_sqs(bridge: &Bridge, queue: &str, n: usize) -> Vec<Event> {
+    let causeway_bridge::config::EndpointConfig::Sqs(c) = &bridge.config.endpoints["sqs"] else {
+        unreachable!("the config above")
+    };
+    let client = causeway_sqs::SqsClient::connect(c.clone())
+        .await
+        .expect("sqs");
+    let mut sink = client
+        .consumer(Some(&causeway_sqs::QueueConfig {
+            long_poll: Duration::from_secs(1),
+            ..causeway_sqs::QueueConfig::named(queue)
+        }))
+        .await
+        .expect("sqs consumer");
+    let got = causeway_testkit::receive_and_ack(&mut sink, n, Duration::from_secs(60)).await;
+    let extra = causeway_testkit::receive_and_ack(&mut sink, 1, Duration::from_secs(3)).await;
+    assert!(
+        extra.is_empty(),
+        "a duplicate reached the sink: {:?}",
+        extra[0].id
+    );
+    sink.close().await.expect("close");
+    got
 }

@@ -119,6 +119,33 @@ impl SqsClient {
         SqsConsumer::start(self.shared.clone(), queue).await
     }
 
+    /// Checks that the endpoint answers and accepts the credentials (one
+    /// `ListQueues` call), and resolves the configured queues.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        let call = async {
+            shared
+                .sqs
+                .list_queues()
+                .max_results(1)
+                .send()
+                .await
+                .map_err(|e| Error::sdk("list queues", e))
+        };
+        bounded("list queues", shared.config.call_timeout, call).await?;
+        let config = &shared.config;
+        for queue in [
+            config.queue.as_ref().map(|q| q.name.as_str()),
+            config.publish.default_queue.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            shared.queue_url(queue).await?;
+        }
+        Ok(())
+    }
+
     /// The URL of a queue given by name or URL.
     pub async fn queue_url(&self, name_or_url: &str) -> Result<String, Error> {
         self.shared.queue_url(name_or_url).await
