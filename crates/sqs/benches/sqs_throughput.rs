@@ -93,34 +93,23 @@ async fn raw_publish(sdk: &aws_sdk_sqs::Client, url: &str, events: &[Event]) {
 fn publish(c: &mut Criterion) {
     let rt = runtime();
     let client = rt.block_on(SqsClient::connect(config())).expect("client");
-    let queue = causeway_testkit::unique_name("benchpub");
-    let url = rt.block_on(client.queue_url(&queue)).expect("queue");
     let publisher = client.publisher();
     let sdk = client.sdk().clone();
-    let purge = || {
-        let (sdk, url) = (sdk.clone(), url.clone());
-        rt.block_on(async move {
-            sdk.purge_queue()
-                .queue_url(url)
-                .send()
-                .await
-                .expect("purge")
-        });
+    // A fresh queue per iteration keeps moto shallow (it allows one purge a minute).
+    let fresh = |prefix: &str| {
+        let name = causeway_testkit::unique_name(prefix);
+        let url = rt.block_on(client.queue_url(&name)).expect("queue");
+        (events_1kib(&name, PER_ITER), name, url)
     };
     let mut group = c.benchmark_group("sqs_publish_1KiB_moto_emulator");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(PER_ITER as u64));
-    let mut round = 0u64;
     group.bench_function("adapter_publish_200", |b| {
         b.iter_batched(
-            || {
-                purge();
-                round += 1;
-                events_1kib(&format!("a{round}"), PER_ITER)
-            },
-            |events| {
+            || fresh("benchpub-a"),
+            |(events, queue, _)| {
                 rt.block_on(async {
                     let out = publisher.publish(&queue, &events).await.expect("publish");
                     assert!(out.iter().all(Result::is_ok));
@@ -131,12 +120,8 @@ fn publish(c: &mut Criterion) {
     });
     group.bench_function("raw_send_message_batch_10x16_in_flight", |b| {
         b.iter_batched(
-            || {
-                purge();
-                round += 1;
-                events_1kib(&format!("r{round}"), PER_ITER)
-            },
-            |events| rt.block_on(raw_publish(&sdk, &url, &events)),
+            || fresh("benchpub-r"),
+            |(events, _, url)| rt.block_on(raw_publish(&sdk, &url, &events)),
             criterion::BatchSize::PerIteration,
         );
     });
