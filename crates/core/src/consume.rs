@@ -45,6 +45,18 @@ pub trait Settler: Send + Sync {
     async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()>;
 }
 
+/// For settlers: the error for `count` tags that were unknown (settled
+/// already, or dropped with a lost connection), or `Ok` when there were none.
+pub fn unknown_tags(count: usize) -> Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    Err(crate::Error::new(
+        crate::ErrorKind::Conflict,
+        format!("{count} deliveries were already settled"),
+    ))
+}
+
 /// The right to settle one delivery, consumed on use.
 ///
 /// Dropping a ticket unsettled is allowed: the broker redelivers the message

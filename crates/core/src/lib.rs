@@ -22,7 +22,9 @@ pub mod template;
 pub use ack_tracker::AckTracker;
 pub use binding::Binding;
 pub use capabilities::{Capabilities, Ordering};
-pub use consume::{Consumer, Delivery, Position, Settlement, Settler, Ticket, settle_all};
+pub use consume::{
+    Consumer, Delivery, Position, Settlement, Settler, Ticket, settle_all, unknown_tags,
+};
 pub use dedup::{Claim, ClaimToken, DedupStore};
 pub use error::{Error, ErrorKind, Result, Status};
 pub use event::Event;

@@ -232,13 +232,7 @@ impl Settler for NatsSettler {
             };
             acked.map_err(|e| CoreError::from(Error::ack(e)))?;
         }
-        if unknown > 0 {
-            return Err(CoreError::new(
-                ErrorKind::Conflict,
-                format!("{unknown} deliveries were already settled"),
-            ));
-        }
-        Ok(())
+        causeway_core::unknown_tags(unknown)
     }
 }
 

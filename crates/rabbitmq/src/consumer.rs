@@ -308,13 +308,7 @@ impl Settler for RabbitSettler {
                 Settlement::Reject { reason } => self.reject(m, &reason).await?,
             }
         }
-        if unknown > 0 {
-            return Err(CoreError::new(
-                ErrorKind::Conflict,
-                format!("{unknown} deliveries were already settled"),
-            ));
-        }
-        Ok(())
+        causeway_core::unknown_tags(unknown)
     }
 }
 

@@ -90,6 +90,64 @@ async fn raw_publish(sdk: &aws_sdk_sqs::Client, url: &str, events: &[Event]) {
     }
 }
 
+/// Each iteration fills the queue (untimed), then times draining it.
+fn timed_drains(iters: u64, mut fill: impl FnMut(), mut drain: impl FnMut()) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        fill();
+        let start = Instant::now();
+        drain();
+        total += start.elapsed();
+    }
+    total
+}
+
+/// The raw consumer: four receives in flight per round, one delete batch
+/// per receive, the body decoded as the adapter does.
+async fn raw_drain(sdk: &aws_sdk_sqs::Client, url: &str) {
+    let mut got = 0;
+    while got < PER_ITER {
+        let receives = (0..4).map(|_| {
+            sdk.receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .message_attribute_names("All")
+                .send()
+        });
+        let deletes = futures_util::future::join_all(receives)
+            .await
+            .into_iter()
+            .filter_map(|r| r.expect("receive").messages)
+            .filter(|m| !m.is_empty())
+            .map(|messages| {
+                got += messages.len();
+                for m in &messages {
+                    let _ =
+                        base64::engine::general_purpose::STANDARD.decode(m.body().unwrap_or(""));
+                }
+                let entries = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle().unwrap_or(""))
+                            .build()
+                            .expect("entry")
+                    })
+                    .collect();
+                sdk.delete_message_batch()
+                    .queue_url(url)
+                    .set_entries(Some(entries))
+                    .send()
+            });
+        for d in futures_util::future::join_all(deletes).await {
+            d.expect("delete");
+        }
+    }
+}
+
 fn publish(c: &mut Criterion) {
     let rt = runtime();
     let client = rt.block_on(SqsClient::connect(config())).expect("client");
@@ -153,34 +211,35 @@ fn consume(c: &mut Criterion) {
     let mut round = 0u64;
     group.bench_function("adapter_4_receives_in_flight_ack_batch", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                round += 1;
-                rt.block_on(raw_publish(
-                    &sdk,
-                    &url,
-                    &events_1kib(&format!("a{round}"), PER_ITER),
-                ));
-                let start = Instant::now();
-                rt.block_on(async {
-                    let mut got = 0;
-                    while got < PER_ITER {
-                        let batch = causeway_core::Consumer::next_batch(
-                            &mut consumer,
-                            100,
-                            Duration::from_secs(5),
-                        )
-                        .await
-                        .expect("next");
-                        got += batch.len();
-                        settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
+            timed_drains(
+                iters,
+                || {
+                    round += 1;
+                    rt.block_on(raw_publish(
+                        &sdk,
+                        &url,
+                        &events_1kib(&format!("a{round}"), PER_ITER),
+                    ));
+                },
+                || {
+                    rt.block_on(async {
+                        let mut got = 0;
+                        while got < PER_ITER {
+                            let batch = causeway_core::Consumer::next_batch(
+                                &mut consumer,
+                                100,
+                                Duration::from_secs(5),
+                            )
                             .await
-                            .expect("ack");
-                    }
-                });
-                total += start.elapsed();
-            }
-            total
+                            .expect("next");
+                            got += batch.len();
+                            settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
+                                .await
+                                .expect("ack");
+                        }
+                    })
+                },
+            )
         });
     });
     rt.block_on(causeway_core::Consumer::close(&mut consumer))
@@ -188,62 +247,18 @@ fn consume(c: &mut Criterion) {
     let url = raw_url;
     group.bench_function("raw_4_receives_in_flight_delete_batch", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                round += 1;
-                rt.block_on(raw_publish(
-                    &sdk,
-                    &url,
-                    &events_1kib(&format!("r{round}"), PER_ITER),
-                ));
-                let start = Instant::now();
-                rt.block_on(async {
-                    let mut got = 0;
-                    while got < PER_ITER {
-                        let receives = (0..4).map(|_| {
-                            sdk.receive_message()
-                                .queue_url(&url)
-                                .max_number_of_messages(10)
-                                .wait_time_seconds(1)
-                                .message_attribute_names("All")
-                                .send()
-                        });
-                        let deletes = futures_util::future::join_all(receives)
-                            .await
-                            .into_iter()
-                            .filter_map(|r| r.expect("receive").messages)
-                            .filter(|m| !m.is_empty())
-                            .map(|messages| {
-                                got += messages.len();
-                                // A raw client decodes the body too.
-                                for m in &messages {
-                                    let _ = base64::engine::general_purpose::STANDARD
-                                        .decode(m.body().unwrap_or(""));
-                                }
-                                let entries = messages
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(i, m)| {
-                                        DeleteMessageBatchRequestEntry::builder()
-                                            .id(i.to_string())
-                                            .receipt_handle(m.receipt_handle().unwrap_or(""))
-                                            .build()
-                                            .expect("entry")
-                                    })
-                                    .collect();
-                                sdk.delete_message_batch()
-                                    .queue_url(&url)
-                                    .set_entries(Some(entries))
-                                    .send()
-                            });
-                        for d in futures_util::future::join_all(deletes).await {
-                            d.expect("delete");
-                        }
-                    }
-                });
-                total += start.elapsed();
-            }
-            total
+            timed_drains(
+                iters,
+                || {
+                    round += 1;
+                    rt.block_on(raw_publish(
+                        &sdk,
+                        &url,
+                        &events_1kib(&format!("r{round}"), PER_ITER),
+                    ));
+                },
+                || rt.block_on(raw_drain(&sdk, &url)),
+            )
         });
     });
     group.finish();

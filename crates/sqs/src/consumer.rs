@@ -530,13 +530,7 @@ impl Settler for SqsSettler {
         if let Some(e) = first_error {
             return Err(e);
         }
-        if unknown > 0 {
-            return Err(CoreError::new(
-                ErrorKind::Conflict,
-                format!("{unknown} deliveries were already settled"),
-            ));
-        }
-        Ok(())
+        causeway_core::unknown_tags(unknown)
     }
 }
 
