@@ -166,17 +166,18 @@ mod sqs_specific {
             .expect("publish")[0]
             .as_ref()
             .expect("published");
+        // 2 s: the extender renews with 1 s to spare, room for a slow moto under load.
         let short = QueueConfig {
-            visibility_timeout: Duration::from_secs(1),
+            visibility_timeout: Duration::from_secs(2),
             max_processing: Duration::from_secs(60),
             ..queue_config(&name)
         };
         let mut holder = sqs.consumer(Some(&short)).await.expect("consumer");
         let held = collect(&mut holder, 1, Duration::from_secs(30)).await;
         assert_eq!(held.len(), 1, "sqs (moto emulator): nothing arrived");
-        // Five visibility timeouts pass while the message is held.
+        // Three visibility timeouts pass while the message is held.
         let mut other = sqs.consumer(Some(&short)).await.expect("consumer");
-        let stolen = collect(&mut other, 1, Duration::from_secs(5)).await;
+        let stolen = collect(&mut other, 1, Duration::from_secs(6)).await;
         assert!(
             stolen.is_empty(),
             "sqs (moto emulator): a held message reappeared although its visibility was extended"
@@ -207,9 +208,14 @@ mod sqs_specific {
             "sqs (moto emulator): not redelivered after the visibility timeout"
         );
         assert_eq!(again[0].event.id, "lapse-0");
-        assert_eq!(again[0].ticket.attempt(), 2);
+        // With no extender at all, a copy waiting in the buffer lapses too: 2 or more.
+        let attempt = again[0].ticket.attempt();
+        assert!(
+            attempt >= 2,
+            "sqs (moto emulator): redelivery reported attempt {attempt}"
+        );
         println!(
-            "sqs (moto emulator): extended 5 timeouts; lapsed message redelivered as attempt 2"
+            "sqs (moto emulator): extended 3 timeouts; lapsed message redelivered as attempt {attempt}"
         );
     }
 
