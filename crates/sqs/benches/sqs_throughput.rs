@@ -90,11 +90,19 @@ async fn raw_publish(sdk: &aws_sdk_sqs::Client, url: &str, events: &[Event]) {
     }
 }
 
-/// Each iteration fills the queue (untimed), then times draining it.
-fn timed_drains(iters: u64, mut fill: impl FnMut(), mut drain: impl FnMut()) -> Duration {
+/// Each iteration fills the queue at `url` with `PER_ITER` events (untimed,
+/// with the raw client), then times draining it.
+fn timed_drains(
+    rt: &tokio::runtime::Runtime,
+    sdk: &aws_sdk_sqs::Client,
+    url: &str,
+    iters: u64,
+    mut drain: impl FnMut(),
+) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
-        fill();
+        let prefix = causeway_testkit::unique_name("drain");
+        rt.block_on(raw_publish(sdk, url, &events_1kib(&prefix, PER_ITER)));
         let start = Instant::now();
         drain();
         total += start.elapsed();
@@ -208,57 +216,35 @@ fn consume(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(15));
     group.throughput(Throughput::Elements(PER_ITER as u64));
-    let mut round = 0u64;
     group.bench_function("adapter_4_receives_in_flight_ack_batch", |b| {
         b.iter_custom(|iters| {
-            timed_drains(
-                iters,
-                || {
-                    round += 1;
-                    rt.block_on(raw_publish(
-                        &sdk,
-                        &url,
-                        &events_1kib(&format!("a{round}"), PER_ITER),
-                    ));
-                },
-                || {
-                    rt.block_on(async {
-                        let mut got = 0;
-                        while got < PER_ITER {
-                            let batch = causeway_core::Consumer::next_batch(
-                                &mut consumer,
-                                100,
-                                Duration::from_secs(5),
-                            )
+            timed_drains(&rt, &sdk, &url, iters, || {
+                rt.block_on(async {
+                    let mut got = 0;
+                    while got < PER_ITER {
+                        let batch = causeway_core::Consumer::next_batch(
+                            &mut consumer,
+                            100,
+                            Duration::from_secs(5),
+                        )
+                        .await
+                        .expect("next");
+                        got += batch.len();
+                        settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
                             .await
-                            .expect("next");
-                            got += batch.len();
-                            settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
-                                .await
-                                .expect("ack");
-                        }
-                    })
-                },
-            )
+                            .expect("ack");
+                    }
+                })
+            })
         });
     });
     rt.block_on(causeway_core::Consumer::close(&mut consumer))
         .expect("close");
-    let url = raw_url;
     group.bench_function("raw_4_receives_in_flight_delete_batch", |b| {
         b.iter_custom(|iters| {
-            timed_drains(
-                iters,
-                || {
-                    round += 1;
-                    rt.block_on(raw_publish(
-                        &sdk,
-                        &url,
-                        &events_1kib(&format!("r{round}"), PER_ITER),
-                    ));
-                },
-                || rt.block_on(raw_drain(&sdk, &url)),
-            )
+            timed_drains(&rt, &sdk, &raw_url, iters, || {
+                rt.block_on(raw_drain(&sdk, &raw_url))
+            })
         });
     });
     group.finish();

@@ -151,12 +151,13 @@ async fn receive_loop(settler: Arc<SqsSettler>, tx: mpsc::Sender<(u64, Delivery)
         match settler.receive().await {
             Ok(messages) => {
                 backoff = MIN_BACKOFF;
-                for message in messages {
-                    if let Some(delivery) = settler.admit(message, asked)
-                        && let Some(permit) = permits.next()
-                    {
-                        permit.send(delivery);
-                    }
+                // At most 10 per receive, and 10 permits were reserved.
+                for (delivery, permit) in settler
+                    .admit(messages, asked)
+                    .into_iter()
+                    .zip(permits.by_ref())
+                {
+                    permit.send(delivery);
                 }
             }
             Err(e) => {
@@ -324,25 +325,26 @@ impl SqsSettler {
         Ok(out.messages.unwrap_or_default())
     }
 
-    /// Tracks a received message and turns it into a delivery; a message
-    /// that is not a CloudEvent is dead-lettered instead of handed out.
-    fn admit(self: &Arc<Self>, m: Message, asked: Instant) -> Option<(u64, Delivery)> {
-        let (Some(receipt_handle), Some(message_id)) = (m.receipt_handle, m.message_id) else {
-            tracing::warn!(queue = %self.queue.name, "sqs returned a message without a receipt handle or id");
-            return None;
-        };
-        let system = m.attributes.unwrap_or_default();
-        let attempt = system
-            .get(&MessageSystemAttributeName::ApproximateReceiveCount)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1);
-        let body = m.body.unwrap_or_default();
-        let attributes = m.message_attributes.unwrap_or_default();
-        let decoded = decode(Some(&body), Some(&attributes));
-        let tag = self.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
-        self.lock().insert(
-            tag,
-            InFlight {
+    /// Tracks one receive's messages (one lock for all) and turns them into
+    /// deliveries; a message that is not a CloudEvent is dead-lettered
+    /// instead of handed out.
+    fn admit(self: &Arc<Self>, messages: Vec<Message>, asked: Instant) -> Vec<(u64, Delivery)> {
+        let mut tracked = Vec::with_capacity(messages.len());
+        for m in messages {
+            let (Some(receipt_handle), Some(message_id)) = (m.receipt_handle, m.message_id) else {
+                tracing::warn!(queue = %self.queue.name, "sqs returned a message without a receipt handle or id");
+                continue;
+            };
+            let system = m.attributes.unwrap_or_default();
+            let attempt = system
+                .get(&MessageSystemAttributeName::ApproximateReceiveCount)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            let body = m.body.unwrap_or_default();
+            let attributes = m.message_attributes.unwrap_or_default();
+            let decoded = decode(Some(&body), Some(&attributes));
+            let tag = self.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
+            let in_flight = InFlight {
                 receipt_handle,
                 message_id,
                 body,
@@ -353,29 +355,40 @@ impl SqsSettler {
                 attempt,
                 handed_out: None,
                 visible_until: asked + self.queue.visibility_timeout,
-            },
-        );
-        match decoded {
-            Ok(event) => {
-                let settler: Arc<dyn Settler> = self.clone();
-                let ticket = Ticket::new(settler, tag, None, attempt);
-                Some((tag, Delivery { event, ticket }))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, queue = %self.queue.name, "dead-lettering a message that is not a CloudEvent");
-                let settler = self.clone();
-                let reason = format!("undecodable message: {e}");
-                tokio::spawn(async move {
-                    if let Err(e) = settler
-                        .settle(vec![(tag, Settlement::Reject { reason })])
-                        .await
-                    {
-                        tracing::error!(error = %e, "could not dead-letter an undecodable message; it returns after its visibility timeout");
+            };
+            tracked.push((tag, in_flight, decoded));
+        }
+        let mut out = Vec::with_capacity(tracked.len());
+        let mut poison = Vec::new();
+        {
+            let mut in_flight = self.lock();
+            for (tag, m, decoded) in tracked {
+                let attempt = m.attempt;
+                in_flight.insert(tag, m);
+                match decoded {
+                    Ok(event) => {
+                        let settler: Arc<dyn Settler> = self.clone();
+                        let ticket = Ticket::new(settler, tag, None, attempt);
+                        out.push((tag, Delivery { event, ticket }));
                     }
-                });
-                None
+                    Err(e) => poison.push((tag, e)),
+                }
             }
         }
+        for (tag, e) in poison {
+            tracing::warn!(error = %e, queue = %self.queue.name, "dead-lettering a message that is not a CloudEvent");
+            let settler = self.clone();
+            let reason = format!("undecodable message: {e}");
+            tokio::spawn(async move {
+                if let Err(e) = settler
+                    .settle(vec![(tag, Settlement::Reject { reason })])
+                    .await
+                {
+                    tracing::error!(error = %e, "could not dead-letter an undecodable message; it returns after its visibility timeout");
+                }
+            });
+        }
+        out
     }
 
     async fn delete(&self, handles: Vec<String>) -> Result<()> {

@@ -41,9 +41,15 @@ impl SqsPublisher {
         SqsPublisher { shared }
     }
 
-    fn prepare(&self, index: usize, event: &Event, fifo: bool) -> Result<Entry> {
+    fn prepare(
+        &self,
+        capabilities: &Capabilities,
+        index: usize,
+        event: &Event,
+        fifo: bool,
+    ) -> Result<Entry> {
         let config = &self.shared.config;
-        self.capabilities().admit(event)?;
+        capabilities.admit(event)?;
         let encoded = encode(event);
         let size = encoded.size();
         if size > config.max_message_bytes {
@@ -201,8 +207,9 @@ impl Publisher for SqsPublisher {
         let fifo = is_fifo(&url);
         let mut outcomes: Vec<Option<Result<Receipt>>> = (0..events.len()).map(|_| None).collect();
         let mut pending = Vec::with_capacity(events.len());
+        let capabilities = self.capabilities();
         for (index, event) in events.iter().enumerate() {
-            match self.prepare(index, event, fifo) {
+            match self.prepare(&capabilities, index, event, fifo) {
                 Ok(entry) => pending.push(entry),
                 Err(e) => outcomes[index] = Some(Err(e)),
             }

@@ -21,11 +21,12 @@ struct Moto {
     client: SqsClient,
 }
 
-/// How the harness's consumers hold messages: visible again 4 s after the
-/// extender stops, which it does 4 s after receipt. (moto answers slowly,
-/// so shorter visibility timeouts expire while a receive is on its way.)
-const VISIBILITY: Duration = Duration::from_secs(4);
-const MAX_PROCESSING: Duration = Duration::from_secs(4);
+/// How the harness's consumers hold messages: visible again 8 s after the
+/// extender stops, which it does 2 s after hand-out. moto answers slowly
+/// under load (a busy FIFO queue takes seconds per call), and the extender
+/// renews with half the timeout to spare: 4 s leaves room for a slow call.
+const VISIBILITY: Duration = Duration::from_secs(8);
+const MAX_PROCESSING: Duration = Duration::from_secs(2);
 
 fn moto_config(endpoint: String) -> SqsConfig {
     SqsConfig {
