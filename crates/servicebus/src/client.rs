@@ -1,0 +1,325 @@
+//! The REST client: credentials, the HTTP transport (with the endpoint
+//! override), per-entity clients of `azure_messaging_servicebus`, and what
+//! an endpoint can do.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_core::{HttpClient, Request, Response, Url};
+use azure_messaging_servicebus::service_bus::{QueueClient, SubscriptionReceiver, TopicClient};
+use causeway_core::{Capabilities, ErrorKind, Ordering};
+
+use crate::config::{
+    ConnectionString, DEFAULT_KEY_ENV, ReceiveConfig, ServiceBusConfig, namespace_of,
+};
+use crate::consumer::ServiceBusConsumer;
+use crate::error::{Error, bounded};
+use crate::publisher::ServiceBusPublisher;
+
+/// Sends the library's requests through one pooled reqwest client, to the
+/// endpoint override where one is set. The library builds every URL as
+/// `https://<namespace>.servicebus.windows.net/...` and signs that; only
+/// where the bytes go changes, so signatures stay valid.
+#[derive(Debug)]
+struct Transport {
+    client: reqwest::Client,
+    endpoint: Option<Url>,
+}
+
+#[async_trait]
+impl HttpClient for Transport {
+    async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
+        let Some(endpoint) = &self.endpoint else {
+            return self.client.execute_request(request).await;
+        };
+        let mut request = request.clone();
+        let url = request.url_mut();
+        let redirected = url.set_scheme(endpoint.scheme()).is_ok()
+            && url.set_host(endpoint.host_str()).is_ok()
+            && url.set_port(endpoint.port_or_known_default()).is_ok();
+        if !redirected {
+            return Err(azure_core::Error::message(
+                azure_core::error::ErrorKind::Other,
+                format!("cannot send to endpoint {endpoint}"),
+            ));
+        }
+        self.client.execute_request(&request).await
+    }
+}
+
+/// A connection to one Service Bus namespace. Cheap to clone; publishers
+/// and consumers made from it share its HTTP connections.
+#[derive(Clone)]
+pub struct ServiceBusClient {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServiceBusClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBusClient")
+            .field("namespace", &self.shared.namespace)
+            .field("policy", &self.shared.policy)
+            .field("endpoint", &self.shared.config.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    pub config: ServiceBusConfig,
+    pub namespace: String,
+    pub policy: String,
+    key: String,
+    http: Arc<dyn HttpClient>,
+    senders: Mutex<HashMap<String, QueueClient>>,
+}
+
+/// Resolves namespace, policy and key from the config and the environment.
+fn credentials(config: &ServiceBusConfig) -> Result<(String, String, String), Error> {
+    if let Some(var) = &config.connection_string_env {
+        let text = std::env::var(var)
+            .map_err(|_| Error::config(format!("environment variable {var} is not set")))?;
+        let c = ConnectionString::parse(&text).map_err(|e| Error::config(format!("{var}: {e}")))?;
+        return Ok((c.namespace, c.policy, c.key));
+    }
+    let namespace = config
+        .namespace
+        .as_deref()
+        .map(namespace_of)
+        .ok_or_else(|| Error::config("set `namespace` (or `connection_string_env`)"))?;
+    let policy = config
+        .sas_policy
+        .clone()
+        .ok_or_else(|| Error::config("set `sas_policy` (or `connection_string_env`)"))?;
+    let key = match &config.sas_key {
+        Some(key) => key.clone(),
+        None => {
+            let var = config.sas_key_env.as_deref().unwrap_or(DEFAULT_KEY_ENV);
+            std::env::var(var).map_err(|_| {
+                Error::config(format!(
+                    "environment variable {var} (the key of policy `{policy}`) is not set"
+                ))
+            })?
+        }
+    };
+    Ok((namespace, policy, key))
+}
+
+impl ServiceBusClient {
+    /// Builds the client. Contacts no server: a wrong endpoint or key shows
+    /// on the first call (the bridge's `check` makes one, [`Self::ping`]).
+    pub fn connect(config: ServiceBusConfig) -> Result<ServiceBusClient, Error> {
+        let (namespace, policy, key) = credentials(&config)?;
+        if config.publish.in_flight == 0 {
+            return Err(Error::config("publish.in_flight must be at least 1"));
+        }
+        let endpoint = match &config.endpoint {
+            Some(e) => {
+                Some(Url::parse(e).map_err(|err| Error::config(format!("endpoint `{e}`: {err}")))?)
+            }
+            None => None,
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::new("connect", ErrorKind::Internal, e))?;
+        Ok(ServiceBusClient {
+            shared: Arc::new(Shared {
+                config,
+                namespace,
+                policy,
+                key,
+                http: Arc::new(Transport { client, endpoint }),
+                senders: Mutex::default(),
+            }),
+        })
+    }
+
+    /// What this endpoint's entities can do (see [`capabilities`]).
+    pub fn capabilities(&self) -> Capabilities {
+        let dead_letter = self
+            .shared
+            .config
+            .receive
+            .as_ref()
+            .is_some_and(|r| r.dead_letter_entity.is_some());
+        capabilities(&self.shared.config, dead_letter)
+    }
+
+    /// A publisher. Destinations are queue or topic names.
+    pub fn publisher(&self) -> ServiceBusPublisher {
+        ServiceBusPublisher::new(self.shared.clone())
+    }
+
+    /// A consumer of `receive`, or of the configured one when `None`.
+    pub fn consumer(&self, receive: Option<&ReceiveConfig>) -> Result<ServiceBusConsumer, Error> {
+        let receive = receive
+            .or(self.shared.config.receive.as_ref())
+            .cloned()
+            .ok_or_else(|| Error::config("consumer without a `receive` entity"))?;
+        ServiceBusConsumer::start(self.shared.clone(), receive)
+    }
+
+    /// Checks that the namespace answers, accepts the key, and has the
+    /// configured entities: completing a lock that does not exist on each
+    /// is answered 404 (authorized, entity exists), 410 (no entity) or 401.
+    /// It needs no Manage right and changes nothing.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let config = &self.shared.config;
+        let entities = [
+            config.receive.as_ref().map(ReceiveConfig::path),
+            config
+                .receive
+                .as_ref()
+                .and_then(|r| r.dead_letter_entity.clone()),
+            config.publish.default_entity.clone(),
+        ];
+        for entity in entities.into_iter().flatten() {
+            self.shared.probe(&entity).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A lock token no message has.
+const NO_LOCK: &str = "00000000-0000-0000-0000-000000000000";
+
+impl Shared {
+    /// The library's client for sending to (or receiving from) queue or
+    /// topic `entity`; both send to `<entity>/messages`.
+    pub fn sender(&self, entity: &str) -> Result<QueueClient, Error> {
+        let mut senders = self
+            .senders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = senders.get(entity) {
+            return Ok(client.clone());
+        }
+        let client = QueueClient::new(
+            self.http.clone(),
+            self.namespace.clone(),
+            entity.to_owned(),
+            self.policy.clone(),
+            self.key.clone(),
+        )
+        .map_err(|e| Error::azure("client", e))?;
+        senders.insert(entity.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// A peek-lock receiver of a queue or a subscription.
+    pub fn receiver(&self, receive: &ReceiveConfig) -> Result<Receiver, Error> {
+        Ok(match &receive.subscription {
+            None => Receiver::Queue(self.sender(&receive.entity)?),
+            Some(sub) => Receiver::Subscription(
+                TopicClient::new(
+                    self.http.clone(),
+                    self.namespace.clone(),
+                    receive.entity.clone(),
+                    self.policy.clone(),
+                    self.key.clone(),
+                )
+                .map_err(|e| Error::azure("client", e))?
+                .subscription_receiver(sub),
+            ),
+        })
+    }
+
+    async fn probe(&self, entity: &str) -> Result<(), Error> {
+        let url = format!(
+            "https://{}.servicebus.windows.net/{entity}/messages/0/{NO_LOCK}",
+            self.namespace
+        );
+        let url = Url::parse(&url).map_err(|e| Error::config(format!("entity `{entity}`: {e}")))?;
+        let mut request = Request::new(url.clone(), azure_core::Method::Delete);
+        request.insert_header("authorization", sas_token(&url, &self.policy, &self.key)?);
+        request.insert_header("content-length", "0");
+        let call = async {
+            let response = self
+                .http
+                .execute_request(&request)
+                .await
+                .map_err(|e| Error::azure("ping", e))?;
+            let status = u16::from(response.status());
+            let body = response
+                .into_body()
+                .collect_string()
+                .await
+                .unwrap_or_default();
+            match status {
+                // No such lock, or a topic that cannot be received from: it exists.
+                200 | 400 | 404 | 405 => Ok(()),
+                _ => Err(Error::http("ping", status, &body)),
+            }
+        };
+        bounded("ping", self.config.call_timeout, call).await
+    }
+}
+
+/// A SAS token for `url`, valid for an hour, as the library signs: HMAC-SHA256
+/// with the key's text over the encoded URI and the expiry.
+fn sas_token(url: &Url, policy: &str, key: &str) -> Result<String, Error> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let sr: String = url::form_urlencoded::byte_serialize(url.as_str().as_bytes()).collect();
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 3600;
+    let signature = azure_core::hmac::hmac_sha256(
+        &format!("{sr}\n{expiry}"),
+        &azure_core::auth::Secret::new(STANDARD.encode(key)),
+    )
+    .map_err(|e| Error::azure("sign", e))?;
+    let sig: String = url::form_urlencoded::byte_serialize(signature.as_bytes()).collect();
+    Ok(format!(
+        "SharedAccessSignature sr={sr}&sig={sig}&se={expiry}&skn={policy}"
+    ))
+}
+
+/// Receives from a queue or from a topic's subscription.
+#[derive(Debug, Clone)]
+pub(crate) enum Receiver {
+    Queue(QueueClient),
+    Subscription(SubscriptionReceiver),
+}
+
+impl Receiver {
+    pub async fn peek_lock(
+        &self,
+        wait: Duration,
+    ) -> azure_core::Result<azure_messaging_servicebus::service_bus::PeekLockResponse> {
+        match self {
+            Receiver::Queue(q) => q.peek_lock_message2(Some(wait)).await,
+            Receiver::Subscription(s) => s.peek_lock_message2(Some(wait)).await,
+        }
+    }
+}
+
+/// What a Service Bus entity can do over REST:
+/// - `nack(delay)` keeps the lock (renewing it) for the delay, then unlocks:
+///   Service Bus has no delayed abandon, so the delay is the consumer's.
+/// - A lock that runs out redelivers (ack timeout = the entity's lock duration).
+/// - `reject` where a dead-letter entity is configured.
+/// - Native dedup where the entities detect duplicates (declared in config).
+/// - No ordering: without sessions (which REST cannot receive) competing
+///   receivers and redeliveries reorder.
+/// - Competing consumers on a queue or subscription share the work, and
+///   what was not completed stays (durable resume).
+pub(crate) fn capabilities(config: &ServiceBusConfig, dead_letter: bool) -> Capabilities {
+    Capabilities {
+        per_message_nack: true,
+        delayed_redelivery: true,
+        ack_timeout_redelivery: true,
+        dead_letter,
+        native_dedup: config.duplicate_detection,
+        ordering: Ordering::None,
+        consumer_groups: true,
+        durable_resume: true,
+        // Any payload fits once base64-encoded (4/3), with room for the properties.
+        max_message_bytes: (config.max_message_bytes * 3 / 4).saturating_sub(2048),
+        max_batch: 100,
+    }
+}

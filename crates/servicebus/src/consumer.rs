@@ -1,0 +1,524 @@
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_core::headers::Headers;
+use azure_messaging_servicebus::service_bus::{PeekLockResponse, SendMessageOptions};
+use causeway_core::{
+    Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement, Settler,
+    Ticket, dead_letter,
+};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::client::{Receiver, Shared, capabilities};
+use crate::config::ReceiveConfig;
+use crate::error::{Error, bounded};
+use crate::mapping::{custom_properties, dead_letter_copy, decode};
+use crate::publisher::BATCH_CONTENT_TYPE;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often held locks are looked at for renewal and delayed unlocks.
+const TICK: Duration = Duration::from_millis(250);
+/// Completions, unlocks and renewals in flight at once (one request each).
+const SETTLES_IN_FLIGHT: usize = 16;
+
+/// Consumes one queue or subscription with peek-lock: several long-polling
+/// requests run in background tasks into a bounded buffer; `next_batch`
+/// takes from it.
+pub struct ServiceBusConsumer {
+    settler: Arc<ServiceBusSettler>,
+    buffered: mpsc::Receiver<(u64, Delivery)>,
+    tasks: Vec<JoinHandle<()>>,
+    capabilities: Capabilities,
+}
+
+impl std::fmt::Debug for ServiceBusConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBusConsumer")
+            .field("entity", &self.settler.path)
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A locked message not yet settled.
+struct Held {
+    /// The library settles through the lock URL it keeps inside.
+    lock: Arc<PeekLockResponse>,
+    message_id: String,
+    sequence: i64,
+    body: String,
+    properties: Vec<(String, String)>,
+    attempt: u32,
+    /// The lock duration the service granted.
+    span: Duration,
+    renew_at: Instant,
+    /// When `next_batch` handed it out; `max_processing` counts from here.
+    handed_out: Option<Instant>,
+    /// Nacked with a delay: the lock is kept until then, then released.
+    release_at: Option<Instant>,
+}
+
+struct ServiceBusSettler {
+    shared: Arc<Shared>,
+    receive: ReceiveConfig,
+    path: String,
+    held: Mutex<HashMap<u64, Held>>,
+    next_tag: AtomicU64,
+}
+
+/// Every response header, for the custom properties among them.
+struct ResponseHeaders(Vec<(String, String)>);
+
+impl TryFrom<Headers> for ResponseHeaders {
+    type Error = Infallible;
+    fn try_from(headers: Headers) -> std::result::Result<Self, Infallible> {
+        Ok(ResponseHeaders(
+            headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned()))
+                .collect(),
+        ))
+    }
+}
+
+impl ServiceBusConsumer {
+    pub(crate) fn start(shared: Arc<Shared>, receive: ReceiveConfig) -> Result<Self, Error> {
+        if receive.long_poll < Duration::from_secs(1) {
+            return Err(Error::config("receive.long_poll must be at least 1s"));
+        }
+        let receiver = shared.receiver(&receive)?;
+        let capabilities = capabilities(&shared.config, receive.dead_letter_entity.is_some());
+        let receives = receive.receives_in_flight.max(1);
+        let settler = Arc::new(ServiceBusSettler {
+            shared,
+            path: receive.path(),
+            receive,
+            held: Mutex::default(),
+            next_tag: AtomicU64::new(1),
+        });
+        let (tx, buffered) = mpsc::channel(receives * 2);
+        let mut tasks = Vec::with_capacity(receives + 1);
+        for _ in 0..receives {
+            tasks.push(tokio::spawn(receive_loop(
+                settler.clone(),
+                receiver.clone(),
+                tx.clone(),
+            )));
+        }
+        // Ends by itself once the settler is gone, so tickets and delayed
+        // nacks outliving the consumer keep their locks.
+        tokio::spawn(lock_loop(Arc::downgrade(&settler)));
+        Ok(ServiceBusConsumer {
+            settler,
+            buffered,
+            tasks,
+            capabilities,
+        })
+    }
+}
+
+/// Peek-locks one message at a time into the buffer, reserving room first
+/// so no message is locked that cannot be buffered.
+async fn receive_loop(
+    settler: Arc<ServiceBusSettler>,
+    receiver: Receiver,
+    tx: mpsc::Sender<(u64, Delivery)>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let config = &settler.shared.config;
+    let wait = settler.receive.long_poll;
+    loop {
+        let Ok(permit) = tx.reserve().await else {
+            return;
+        };
+        let asked = Instant::now();
+        let call = async {
+            receiver
+                .peek_lock(wait)
+                .await
+                .map_err(|e| Error::azure("peek-lock", e))
+        };
+        let outcome = match bounded("peek-lock", config.call_timeout + wait, call).await {
+            Ok(response) => match u16::from(*response.status()) {
+                201 => Ok(Some(response)),
+                204 => Ok(None),
+                status => Err(Error::http("peek-lock", status, &response.body())),
+            },
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(Some(response)) => {
+                backoff = MIN_BACKOFF;
+                if let Some(delivery) = settler.admit(response, asked) {
+                    permit.send(delivery);
+                }
+            }
+            Ok(None) => backoff = MIN_BACKOFF,
+            Err(e) => {
+                tracing::warn!(error = %e, entity = %settler.path, ?backoff, "servicebus receive failed");
+                drop(permit);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Renews the locks of held messages (buffered ones until handed out,
+/// handed-out ones for at most `max_processing`, delayed nacks until their
+/// time) and releases delayed nacks when due.
+async fn lock_loop(settler: std::sync::Weak<ServiceBusSettler>) {
+    loop {
+        tokio::time::sleep(TICK).await;
+        let Some(settler) = settler.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let max_processing = settler.receive.max_processing;
+        let mut release = Vec::new();
+        let mut renew = Vec::new();
+        {
+            let mut held = settler.lock();
+            let due: Vec<u64> = held
+                .iter()
+                .filter(|(_, m)| m.release_at.is_some_and(|at| at <= now))
+                .map(|(tag, _)| *tag)
+                .collect();
+            release.extend(
+                due.iter()
+                    .filter_map(|tag| held.remove(tag))
+                    .map(|m| m.lock),
+            );
+            for (tag, m) in held.iter() {
+                let wanted = m.release_at.is_some()
+                    || (!max_processing.is_zero()
+                        && m.handed_out.is_none_or(|at| at + max_processing > now));
+                if wanted && m.renew_at <= now {
+                    renew.push((*tag, m.lock.clone()));
+                }
+            }
+        }
+        if let Err(e) = settler.unlock(release).await {
+            tracing::debug!(error = %e, "servicebus: releasing a delayed nack failed; its lock runs out instead");
+        }
+        let renewed: Vec<(u64, std::result::Result<(), Error>)> = futures_util::stream::iter(renew)
+            .map(|(tag, lock)| {
+                let settler = settler.clone();
+                async move { (tag, settler.renew(&lock).await) }
+            })
+            .buffer_unordered(SETTLES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut held = settler.lock();
+        for (tag, result) in renewed {
+            match result {
+                Ok(()) => {
+                    if let Some(m) = held.get_mut(&tag) {
+                        m.renew_at = now + m.span / 2;
+                    }
+                }
+                // Typically settled meanwhile, or the lock was lost already.
+                Err(e) => tracing::debug!(error = %e, "servicebus lock renewal failed"),
+            }
+        }
+    }
+}
+
+impl ServiceBusSettler {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Held>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tracks a locked message and makes its delivery; a message that is
+    /// not a CloudEvent is dead-lettered instead of handed out.
+    fn admit(
+        self: &Arc<Self>,
+        response: PeekLockResponse,
+        asked: Instant,
+    ) -> Option<(u64, Delivery)> {
+        let Some(broker) = response.broker_properties() else {
+            tracing::warn!(entity = %self.path, "servicebus returned a message without BrokerProperties");
+            return None;
+        };
+        let headers = response
+            .custom_properties::<ResponseHeaders>()
+            .map_or_else(|never| match never {}, |h| h.0);
+        // The lock's length by the service's clock: LockedUntilUtc - Date.
+        let server_now = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("date"))
+            .and_then(|(_, d)| azure_core::date::parse_rfc1123(d).ok())
+            .map_or_else(
+                || {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64)
+                },
+                |d| d.unix_timestamp(),
+            );
+        let span_secs = broker.locked_until_utc.unix_timestamp() - server_now;
+        let span = Duration::from_secs(u64::try_from(span_secs).unwrap_or(0).max(1));
+        let properties = custom_properties(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let body = response.body();
+        let decoded = decode(&body, &properties);
+        let tag = self.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
+        let attempt = u32::try_from(broker.delivery_count).unwrap_or(1).max(1);
+        self.lock().insert(
+            tag,
+            Held {
+                lock: Arc::new(response),
+                message_id: broker.message_id,
+                sequence: broker.sequence_number,
+                body,
+                properties,
+                attempt,
+                span,
+                renew_at: asked + span / 2,
+                handed_out: None,
+                release_at: None,
+            },
+        );
+        match decoded {
+            Ok(event) => {
+                let settler: Arc<dyn Settler> = self.clone();
+                let ticket = Ticket::new(settler, tag, None, attempt);
+                Some((tag, Delivery { event, ticket }))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, entity = %self.path, "dead-lettering a message that is not a CloudEvent");
+                let settler = self.clone();
+                let reason = format!("undecodable message: {e}");
+                tokio::spawn(async move {
+                    if let Err(e) = settler
+                        .settle(vec![(tag, Settlement::Reject { reason })])
+                        .await
+                    {
+                        tracing::error!(error = %e, "could not dead-letter an undecodable message; after MaxDeliveryCount deliveries Service Bus moves it to the entity's $DeadLetterQueue");
+                    }
+                });
+                None
+            }
+        }
+    }
+
+    async fn renew(&self, lock: &PeekLockResponse) -> std::result::Result<(), Error> {
+        let call = async {
+            lock.renew_message_lock()
+                .await
+                .map_err(|e| Error::azure("renew lock", e))
+        };
+        bounded("renew lock", self.shared.config.call_timeout, call).await
+    }
+
+    async fn complete(&self, locks: Vec<Arc<PeekLockResponse>>) -> Result<()> {
+        let timeout = self.shared.config.call_timeout;
+        let results: Vec<std::result::Result<(), Error>> = futures_util::stream::iter(locks)
+            .map(|lock| async move {
+                let call = async {
+                    lock.delete_message()
+                        .await
+                        .map(drop)
+                        .map_err(|e| Error::azure("complete", e))
+                };
+                bounded("complete", timeout, call).await
+            })
+            .buffer_unordered(SETTLES_IN_FLIGHT)
+            .collect()
+            .await;
+        results
+            .into_iter()
+            .collect::<std::result::Result<(), Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Unlocks (abandons): the messages are available again at once.
+    async fn unlock(&self, locks: Vec<Arc<PeekLockResponse>>) -> Result<()> {
+        let timeout = self.shared.config.call_timeout;
+        let results: Vec<std::result::Result<(), Error>> = futures_util::stream::iter(locks)
+            .map(|lock| async move {
+                let call = async {
+                    lock.unlock_message()
+                        .await
+                        .map_err(|e| Error::azure("unlock", e))
+                };
+                bounded("unlock", timeout, call).await
+            })
+            .buffer_unordered(SETTLES_IN_FLIGHT)
+            .collect()
+            .await;
+        results
+            .into_iter()
+            .collect::<std::result::Result<(), Error>>()
+            .map_err(Into::into)
+    }
+
+    /// A copy with the reason goes to the dead-letter entity, then the
+    /// original is completed.
+    async fn dead_letter(&self, m: Held, reason: &str) -> Result<()> {
+        let Some(entity) = &self.receive.dead_letter_entity else {
+            // Hand it back: after MaxDeliveryCount Service Bus dead-letters it itself.
+            let _ = self.unlock(vec![m.lock]).await;
+            return Err(CoreError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "`{}` has no dead_letter_entity configured; the message was unlocked and reaches its $DeadLetterQueue after MaxDeliveryCount deliveries",
+                    self.path
+                ),
+            ));
+        };
+        let origin = format!(
+            "servicebus://{}/{}#{}",
+            self.shared.namespace, self.path, m.sequence
+        );
+        let copy = dead_letter_copy(
+            &m.message_id,
+            &m.body,
+            &m.properties,
+            &[
+                (dead_letter::REASON, reason.to_owned()),
+                (dead_letter::ATTEMPTS, m.attempt.to_string()),
+                (dead_letter::ORIGIN, origin),
+            ],
+        );
+        let body = serde_json::to_string(&[copy])
+            .map_err(|e| CoreError::new(ErrorKind::Internal, e.to_string()))?;
+        let sender = self.shared.sender(entity)?;
+        let options = SendMessageOptions {
+            content_type: Some(BATCH_CONTENT_TYPE.to_owned()),
+            ..SendMessageOptions::default()
+        };
+        let call = async {
+            sender
+                .send_message(&body, Some(options))
+                .await
+                .map_err(|e| Error::azure("send dead letter", e))
+        };
+        bounded("send dead letter", self.shared.config.call_timeout, call).await?;
+        self.complete(vec![m.lock]).await
+    }
+
+    /// Unlocks every message still held, delayed nacks included: closing
+    /// hands them back.
+    async fn release_all(&self) -> Result<()> {
+        let locks: Vec<Arc<PeekLockResponse>> = self.lock().drain().map(|(_, m)| m.lock).collect();
+        self.unlock(locks).await
+    }
+}
+
+#[async_trait]
+impl Settler for ServiceBusSettler {
+    async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
+        let mut acks = Vec::new();
+        let mut unlocks = Vec::new();
+        let mut rejects = Vec::new();
+        let mut unknown = 0;
+        {
+            let mut held = self.lock();
+            let now = Instant::now();
+            for (tag, settlement) in items {
+                // A delayed nack is settled already, though still held.
+                if held.get(&tag).is_none_or(|m| m.release_at.is_some()) {
+                    unknown += 1;
+                    continue;
+                }
+                match settlement {
+                    Settlement::Nack { delay } if !delay.is_zero() => {
+                        if let Some(m) = held.get_mut(&tag) {
+                            m.release_at = Some(now + delay);
+                        }
+                    }
+                    settlement => {
+                        let Some(m) = held.remove(&tag) else {
+                            unknown += 1;
+                            continue;
+                        };
+                        match settlement {
+                            Settlement::Ack => acks.push(m.lock),
+                            Settlement::Nack { .. } => unlocks.push(m.lock),
+                            Settlement::Reject { reason } => rejects.push((m, reason)),
+                        }
+                    }
+                }
+            }
+        }
+        let mut first_error = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        };
+        note(self.complete(acks).await);
+        note(self.unlock(unlocks).await);
+        for (m, reason) in rejects {
+            note(self.dead_letter(m, &reason).await);
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        causeway_core::unknown_tags(unknown)
+    }
+}
+
+#[async_trait]
+impl Consumer for ServiceBusConsumer {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(wait, self.buffered.recv()).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(CoreError::new(ErrorKind::Closed, "the consumer is closed")),
+            Err(_) => return Ok(out),
+        };
+        let mut tags = vec![first.0];
+        out.push(first.1);
+        while out.len() < max {
+            match self.buffered.try_recv() {
+                Ok((tag, d)) => {
+                    tags.push(tag);
+                    out.push(d);
+                }
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let mut held = self.settler.lock();
+        for tag in tags {
+            if let Some(m) = held.get_mut(&tag) {
+                m.handed_out = Some(now);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stops receiving and unlocks every message not yet settled, so another
+    /// consumer gets it at once.
+    async fn close(&mut self) -> Result<()> {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.buffered.close();
+        while self.buffered.try_recv().is_ok() {}
+        self.settler.release_all().await
+    }
+}
+
+impl Drop for ServiceBusConsumer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

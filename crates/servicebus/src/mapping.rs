@@ -1,0 +1,236 @@
+//! Events as Service Bus messages (docs/headers.md, "Azure Service Bus"):
+//! the AMQP binding's `cloudEvents_` custom properties, values
+//! percent-encoded (they come back as HTTP headers), `MessageId` = event id.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use causeway_core::{Binding, Event, Result};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::KeyProperty;
+
+/// Custom property saying how the body encodes the payload, when it is not
+/// the payload's own UTF-8 text.
+pub(crate) const BODY_ENCODING: &str = "causeway_bodyencoding";
+const BASE64_ENCODING: &str = "base64";
+/// The content type travels as a custom property as well: a message of a
+/// JSON batch has no `Content-Type` of its own.
+const CONTENT_TYPE: &str = "datacontenttype";
+
+/// One message of a Send Message Batch request.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct BatchMessage {
+    pub body: String,
+    pub broker_properties: Map<String, Value>,
+    pub user_properties: Map<String, Value>,
+}
+
+/// Encodes `event`; `admit` has already validated it.
+pub(crate) fn encode(event: &Event, key: KeyProperty) -> BatchMessage {
+    let mut user = Map::new();
+    for (name, value) in Binding::ServiceBus.encode(event) {
+        user.insert(name.into_owned(), Value::String(value));
+    }
+    let mut broker = Map::new();
+    broker.insert("MessageId".into(), Value::String(event.id.clone()));
+    if let Some(ct) = &event.content_type {
+        let (name, value) = Binding::ServiceBus.extension_header(CONTENT_TYPE, ct);
+        user.insert(name, Value::String(value));
+        broker.insert("ContentType".into(), Value::String(ct.clone()));
+    }
+    if let Some(k) = &event.key {
+        match key {
+            KeyProperty::None => {}
+            KeyProperty::PartitionKey => {
+                broker.insert("PartitionKey".into(), Value::String(k.clone()));
+            }
+            KeyProperty::SessionId => {
+                broker.insert("SessionId".into(), Value::String(k.clone()));
+            }
+        }
+    }
+    let body = match std::str::from_utf8(&event.payload) {
+        Ok(text) => text.to_owned(),
+        Err(_) => {
+            user.insert(BODY_ENCODING.into(), Value::String(BASE64_ENCODING.into()));
+            BASE64.encode(&event.payload)
+        }
+    };
+    BatchMessage {
+        body,
+        broker_properties: broker,
+        user_properties: user,
+    }
+}
+
+/// Custom properties of a received message, from its response headers:
+/// the ones causeway reads (`cloudEvents_*`, `causeway_*`, trace context),
+/// names restored to their sent case, string values unquoted.
+pub(crate) fn custom_properties<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(String, String)> {
+    let prefix = Binding::ServiceBus.prefix();
+    headers
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let lower = name.to_ascii_lowercase();
+            let name = if let Some(attr) = lower.strip_prefix(&prefix.to_ascii_lowercase()) {
+                format!("{prefix}{attr}")
+            } else if lower.starts_with("causeway_")
+                || lower == "traceparent"
+                || lower == "tracestate"
+            {
+                lower
+            } else {
+                return None;
+            };
+            // Strings come back in quotes (JSON); numbers and booleans bare.
+            let value = match serde_json::from_str::<Value>(value) {
+                Ok(Value::String(s)) => s,
+                _ => value.to_owned(),
+            };
+            Some((name, value))
+        })
+        .collect()
+}
+
+/// Rebuilds the event of a received message. `datacontenttype` comes from
+/// its `cloudEvents_datacontenttype` property only: the HTTP content type of
+/// a message sent in a JSON batch is the service's default, not the event's.
+pub(crate) fn decode(body: &str, properties: &[(String, String)]) -> Result<Event> {
+    let encoding = properties
+        .iter()
+        .find(|(n, _)| n == BODY_ENCODING)
+        .map(|(_, v)| v.as_str());
+    let payload = match encoding {
+        None => Bytes::copy_from_slice(body.as_bytes()),
+        Some(BASE64_ENCODING) => Bytes::from(BASE64.decode(body).map_err(|e| {
+            causeway_core::Error::invalid_event(BODY_ENCODING, format!("body is not base64: {e}"))
+        })?),
+        Some(other) => {
+            return Err(causeway_core::Error::invalid_event(
+                BODY_ENCODING,
+                format!("unknown body encoding `{other}`"),
+            ));
+        }
+    };
+    Binding::ServiceBus.decode(
+        properties.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+        None,
+        payload,
+    )
+}
+
+/// The dead-letter copy of a received message: its body and properties as
+/// received, plus the dead-letter extensions; `MessageId` kept, so a copy
+/// sent twice is dropped where the dead-letter entity detects duplicates.
+pub(crate) fn dead_letter_copy(
+    message_id: &str,
+    body: &str,
+    properties: &[(String, String)],
+    extensions: &[(&str, String)],
+) -> BatchMessage {
+    let mut user: Map<String, Value> = properties
+        .iter()
+        .map(|(n, v)| (n.clone(), Value::String(v.clone())))
+        .collect();
+    for (name, value) in extensions {
+        let (name, value) = Binding::ServiceBus.extension_header(name, value);
+        user.insert(name, Value::String(value));
+    }
+    let mut broker = Map::new();
+    broker.insert("MessageId".into(), Value::String(message_id.to_owned()));
+    BatchMessage {
+        body: body.to_owned(),
+        broker_properties: broker,
+        user_properties: user,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the service does: custom properties become headers (lowercase
+    /// names after HTTP/1), string values quoted.
+    fn as_received(m: &BatchMessage) -> Vec<(String, String)> {
+        let headers: Vec<(String, String)> = m
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        custom_properties(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    }
+
+    #[test]
+    fn every_field_survives() {
+        let mut e = Event::new("id-1", "kafka://onprem/tx", "finbank.tx")
+            .with_key("acct-42")
+            .with_subject("accounts/42")
+            .with_content_type("application/json")
+            .with_header("traceparent", "00-abc-01")
+            .with_header("region", "Zürich \"quoted\" 100%")
+            .with_payload(&b"{\"amount\":1}"[..]);
+        e.data_schema = Some("https://schemas.example/tx.json".into());
+        let m = encode(&e, KeyProperty::PartitionKey);
+        assert_eq!(m.body, "{\"amount\":1}");
+        assert_eq!(m.broker_properties["MessageId"], "id-1");
+        assert_eq!(m.broker_properties["PartitionKey"], "acct-42");
+        assert!(!m.user_properties.contains_key(BODY_ENCODING));
+        // Header values must be plain ASCII.
+        assert!(
+            m.user_properties
+                .values()
+                .all(|v| v.as_str().is_some_and(|s| s.is_ascii()))
+        );
+        let back = decode(&m.body, &as_received(&m)).expect("decode");
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn binary_and_empty_payloads_survive() {
+        for payload in [
+            (0..=255u8).collect::<Vec<u8>>(),
+            b"ok\x00".to_vec(),
+            Vec::new(),
+        ] {
+            let e = Event::new("id", "s", "t").with_payload(payload);
+            let m = encode(&e, KeyProperty::None);
+            assert_eq!(decode(&m.body, &as_received(&m)).expect("decode"), e);
+        }
+        let binary = encode(
+            &Event::new("id", "s", "t").with_payload(vec![0xffu8, 0xfe]),
+            KeyProperty::None,
+        );
+        assert_eq!(binary.user_properties[BODY_ENCODING], BASE64_ENCODING);
+    }
+
+    #[test]
+    fn not_a_cloudevent_is_an_error() {
+        let err = decode("hello", &[]).expect_err("no properties");
+        assert!(err.to_string().contains("specversion"), "{err}");
+    }
+
+    #[test]
+    fn dead_letter_copies_carry_the_reason() {
+        let e = Event::new("id", "s", "t").with_header("x", "1");
+        let m = encode(&e, KeyProperty::None);
+        let copy = dead_letter_copy(
+            "id",
+            &m.body,
+            &as_received(&m),
+            &[(causeway_core::dead_letter::REASON, "bad amount".into())],
+        );
+        let back = decode(&copy.body, &as_received(&copy)).expect("decode");
+        assert_eq!(
+            back.headers
+                .get(causeway_core::dead_letter::REASON)
+                .map(String::as_str),
+            Some("bad amount")
+        );
+        assert_eq!(back.headers.get("x").map(String::as_str), Some("1"));
+    }
+}

@@ -1,0 +1,195 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_messaging_servicebus::service_bus::SendMessageOptions;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use causeway_core::{
+    Capabilities, Error as CoreError, ErrorKind, Event, Publisher, Receipt, Result, Status,
+};
+use futures_util::StreamExt;
+
+use crate::client::{Shared, capabilities};
+use crate::error::{Error, bounded};
+use crate::mapping::encode;
+
+/// Content type of a Send Message Batch request.
+pub(crate) const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
+/// Most messages in one batch request.
+const MAX_MESSAGES: usize = 100;
+
+/// Publishes with Send Message Batch requests (JSON), several in flight.
+/// A request is stored whole or not at all, so each event's outcome is its
+/// request's.
+pub struct ServiceBusPublisher {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServiceBusPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBusPublisher")
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request: the indexes of its events and its JSON body.
+struct Call {
+    indexes: Vec<usize>,
+    body: String,
+}
+
+impl ServiceBusPublisher {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        ServiceBusPublisher { shared }
+    }
+
+    /// The event's JSON in a batch, once it is admitted and fits.
+    fn prepare(&self, capabilities: &Capabilities, event: &Event) -> Result<String> {
+        let config = &self.shared.config;
+        capabilities.admit(event)?;
+        let message = encode(event, config.publish.key_property);
+        let json = serde_json::to_string(&message)
+            .map_err(|e| CoreError::new(ErrorKind::Internal, e.to_string()))?;
+        let size = json.len();
+        if size > config.max_message_bytes {
+            return Err(CoreError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "event `{}` is {size} bytes as a Service Bus message; the limit is {}",
+                    event.id, config.max_message_bytes
+                ),
+            ));
+        }
+        Ok(json)
+    }
+
+    /// Packs messages into requests no larger than the size limit.
+    fn calls(&self, messages: Vec<(usize, String)>) -> Vec<Call> {
+        let limit = self.shared.config.max_message_bytes;
+        let mut calls = Vec::new();
+        let mut indexes = Vec::new();
+        let mut parts: Vec<String> = Vec::new();
+        let mut size = 2;
+        for (index, json) in messages {
+            if !parts.is_empty() && (size + json.len() + 1 > limit || parts.len() == MAX_MESSAGES) {
+                calls.push(Call {
+                    indexes: std::mem::take(&mut indexes),
+                    body: format!("[{}]", parts.join(",")),
+                });
+                parts.clear();
+                size = 2;
+            }
+            size += json.len() + 1;
+            indexes.push(index);
+            parts.push(json);
+        }
+        if !parts.is_empty() {
+            calls.push(Call {
+                indexes,
+                body: format!("[{}]", parts.join(",")),
+            });
+        }
+        calls
+    }
+
+    async fn send(&self, entity: &str, call: &Call) -> Result<(), Error> {
+        let sender = self.shared.sender(entity)?;
+        let options = SendMessageOptions {
+            content_type: Some(BATCH_CONTENT_TYPE.to_owned()),
+            ..SendMessageOptions::default()
+        };
+        let request = async {
+            sender
+                .send_message(&call.body, Some(options))
+                .await
+                .map_err(|e| Error::azure("send message batch", e))
+        };
+        bounded(
+            "send message batch",
+            self.shared.config.call_timeout,
+            request,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Publisher for ServiceBusPublisher {
+    fn capabilities(&self) -> Capabilities {
+        capabilities(&self.shared.config, false)
+    }
+
+    async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        let config = &self.shared.config;
+        let entity = match (destination, &config.publish.default_entity) {
+            ("", Some(default)) => default.as_str(),
+            ("", None) => {
+                return Err(Error::config("no destination and no publish.default_entity").into());
+            }
+            (entity, _) => entity,
+        };
+        let capabilities = self.capabilities();
+        let mut outcomes: Vec<Option<Result<Receipt>>> = (0..events.len()).map(|_| None).collect();
+        let mut ready = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            match self.prepare(&capabilities, event) {
+                Ok(message) => ready.push((index, message)),
+                Err(e) => outcomes[index] = Some(Err(e)),
+            }
+        }
+        let mut pending = self.calls(ready);
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(config.publish.retries)
+            .with_jitter()
+            .build();
+        while !pending.is_empty() {
+            let results: Vec<(Call, Result<(), Error>)> = futures_util::stream::iter(pending)
+                .map(|call| async move {
+                    let result = self.send(entity, &call).await;
+                    (call, result)
+                })
+                .buffer_unordered(config.publish.in_flight)
+                .collect()
+                .await;
+            let delay = delays.next();
+            pending = Vec::new();
+            for (call, result) in results {
+                match result {
+                    Ok(()) => {
+                        for i in call.indexes {
+                            outcomes[i] = Some(Ok(Receipt::default()));
+                        }
+                    }
+                    // Sent again whole: with duplicate detection, a request that
+                    // was stored although its answer was lost is dropped.
+                    Err(e) if e.status() == Status::Temporary && delay.is_some() => {
+                        tracing::debug!(error = %e, "servicebus: sending a batch again");
+                        pending.push(call);
+                    }
+                    Err(e) => {
+                        let e = CoreError::from(e);
+                        for i in call.indexes {
+                            outcomes[i] = Some(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+            if let (Some(delay), false) = (delay, pending.is_empty()) {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(CoreError::new(
+                        ErrorKind::Internal,
+                        "message was never sent",
+                    ))
+                })
+            })
+            .collect())
+    }
+}

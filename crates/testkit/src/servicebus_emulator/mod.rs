@@ -1,0 +1,223 @@
+//! An Azure Service Bus **emulator** speaking the REST data-plane protocol,
+//! in process, for tests and demos on machines without Azure (Microsoft's
+//! own emulator is a Docker image that speaks AMQP only).
+//!
+//! It follows Microsoft's published Service Bus REST API: Send Message, Send
+//! Message Batch (`application/vnd.microsoft.servicebus.json`), Peek-Lock
+//! (with `?timeout=` long polling), Receive and Delete, Unlock, Delete
+//! (complete) and Renew-Lock, on queues, topics and subscriptions, and their
+//! `$DeadLetterQueue` subqueues. Behind the protocol it models what an
+//! adapter must cope with:
+//!
+//! - SAS authorization: the `SharedAccessSignature` token is verified
+//!   (HMAC-SHA256 over the resource URI and expiry with the policy's key, the
+//!   resource covering the entity, not expired); anything else is `401`.
+//! - Peek-lock with the entity's lock duration, renewal, unlock; an expired
+//!   lock makes the message available again with its delivery count kept.
+//! - A message whose delivery count reached `MaxDeliveryCount` when its lock
+//!   ends (unlock or expiry) moves to the dead-letter subqueue with
+//!   `DeadLetterReason: MaxDeliveryCountExceeded`.
+//! - Duplicate detection on `MessageId` within the entity's window: a
+//!   re-sent message is accepted (`201`) and dropped, as Service Bus does.
+//! - Topics copy each message to every subscription.
+//! - `ScheduledEnqueueTimeUtc` holds a message back; `TimeToLive` (and the
+//!   entity's default) expires it, into the dead-letter subqueue where the
+//!   entity says so.
+//! - Size limits per message and per request (`403`, as the service).
+//!
+//! Not modelled: sessions, message deferral, forwarding, filters on
+//! subscriptions, entity management over HTTP (entities are created through
+//! this handle), partitioned entities' behaviour, AMQP.
+
+mod auth;
+mod http;
+mod store;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use store::{Entity, Queue, Topic};
+pub use store::{QueueOptions, TopicOptions};
+
+/// Namespace name the emulator answers for unless told otherwise: clients
+/// sign `https://{namespace}.servicebus.windows.net/...`.
+pub const NAMESPACE: &str = "causeway-emulator";
+/// The SAS policy every emulator has, with all rights.
+pub const ROOT_POLICY: &str = "RootManageSharedAccessKey";
+
+/// A running emulator on 127.0.0.1. Stops when dropped.
+pub struct ServiceBusEmulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ServiceBusEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBusEmulator")
+            .field("addr", &self.addr)
+            .field("namespace", &self.shared.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    pub namespace: String,
+    /// SAS policy name → key.
+    pub policies: HashMap<String, String>,
+    pub entities: Mutex<HashMap<String, Entity>>,
+    /// Woken on every change a waiting receive may care about.
+    pub changed: Notify,
+}
+
+impl Shared {
+    pub fn entities(&self) -> MutexGuard<'_, HashMap<String, Entity>> {
+        self.entities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl ServiceBusEmulator {
+    /// Starts an emulator for namespace [`NAMESPACE`] with policy
+    /// [`ROOT_POLICY`] and a random key, on an ephemeral port.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(NAMESPACE, &[(ROOT_POLICY, &random_key())], 0).await
+    }
+
+    /// Starts an emulator for `namespace` with the given SAS policies
+    /// (name, key) on `port` of 127.0.0.1 (0: any free port).
+    pub async fn start_with(
+        namespace: &str,
+        policies: &[(&str, &str)],
+        port: u16,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            namespace: namespace.to_ascii_lowercase(),
+            policies: policies
+                .iter()
+                .map(|(n, k)| ((*n).to_owned(), (*k).to_owned()))
+                .collect(),
+            entities: Mutex::default(),
+            changed: Notify::new(),
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let app = http::router(shared.clone());
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "service bus emulator stopped");
+            }
+        });
+        Ok(ServiceBusEmulator {
+            addr,
+            shared,
+            server,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, `http://127.0.0.1:PORT`: the endpoint override clients use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The namespace it answers for.
+    pub fn namespace(&self) -> &str {
+        &self.shared.namespace
+    }
+
+    /// The key of SAS policy `name`, if the emulator has it.
+    pub fn key(&self, policy: &str) -> Option<&str> {
+        self.shared.policies.get(policy).map(String::as_str)
+    }
+
+    /// A connection string for the root policy, as the Azure portal shows
+    /// one (the `Endpoint` names the namespace; clients still need the
+    /// emulator's URL as their endpoint override).
+    pub fn connection_string(&self) -> String {
+        format!(
+            "Endpoint=sb://{}.servicebus.windows.net/;SharedAccessKeyName={ROOT_POLICY};SharedAccessKey={}",
+            self.shared.namespace,
+            self.key(ROOT_POLICY).unwrap_or_default()
+        )
+    }
+
+    /// Creates (or replaces) queue `name`.
+    pub fn create_queue(&self, name: &str, options: QueueOptions) {
+        self.shared.entities().insert(
+            name.to_ascii_lowercase(),
+            Entity::Queue(Queue::new(options)),
+        );
+    }
+
+    /// Creates (or replaces) topic `name` with subscriptions (name, options).
+    pub fn create_topic(
+        &self,
+        name: &str,
+        options: TopicOptions,
+        subscriptions: &[(&str, QueueOptions)],
+    ) {
+        let mut topic = Topic::new(options);
+        for (sub, opts) in subscriptions {
+            topic
+                .subscriptions
+                .insert(sub.to_ascii_lowercase(), Queue::new(opts.clone()));
+        }
+        self.shared
+            .entities()
+            .insert(name.to_ascii_lowercase(), Entity::Topic(topic));
+    }
+
+    /// Messages in an entity path (`queue`, `queue/$DeadLetterQueue`,
+    /// `topic/subscriptions/sub`, ...) that are available or locked, after
+    /// expiring what is due; `None` for an unknown path.
+    pub fn message_count(&self, path: &str) -> Option<usize> {
+        let mut entities = self.shared.entities();
+        let (queue, dead) = store::resolve(&mut entities, path).ok()?;
+        let now = chrono::Utc::now();
+        queue.sweep(now);
+        Some(if dead {
+            queue.dead.len()
+        } else {
+            queue.main.len()
+        })
+    }
+}
+
+impl Drop for ServiceBusEmulator {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A random 32-byte key, base64, as Azure generates SAS keys.
+pub fn random_key() -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = (0..32).map(|_| fastrand::u8(..)).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Lock tokens and generated message ids: UUID-shaped, random.
+fn token() -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        fastrand::u32(..),
+        fastrand::u16(..),
+        fastrand::u16(..0x1000),
+        fastrand::u16(0x8000..0xc000),
+        fastrand::u64(..1 << 48)
+    )
+}
+
+/// Default lock duration of a new entity, as Service Bus's (1 minute).
+pub(crate) const DEFAULT_LOCK: Duration = Duration::from_secs(60);
