@@ -70,6 +70,15 @@ const SERVICES: &[Service] = &[
         probe: "127.0.0.1:19092",
         start: start_tansu,
     },
+    // Not needed by tests: they run the emulator in process. For the bridge
+    // and demos against "Azure" on this machine.
+    Service {
+        name: "servicebus",
+        env: "CAUSEWAY_SERVICEBUS_ENDPOINT",
+        default: "http://127.0.0.1:9354",
+        probe: "127.0.0.1:9354",
+        start: start_servicebus_emulator,
+    },
 ];
 
 /// Where services keep binaries, data, logs and pids: outside the clone so
@@ -369,6 +378,21 @@ fn start_moto(cache: &Cache) -> Result<()> {
         &python,
         &[&path_str(&launcher)?, "-H", "127.0.0.1", "-p", "4566"],
         &cache.root,
+    )
+}
+
+/// causeway-testkit's Service Bus REST emulator, built from this workspace,
+/// with the well-known dev key (its output says how to export it).
+fn start_servicebus_emulator(cache: &Cache) -> Result<()> {
+    let args = ["-p", "causeway-testkit", "--bin", "servicebus-emulator"];
+    cmd::run("cargo", &[&["build", "-q"][..], &args].concat(), &[])?;
+    let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
+    let workspace = std::env::current_dir()?;
+    cache.spawn(
+        "servicebus",
+        &cargo,
+        &[&["run", "-q"][..], &args, &["--", "--port", "9354"]].concat(),
+        &workspace,
     )
 }
 

@@ -46,6 +46,9 @@ pub enum EndpointConfig {
     /// AWS SQS, standard or FIFO queues (feature `sqs`).
     #[cfg(feature = "sqs")]
     Sqs(causeway_sqs::SqsConfig),
+    /// Azure Service Bus queues and topic subscriptions over REST (feature `servicebus`).
+    #[cfg(feature = "servicebus")]
+    Servicebus(causeway_servicebus::ServiceBusConfig),
 }
 
 /// The in-process broker.

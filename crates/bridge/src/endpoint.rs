@@ -79,6 +79,10 @@ impl Endpoints {
                     .await?
                     .publisher(),
             ),
+            #[cfg(feature = "servicebus")]
+            EndpointConfig::Servicebus(c) => {
+                Arc::new(causeway_servicebus::ServiceBusClient::connect(c.clone())?.publisher())
+            }
         })
     }
 
@@ -121,6 +125,10 @@ impl Endpoints {
                     .consumer(None)
                     .await?,
             ),
+            #[cfg(feature = "servicebus")]
+            EndpointConfig::Servicebus(c) => {
+                Box::new(causeway_servicebus::ServiceBusClient::connect(c.clone())?.consumer(None)?)
+            }
         })
     }
 
@@ -139,6 +147,13 @@ impl Endpoints {
             #[cfg(feature = "sqs")]
             EndpointConfig::Sqs(c) => {
                 let client = causeway_sqs::SqsClient::connect(c.clone()).await?;
+                client.ping().await?;
+                client.capabilities()
+            }
+            // Probes the key and each configured entity without changing anything.
+            #[cfg(feature = "servicebus")]
+            EndpointConfig::Servicebus(c) => {
+                let client = causeway_servicebus::ServiceBusClient::connect(c.clone())?;
                 client.ping().await?;
                 client.capabilities()
             }
@@ -162,6 +177,8 @@ impl Endpoints {
                     EndpointConfig::Rabbitmq(_) => "rabbitmq",
                     #[cfg(feature = "sqs")]
                     EndpointConfig::Sqs(_) => "sqs",
+                    #[cfg(feature = "servicebus")]
+                    EndpointConfig::Servicebus(_) => "servicebus",
                 };
                 (name.clone(), kind)
             })

@@ -162,6 +162,13 @@ impl ServiceBusClient {
         ServiceBusConsumer::start(self.shared.clone(), receive)
     }
 
+    /// The library's client for queue or topic `entity`, sending through this
+    /// client's transport (endpoint override included), for what causeway does
+    /// not wrap.
+    pub fn queue_client(&self, entity: &str) -> Result<QueueClient, Error> {
+        self.shared.sender(entity)
+    }
+
     /// Checks that the namespace answers, accepts the key, and has the
     /// configured entities: completing a lock that does not exist on each
     /// is answered 404 (authorized, entity exists), 410 (no entity) or 401.

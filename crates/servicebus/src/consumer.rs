@@ -1,6 +1,5 @@
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -72,20 +71,24 @@ struct ServiceBusSettler {
     path: String,
     held: Mutex<HashMap<u64, Held>>,
     next_tag: AtomicU64,
+    /// False once the consumer is closed or dropped: buffered messages are
+    /// no longer renewed (their deliveries are gone); handed-out ones and
+    /// delayed nacks still are, as their tickets may outlive the consumer.
+    open: AtomicBool,
 }
 
 /// Every response header, for the custom properties among them.
 struct ResponseHeaders(Vec<(String, String)>);
 
-impl TryFrom<Headers> for ResponseHeaders {
-    type Error = Infallible;
-    fn try_from(headers: Headers) -> std::result::Result<Self, Infallible> {
-        Ok(ResponseHeaders(
+// The library asks for `TryFrom<Headers>`; `From` gives it, infallibly.
+impl From<Headers> for ResponseHeaders {
+    fn from(headers: Headers) -> Self {
+        ResponseHeaders(
             headers
                 .iter()
                 .map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned()))
                 .collect(),
-        ))
+        )
     }
 }
 
@@ -103,6 +106,7 @@ impl ServiceBusConsumer {
             receive,
             held: Mutex::default(),
             next_tag: AtomicU64::new(1),
+            open: AtomicBool::new(true),
         });
         let (tx, buffered) = mpsc::channel(receives * 2);
         let mut tasks = Vec::with_capacity(receives + 1);
@@ -183,6 +187,7 @@ async fn lock_loop(settler: std::sync::Weak<ServiceBusSettler>) {
         };
         let now = Instant::now();
         let max_processing = settler.receive.max_processing;
+        let open = settler.open.load(AtomicOrdering::Relaxed);
         let mut release = Vec::new();
         let mut renew = Vec::new();
         {
@@ -200,7 +205,10 @@ async fn lock_loop(settler: std::sync::Weak<ServiceBusSettler>) {
             for (tag, m) in held.iter() {
                 let wanted = m.release_at.is_some()
                     || (!max_processing.is_zero()
-                        && m.handed_out.is_none_or(|at| at + max_processing > now));
+                        && match m.handed_out {
+                            None => open,
+                            Some(at) => at + max_processing > now,
+                        });
                 if wanted && m.renew_at <= now {
                     renew.push((*tag, m.lock.clone()));
                 }
@@ -506,6 +514,7 @@ impl Consumer for ServiceBusConsumer {
     /// Stops receiving and unlocks every message not yet settled, so another
     /// consumer gets it at once.
     async fn close(&mut self) -> Result<()> {
+        self.settler.open.store(false, AtomicOrdering::Relaxed);
         for task in self.tasks.drain(..) {
             task.abort();
         }
@@ -517,6 +526,7 @@ impl Consumer for ServiceBusConsumer {
 
 impl Drop for ServiceBusConsumer {
     fn drop(&mut self) {
+        self.settler.open.store(false, AtomicOrdering::Relaxed);
         for task in &self.tasks {
             task.abort();
         }

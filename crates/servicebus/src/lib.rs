@@ -13,6 +13,8 @@
 //!   configured dead-letter entity and then completes. Locks are renewed
 //!   while a message is buffered or processed, up to `max_processing`;
 //!   closing unlocks what is still held.
+//! - Service Bus does not say when duplicate detection dropped a message:
+//!   receipts never report `duplicate`.
 //! - Every request goes through a wrapper HTTP client that can send to an
 //!   endpoint override (an emulator, a proxy) while signing for the
 //!   namespace's own URL. The SAS key comes from the environment and is

@@ -10,6 +10,7 @@ use causeway_core::{
 use futures_util::StreamExt;
 
 use crate::client::{Shared, capabilities};
+use crate::config::KeyProperty;
 use crate::error::{Error, bounded};
 use crate::mapping::encode;
 
@@ -61,6 +62,54 @@ impl ServiceBusPublisher {
             ));
         }
         Ok(json)
+    }
+
+    /// Splits messages into lanes of requests. Lanes run concurrently, a
+    /// lane's requests in order. Where the key goes into `PartitionKey` or
+    /// `SessionId` a key's messages stay in one lane, so they reach Service
+    /// Bus in order; otherwise each request is its own lane.
+    fn lanes(&self, messages: Vec<(usize, String, Option<u64>)>) -> Vec<Vec<Call>> {
+        let config = &self.shared.config;
+        if config.publish.key_property == KeyProperty::None {
+            let all = messages.into_iter().map(|(i, json, _)| (i, json)).collect();
+            return self.calls(all).into_iter().map(|c| vec![c]).collect();
+        }
+        let lanes = config.publish.in_flight.max(1);
+        let mut by_lane: Vec<Vec<(usize, String)>> = (0..lanes).map(|_| Vec::new()).collect();
+        for (i, json, key) in messages {
+            // No key, no order to keep: spread by position.
+            let lane = key.unwrap_or(i as u64) as usize % lanes;
+            by_lane[lane].push((i, json));
+        }
+        by_lane
+            .into_iter()
+            .filter(|lane| !lane.is_empty())
+            .map(|lane| self.calls(lane))
+            .collect()
+    }
+
+    /// Sends a lane's requests one after another; after a failed one the
+    /// rest wait for the next round, so order within a key holds.
+    async fn send_lane(&self, entity: &str, lane: Vec<Call>) -> Vec<(Call, Result<(), Error>)> {
+        let mut out = Vec::with_capacity(lane.len());
+        let mut calls = lane.into_iter();
+        for call in calls.by_ref() {
+            let result = self.send(entity, &call).await;
+            let failed = result.is_err();
+            out.push((call, result));
+            if failed {
+                break;
+            }
+        }
+        out.extend(calls.map(|call| {
+            let held = Error::new(
+                "send message batch",
+                ErrorKind::Unavailable,
+                "not sent: an earlier request of its lane failed",
+            );
+            (call, Err(held))
+        }));
+        out
     }
 
     /// Packs messages into requests no larger than the size limit.
@@ -133,11 +182,17 @@ impl Publisher for ServiceBusPublisher {
         let mut ready = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
             match self.prepare(&capabilities, event) {
-                Ok(message) => ready.push((index, message)),
+                Ok(json) => {
+                    let key = event
+                        .key
+                        .as_deref()
+                        .map(|k| causeway_core::template::key_hash(k.as_bytes()));
+                    ready.push((index, json, key));
+                }
                 Err(e) => outcomes[index] = Some(Err(e)),
             }
         }
-        let mut pending = self.calls(ready);
+        let mut pending = self.lanes(ready);
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(50))
             .with_max_delay(Duration::from_secs(2))
@@ -145,17 +200,14 @@ impl Publisher for ServiceBusPublisher {
             .with_jitter()
             .build();
         while !pending.is_empty() {
-            let results: Vec<(Call, Result<(), Error>)> = futures_util::stream::iter(pending)
-                .map(|call| async move {
-                    let result = self.send(entity, &call).await;
-                    (call, result)
-                })
+            let results: Vec<Vec<(Call, Result<(), Error>)>> = futures_util::stream::iter(pending)
+                .map(|lane| self.send_lane(entity, lane))
                 .buffer_unordered(config.publish.in_flight)
                 .collect()
                 .await;
             let delay = delays.next();
-            pending = Vec::new();
-            for (call, result) in results {
+            let mut retry: Vec<Call> = Vec::new();
+            for (call, result) in results.into_iter().flatten() {
                 match result {
                     Ok(()) => {
                         for i in call.indexes {
@@ -166,7 +218,7 @@ impl Publisher for ServiceBusPublisher {
                     // was stored although its answer was lost is dropped.
                     Err(e) if e.status() == Status::Temporary && delay.is_some() => {
                         tracing::debug!(error = %e, "servicebus: sending a batch again");
-                        pending.push(call);
+                        retry.push(call);
                     }
                     Err(e) => {
                         let e = CoreError::from(e);
@@ -176,6 +228,16 @@ impl Publisher for ServiceBusPublisher {
                     }
                 }
             }
+            // Requests to send again, in their first event's order: one lane
+            // keeps a key's order; a lane per request where there is none to keep.
+            retry.sort_by_key(|c| c.indexes.first().copied());
+            pending = if config.publish.key_property == KeyProperty::None {
+                retry.into_iter().map(|c| vec![c]).collect()
+            } else if retry.is_empty() {
+                Vec::new()
+            } else {
+                vec![retry]
+            };
             if let (Some(delay), false) = (delay, pending.is_empty()) {
                 tokio::time::sleep(delay).await;
             }

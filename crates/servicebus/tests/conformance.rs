@@ -155,3 +155,241 @@ mod topic_subscription {
     use super::*;
     causeway_testkit::broker_conformance!(Emulated::new(true));
 }
+
+/// What the conformance suite cannot see: payload sizes and encodings,
+/// lock renewal, the SAS key, poison messages, the entity's own
+/// dead-letter subqueue. Against the REST emulator.
+mod servicebus_specific {
+    use super::*;
+    use azure_messaging_servicebus::service_bus::QueueClient;
+    use causeway_core::{ErrorKind, Event, Status};
+    use causeway_testkit::{collect, events, receive_and_ack};
+
+    async fn emulated() -> (ServiceBusEmulator, ServiceBusClient) {
+        let emulator = ServiceBusEmulator::start().await.expect("emulator");
+        let client = ServiceBusClient::connect(config(&emulator, emulator.url())).expect("client");
+        (emulator, client)
+    }
+
+    fn raw_queue(emulator: &ServiceBusEmulator, queue: &str) -> QueueClient {
+        let endpoint_config = config(emulator, emulator.url());
+        // The library's own client, through the same endpoint override.
+        let client = ServiceBusClient::connect(endpoint_config).expect("client");
+        client.queue_client(queue).expect("queue client")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn binary_and_200_kib_payloads_round_trip_exactly_emulator() {
+        let (emulator, sb) = emulated().await;
+        emulator.create_queue("payloads", queue_options());
+        let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        let big_binary: Vec<u8> = (0..200 * 1024).map(|_| fastrand::u8(..)).collect();
+        let big_text: String = "0123456789abcdef".repeat(200 * 1024 / 16);
+        let sent = vec![
+            Event::new("binary", "s", "t").with_payload(binary),
+            Event::new("binary-200k", "s", "t").with_payload(big_binary),
+            Event::new("text-200k", "s", "t")
+                .with_content_type("text/plain")
+                .with_payload(big_text.into_bytes()),
+        ];
+        let out = sb
+            .publisher()
+            .publish("payloads", &sent)
+            .await
+            .expect("publish");
+        for (e, o) in sent.iter().zip(&out) {
+            assert!(
+                o.is_ok(),
+                "servicebus (REST emulator): {} failed: {o:?}",
+                e.id
+            );
+        }
+        let mut consumer = sb
+            .consumer(Some(&receive_config("payloads", false)))
+            .expect("consumer");
+        let mut got = receive_and_ack(&mut consumer, 3, Duration::from_secs(30)).await;
+        got.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut want = sent.clone();
+        want.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(got, want, "servicebus (REST emulator): payloads changed");
+        println!(
+            "servicebus (REST emulator): 4 KiB binary, 200 KiB binary and 200 KiB text round-tripped byte for byte"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_standard_tier_limit_an_oversize_event_fails_alone_emulator() {
+        let (emulator, _) = emulated().await;
+        emulator.create_queue("standard", QueueOptions::default());
+        let standard = ServiceBusConfig {
+            max_message_bytes: 256 * 1024,
+            ..config(&emulator, emulator.url())
+        };
+        let sb = ServiceBusClient::connect(standard).expect("client");
+        let max = sb.capabilities().max_message_bytes;
+        // The declared maximum fits even as base64; one byte more is refused before sending.
+        let fits = Event::new("fits", "s", "t").with_payload(vec![0xffu8; max - 200]);
+        let too_big = Event::new("too-big", "s", "t").with_payload(vec![0xffu8; max + 1]);
+        let out = sb
+            .publisher()
+            .publish("standard", &[fits, too_big])
+            .await
+            .expect("publish");
+        assert!(out[0].is_ok(), "{:?}", out[0]);
+        let err = out[1].as_ref().expect_err("oversize accepted");
+        assert_eq!(
+            (err.kind(), err.status()),
+            (ErrorKind::TooLarge, Status::Permanent)
+        );
+        assert_eq!(emulator.message_count("standard"), Some(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wrong_key_is_refused_with_401_permanently_emulator() {
+        let (emulator, _) = emulated().await;
+        emulator.create_queue("guarded", queue_options());
+        let wrong = ServiceBusConfig {
+            sas_key: Some(causeway_testkit::servicebus_emulator::random_key()),
+            receive: Some(receive_config("guarded", false)),
+            ..config(&emulator, emulator.url())
+        };
+        let sb = ServiceBusClient::connect(wrong).expect("client");
+        let err = sb.ping().await.expect_err("ping with a wrong key");
+        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+        assert!(err.to_string().contains("401"), "{err}");
+        let err = sb
+            .publisher()
+            .publish("guarded", &events("guarded", 1, 0))
+            .await
+            .expect("publish")
+            .remove(0)
+            .expect_err("published with a wrong key");
+        assert_eq!(
+            (err.kind(), err.status()),
+            (ErrorKind::Rejected, Status::Permanent),
+            "{err}"
+        );
+        assert_eq!(emulator.message_count("guarded"), Some(0));
+        // The right key, and an entity that does not exist.
+        let good = ServiceBusClient::connect(ServiceBusConfig {
+            receive: Some(receive_config("missing", false)),
+            ..config(&emulator, emulator.url())
+        })
+        .expect("client");
+        let err = good.ping().await.expect_err("ping of a missing entity");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lock_renewal_hides_a_message_while_it_is_processed_emulator() {
+        let (emulator, sb) = emulated().await;
+        let short = QueueOptions {
+            lock_duration: Duration::from_secs(2),
+            ..queue_options()
+        };
+        emulator.create_queue("renew", short);
+        sb.publisher()
+            .publish("renew", &events("renew", 1, 0))
+            .await
+            .expect("publish")[0]
+            .as_ref()
+            .expect("published");
+        let long = ReceiveConfig {
+            max_processing: Duration::from_secs(60),
+            ..receive_config("renew", false)
+        };
+        let mut holder = sb.consumer(Some(&long)).expect("consumer");
+        let held = collect(&mut holder, 1, Duration::from_secs(10)).await;
+        assert_eq!(held.len(), 1);
+        let mut other = sb.consumer(Some(&long)).expect("consumer");
+        // Three lock durations pass while the message is held.
+        let stolen = collect(&mut other, 1, Duration::from_secs(6)).await;
+        assert!(
+            stolen.is_empty(),
+            "servicebus (REST emulator): a held message was delivered again although its lock was renewed"
+        );
+        for d in held {
+            d.ack().await.expect("ack after 6 s: the lock was renewed");
+        }
+        assert_eq!(emulator.message_count("renew"), Some(0));
+        other.close().await.expect("close");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_that_is_not_a_cloudevent_is_dead_lettered_and_the_rest_flows_emulator() {
+        let (emulator, sb) = emulated().await;
+        emulator.create_queue("poison", queue_options());
+        emulator.create_queue("poison-dlq", queue_options());
+        raw_queue(&emulator, "poison")
+            .send_message("{\"amount\": \"not a cloudevent\"}", None)
+            .await
+            .expect("raw send");
+        sb.publisher()
+            .publish("poison", &events("poison", 2, 0))
+            .await
+            .expect("publish");
+        let mut consumer = sb
+            .consumer(Some(&receive_config("poison", false)))
+            .expect("consumer");
+        let got = receive_and_ack(&mut consumer, 2, Duration::from_secs(30)).await;
+        let mut ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["poison-0", "poison-1"]);
+        // The dead letter is still not a CloudEvent: read it raw.
+        let dead = raw_queue(&emulator, "poison-dlq")
+            .peek_lock_message2(Some(Duration::from_secs(10)))
+            .await
+            .expect("peek dlq");
+        assert_eq!(
+            u16::from(*dead.status()),
+            201,
+            "poison message not dead-lettered"
+        );
+        assert_eq!(dead.body(), "{\"amount\": \"not a cloudevent\"}");
+        dead.delete_message().await.expect("complete");
+        assert_eq!(emulator.message_count("poison"), Some(0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn max_delivery_count_moves_a_message_to_the_dead_letter_subqueue_emulator() {
+        let (emulator, sb) = emulated().await;
+        emulator.create_queue(
+            "flaky",
+            QueueOptions {
+                max_delivery_count: 2,
+                ..queue_options()
+            },
+        );
+        sb.publisher()
+            .publish("flaky", &events("flaky", 1, 0))
+            .await
+            .expect("publish");
+        let mut consumer = sb
+            .consumer(Some(&receive_config("flaky", false)))
+            .expect("consumer");
+        for attempt in 1..=2 {
+            let got = collect(&mut consumer, 1, Duration::from_secs(10)).await;
+            assert_eq!(got.len(), 1, "delivery {attempt}");
+            assert_eq!(got[0].ticket.attempt(), attempt);
+            for d in got {
+                d.nack(Duration::ZERO).await.expect("nack");
+            }
+        }
+        consumer.close().await.expect("close");
+        assert_eq!(emulator.message_count("flaky"), Some(0));
+        // The subqueue is an entity path the adapter can consume.
+        let mut dead = sb
+            .consumer(Some(&ReceiveConfig {
+                dead_letter_entity: None,
+                ..receive_config("flaky/$DeadLetterQueue", false)
+            }))
+            .expect("dead-letter consumer");
+        let events = receive_and_ack(&mut dead, 1, Duration::from_secs(10)).await;
+        assert_eq!(
+            events.len(),
+            1,
+            "servicebus (REST emulator): nothing in $DeadLetterQueue"
+        );
+        assert_eq!(events[0].id, "flaky-0");
+    }
+}

@@ -103,7 +103,7 @@ async fn handle(
         Operation::Complete(id, lock)
         | Operation::Unlock(id, lock)
         | Operation::Renew(id, lock) => {
-            let mut entities = shared.entities();
+            let mut entities = shared.entities_for(entity);
             let (queue, dead) = match resolve(&mut entities, entity) {
                 Ok(found) => found,
                 Err(m) => return missing(m, entity),
@@ -242,7 +242,7 @@ fn send(shared: &Shared, entity: &str, headers: &HeaderMap, body: Bytes) -> Resp
         }
     };
     let now = Utc::now();
-    let mut entities = shared.entities();
+    let mut entities = shared.entities_for(entity);
     let limit = match target(&mut entities, entity) {
         Ok(Target::Receiver(_, true)) | Err(Missing::Invalid) => {
             return missing(Missing::Invalid, entity);
@@ -362,7 +362,7 @@ async fn receive(shared: &Shared, entity: &str, wait: Duration, delete: bool) ->
         tokio::pin!(changed);
         changed.as_mut().enable();
         let found = {
-            let mut entities = shared.entities();
+            let mut entities = shared.entities_for(entity);
             let (queue, dead) = match resolve(&mut entities, entity) {
                 Ok(found) => found,
                 Err(m) => return missing(m, entity),

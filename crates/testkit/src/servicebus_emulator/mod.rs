@@ -49,6 +49,9 @@ pub use store::{QueueOptions, TopicOptions};
 pub const NAMESPACE: &str = "causeway-emulator";
 /// The SAS policy every emulator has, with all rights.
 pub const ROOT_POLICY: &str = "RootManageSharedAccessKey";
+/// The key the emulator binary uses unless given another: well known, like
+/// Azurite's, for local demos only (tests start emulators with random keys).
+pub const DEV_KEY: &str = "Y2F1c2V3YXktZW11bGF0b3ItZGV2LWtleS1ub3Qtc2VjcmV0";
 
 /// A running emulator on 127.0.0.1. Stops when dropped.
 pub struct ServiceBusEmulator {
@@ -71,11 +74,36 @@ pub(crate) struct Shared {
     /// SAS policy name → key.
     pub policies: HashMap<String, String>,
     pub entities: Mutex<HashMap<String, Entity>>,
+    /// Queues that do not exist are created on first use with these options.
+    pub auto_create: Mutex<Option<QueueOptions>>,
     /// Woken on every change a waiting receive may care about.
     pub changed: Notify,
 }
 
 impl Shared {
+    /// The entities; a queue named by `path` is created first where
+    /// auto-creation is on.
+    pub fn entities_for(&self, path: &str) -> MutexGuard<'_, HashMap<String, Entity>> {
+        let mut entities = self.entities();
+        let auto = self
+            .auto_create
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(options) = auto {
+            let name = path
+                .trim_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            if !name.is_empty() && !entities.contains_key(&name) {
+                entities.insert(name, Entity::Queue(Queue::new(options)));
+            }
+        }
+        entities
+    }
+
     pub fn entities(&self) -> MutexGuard<'_, HashMap<String, Entity>> {
         self.entities
             .lock()
@@ -104,6 +132,7 @@ impl ServiceBusEmulator {
                 .map(|(n, k)| ((*n).to_owned(), (*k).to_owned()))
                 .collect(),
             entities: Mutex::default(),
+            auto_create: Mutex::default(),
             changed: Notify::new(),
         });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -150,6 +179,16 @@ impl ServiceBusEmulator {
             self.shared.namespace,
             self.key(ROOT_POLICY).unwrap_or_default()
         )
+    }
+
+    /// Creates a queue with `options` whenever a request names one that does
+    /// not exist (for demos; Service Bus answers 410 instead).
+    pub fn auto_create_queues(&self, options: QueueOptions) {
+        *self
+            .shared
+            .auto_create
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(options);
     }
 
     /// Creates (or replaces) queue `name`.
