@@ -154,6 +154,35 @@ pub async fn settle_all(items: impl IntoIterator<Item = (Ticket, Settlement)>) -
     Ok(())
 }
 
+/// For adapters whose receives run in background tasks into a bounded
+/// channel of (tag, delivery): up to `max` deliveries, waiting at most `wait`
+/// for the first, with their tags (to note when each was handed out). An
+/// empty batch after `wait` is normal; a closed channel is `Closed`.
+pub async fn next_buffered(
+    buffered: &mut tokio::sync::mpsc::Receiver<(u64, Delivery)>,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<(u64, Delivery)>> {
+    let first = match tokio::time::timeout(wait, buffered.recv()).await {
+        Ok(Some(first)) => first,
+        Ok(None) => {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Closed,
+                "the consumer is closed",
+            ));
+        }
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut out = vec![first];
+    while out.len() < max {
+        match buffered.try_recv() {
+            Ok(next) => out.push(next),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
 /// One received event and the ticket to settle it.
 #[derive(Debug)]
 pub struct Delivery {

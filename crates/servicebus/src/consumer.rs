@@ -328,17 +328,24 @@ impl ServiceBusSettler {
         bounded("renew lock", self.shared.config.call_timeout, call).await
     }
 
-    async fn complete(&self, locks: Vec<Arc<PeekLockResponse>>) -> Result<()> {
+    /// Runs `call` on each lock, `SETTLES_IN_FLIGHT` at a time (the REST
+    /// API settles one message per request); the first failure is returned.
+    async fn each<F, Fut>(
+        &self,
+        operation: &'static str,
+        locks: Vec<Arc<PeekLockResponse>>,
+        call: F,
+    ) -> Result<()>
+    where
+        F: Fn(Arc<PeekLockResponse>) -> Fut,
+        Fut: std::future::Future<Output = azure_core::Result<()>>,
+    {
         let timeout = self.shared.config.call_timeout;
+        let call = &call;
         let results: Vec<std::result::Result<(), Error>> = futures_util::stream::iter(locks)
             .map(|lock| async move {
-                let call = async {
-                    lock.delete_message()
-                        .await
-                        .map(drop)
-                        .map_err(|e| Error::azure("complete", e))
-                };
-                bounded("complete", timeout, call).await
+                let request = async { call(lock).await.map_err(|e| Error::azure(operation, e)) };
+                bounded(operation, timeout, request).await
             })
             .buffer_unordered(SETTLES_IN_FLIGHT)
             .collect()
@@ -349,25 +356,20 @@ impl ServiceBusSettler {
             .map_err(Into::into)
     }
 
+    /// Completes: the messages are gone.
+    async fn complete(&self, locks: Vec<Arc<PeekLockResponse>>) -> Result<()> {
+        self.each("complete", locks, |lock| async move {
+            lock.delete_message().await.map(drop)
+        })
+        .await
+    }
+
     /// Unlocks (abandons): the messages are available again at once.
     async fn unlock(&self, locks: Vec<Arc<PeekLockResponse>>) -> Result<()> {
-        let timeout = self.shared.config.call_timeout;
-        let results: Vec<std::result::Result<(), Error>> = futures_util::stream::iter(locks)
-            .map(|lock| async move {
-                let call = async {
-                    lock.unlock_message()
-                        .await
-                        .map_err(|e| Error::azure("unlock", e))
-                };
-                bounded("unlock", timeout, call).await
-            })
-            .buffer_unordered(SETTLES_IN_FLIGHT)
-            .collect()
-            .await;
-        results
-            .into_iter()
-            .collect::<std::result::Result<(), Error>>()
-            .map_err(Into::into)
+        self.each("unlock", locks, |lock| async move {
+            lock.unlock_message().await
+        })
+        .await
     }
 
     /// A copy with the reason goes to the dead-letter entity, then the
@@ -484,31 +486,18 @@ impl Consumer for ServiceBusConsumer {
     }
 
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        let mut out = Vec::new();
-        let first = match tokio::time::timeout(wait, self.buffered.recv()).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return Err(CoreError::new(ErrorKind::Closed, "the consumer is closed")),
-            Err(_) => return Ok(out),
-        };
-        let mut tags = vec![first.0];
-        out.push(first.1);
-        while out.len() < max {
-            match self.buffered.try_recv() {
-                Ok((tag, d)) => {
-                    tags.push(tag);
-                    out.push(d);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = causeway_core::next_buffered(&mut self.buffered, max, wait).await?;
         let now = Instant::now();
         let mut held = self.settler.lock();
-        for tag in tags {
-            if let Some(m) = held.get_mut(&tag) {
-                m.handed_out = Some(now);
-            }
-        }
-        Ok(out)
+        Ok(batch
+            .into_iter()
+            .map(|(tag, delivery)| {
+                if let Some(m) = held.get_mut(&tag) {
+                    m.handed_out = Some(now);
+                }
+                delivery
+            })
+            .collect())
     }
 
     /// Stops receiving and unlocks every message not yet settled, so another

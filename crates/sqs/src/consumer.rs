@@ -554,31 +554,18 @@ impl Consumer for SqsConsumer {
     }
 
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        let mut out = Vec::new();
-        let first = match tokio::time::timeout(wait, self.buffered.recv()).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return Err(CoreError::new(ErrorKind::Closed, "the consumer is closed")),
-            Err(_) => return Ok(out),
-        };
-        let mut tags = vec![first.0];
-        out.push(first.1);
-        while out.len() < max {
-            match self.buffered.try_recv() {
-                Ok((tag, d)) => {
-                    tags.push(tag);
-                    out.push(d);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = causeway_core::next_buffered(&mut self.buffered, max, wait).await?;
         let now = Instant::now();
         let mut in_flight = self.settler.lock();
-        for tag in tags {
-            if let Some(m) = in_flight.get_mut(&tag) {
-                m.handed_out = Some(now);
-            }
-        }
-        Ok(out)
+        Ok(batch
+            .into_iter()
+            .map(|(tag, delivery)| {
+                if let Some(m) = in_flight.get_mut(&tag) {
+                    m.handed_out = Some(now);
+                }
+                delivery
+            })
+            .collect())
     }
 
     /// Stops receiving and makes every message not yet settled visible
