@@ -37,12 +37,10 @@ fn events_1kib(prefix: &str, n: usize) -> Vec<Event> {
 }
 
 fn client(emulator: &ServiceBusEmulator) -> ServiceBusClient {
-    ServiceBusClient::connect(ServiceBusConfig {
-        sas_key: emulator.key(ROOT_POLICY).map(str::to_owned),
-        endpoint: Some(emulator.url()),
-        ..ServiceBusConfig::new(emulator.namespace(), ROOT_POLICY)
-    })
-    .expect("client")
+    let key = emulator.key(ROOT_POLICY).unwrap_or_default();
+    let config =
+        ServiceBusConfig::at_endpoint(emulator.namespace(), ROOT_POLICY, key, emulator.url());
+    ServiceBusClient::connect(config).expect("client")
 }
 
 /// What a hand-written client sends: the same properties as the adapter.

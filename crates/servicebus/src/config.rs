@@ -221,6 +221,23 @@ impl ServiceBusConfig {
     }
 }
 
+impl ServiceBusConfig {
+    /// A config that sends to `endpoint` (an emulator or a proxy) for
+    /// `namespace`, with the policy's key given directly.
+    pub fn at_endpoint(
+        namespace: impl Into<String>,
+        sas_policy: impl Into<String>,
+        sas_key: impl Into<String>,
+        endpoint: impl Into<String>,
+    ) -> Self {
+        ServiceBusConfig {
+            sas_key: Some(sas_key.into()),
+            endpoint: Some(endpoint.into()),
+            ..ServiceBusConfig::new(namespace, sas_policy)
+        }
+    }
+}
+
 /// The parts of a connection string causeway uses.
 #[derive(PartialEq, Eq)]
 pub(crate) struct ConnectionString {

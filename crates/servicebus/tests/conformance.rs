@@ -41,13 +41,12 @@ fn queue_options() -> QueueOptions {
 }
 
 fn config(emulator: &ServiceBusEmulator, endpoint: String) -> ServiceBusConfig {
+    let key = emulator.key(ROOT_POLICY).unwrap_or_default();
     ServiceBusConfig {
-        sas_key: emulator.key(ROOT_POLICY).map(str::to_owned),
-        endpoint: Some(endpoint),
         duplicate_detection: true,
         max_message_bytes: PREMIUM_BYTES,
         call_timeout: Duration::from_secs(10),
-        ..ServiceBusConfig::new(emulator.namespace(), ROOT_POLICY)
+        ..ServiceBusConfig::at_endpoint(emulator.namespace(), ROOT_POLICY, key, endpoint)
     }
 }
 

@@ -13,12 +13,10 @@ use causeway_testkit::servicebus_emulator::{
 const BATCH: &str = "application/vnd.microsoft.servicebus.json";
 
 fn client(emulator: &ServiceBusEmulator) -> ServiceBusClient {
-    ServiceBusClient::connect(ServiceBusConfig {
-        sas_key: emulator.key(ROOT_POLICY).map(str::to_owned),
-        endpoint: Some(emulator.url()),
-        ..ServiceBusConfig::new(emulator.namespace(), ROOT_POLICY)
-    })
-    .expect("client")
+    let key = emulator.key(ROOT_POLICY).unwrap_or_default();
+    let config =
+        ServiceBusConfig::at_endpoint(emulator.namespace(), ROOT_POLICY, key, emulator.url());
+    ServiceBusClient::connect(config).expect("client")
 }
 
 fn queue(emulator: &ServiceBusEmulator, name: &str) -> QueueClient {

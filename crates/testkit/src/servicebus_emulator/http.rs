@@ -243,13 +243,16 @@ fn send(shared: &Shared, entity: &str, headers: &HeaderMap, body: Bytes) -> Resp
     };
     let now = Utc::now();
     let mut entities = shared.entities_for(entity);
-    let limit = match target(&mut entities, entity) {
+    let target = match target(&mut entities, entity) {
         Ok(Target::Receiver(_, true)) | Err(Missing::Invalid) => {
             return missing(Missing::Invalid, entity);
         }
-        Ok(Target::Receiver(q, false)) => q.options.max_message_bytes,
-        Ok(Target::Topic(t)) => t.options.max_message_bytes,
         Err(m) => return missing(m, entity),
+        Ok(t) => t,
+    };
+    let limit = match &target {
+        Target::Receiver(q, _) => q.options.max_message_bytes,
+        Target::Topic(t) => t.options.max_message_bytes,
     };
     if let Some(big) = messages.iter().find(|m| m.size() > limit) {
         return fail(
@@ -266,18 +269,17 @@ fn send(shared: &Shared, entity: &str, headers: &HeaderMap, body: Bytes) -> Resp
             format!("request of {request_size} bytes exceeds the limit of {limit}"),
         );
     }
-    match target(&mut entities, entity) {
-        Ok(Target::Receiver(q, _)) => {
+    match target {
+        Target::Receiver(q, _) => {
             for m in &messages {
                 q.enqueue(m, true, now);
             }
         }
-        Ok(Target::Topic(t)) => {
+        Target::Topic(t) => {
             for m in &messages {
                 t.publish(m, now);
             }
         }
-        Err(m) => return missing(m, entity),
     }
     drop(entities);
     shared.changed.notify_waiters();
@@ -368,14 +370,13 @@ async fn receive(shared: &Shared, entity: &str, wait: Duration, delete: bool) ->
                 Err(m) => return missing(m, entity),
             };
             let now = Utc::now();
-            let m = if delete {
+            if delete {
                 queue.receive_and_delete(dead, now)
             } else {
                 queue.peek_lock(dead, now)
-            };
-            m.map(|m| (m, queue.options.lock_duration))
+            }
         };
-        if let Some((m, _)) = found {
+        if let Some(m) = found {
             return delivered(shared, entity, &m, delete);
         }
         let now = tokio::time::Instant::now();
