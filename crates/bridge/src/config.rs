@@ -221,6 +221,12 @@ pub struct RouteConfig {
     /// Batches queued per shard: the in-flight window is `shards × in_flight`.
     #[serde(default = "default_in_flight")]
     pub in_flight: usize,
+    /// How long a claim lasts unrenewed: an instance's claim on an event
+    /// (direct mode dedup) and, with a shared store, on forwarding the route
+    /// (durable mode). After a crash another instance takes over within it;
+    /// an instance paused past it finds itself fenced and stands down.
+    #[serde(default = "default_claim_lease", with = "humantime_serde")]
+    pub claim_lease: Duration,
     /// How long a handled event id is remembered (direct mode dedup).
     #[serde(default = "default_dedup_ttl", with = "humantime_serde")]
     pub dedup_ttl: Duration,
@@ -249,6 +255,9 @@ fn default_shards() -> usize {
 }
 fn default_in_flight() -> usize {
     4
+}
+fn default_claim_lease() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_dedup_ttl() -> Duration {
     Duration::from_secs(7 * 24 * 3600)

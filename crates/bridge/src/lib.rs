@@ -170,6 +170,7 @@ impl Bridge {
             dead_letter,
             store: self.store.clone(),
             dedup: self.dedup.clone(),
+            shared_store: self.config.store.postgres.is_some(),
             metrics: self.metrics.route(name),
             config,
         }))

@@ -35,6 +35,7 @@ pub struct Metrics {
     dead_lettered: Family<RouteLabel, Counter>,
     errors: Family<RouteLabel, Counter>,
     redeliveries: Family<RouteLabel, Counter>,
+    fenced: Family<RouteLabel, Counter>,
     latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     backlog: Family<RouteLabel, Gauge>,
     ready: AtomicBool,
@@ -55,6 +56,9 @@ pub struct RouteMetrics {
     pub errors: Counter,
     /// Deliveries the source made more than once.
     pub redeliveries: Counter,
+    /// Claims this instance lost to another after its lease ran out (it
+    /// was paused or stuck): it stood down from those events.
+    pub fenced: Counter,
     /// Event time to sink confirmation, seconds.
     pub latency: Histogram,
     /// Durable mode: events stored and not yet forwarded.
@@ -71,6 +75,7 @@ impl Default for Metrics {
             dead_lettered: Family::default(),
             errors: Family::default(),
             redeliveries: Family::default(),
+            fenced: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             backlog: Family::default(),
             ready: AtomicBool::new(false),
@@ -107,6 +112,11 @@ impl Default for Metrics {
             m.redeliveries.clone(),
         );
         registry.register(
+            "fenced",
+            "Claims lost to another instance after the lease ran out",
+            m.fenced.clone(),
+        );
+        registry.register(
             "end_to_end_latency_seconds",
             "Event time to sink confirmation",
             m.latency.clone(),
@@ -133,6 +143,7 @@ impl Metrics {
             dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
             errors: self.errors.get_or_create(&l).clone(),
             redeliveries: self.redeliveries.get_or_create(&l).clone(),
+            fenced: self.fenced.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
             backlog: self.backlog.get_or_create(&l).clone(),
         }

@@ -12,9 +12,15 @@
 //! forwarder drains the store to the sink in position order and never moves
 //! its cursor past an event the sink has not confirmed. A sink outage only
 //! grows the backlog.
+//!
+//! Instances sharing a store (PostgreSQL) share the work through leases in
+//! the dedup store: a claim per event in direct mode, one claim on the
+//! route's forwarder in durable mode. Whoever acts on a claim older than half
+//! its lease renews it first, so an instance that was paused (a "zombie")
+//! learns that another took over and stands down instead of acting.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use causeway_core::{
@@ -41,8 +47,11 @@ pub struct Route {
     pub dead_letter: Option<(Arc<dyn Publisher>, String)>,
     /// The store (durable mode, dead letters, replay).
     pub store: Arc<dyn EventStore>,
-    /// Direct-mode dedup.
+    /// Direct-mode dedup, and the forwarder's lease.
     pub dedup: Arc<dyn DedupStore>,
+    /// Whether other instances may share the store: durable forwarding then
+    /// takes turns under a lease.
+    pub shared_store: bool,
     /// Metrics.
     pub metrics: RouteMetrics,
 }
@@ -56,8 +65,17 @@ enum Fate {
 }
 
 const FORWARDER: &str = "forwarder";
-const CLAIM_LEASE: Duration = Duration::from_secs(60);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Events of one poll queued for a shard, with their dedup claims.
+struct Claimed {
+    items: Vec<(Event, Ticket, Option<ClaimToken>)>,
+    /// When the claims were requested: their lease runs from about then.
+    at: Instant,
+}
+
+/// A source ticket with the event's dedup claim (none with dedup off).
+type Held = (Ticket, Option<ClaimToken>);
 
 /// The store stream holding a route's dead letters.
 pub fn dead_letter_stream(route: &str) -> String {
@@ -199,9 +217,7 @@ impl Route {
     ) -> Result<()> {
         let shards: Vec<_> = (0..self.config.shards)
             .map(|_| {
-                let (tx, rx) = mpsc::channel::<Vec<(Event, Ticket, Option<ClaimToken>)>>(
-                    self.config.in_flight,
-                );
+                let (tx, rx) = mpsc::channel::<Claimed>(self.config.in_flight);
                 let route = self.clone();
                 let shutdown = shutdown.clone();
                 (
@@ -215,6 +231,7 @@ impl Route {
             if batch.is_empty() {
                 continue;
             }
+            let at = Instant::now();
             let claimed = self.claim(batch).await;
             let mut per_shard: Vec<Vec<_>> = (0..shards.len()).map(|_| Vec::new()).collect();
             for item in claimed {
@@ -225,7 +242,7 @@ impl Route {
             }
             for (items, (tx, _)) in per_shard.into_iter().zip(&shards) {
                 // A full shard queue is the in-flight window: waiting here is backpressure.
-                if !items.is_empty() && tx.send(items).await.is_err() {
+                if !items.is_empty() && tx.send(Claimed { items, at }).await.is_err() {
                     anyhow::bail!("route {}: a shard stopped", self.name);
                 }
             }
@@ -288,7 +305,7 @@ impl Route {
         let keys: Vec<String> = batch.iter().map(|d| self.dedup_key(&d.event)).collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let claims = loop {
-            match self.dedup.claim_many(&refs, CLAIM_LEASE).await {
+            match self.dedup.claim_many(&refs, self.config.claim_lease).await {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::warn!(route = %self.name, error = %e, "dedup store unavailable; retrying");
@@ -321,15 +338,20 @@ impl Route {
 
     /// A key shard: publishes its batches in order, retrying what failed
     /// temporarily until it is confirmed or the bridge shuts down.
-    async fn shard(
-        self: Arc<Self>,
-        mut rx: mpsc::Receiver<Vec<(Event, Ticket, Option<ClaimToken>)>>,
-        shutdown: CancellationToken,
-    ) {
-        while let Some(items) = rx.recv().await {
-            let (mut events, mut held): (Vec<Event>, Vec<(Ticket, Option<ClaimToken>)>) =
+    async fn shard(self: Arc<Self>, mut rx: mpsc::Receiver<Claimed>, shutdown: CancellationToken) {
+        while let Some(Claimed { items, mut at }) = rx.recv().await {
+            let (mut events, mut held): (Vec<Event>, Vec<Held>) =
                 items.into_iter().map(|(e, t, c)| (e, (t, c))).unzip();
             loop {
+                // Queued, retrying or paused past half the lease: renew
+                // before publishing, and stand down where another took over.
+                if at.elapsed() >= self.config.claim_lease / 2 {
+                    at = Instant::now();
+                    (events, held) = self.renew(events, held, &shutdown).await;
+                    if events.is_empty() {
+                        break;
+                    }
+                }
                 let fates = self.forward(&events).await;
                 let mut done = Vec::new();
                 let (mut again_events, mut again_held) = (Vec::new(), Vec::new());
@@ -357,8 +379,60 @@ impl Route {
         }
     }
 
+    /// Renews a batch's claims. Events another instance took over are
+    /// handed back to the source unacked (their new owner settles them; a
+    /// redelivery finds them done) and dropped from the batch.
+    async fn renew(
+        &self,
+        events: Vec<Event>,
+        held: Vec<Held>,
+        shutdown: &CancellationToken,
+    ) -> (Vec<Event>, Vec<Held>) {
+        let tokens: Vec<ClaimToken> = held.iter().filter_map(|(_, t)| t.clone()).collect();
+        if tokens.is_empty() {
+            return (events, held);
+        }
+        let renewed = loop {
+            match self
+                .dedup
+                .renew_many(&tokens, self.config.claim_lease)
+                .await
+            {
+                Ok(r) => break r,
+                Err(_) if shutdown.is_cancelled() => {
+                    self.give_back(held).await;
+                    return (Vec::new(), Vec::new());
+                }
+                Err(e) => {
+                    tracing::warn!(route = %self.name, error = %e, "dedup store unavailable for a renewal; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        };
+        let mut renewed = renewed.into_iter();
+        let (mut kept_events, mut kept) = (Vec::new(), Vec::new());
+        let mut lost = Vec::new();
+        for (event, (ticket, token)) in events.into_iter().zip(held) {
+            let live = token.is_none() || renewed.next().is_some_and(|r| r.is_ok());
+            if live {
+                kept_events.push(event);
+                kept.push((ticket, token));
+            } else {
+                lost.push((ticket, Settlement::Nack { delay: RETRY_PAUSE }));
+            }
+        }
+        if !lost.is_empty() {
+            self.metrics.fenced.inc_by(lost.len() as u64);
+            tracing::warn!(route = %self.name, events = lost.len(), "another instance took these over after this one's lease ran out; standing down");
+            if let Err(e) = settle_all(lost).await {
+                tracing::warn!(route = %self.name, error = %e, "handing back failed; the source redelivers anyway");
+            }
+        }
+        (kept_events, kept)
+    }
+
     /// Confirmed (or dead-lettered): commit the dedup claims, then ack.
-    async fn finish(&self, done: Vec<(Ticket, Option<ClaimToken>)>) {
+    async fn finish(&self, done: Vec<Held>) {
         if done.is_empty() {
             return;
         }
@@ -367,6 +441,11 @@ impl Route {
         if !tokens.is_empty() {
             match self.dedup.commit_many(&tokens, self.config.dedup_ttl).await {
                 Ok(r) if r.iter().all(Result::is_ok) => {}
+                Ok(r) => {
+                    let fenced = r.iter().filter(|r| r.is_err()).count();
+                    self.metrics.fenced.inc_by(fenced as u64);
+                    tracing::warn!(route = %self.name, events = fenced, "published after another instance took the claims over (this one was paused past its lease): the sink may see these twice");
+                }
                 other => {
                     tracing::warn!(route = %self.name, ?other, "dedup commit incomplete; a redelivery may publish again")
                 }
@@ -377,7 +456,7 @@ impl Route {
         }
     }
 
-    async fn give_back(&self, held: Vec<(Ticket, Option<ClaimToken>)>) {
+    async fn give_back(&self, held: Vec<Held>) {
         for (_, token) in &held {
             if let Some(t) = token {
                 let _ = self.dedup.release(t).await;
@@ -441,12 +520,83 @@ impl Route {
         Ok(())
     }
 
-    /// Drains the store to the sink in position order. On shutdown it stops
-    /// between batches; the rest stays in the store for the next start.
+    /// Drains the store to the sink. With a shared store, only the instance
+    /// holding the route's forwarder lease does; the others stand by.
     async fn forwarder(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
+        if !self.shared_store {
+            return self.forward_stored(None, &shutdown).await;
+        }
+        let key = format!("{}\u{1f}{FORWARDER}", self.name);
+        while let Some(token) = self.lead(&key, &shutdown).await {
+            self.forward_stored(Some(&token), &shutdown).await?;
+            if shutdown.is_cancelled() {
+                // Hand over at once rather than after the lease.
+                let _ = self.dedup.release(&token).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the route's forwarder lease; None on shutdown.
+    async fn lead(&self, key: &str, shutdown: &CancellationToken) -> Option<ClaimToken> {
+        let mut told = false;
+        loop {
+            match self.dedup.claim(key, self.config.claim_lease).await {
+                Ok(Claim::Claimed(token)) => {
+                    tracing::info!(route = %self.name, "this instance forwards the route");
+                    return Some(token);
+                }
+                Ok(_) if !told => {
+                    told = true;
+                    tracing::info!(route = %self.name, "another instance forwards the route; standing by");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(route = %self.name, error = %e, "dedup store unavailable for the forwarder lease; retrying")
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(self.config.claim_lease / 4) => {}
+            }
+        }
+    }
+
+    /// Drains the store to the sink in position order, while `lease` (if
+    /// any) is renewed. On shutdown it stops between batches; the rest stays
+    /// in the store for the next start.
+    async fn forward_stored(
+        &self,
+        lease: Option<&ClaimToken>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
         let mut cursor = self.store.cursor(&self.name, FORWARDER).await?.unwrap_or(0);
         let mut confirmed_ahead = std::collections::BTreeSet::new();
+        let mut renewed_at = Instant::now();
         while !shutdown.is_cancelled() {
+            if let Some(token) =
+                lease.filter(|_| renewed_at.elapsed() >= self.config.claim_lease / 3)
+            {
+                let at = Instant::now();
+                match self
+                    .dedup
+                    .renew_many(std::slice::from_ref(token), self.config.claim_lease)
+                    .await
+                {
+                    Ok(r) if r.first().is_some_and(Result::is_ok) => renewed_at = at,
+                    Ok(_) => {
+                        self.metrics.fenced.inc();
+                        tracing::warn!(route = %self.name, "another instance took over forwarding after this one's lease ran out; standing by");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        // Not knowing whether it still leads, it does not forward.
+                        tracing::warn!(route = %self.name, error = %e, "cannot renew the forwarder lease; retrying");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                }
+            }
             let page = match self
                 .store
                 .read(&ReadQuery::new(

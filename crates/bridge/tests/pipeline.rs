@@ -221,6 +221,7 @@ async fn flaky_route(bridge: &Bridge, down: Arc<AtomicBool>, poison: &[&str]) ->
         dead_letter: None,
         store: base.store.clone(),
         dedup: base.dedup.clone(),
+        shared_store: base.shared_store,
         metrics: base.metrics.clone(),
     })
 }

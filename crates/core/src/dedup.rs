@@ -45,6 +45,12 @@ pub trait DedupStore: Send + Sync {
     /// [`crate::ErrorKind::Fenced`] if another owner claimed it since.
     async fn release(&self, token: &ClaimToken) -> Result<()>;
 
+    /// Extends live claims by `lease` from now, one result per token, in
+    /// order; a claim another owner took over fails with
+    /// [`crate::ErrorKind::Fenced`]. An owner that may have been paused past
+    /// its lease renews before it acts, so a zombie learns it lost the key.
+    async fn renew_many(&self, tokens: &[ClaimToken], lease: Duration) -> Result<Vec<Result<()>>>;
+
     /// Claims many keys; stores override this to use one round trip.
     async fn claim_many(&self, keys: &[&str], lease: Duration) -> Result<Vec<Claim>> {
         let mut out = Vec::with_capacity(keys.len());

@@ -390,6 +390,47 @@ impl EventStore for PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Marks live claims done (a commit) or extends their lease (a
+    /// renewal), by the server's clock: the same fenced update either way.
+    async fn update_claims(
+        &self,
+        tokens: &[ClaimToken],
+        ttl: Duration,
+        done: bool,
+    ) -> Result<Vec<Result<()>>> {
+        let conn = self.conn().await?;
+        let keys: Vec<&str> = tokens.iter().map(|t| t.key.as_str()).collect();
+        let fences: Vec<i64> = tokens.iter().map(|t| t.fence as i64).collect();
+        let stmt = conn
+            .prepare_cached(
+                "UPDATE dedup SET done = $4, until = now() + $3::int8 * interval '1 millisecond'
+                 FROM unnest($1::text[], $2::int8[]) AS t(k, f)
+                 WHERE dedup.key = t.k AND dedup.fence = t.f AND NOT dedup.done
+                 RETURNING dedup.key, dedup.fence",
+            )
+            .await
+            .map_err(Error::from)?;
+        let updated: std::collections::HashSet<(String, i64)> = conn
+            .query(&stmt, &[&keys, &fences, &millis(ttl), &done])
+            .await
+            .map_err(Error::from)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(tokens
+            .iter()
+            .map(|t| {
+                if updated.contains(&(t.key.clone(), t.fence as i64)) {
+                    Ok(())
+                } else {
+                    Err(fenced(t))
+                }
+            })
+            .collect())
+    }
+}
+
 #[async_trait]
 impl DedupStore for PostgresStore {
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim> {
@@ -476,35 +517,11 @@ impl DedupStore for PostgresStore {
     }
 
     async fn commit_many(&self, tokens: &[ClaimToken], ttl: Duration) -> Result<Vec<Result<()>>> {
-        let conn = self.conn().await?;
-        let keys: Vec<&str> = tokens.iter().map(|t| t.key.as_str()).collect();
-        let fences: Vec<i64> = tokens.iter().map(|t| t.fence as i64).collect();
-        let stmt = conn
-            .prepare_cached(
-                "UPDATE dedup SET done = true, until = now() + $3::int8 * interval '1 millisecond'
-                 FROM unnest($1::text[], $2::int8[]) AS t(k, f)
-                 WHERE dedup.key = t.k AND dedup.fence = t.f AND NOT dedup.done
-                 RETURNING dedup.key, dedup.fence",
-            )
-            .await
-            .map_err(Error::from)?;
-        let committed: std::collections::HashSet<(String, i64)> = conn
-            .query(&stmt, &[&keys, &fences, &millis(ttl)])
-            .await
-            .map_err(Error::from)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        Ok(tokens
-            .iter()
-            .map(|t| {
-                if committed.contains(&(t.key.clone(), t.fence as i64)) {
-                    Ok(())
-                } else {
-                    Err(fenced(t))
-                }
-            })
-            .collect())
+        self.update_claims(tokens, ttl, true).await
+    }
+
+    async fn renew_many(&self, tokens: &[ClaimToken], lease: Duration) -> Result<Vec<Result<()>>> {
+        self.update_claims(tokens, lease, false).await
     }
 
     /// Committed keys past their TTL, and claims whose lease ran out over an

@@ -298,8 +298,24 @@ impl DedupStore for SqliteStore {
 
     async fn commit_many(&self, tokens: &[ClaimToken], ttl: Duration) -> Result<Vec<Result<()>>> {
         let tokens = tokens.to_vec();
-        self.send(|reply| Command::Commit { tokens, ttl, reply })
-            .await
+        self.send(|reply| Command::Commit {
+            tokens,
+            ttl,
+            done: true,
+            reply,
+        })
+        .await
+    }
+
+    async fn renew_many(&self, tokens: &[ClaimToken], lease: Duration) -> Result<Vec<Result<()>>> {
+        let tokens = tokens.to_vec();
+        self.send(|reply| Command::Commit {
+            tokens,
+            ttl: lease,
+            done: false,
+            reply,
+        })
+        .await
     }
 
     async fn purge_expired(&self) -> Result<u64> {

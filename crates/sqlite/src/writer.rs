@@ -36,9 +36,11 @@ pub(crate) enum Command {
         lease: Duration,
         reply: Reply<Vec<Claim>>,
     },
+    /// Commit (`done`: kept for `ttl`) or renew (not done: leased for `ttl`).
     Commit {
         tokens: Vec<ClaimToken>,
         ttl: Duration,
+        done: bool,
         reply: Reply<Vec<Result<(), causeway_core::Error>>>,
     },
     Release {
@@ -175,7 +177,12 @@ fn execute(
         } => run!(reply, set_cursor(&sp, sids, &stream, &name, position)),
         Command::Retention { policy, reply } => run!(reply, retention(&sp, window, &policy)),
         Command::Claim { keys, lease, reply } => run!(reply, claim(&sp, &keys, lease)),
-        Command::Commit { tokens, ttl, reply } => run!(reply, commit(&sp, &tokens, ttl)),
+        Command::Commit {
+            tokens,
+            ttl,
+            done,
+            reply,
+        } => run!(reply, commit(&sp, &tokens, ttl, done)),
         Command::Release { token, reply } => run!(reply, release(&sp, &token)),
         Command::Purge { reply } => run!(reply, purge(&sp)),
     }
@@ -406,19 +413,22 @@ fn fenced(token: &ClaimToken) -> causeway_core::Error {
     .into()
 }
 
+/// Marks live claims done (a commit) or extends their lease (a renewal):
+/// the same fenced update either way.
 fn commit(
     conn: &Connection,
     tokens: &[ClaimToken],
     ttl: Duration,
+    done: bool,
 ) -> Result<Vec<Result<(), causeway_core::Error>>, Error> {
     let until = now_millis() + ttl.as_millis() as i64;
     let mut stmt = conn.prepare_cached(
-        "UPDATE dedup SET done = 1, until = ?3 WHERE key = ?1 AND fence = ?2 AND done = 0",
+        "UPDATE dedup SET done = ?4, until = ?3 WHERE key = ?1 AND fence = ?2 AND done = 0",
     )?;
     tokens
         .iter()
         .map(|t| {
-            let changed = stmt.execute(params![t.key, t.fence as i64, until])?;
+            let changed = stmt.execute(params![t.key, t.fence as i64, until, done])?;
             Ok(if changed == 1 { Ok(()) } else { Err(fenced(t)) })
         })
         .collect()

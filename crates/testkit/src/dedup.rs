@@ -80,6 +80,46 @@ pub async fn expired_lease_is_fenced(h: &dyn DedupStoreHarness) {
     assert_eq!(store.claim(&key, LEASE).await.expect("claim"), Claim::Done);
 }
 
+/// A renewed claim outlives its first lease; once another owner took the
+/// key over, the old owner's renewal is fenced (a zombie learns it lost).
+pub async fn renewal_extends_and_fences(h: &dyn DedupStoreHarness) {
+    let store = h.store().await.expect("store");
+    let short = Duration::from_millis(300);
+    let key = unique_name("k");
+    let token = claimed(store.claim(&key, short).await.expect("claim"));
+    let renewed = store
+        .renew_many(std::slice::from_ref(&token), LEASE)
+        .await
+        .expect("renew");
+    assert!(renewed[0].is_ok(), "{}: {renewed:?}", h.name());
+    tokio::time::sleep(short * 2).await;
+    assert_eq!(
+        store.claim(&key, LEASE).await.expect("claim"),
+        Claim::Busy,
+        "{}: a renewed lease was taken over",
+        h.name()
+    );
+    // The other key: its lease runs out, someone else takes it over.
+    let other = unique_name("k");
+    let stale = claimed(store.claim(&other, short).await.expect("claim"));
+    tokio::time::sleep(short * 2).await;
+    let fresh = claimed(store.claim(&other, LEASE).await.expect("claim"));
+    let renewed = store
+        .renew_many(&[token.clone(), stale.clone()], LEASE)
+        .await
+        .expect("renew");
+    assert!(renewed[0].is_ok(), "{}: {renewed:?}", h.name());
+    let err = renewed[1]
+        .as_ref()
+        .expect_err("a stale renewal was accepted");
+    assert_eq!(err.kind(), ErrorKind::Fenced, "{}: {err}", h.name());
+    store.commit(&fresh, TTL).await.expect("commit");
+    store
+        .commit(&token, TTL)
+        .await
+        .expect("commit after renewal");
+}
+
 /// A lease that ran out but was not taken over may still commit.
 pub async fn late_commit_without_takeover(h: &dyn DedupStoreHarness) {
     let store = h.store().await.expect("store");

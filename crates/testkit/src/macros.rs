@@ -51,6 +51,7 @@ macro_rules! dedup_store_conformance {
             claim_commit_done,
             release_makes_claimable,
             expired_lease_is_fenced,
+            renewal_extends_and_fences,
             late_commit_without_takeover,
             committed_keys_expire,
             batch_claims,

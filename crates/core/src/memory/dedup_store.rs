@@ -97,6 +97,21 @@ impl DedupStore for MemoryDedupStore {
         }
     }
 
+    async fn renew_many(&self, tokens: &[ClaimToken], lease: Duration) -> Result<Vec<Result<()>>> {
+        let mut state = self.lock();
+        let until = Instant::now() + lease;
+        Ok(tokens
+            .iter()
+            .map(|token| match state.keys.get_mut(&token.key) {
+                Some(Entry::Claimed { fence, until: u }) if *fence == token.fence => {
+                    *u = until;
+                    Ok(())
+                }
+                _ => Err(fenced(token)),
+            })
+            .collect())
+    }
+
     async fn release(&self, token: &ClaimToken) -> Result<()> {
         let mut state = self.lock();
         match state.keys.get(&token.key) {
