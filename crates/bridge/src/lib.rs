@@ -6,6 +6,7 @@
 //! all on by default; `memory` and `generator` endpoints are always there.
 
 pub mod breaker;
+pub mod cli;
 pub mod config;
 pub mod endpoint;
 pub mod metrics;

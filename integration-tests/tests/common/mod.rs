@@ -1,0 +1,743 @@
+//! What the matrix, the fault tests and the many-instance tests share: the
+//! brokers and their config, reading a sink with its own adapter through a
+//! sink-side idempotent handler, the bridge as a child process, and a
+//! RabbitMQ node of a test's own to restart.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use causeway_bridge::Bridge;
+use causeway_bridge::config::{Config, EndpointConfig};
+use causeway_core::memory::MemoryDedupStore;
+use causeway_core::{Consumer, Event, Handled, IdempotentHandler};
+use causeway_testkit::servicebus_emulator::{self, QueueOptions, ServiceBusEmulator};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    Kafka,
+    Nats,
+    Rabbit,
+    Sqs,
+    ServiceBus,
+}
+
+pub use Broker::{Kafka, Nats, Rabbit, ServiceBus, Sqs};
+
+impl Broker {
+    /// Its endpoint name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kafka => "kafka",
+            Nats => "nats",
+            Rabbit => "rabbit",
+            Sqs => "sqs",
+            ServiceBus => "sb",
+        }
+    }
+
+    /// Where the events go in (source) or out (sink), for run `prefix`.
+    pub fn destination(self, prefix: &str, dir: &str) -> String {
+        match (self, dir) {
+            (Nats, _) => format!("{prefix}.{dir}"),
+            // FIFO on the way out: order per key and SQS's own dedup.
+            (Sqs, "out") => format!("{prefix}-out.fifo"),
+            _ => format!("{prefix}-{dir}"),
+        }
+    }
+
+    /// Whether a consumer of it keeps publish order per key (SQS standard
+    /// queues and Service Bus without sessions do not).
+    pub fn keeps_order(self) -> bool {
+        matches!(self, Kafka | Nats | Rabbit)
+    }
+
+    /// Events per route: moto serves about 50 messages a second.
+    pub fn events(from: Broker, to: Broker) -> usize {
+        if from == Sqs || to == Sqs { 60 } else { 200 }
+    }
+}
+
+pub fn env(var: &str, default: &str) -> String {
+    causeway_testkit::env::endpoint(var, default)
+}
+
+/// Where each broker is; a test puts a fault proxy in front of one.
+#[derive(Debug, Clone)]
+pub struct Addrs {
+    pub kafka: String,
+    pub nats: String,
+    pub rabbit: String,
+    pub sqs: String,
+    /// The Service Bus emulator's URL (none: the endpoint's default).
+    pub servicebus: Option<String>,
+}
+
+impl Addrs {
+    /// The brokers `cargo xtask services up` starts (or the environment names).
+    pub fn local() -> Addrs {
+        Addrs {
+            kafka: env("CAUSEWAY_KAFKA_BROKERS", "127.0.0.1:19092"),
+            nats: env("CAUSEWAY_NATS_URL", "nats://127.0.0.1:14222"),
+            rabbit: env(
+                "CAUSEWAY_RABBITMQ_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+            sqs: env("CAUSEWAY_SQS_ENDPOINT", "http://127.0.0.1:4566"),
+            servicebus: None,
+        }
+    }
+
+    pub fn with_servicebus(mut self, emulator: &ServiceBusEmulator) -> Addrs {
+        self.servicebus = Some(emulator.url());
+        self
+    }
+}
+
+/// One route `r` from `from` to `to`, and every broker's `-check` endpoint.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub prefix: String,
+    pub from: Broker,
+    pub to: Broker,
+    pub mode: &'static str,
+    /// The `[store]` table's body.
+    pub store: String,
+    /// Where the route's endpoints connect.
+    pub route: Addrs,
+    /// Where the `-check` endpoints (the sink's own reader) connect.
+    pub check: Addrs,
+    /// The route's destination; the sink's `out` by default.
+    pub destination: Option<String>,
+    /// More keys of `[routes.r]`.
+    pub route_extra: String,
+    /// `[metrics] listen`, for a bridge process.
+    pub metrics: Option<String>,
+}
+
+impl Setup {
+    pub fn new(dir: &Path, prefix: &str, from: Broker, to: Broker, mode: &'static str) -> Setup {
+        Setup {
+            prefix: prefix.to_owned(),
+            from,
+            to,
+            mode,
+            store: format!("sqlite = \"{}/store.db\"", dir.display()),
+            route: Addrs::local(),
+            check: Addrs::local(),
+            destination: None,
+            route_extra: String::new(),
+            metrics: None,
+        }
+    }
+
+    pub fn with_servicebus(mut self, emulator: &ServiceBusEmulator) -> Setup {
+        self.route = self.route.with_servicebus(emulator);
+        self.check = self.check.with_servicebus(emulator);
+        self
+    }
+
+    /// The configuration text: every broker twice, as the route's endpoint
+    /// (consuming `-in`) and as `<name>-check`, the sink's reader of `-out`.
+    pub fn toml(&self) -> String {
+        let p = &self.prefix;
+        let mut text = format!("[store]\n{}\n", self.store);
+        if let Some(listen) = &self.metrics {
+            text += &format!("[metrics]\nlisten = \"{listen}\"\nsummary_every = \"2s\"\n");
+        }
+        for (suffix, dir, a) in [("", "in", &self.route), ("-check", "out", &self.check)] {
+            let role = if suffix.is_empty() { "bridge" } else { "check" };
+            let sb_endpoint = a
+                .servicebus
+                .as_ref()
+                .map(|u| format!("endpoint = \"{u}\"\n"))
+                .unwrap_or_default();
+            let sqs_queue = Sqs.destination(p, dir);
+            let sb_receive = if suffix.is_empty() {
+                ""
+            } else {
+                ", receives_in_flight = 1"
+            };
+            text += &format!(
+                r#"
+[endpoints.kafka{suffix}.kafka]
+brokers = "{kafka}"
+# A killed member's partitions move within seconds, not librdkafka's 45.
+librdkafka = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
+consumer = {{ group = "{p}-{role}", topics = ["{p}-{dir}"] }}
+# `in` and `out` in streams of their own: JetStream drops a message id it
+# has seen in the same stream, and the events keep their ids.
+[endpoints.nats{suffix}.nats]
+url = "{nats}"
+stream = {{ name = "{p}-{dir}", subjects = ["{p}.{dir}"] }}
+consumer = {{ durable = "{role}", filter_subject = "{p}.{dir}", ack_wait = "5s" }}
+[endpoints.rabbit{suffix}.rabbitmq]
+url = "{rabbit}"
+queue = {{ name = "{p}-{dir}", prefetch = 500 }}
+[endpoints.sqs{suffix}.sqs]
+endpoint = "{sqs}"
+region = "us-east-1"
+credentials = {{ access_key_id = "test", secret_access_key = "test" }}
+create_queues = true
+queue = {{ name = "{sqs_queue}", long_poll = "1s" }}
+[endpoints.sb{suffix}.servicebus]
+namespace = "{namespace}"
+sas_policy = "{policy}"
+duplicate_detection = true
+publish = {{ key_property = "session_id" }}
+receive = {{ entity = "{p}-{dir}", long_poll = "1s"{sb_receive} }}
+{sb_endpoint}"#,
+                kafka = a.kafka,
+                nats = a.nats,
+                rabbit = a.rabbit,
+                sqs = a.sqs,
+                namespace = servicebus_emulator::NAMESPACE,
+                policy = servicebus_emulator::ROOT_POLICY,
+            );
+        }
+        text += &format!(
+            r#"
+[routes.r]
+source = "{source}"
+sink = "{sink}"
+destination = "{destination}"
+mode = "{mode}"
+linger = "20ms"
+{extra}
+"#,
+            source = self.from.name(),
+            sink = self.to.name(),
+            destination = self
+                .destination
+                .clone()
+                .unwrap_or_else(|| self.to.destination(p, "out")),
+            mode = self.mode,
+            extra = self.route_extra,
+        );
+        text
+    }
+
+    /// The parsed configuration, with the emulator's key (which a
+    /// deployment reads from the environment) where there is an emulator.
+    pub fn config(&self, emulator: &ServiceBusEmulator) -> Config {
+        let mut config = Config::parse(&self.toml(), "test.toml").expect("config");
+        for name in ["sb", "sb-check"] {
+            if let Some(EndpointConfig::Servicebus(c)) = config.endpoints.get_mut(name) {
+                c.sas_key = emulator
+                    .key(servicebus_emulator::ROOT_POLICY)
+                    .map(str::to_owned);
+            }
+        }
+        config
+    }
+}
+
+/// What a route needs on the brokers: Kafka topics (3 partitions) and
+/// Service Bus queues with duplicate detection, in an emulator of its own.
+pub async fn prepare(prefix: &str, from: Broker, to: Broker) -> ServiceBusEmulator {
+    let emulator = ServiceBusEmulator::start()
+        .await
+        .expect("service bus emulator");
+    for dir in ["in", "out"] {
+        emulator.create_queue(
+            &ServiceBus.destination(prefix, dir),
+            QueueOptions {
+                duplicate_detection: Some(Duration::from_secs(600)),
+                ..QueueOptions::default()
+            },
+        );
+    }
+    if from == Kafka || to == Kafka {
+        create_topics(prefix).await;
+    }
+    emulator
+}
+
+async fn create_topics(prefix: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let brokers = env("CAUSEWAY_KAFKA_BROKERS", "127.0.0.1:19092");
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin client");
+    let (topic_in, topic_out) = (format!("{prefix}-in"), format!("{prefix}-out"));
+    let created = admin
+        .create_topics(
+            &[
+                NewTopic::new(&topic_in, 3, TopicReplication::Fixed(1)),
+                NewTopic::new(&topic_out, 3, TopicReplication::Fixed(1)),
+            ],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await;
+    if let Err(e) = created.map(|r| r.into_iter().collect::<Result<Vec<_>, _>>()) {
+        causeway_testkit::env::unreachable("kafka", "CAUSEWAY_KAFKA_BROKERS", &brokers, e);
+    }
+}
+
+/// `check` on both endpoints of the route, then the sink's own reader
+/// (which declares what must exist before the bridge publishes: RabbitMQ's
+/// queue, SQS's FIFO queue).
+pub async fn sink_reader(bridge: &Bridge, from: Broker, to: Broker) -> Box<dyn Consumer> {
+    for endpoint in [from.name(), to.name()] {
+        bridge
+            .endpoints
+            .check(endpoint)
+            .await
+            .unwrap_or_else(|e| panic!("check {endpoint}: {e:#}"));
+    }
+    bridge
+        .endpoints
+        .consumer(&format!("{}-check", to.name()))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("sink consumer (are the brokers up? `cargo xtask services up`): {e:#}")
+        })
+}
+
+/// Publishes `events` to the route's source with the source's adapter.
+pub async fn publish_to_source(bridge: &Bridge, from: Broker, prefix: &str, events: &[Event]) {
+    let publisher = bridge
+        .endpoints
+        .publisher(from.name())
+        .await
+        .unwrap_or_else(|e| panic!("source publisher: {e:#}"));
+    let outcomes = publisher
+        .publish(&from.destination(prefix, "in"), events)
+        .await
+        .unwrap_or_else(|e| panic!("publish to the source: {e:#}"));
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+}
+
+/// Runs route `r` in process until `n` events were published, then shuts it down.
+pub async fn run_route(bridge: &Bridge, n: u64) {
+    let route = bridge.route("r").await.expect("route");
+    let source = bridge
+        .endpoints
+        .consumer(&route.config.source)
+        .await
+        .expect("source");
+    let published = bridge.metrics.route("r").published;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(route.run(source, shutdown.clone()));
+    for _ in 0..2400 {
+        if published.get() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("task").expect("clean stop");
+    assert_eq!(published.get(), n, "events published by the bridge");
+}
+
+/// Reads `n` events and checks that nothing more arrives.
+pub async fn read(sink: &mut dyn Consumer, n: usize, what: &str) -> Vec<Event> {
+    let got = causeway_testkit::receive_and_ack(sink, n, Duration::from_secs(90)).await;
+    let extra = causeway_testkit::receive_and_ack(sink, 1, Duration::from_secs(3)).await;
+    assert!(
+        extra.is_empty(),
+        "{what}: a duplicate reached the sink: {:?}",
+        extra[0].id
+    );
+    got
+}
+
+/// Every sent event arrived once, unchanged, in order per key if `ordered`.
+pub fn check(sent: &[Event], got: &[Event], ordered: bool, what: &str) {
+    let by_id: BTreeMap<&str, &Event> = sent.iter().map(|e| (e.id.as_str(), e)).collect();
+    let mut seen = BTreeMap::new();
+    let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in got {
+        assert_eq!(
+            by_id.get(e.id.as_str()),
+            Some(&e),
+            "{what}: event changed or unknown"
+        );
+        assert!(
+            seen.insert(e.id.as_str(), ()).is_none(),
+            "{what}: {} twice",
+            e.id
+        );
+        let seq: usize = e.header("seq").expect("seq").parse().expect("seq");
+        if let (true, Some(prev)) = (ordered, last.insert(e.key.as_deref().expect("key"), seq)) {
+            assert!(prev < seq, "{what}: order per key broken at {}", e.id);
+        }
+    }
+    let missing: Vec<&str> = by_id
+        .keys()
+        .filter(|id| !seen.contains_key(*id))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: lost {} of {}, e.g. {:?}",
+        missing.len(),
+        sent.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+/// What reached a sink, through the sink-side idempotent handler a
+/// consumer without native dedup runs (causeway-core's, on an in-memory store).
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Events the handler let through, in arrival order.
+    pub handled: Vec<Event>,
+    /// Copies the handler dropped: duplicates that reached the sink.
+    pub duplicates_at_sink: usize,
+}
+
+impl Tally {
+    /// Ids of `expected` that never arrived.
+    pub fn lost<'a>(&self, expected: &'a [Event]) -> Vec<&'a str> {
+        let seen: std::collections::HashSet<&str> =
+            self.handled.iter().map(|e| e.id.as_str()).collect();
+        expected
+            .iter()
+            .map(|e| e.id.as_str())
+            .filter(|id| !seen.contains(id))
+            .collect()
+    }
+
+    /// Events the handler let through more than once (must be none).
+    pub fn duplicates_after_dedup(&self) -> usize {
+        let unique: std::collections::HashSet<&str> =
+            self.handled.iter().map(|e| e.id.as_str()).collect();
+        self.handled.len() - unique.len()
+    }
+
+    /// Asserts lost = 0 and duplicates after dedup = 0 (and events intact),
+    /// and prints the counts.
+    pub fn assert_exact(&self, expected: &[Event], what: &str) {
+        let lost = self.lost(expected);
+        println!(
+            "{what}: {} expected, lost = {}, duplicates at the sink = {}, duplicates after dedup = {}",
+            expected.len(),
+            lost.len(),
+            self.duplicates_at_sink,
+            self.duplicates_after_dedup()
+        );
+        assert!(
+            lost.is_empty(),
+            "{what}: lost {}, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+        assert_eq!(self.duplicates_after_dedup(), 0, "{what}");
+        check(expected, &self.handled, false, what);
+    }
+}
+
+/// Reads the sink until every id of `expected` went through the idempotent
+/// handler or `timeout` passed, then for `quiet` more for late copies.
+pub async fn read_through_dedup(
+    sink: &mut dyn Consumer,
+    expected: &[Event],
+    timeout: Duration,
+    quiet: Duration,
+) -> Tally {
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let into = handled.clone();
+    let handler = IdempotentHandler::new(MemoryDedupStore::new(), "sink", move |e: Event| {
+        let into = into.clone();
+        async move {
+            into.lock().expect("lock").push(e);
+            Ok(())
+        }
+    });
+    let wanted: std::collections::HashSet<&str> = expected.iter().map(|e| e.id.as_str()).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicates = 0;
+    let deadline = Instant::now() + timeout;
+    let mut quiet_until = None;
+    loop {
+        let now = Instant::now();
+        let until = quiet_until.unwrap_or(deadline);
+        if now >= until {
+            break;
+        }
+        let batch = sink
+            .next_batch(500, (until - now).min(Duration::from_secs(1)))
+            .await
+            .expect("read the sink");
+        let mut tickets = Vec::new();
+        for d in batch {
+            let id = d.event.id.clone();
+            match handler.handle(d.event).await.expect("sink handler") {
+                Handled::Ran(()) => {
+                    if wanted.contains(id.as_str()) {
+                        seen.insert(id);
+                    }
+                }
+                Handled::AlreadyDone | Handled::Busy => duplicates += 1,
+            }
+            tickets.push((d.ticket, causeway_core::Settlement::Ack));
+        }
+        causeway_core::settle_all(tickets).await.expect("ack");
+        if quiet_until.is_none() && seen.len() == wanted.len() {
+            quiet_until = Some(Instant::now() + quiet);
+        }
+    }
+    let handled = std::mem::take(&mut *handled.lock().expect("lock"));
+    Tally {
+        handled,
+        duplicates_at_sink: duplicates,
+    }
+}
+
+/// The `causeway` program, built by this package from the bridge's CLI
+/// module so that it is always the current code.
+pub fn causeway_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_causeway-under-test")
+}
+
+/// A free port on 127.0.0.1 (for a bridge process's metrics).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// `causeway run` as a child process, logging to a file.
+pub struct BridgeProcess {
+    child: tokio::process::Child,
+    metrics: String,
+    pub log: PathBuf,
+}
+
+impl BridgeProcess {
+    /// Writes `setup`'s config (with a metrics port of its own) to `dir`
+    /// and starts `causeway run` on it; `name` tells instances apart.
+    pub async fn start(
+        dir: &Path,
+        name: &str,
+        setup: &Setup,
+        emulator: &ServiceBusEmulator,
+    ) -> BridgeProcess {
+        let mut setup = setup.clone();
+        let listen = format!("127.0.0.1:{}", free_port());
+        setup.metrics = Some(listen.clone());
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, setup.toml()).expect("write config");
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = tokio::process::Command::new(causeway_binary())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "CAUSEWAY_SERVICEBUS_SAS_KEY",
+                emulator
+                    .key(servicebus_emulator::ROOT_POLICY)
+                    .unwrap_or_default(),
+            )
+            .env("CAUSEWAY_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start causeway");
+        let process = BridgeProcess {
+            child,
+            metrics: format!("http://{listen}/metrics"),
+            log,
+        };
+        process.wait_ready().await;
+        process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    async fn wait_ready(&self) {
+        let ready = self.metrics.replace("/metrics", "/readyz");
+        for _ in 0..300 {
+            if let Ok(r) = reqwest::get(&ready).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("causeway did not become ready; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A counter or gauge of route `r`, e.g. `events_published`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let Ok(text) = reqwest::get(&self.metrics)
+            .await
+            .and_then(|r| r.error_for_status())
+        else {
+            return 0;
+        };
+        let text = text.text().await.unwrap_or_default();
+        let prefix = format!("causeway_{name}");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains("route=\"r\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .next()
+            .unwrap_or(0)
+    }
+
+    /// Waits until the process published at least `n` events.
+    pub async fn wait_published(&self, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.metric("events_published").await < n {
+            assert!(
+                Instant::now() < deadline,
+                "causeway published fewer than {n} events in {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing finished.
+    pub async fn kill_9(mut self) {
+        self.child.start_kill().expect("kill -9");
+        self.child.wait().await.expect("reap");
+    }
+
+    /// SIGSTOP / SIGCONT: a paused process (a "zombie" once its leases ran out).
+    pub fn pause(&self, paused: bool) {
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let ok = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {signal} failed");
+    }
+
+    /// SIGTERM, and the exit status must be success (in-flight work finished).
+    pub async fn stop(mut self) {
+        let ok = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -TERM failed");
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("causeway did not stop within 60 s of SIGTERM")
+            .expect("wait");
+        assert!(
+            status.success(),
+            "causeway exited with {status}; log:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+/// A RabbitMQ node of a test's own (its own port, data and logs), so a
+/// test can restart it without disturbing the shared broker.
+pub struct RabbitNode {
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl RabbitNode {
+    /// Starts node `causeway-<port>@localhost` on a free port; `rabbitmq-server`
+    /// must be installed (`cargo xtask services up rabbitmq` installs it).
+    pub async fn start() -> RabbitNode {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("causeway-rabbit-{port}"));
+        std::fs::create_dir_all(dir.join("mnesia")).expect("node dir");
+        std::fs::create_dir_all(dir.join("log")).expect("node dir");
+        let d = dir.display();
+        std::fs::write(
+            dir.join("env.conf"),
+            format!(
+                "NODENAME=causeway-{port}@localhost\nNODE_IP_ADDRESS=127.0.0.1\nNODE_PORT={port}\n\
+                 DIST_PORT={dist}\nMNESIA_BASE={d}/mnesia\nLOG_BASE={d}/log\nPID_FILE={d}/pid\n\
+                 ENABLED_PLUGINS_FILE={d}/plugins\nFEATURE_FLAGS_FILE={d}/feature_flags\n\
+                 CONFIG_FILE={d}/rabbitmq.conf\n",
+                dist = free_port(),
+            ),
+        )
+        .expect("env.conf");
+        std::fs::write(dir.join("plugins"), "[].\n").expect("plugins");
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\n"),
+        )
+        .expect("rabbitmq.conf");
+        // rabbitmq-server drops to the `rabbitmq` user when started as root.
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&dir)
+            .status();
+        let node = RabbitNode { dir, port };
+        node.up().await;
+        node
+    }
+
+    fn ctl(&self, program: &str, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(program);
+        c.args(args)
+            .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("env.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+
+    /// Starts the node and waits until it accepts connections.
+    pub async fn up(&self) {
+        let started = self.ctl("rabbitmq-server", &["-detached"]).status();
+        assert!(
+            started.is_ok_and(|s| s.success()),
+            "cannot start rabbitmq-server (install it: `cargo xtask services up rabbitmq`)"
+        );
+        for _ in 0..240 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!(
+            "the test's RabbitMQ node on port {} did not start; logs in {}",
+            self.port,
+            self.dir.display()
+        );
+    }
+
+    /// Stops the node (`rabbitmqctl stop`: the broker's own shutdown).
+    pub fn down(&self) {
+        let _ = self.ctl("rabbitmqctl", &["-q", "stop"]).status();
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
