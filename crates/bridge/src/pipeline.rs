@@ -532,6 +532,7 @@ impl Route {
             if shutdown.is_cancelled() {
                 // Hand over at once rather than after the lease.
                 let _ = self.dedup.release(&token).await;
+                break;
             }
         }
         Ok(())

@@ -638,10 +638,14 @@ impl BridgeProcess {
             .expect("kill")
             .success();
         assert!(ok, "kill -TERM failed");
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("causeway did not stop within 60 s of SIGTERM")
-            .expect("wait");
+        let Ok(status) = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await
+        else {
+            panic!(
+                "causeway did not stop within 60 s of SIGTERM; log:\n{}",
+                self.log_text()
+            );
+        };
+        let status = status.expect("wait");
         assert!(
             status.success(),
             "causeway exited with {status}; log:\n{}",
