@@ -48,9 +48,12 @@ enum Command {
         #[arg(
             long,
             conflicts_with = "from_position",
-            required_unless_present = "from_position"
+            required_unless_present_any = ["from_position", "last"]
         )]
         from_time: Option<DateTime<Utc>>,
+        /// Start at events stored this long ago, e.g. `1m` or `2h`.
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with_all = ["from_time", "from_position"])]
+        last: Option<std::time::Duration>,
         /// Start at this store position.
         #[arg(long)]
         from_position: Option<u64>,
@@ -154,14 +157,18 @@ async fn real_main() -> Result<()> {
             route,
             from_time,
             from_position,
+            last,
             to_time,
             key,
             sink,
             destination,
         } => {
-            let from = match (from_time, from_position) {
-                (Some(t), _) => ReadFrom::Time(t),
-                (None, p) => ReadFrom::Position(p.unwrap_or(0)),
+            let from = match (from_time, from_position, last) {
+                (Some(t), _, _) => ReadFrom::Time(t),
+                (None, _, Some(ago)) => ReadFrom::Time(
+                    Utc::now() - chrono::Duration::from_std(ago).context("--last is too long")?,
+                ),
+                (None, p, None) => ReadFrom::Position(p.unwrap_or(0)),
             };
             let replay = Replay {
                 route,

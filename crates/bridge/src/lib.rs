@@ -316,11 +316,18 @@ async fn summarize(
             let published = m.published.get();
             let rate = (published - last[i]) as f64 / every.as_secs_f64();
             last[i] = published;
+            let (p50, p99) = m
+                .take_recent_quantiles()
+                .map_or(("-".into(), "-".into()), |(a, b)| {
+                    (format!("{a:.1}ms"), format!("{b:.1}ms"))
+                });
             tracing::info!(
                 route = %name,
                 received = m.received.get(),
                 published,
                 rate = format!("{rate:.0}/s"),
+                p50,
+                p99,
                 duplicates = m.duplicates.get(),
                 dead_lettered = m.dead_lettered.get(),
                 backlog = m.backlog.get(),

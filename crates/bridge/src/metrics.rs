@@ -1,7 +1,8 @@
 //! Prometheus metrics per route, and `/metrics`, `/healthz`, `/readyz`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -38,7 +39,17 @@ pub struct Metrics {
     fenced: Family<RouteLabel, Counter>,
     latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     backlog: Family<RouteLabel, Gauge>,
+    recent: Mutex<HashMap<String, Arc<Mutex<Recent>>>>,
     ready: AtomicBool,
+}
+
+/// Latencies since the last summary line, for its p50 and p99 (the
+/// Prometheus histogram has fixed buckets and no reset).
+pub type Recent = hdrhistogram::Histogram<u64>;
+
+fn recent() -> Recent {
+    // Microseconds up to an hour, 2 significant digits: a few KiB per route.
+    Recent::new_with_bounds(1, 3_600_000_000, 2).expect("constant bounds are valid")
 }
 
 /// One route's handles.
@@ -61,8 +72,38 @@ pub struct RouteMetrics {
     pub fenced: Counter,
     /// Event time to sink confirmation, seconds.
     pub latency: Histogram,
+    /// The same since the last summary line, microseconds.
+    pub recent: Arc<Mutex<Recent>>,
     /// Durable mode: events stored and not yet forwarded.
     pub backlog: Gauge,
+}
+
+impl RouteMetrics {
+    /// Records one event's end-to-end latency.
+    pub fn observe_latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+        // Beyond the bounds (an hour) is clamped, not dropped.
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .saturating_record((seconds * 1e6).max(1.0) as u64);
+    }
+
+    /// p50 and p99 of the latencies since the last call, in milliseconds
+    /// (none if nothing was confirmed), and a fresh window.
+    pub fn take_recent_quantiles(&self) -> Option<(f64, f64)> {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.is_empty() {
+            return None;
+        }
+        let q = |q: f64| recent.value_at_quantile(q) as f64 / 1000.0;
+        let out = (q(0.5), q(0.99));
+        recent.reset();
+        Some(out)
+    }
 }
 
 impl Default for Metrics {
@@ -78,6 +119,7 @@ impl Default for Metrics {
             fenced: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             backlog: Family::default(),
+            recent: Mutex::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -146,6 +188,13 @@ impl Metrics {
             fenced: self.fenced.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
             backlog: self.backlog.get_or_create(&l).clone(),
+            recent: self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(route.to_owned())
+                .or_insert_with(|| Arc::new(Mutex::new(recent())))
+                .clone(),
         }
     }
 

@@ -131,9 +131,9 @@ impl Route {
                 Fate::Sent => {
                     self.metrics.published.inc();
                     if let Some(t) = events[i].time {
-                        self.metrics
-                            .latency
-                            .observe((now - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                        self.metrics.observe_latency(
+                            (now - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6,
+                        );
                     }
                 }
                 Fate::Failed(e) if !e.is_temporary() => {
