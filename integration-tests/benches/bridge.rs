@@ -1,0 +1,275 @@
+//! The bridge's throughput on real brokers, next to a baseline in the same
+//! run: NATS → RabbitMQ, Kafka → NATS, RabbitMQ → Kafka and NATS → NATS,
+//! 10,000 events of 1 KiB per sample.
+//!
+//! - baseline, "adapter loop": consume a batch of up to 500 from A with the
+//!   source adapter, publish it to B with the sink adapter, ack after the
+//!   sink confirmed; 8 batches in flight. The adapters' own benches put each
+//!   adapter next to its raw client library.
+//! - the bridge's route, direct mode with dedup (SQLite), without dedup,
+//!   and durable mode (SQLite store);
+//! - NATS → RabbitMQ again with 10 ms and 90 ms of round trip added between
+//!   the bridge and RabbitMQ by the fault proxy.
+//!
+//! A sample is timed from the first event received to the last confirmed by
+//! the sink, so that consumer start-up (a Kafka group join) is not counted.
+//! After the groups it prints CPU time per event of each case and the
+//! process's peak RSS (which also holds the baselines and criterion).
+//!
+//! Run with `cargo xtask bench bridge` (brokers from `cargo xtask services up`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use causeway_bridge::Bridge;
+use causeway_core::{Event, Settlement, settle_all};
+use causeway_testkit::fault_proxy::FaultProxy;
+use common::{Broker, Kafka, Nats, Rabbit, Setup};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tokio_util::sync::CancellationToken;
+
+const EVENTS: usize = 10_000;
+const BATCH: usize = 500;
+const IN_FLIGHT: usize = 8;
+
+#[derive(Debug, Clone, Copy)]
+enum Mover {
+    AdapterLoop,
+    Direct { dedup: bool },
+    Durable,
+}
+
+/// CPU seconds of this process (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 here; 100 ticks a second.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn events(prefix: &str) -> Vec<Event> {
+    causeway_testkit::bench::events_1kib(prefix, EVENTS)
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| e.with_key(format!("account-{}", i % 100)))
+        .collect()
+}
+
+/// One sample: fresh destinations, the source filled (untimed), then the
+/// events moved; returns the time from first receipt to last confirmation
+/// and the CPU seconds spent in it.
+async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Duration, f64) {
+    let dir = tempfile::tempdir().expect("dir");
+    let prefix = causeway_testkit::unique_name("bench");
+    let emulator = common::prepare(&prefix, from, to).await;
+    let mode = if matches!(mover, Mover::Durable) {
+        "durable"
+    } else {
+        "direct"
+    };
+    let mut setup = Setup::new(dir.path(), &prefix, from, to, mode).with_servicebus(&emulator);
+    setup.route_extra = format!(
+        "batch_size = {BATCH}\ndedup = {}",
+        !matches!(mover, Mover::Direct { dedup: false })
+    );
+    let _proxy = if rtt.is_zero() {
+        None
+    } else {
+        assert_eq!(to, Rabbit, "latency is injected in front of RabbitMQ only");
+        let proxy = FaultProxy::start("127.0.0.1:5672".parse().expect("addr"))
+            .await
+            .expect("proxy");
+        proxy.set_latency(rtt / 2, rtt / 2);
+        setup.route.rabbit = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+        Some(proxy)
+    };
+    let bridge = Bridge::new(setup.config(&emulator)).await.expect("bridge");
+    // Declares the sink's queue (RabbitMQ) before anything is published.
+    let sink = common::sink_reader(&bridge, from, to).await;
+    drop(sink);
+    common::publish_to_source(&bridge, from, &prefix, &events(&prefix)).await;
+    let destination = to.destination(&prefix, "out");
+    match mover {
+        Mover::AdapterLoop => adapter_loop(&bridge, from, to, &destination).await,
+        Mover::Direct { .. } | Mover::Durable => route(&bridge).await,
+    }
+}
+
+async fn route(bridge: &Bridge) -> (Duration, f64) {
+    let route = bridge.route("r").await.expect("route");
+    let source = bridge
+        .endpoints
+        .consumer(&route.config.source)
+        .await
+        .expect("source");
+    let metrics = bridge.metrics.route("r");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(route.run(source, shutdown.clone()));
+    while metrics.received.get() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (t0, cpu0) = (Instant::now(), cpu_seconds());
+    while metrics.published.get() < EVENTS as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let out = (t0.elapsed(), cpu_seconds() - cpu0);
+    shutdown.cancel();
+    task.await.expect("task").expect("route");
+    out
+}
+
+/// The baseline: consume, publish, ack after the confirm; 8 batches in flight.
+async fn adapter_loop(
+    bridge: &Bridge,
+    from: Broker,
+    to: Broker,
+    destination: &str,
+) -> (Duration, f64) {
+    let mut source = bridge
+        .endpoints
+        .consumer(from.name())
+        .await
+        .expect("source");
+    let sink = bridge.endpoints.publisher(to.name()).await.expect("sink");
+    let window = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let (mut received, mut start) = (0, None);
+    while received < EVENTS {
+        let permit = window.clone().acquire_owned().await.expect("window");
+        let batch = source
+            .next_batch(BATCH, Duration::from_millis(20))
+            .await
+            .expect("receive");
+        if batch.is_empty() {
+            continue;
+        }
+        start.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
+        received += batch.len();
+        let (sink, confirmed, destination) =
+            (sink.clone(), confirmed.clone(), destination.to_owned());
+        tokio::spawn(async move {
+            let (events, tickets): (Vec<Event>, Vec<_>) =
+                batch.into_iter().map(|d| (d.event, d.ticket)).unzip();
+            let outcomes = sink.publish(&destination, &events).await.expect("publish");
+            assert!(outcomes.iter().all(Result::is_ok), "a publish failed");
+            settle_all(tickets.into_iter().map(|t| (t, Settlement::Ack)))
+                .await
+                .expect("ack");
+            confirmed.fetch_add(events.len() as u64, Ordering::SeqCst);
+            drop(permit);
+        });
+    }
+    while confirmed.load(Ordering::SeqCst) < EVENTS as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (t0, cpu0) = start.expect("received something");
+    let out = (t0.elapsed(), cpu_seconds() - cpu0);
+    source.close().await.expect("close");
+    out
+}
+
+/// CPU seconds and events per case, for the table printed at the end.
+static CPU: Mutex<BTreeMap<String, (f64, u64)>> = Mutex::new(BTreeMap::new());
+
+fn bench_pair(c: &mut Criterion, from: Broker, to: Broker, cases: &[(&str, Mover, Duration)]) {
+    let rt = causeway_testkit::bench::runtime();
+    let name = format!("bridge_{}_to_{}", from.name(), to.name());
+    let mut group = c.benchmark_group(&name);
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(5));
+    for &(case, mover, rtt) in cases {
+        let key = format!("{name}/{case}");
+        group.bench_function(case, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let key = key.clone();
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let (elapsed, cpu) = sample(from, to, mover, rtt).await;
+                        total += elapsed;
+                        let mut m = CPU.lock().expect("lock");
+                        let e = m.entry(key.clone()).or_default();
+                        e.0 += cpu;
+                        e.1 += EVENTS as u64;
+                    }
+                    total
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
+const STANDARD: &[(&str, Mover, Duration)] = &[
+    ("adapter_loop_baseline", Mover::AdapterLoop, Duration::ZERO),
+    (
+        "bridge_direct_dedup",
+        Mover::Direct { dedup: true },
+        Duration::ZERO,
+    ),
+    (
+        "bridge_direct_no_dedup",
+        Mover::Direct { dedup: false },
+        Duration::ZERO,
+    ),
+    ("bridge_durable", Mover::Durable, Duration::ZERO),
+];
+
+fn benches(c: &mut Criterion) {
+    let ms = Duration::from_millis;
+    let mut nats_rabbit = STANDARD.to_vec();
+    nats_rabbit.extend([
+        ("adapter_loop_baseline_rtt_90ms", Mover::AdapterLoop, ms(90)),
+        (
+            "bridge_direct_dedup_rtt_10ms",
+            Mover::Direct { dedup: true },
+            ms(10),
+        ),
+        (
+            "bridge_direct_dedup_rtt_90ms",
+            Mover::Direct { dedup: true },
+            ms(90),
+        ),
+        ("bridge_durable_rtt_90ms", Mover::Durable, ms(90)),
+    ]);
+    bench_pair(c, Nats, Rabbit, &nats_rabbit);
+    bench_pair(c, Kafka, Nats, STANDARD);
+    bench_pair(c, Rabbit, Kafka, STANDARD);
+    bench_pair(c, Nats, Nats, STANDARD);
+    println!("\nCPU time per event (this process: source and sink clients, bridge, harness):");
+    for (case, (cpu, events)) in CPU.lock().expect("lock").iter() {
+        println!("  {case}: {:.1} µs/event", cpu / *events as f64 * 1e6);
+    }
+    println!("peak RSS of the bench process: {:.0} MiB", peak_rss_mib());
+}
+
+criterion_group!(bridge, benches);
+criterion_main!(bridge);
