@@ -10,6 +10,10 @@ use crate::consumer::NatsConsumer;
 use crate::error::Error;
 use crate::publisher::NatsPublisher;
 
+/// PubAcks awaited at once across all publishes of a client: far above
+/// any batch, so the limit never makes a batch wait for another.
+const MAX_ACKS_IN_FLIGHT: usize = 1 << 24;
+
 /// A connection to a JetStream server with its stream in place.
 #[derive(Clone, Debug)]
 pub struct NatsClient {
@@ -61,7 +65,15 @@ impl NatsClient {
         // retry_on_initial_connect returns at once; the first request waits
         // for the connection, bounded by the request timeout.
         let client = options.connect(&config.url).await.map_err(Error::connect)?;
-        let jetstream = jetstream::new(client.clone());
+        // async-nats holds an ack permit per unawaited PubAck (5,000 by
+        // default) and waits for one when none is left. `publish` sends a
+        // whole batch before awaiting its acks, so batches in flight that
+        // together pass the limit would wait for each other forever. Callers
+        // bound what they have in flight (the bridge: shards × batch size),
+        // so the library's bound is lifted.
+        let jetstream = jetstream::ContextBuilder::new()
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            .build(client.clone());
         let this = NatsClient {
             client,
             jetstream,
