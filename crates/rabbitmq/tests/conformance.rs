@@ -133,6 +133,17 @@ impl BrokerHarness for Rabbit {
 
 mod classic {
     use super::*;
+
+    /// Concurrent batches that together pass the unconfirmed window (1,024).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_batches_over_the_confirm_window_complete() {
+        causeway_testkit::broker::concurrent_batches_complete(
+            &Rabbit::new(QueueKind::Classic).await,
+            8,
+            1_000,
+        )
+        .await;
+    }
     causeway_testkit::broker_conformance!(Rabbit::new(QueueKind::Classic));
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
