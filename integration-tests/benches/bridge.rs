@@ -32,7 +32,6 @@ use causeway_core::{Event, Settlement, settle_all};
 use causeway_testkit::fault_proxy::FaultProxy;
 use common::{Broker, Kafka, Nats, Rabbit, Setup};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tokio_util::sync::CancellationToken;
 
 const EVENTS: usize = 10_000;
 const BATCH: usize = 500;
@@ -122,15 +121,8 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
 }
 
 async fn route(bridge: &Bridge) -> (Duration, f64) {
-    let route = bridge.route("r").await.expect("route");
-    let source = bridge
-        .endpoints
-        .consumer(&route.config.source)
-        .await
-        .expect("source");
     let metrics = bridge.metrics.route("r");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(route.run(source, shutdown.clone()));
+    let running = common::start_route(bridge).await;
     while metrics.received.get() == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -139,8 +131,7 @@ async fn route(bridge: &Bridge) -> (Duration, f64) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let out = (t0.elapsed(), cpu_seconds() - cpu0);
-    shutdown.cancel();
-    task.await.expect("task").expect("route");
+    running.stop().await;
     out
 }
 

@@ -22,16 +22,20 @@ mod common;
 use std::time::Duration;
 
 use causeway_bridge::Bridge;
+use causeway_bridge::metrics::RouteMetrics;
 use causeway_bridge::pipeline::dead_letter_stream;
 use causeway_core::{Event, ReadFrom, ReadQuery, dead_letter};
 use causeway_testkit::fault_proxy::FaultProxy;
 use causeway_testkit::servicebus_emulator::ServiceBusEmulator;
 use common::{BridgeProcess, Broker, Kafka, Nats, Rabbit, ServiceBus, Setup, Sqs};
-use tokio_util::sync::CancellationToken;
 
 /// Short leases (a restarted instance takes over within seconds) and small
 /// batches (a kill lands between them, not after the last).
 const KILLABLE: &str = "claim_lease = \"3s\"\nbatch_size = 50";
+
+/// Few, quick retries: the outage is what is tested.
+const QUICK_RETRY: &str =
+    "retry = { max_attempts = 2, initial_delay = \"50ms\", max_delay = \"200ms\" }";
 
 /// Events per test: moto serves about 50 messages a second.
 fn events_for(to: Broker) -> usize {
@@ -63,7 +67,7 @@ async fn killed_and_restarted(from: Broker, to: Broker, mode: &'static str) {
     let mut setup = Setup::new(dir.path(), &prefix, from, to, mode).with_servicebus(&emulator);
     setup.route_extra = KILLABLE.into();
     let helper = helper(dir.path(), &setup, &emulator).await;
-    let mut sink = common::sink_reader(&helper, from, to).await;
+    let sink = common::sink_reader(&helper, from, to).await;
     let n = events_for(to);
     let sent = causeway_testkit::events(&prefix, n, keys(from, n));
     let (first, second) = sent.split_at(n / 2);
@@ -81,15 +85,8 @@ async fn killed_and_restarted(from: Broker, to: Broker, mode: &'static str) {
     // The source keeps filling while the bridge is down.
     common::publish_to_source(&helper, from, &prefix, second).await;
     let bridge = BridgeProcess::start(dir.path(), "restarted", &setup, &emulator).await;
-    let tally = common::read_through_dedup(
-        sink.as_mut(),
-        &sent,
-        Duration::from_secs(180),
-        Duration::from_secs(3),
-    )
-    .await;
+    let tally = read_all(sink, &sent).await;
     bridge.stop().await;
-    sink.close().await.expect("close the sink reader");
     println!("{what}: killed after {at_kill} published");
     tally.assert_exact(&sent, &what);
 }
@@ -127,29 +124,39 @@ fn upstream(setup: &Setup, to: Broker) -> std::net::SocketAddr {
     }
 }
 
-/// A route running in the test process until `shutdown`.
-struct Running {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+/// Fills the source with the first half of `n` events, starts the route
+/// and waits until an eighth went through, so that the fault lands
+/// mid-stream. The test publishes the second half (`sent[n / 2..]`).
+async fn half_way(
+    bridge: &Bridge,
+    from: Broker,
+    prefix: &str,
+    n: usize,
+    what: &str,
+) -> (Vec<Event>, RouteMetrics, common::Running) {
+    let sent = causeway_testkit::events(prefix, n, keys(from, n));
+    common::publish_to_source(bridge, from, prefix, &sent[..n / 2]).await;
+    let metrics = bridge.metrics.route("r");
+    let running = common::start_route(bridge).await;
+    wait_for(what, Duration::from_secs(60), || {
+        metrics.published.get() >= n as u64 / 8
+    })
+    .await;
+    (sent, metrics, running)
 }
 
-async fn start_route(bridge: &Bridge) -> Running {
-    let route = bridge.route("r").await.expect("route");
-    let source = bridge
-        .endpoints
-        .consumer(&route.config.source)
-        .await
-        .expect("source");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(route.run(source, shutdown.clone()));
-    Running { shutdown, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.expect("task").expect("clean stop");
-    }
+/// Reads the sink through the idempotent handler until every event of
+/// `expected` arrived (3 minutes at most) and 3 s more, then closes it.
+async fn read_all(mut sink: Box<dyn causeway_core::Consumer>, expected: &[Event]) -> common::Tally {
+    let tally = common::read_through_dedup(
+        sink.as_mut(),
+        expected,
+        Duration::from_secs(180),
+        Duration::from_secs(3),
+    )
+    .await;
+    sink.close().await.expect("close the sink reader");
+    tally
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -175,20 +182,12 @@ async fn sink_cut_for_10s(from: Broker, to: Broker) {
         .expect("proxy");
     through(&mut setup, to, &proxy);
     // Fewer retries and a quick breaker: the outage is what is tested.
-    setup.route_extra =
-        "retry = { max_attempts = 2, initial_delay = \"50ms\", max_delay = \"200ms\" }".into();
+    setup.route_extra = QUICK_RETRY.into();
     let bridge = Bridge::new(setup.config(&emulator)).await.expect("bridge");
-    let mut sink = common::sink_reader(&bridge, from, to).await;
+    let sink = common::sink_reader(&bridge, from, to).await;
     let n = events_for(to);
-    let sent = causeway_testkit::events(&prefix, n, keys(from, n));
-    let (first, second) = sent.split_at(n / 2);
-    common::publish_to_source(&bridge, from, &prefix, first).await;
-    let metrics = bridge.metrics.route("r");
-    let running = start_route(&bridge).await;
-    wait_for(&what, Duration::from_secs(60), || {
-        metrics.published.get() >= n as u64 / 8
-    })
-    .await;
+    let (sent, metrics, running) = half_way(&bridge, from, &prefix, n, &what).await;
+    let second = &sent[n / 2..];
     proxy.cut_for(Duration::from_secs(10));
     let cut_at = std::time::Instant::now();
     let published_at_cut = metrics.published.get();
@@ -210,14 +209,7 @@ async fn sink_cut_for_10s(from: Broker, to: Broker) {
     })
     .await;
     running.stop().await;
-    let tally = common::read_through_dedup(
-        sink.as_mut(),
-        &sent,
-        Duration::from_secs(120),
-        Duration::from_secs(3),
-    )
-    .await;
-    sink.close().await.expect("close the sink reader");
+    let tally = read_all(sink, &sent).await;
     println!(
         "{what}: all {n} consumed {:.1} s into the outage (backlog then {backlog}, {published_during} confirmed during it), drained after",
         during.as_secs_f64()
@@ -246,24 +238,17 @@ async fn poison_event(from: Broker, to: Broker) {
     };
     sent[poison_at] = poison.clone();
     let bridge = Bridge::new(setup.config(&emulator)).await.expect("bridge");
-    let mut sink = common::sink_reader(&bridge, from, to).await;
+    let sink = common::sink_reader(&bridge, from, to).await;
     common::publish_to_source(&bridge, from, &prefix, &sent).await;
     let metrics = bridge.metrics.route("r");
-    let running = start_route(&bridge).await;
+    let running = common::start_route(&bridge).await;
     wait_for(&what, Duration::from_secs(120), || {
         metrics.published.get() + metrics.dead_lettered.get() >= n as u64
     })
     .await;
     running.stop().await;
     let rest: Vec<Event> = sent.iter().filter(|e| e.id != poison.id).cloned().collect();
-    let tally = common::read_through_dedup(
-        sink.as_mut(),
-        &rest,
-        Duration::from_secs(120),
-        Duration::from_secs(3),
-    )
-    .await;
-    sink.close().await.expect("close the sink reader");
+    let tally = read_all(sink, &rest).await;
     assert_eq!(metrics.dead_lettered.get(), 1, "{what}: dead letters");
     let dead = bridge
         .store
@@ -296,22 +281,14 @@ async fn sink_broker_restarted(from: Broker, mode: &'static str) {
     let mut setup = Setup::new(dir.path(), &prefix, from, to, mode).with_servicebus(&emulator);
     setup.route.rabbit = node.url();
     setup.check.rabbit = node.url();
-    setup.route_extra =
-        "retry = { max_attempts = 2, initial_delay = \"50ms\", max_delay = \"200ms\" }".into();
+    setup.route_extra = QUICK_RETRY.into();
     let bridge = Bridge::new(setup.config(&emulator)).await.expect("bridge");
     let sink = common::sink_reader(&bridge, from, to).await;
     // Declared the queue; read after the restart with a fresh reader.
     drop(sink);
     let n = events_for(to);
-    let sent = causeway_testkit::events(&prefix, n, keys(from, n));
-    let (first, second) = sent.split_at(n / 2);
-    common::publish_to_source(&bridge, from, &prefix, first).await;
-    let metrics = bridge.metrics.route("r");
-    let running = start_route(&bridge).await;
-    wait_for(&what, Duration::from_secs(60), || {
-        metrics.published.get() >= n as u64 / 8
-    })
-    .await;
+    let (sent, metrics, running) = half_way(&bridge, from, &prefix, n, &what).await;
+    let second = &sent[n / 2..];
     node.down();
     let at_stop = metrics.published.get();
     // The source keeps filling while the sink is down.
@@ -324,15 +301,8 @@ async fn sink_broker_restarted(from: Broker, mode: &'static str) {
     })
     .await;
     running.stop().await;
-    let mut sink = common::sink_reader(&bridge, from, to).await;
-    let tally = common::read_through_dedup(
-        sink.as_mut(),
-        &sent,
-        Duration::from_secs(120),
-        Duration::from_secs(3),
-    )
-    .await;
-    sink.close().await.expect("close the sink reader");
+    let sink = common::sink_reader(&bridge, from, to).await;
+    let tally = read_all(sink, &sent).await;
     println!("{what}: stopped after {at_stop} of {n} published, started again 2 s later");
     tally.assert_exact(&sent, &what);
 }

@@ -315,25 +315,42 @@ pub async fn publish_to_source(bridge: &Bridge, from: Broker, prefix: &str, even
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
 }
 
-/// Runs route `r` in process until `n` events were published, then shuts it down.
-pub async fn run_route(bridge: &Bridge, n: u64) {
+/// A route running in the test process until `shutdown`.
+pub struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn start_route(bridge: &Bridge) -> Running {
     let route = bridge.route("r").await.expect("route");
     let source = bridge
         .endpoints
         .consumer(&route.config.source)
         .await
         .expect("source");
-    let published = bridge.metrics.route("r").published;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(route.run(source, shutdown.clone()));
+    Running { shutdown, task }
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("task").expect("clean stop");
+    }
+}
+
+/// Runs route `r` in process until `n` events were published, then shuts it down.
+pub async fn run_route(bridge: &Bridge, n: u64) {
+    let published = bridge.metrics.route("r").published;
+    let running = start_route(bridge).await;
     for _ in 0..2400 {
         if published.get() >= n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    shutdown.cancel();
-    task.await.expect("task").expect("clean stop");
+    running.stop().await;
     assert_eq!(published.get(), n, "events published by the bridge");
 }
 
