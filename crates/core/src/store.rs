@@ -159,7 +159,9 @@ pub trait EventStore: Send + Sync {
     /// The position a named cursor of `stream` was last set to.
     async fn cursor(&self, stream: &str, name: &str) -> Result<Option<u64>>;
 
-    /// Sets a named cursor (e.g. a forwarder's last sent position), atomically.
+    /// Advances a named cursor (e.g. a forwarder's last sent position),
+    /// atomically; it never moves back, so a stale writer (a paused
+    /// forwarder that lost its lease) cannot undo another's progress.
     async fn set_cursor(&self, stream: &str, name: &str, position: u64) -> Result<()>;
 
     /// Applies `policy` to every stream; returns how many events were deleted.

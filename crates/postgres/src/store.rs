@@ -271,7 +271,7 @@ impl EventStore for PostgresStore {
             "WITH s AS (INSERT INTO streams (name) VALUES ($1)
                         ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING sid)
              INSERT INTO cursors (sid, name, position) SELECT sid, $2, $3 FROM s
-             ON CONFLICT (sid, name) DO UPDATE SET position = excluded.position",
+             ON CONFLICT (sid, name) DO UPDATE SET position = GREATEST(cursors.position, excluded.position)",
             &[&stream, &name, &(position as i64)],
         )
         .await

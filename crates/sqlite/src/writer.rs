@@ -276,7 +276,7 @@ fn set_cursor(
     let sid = sid(conn, sids, stream)?;
     conn.execute(
         "INSERT INTO cursors (sid, name, position) VALUES (?1, ?2, ?3)
-         ON CONFLICT (sid, name) DO UPDATE SET position = excluded.position",
+         ON CONFLICT (sid, name) DO UPDATE SET position = max(position, excluded.position)",
         params![sid, name, position as i64],
     )?;
     Ok(())

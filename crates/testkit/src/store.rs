@@ -147,12 +147,14 @@ pub async fn read_by_position_time_and_filter(h: &dyn EventStoreHarness) {
     assert!(none.is_empty());
 }
 
-/// Named cursors are per stream and keep the last position set.
+/// Named cursors are per stream, keep the highest position set, and never move back.
 pub async fn cursors(h: &dyn EventStoreHarness) {
     let store = fresh(h).await;
     assert_eq!(store.cursor("s", "sqs").await.expect("cursor"), None);
     store.set_cursor("s", "sqs", 10).await.expect("set");
     store.set_cursor("s", "sqs", 12).await.expect("set");
+    // A stale writer cannot move it back.
+    store.set_cursor("s", "sqs", 5).await.expect("set");
     store.set_cursor("s", "servicebus", 3).await.expect("set");
     store.set_cursor("t", "sqs", 99).await.expect("set");
     assert_eq!(

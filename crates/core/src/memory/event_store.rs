@@ -127,7 +127,9 @@ impl EventStore for MemoryEventStore {
                 ..Stream::default()
             })
             .cursors
-            .insert(name.to_owned(), position);
+            .entry(name.to_owned())
+            .and_modify(|p| *p = (*p).max(position))
+            .or_insert(position);
         Ok(())
     }
 
