@@ -127,29 +127,24 @@ fn demo(seconds: u64) -> Result<()> {
         let _ = std::fs::remove_file(std::path::Path::new("causeway-data").join(stale));
     }
     cmd::run("cargo", &["build", "-q", "-p", "causeway-bridge"], &[])?;
-    let causeway = |args: &[&str]| -> Vec<String> {
-        ["run", "-q", "-p", "causeway-bridge", "--"]
-            .iter()
-            .chain(args)
-            .map(|s| s.to_string())
-            .collect()
+    // `cargo run` execs the binary on Unix: a child is causeway itself.
+    let causeway = |args: &[&str]| {
+        let mut c = std::process::Command::new("cargo");
+        c.args(["run", "-q", "-p", "causeway-bridge", "--"])
+            .args(args)
+            .envs(env.iter().copied());
+        c
     };
-    cmd::run(
-        "cargo",
-        &causeway(&["check", "-c", "examples/demo.toml"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        &env,
-    )?;
+    let run = |args: &[&str]| -> Result<()> {
+        let status = causeway(args).status()?;
+        anyhow::ensure!(status.success(), "causeway {} failed: {status}", args[0]);
+        Ok(())
+    };
+    run(&["check", "-c", "examples/demo.toml"])?;
     println!(
         "\n== FinBank: core banking -> Kafka -> SQS (durable) and Service Bus (direct), {seconds} s ==\n"
     );
-    // `cargo run` execs the binary on Unix: the child is causeway itself.
-    let mut child = std::process::Command::new("cargo")
-        .args(causeway(&["run", "-c", "examples/demo.toml"]))
-        .envs(env.iter().copied())
-        .spawn()?;
+    let mut child = causeway(&["run", "-c", "examples/demo.toml"]).spawn()?;
     std::thread::sleep(std::time::Duration::from_secs(seconds));
     cmd::run("kill", &["-TERM", &child.id().to_string()], &[])?;
     let status = child.wait()?;
@@ -157,7 +152,7 @@ fn demo(seconds: u64) -> Result<()> {
     println!(
         "\n== Replay: the AWS route's last minute into a second sink, Service Bus queue finbank-audit ==\n"
     );
-    let replay = causeway(&[
+    run(&[
         "replay",
         "-c",
         "examples/demo.toml",
@@ -169,18 +164,8 @@ fn demo(seconds: u64) -> Result<()> {
         "azure",
         "--destination",
         "finbank-audit",
-    ]);
-    cmd::run(
-        "cargo",
-        &replay.iter().map(String::as_str).collect::<Vec<_>>(),
-        &env,
-    )?;
-    let stats = causeway(&["store", "stats", "-c", "examples/demo.toml"]);
-    cmd::run(
-        "cargo",
-        &stats.iter().map(String::as_str).collect::<Vec<_>>(),
-        &env,
-    )
+    ])?;
+    run(&["store", "stats", "-c", "examples/demo.toml"])
 }
 
 /// Connection string of a real Service Bus namespace for the live test.

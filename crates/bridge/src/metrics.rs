@@ -79,14 +79,18 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// Records one event's end-to-end latency.
-    pub fn observe_latency(&self, seconds: f64) {
-        self.latency.observe(seconds);
-        // Beyond the bounds (an hour) is clamped, not dropped.
-        self.recent
+    /// Records the end-to-end latencies of a batch's events, in seconds
+    /// (one lock for the batch, not one per event).
+    pub fn observe_latencies(&self, seconds: impl IntoIterator<Item = f64>) {
+        let mut recent = self
+            .recent
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .saturating_record((seconds * 1e6).max(1.0) as u64);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for s in seconds {
+            self.latency.observe(s);
+            // Beyond the bounds (an hour) is clamped, not dropped.
+            recent.saturating_record((s * 1e6).max(1.0) as u64);
+        }
     }
 
     /// p50 and p99 of the latencies since the last call, in milliseconds

@@ -126,14 +126,14 @@ impl Route {
             }
         }
         let now = chrono::Utc::now();
+        let mut latencies = Vec::with_capacity(events.len());
         for (i, fate) in fates.iter_mut().enumerate() {
             match fate {
                 Fate::Sent => {
                     self.metrics.published.inc();
                     if let Some(t) = events[i].time {
-                        self.metrics.observe_latency(
-                            (now - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6,
-                        );
+                        latencies
+                            .push((now - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
                     }
                 }
                 Fate::Failed(e) if !e.is_temporary() => {
@@ -148,6 +148,7 @@ impl Route {
                 Fate::DeadLettered => {}
             }
         }
+        self.metrics.observe_latencies(latencies);
         fates
     }
 
