@@ -41,6 +41,7 @@ fn queue(name: &str) -> QueueConfig {
         dead_letter_queue: None,
         delivery_limit: None,
         stream_offset: None,
+        delay_queue_idle: Duration::from_secs(60),
     }
 }
 

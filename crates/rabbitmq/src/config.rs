@@ -114,10 +114,20 @@ pub struct QueueConfig {
     /// Stream queues: where a new consumer starts.
     #[serde(default)]
     pub stream_offset: Option<StreamOffset>,
+    /// How long an unused delay queue outlives its TTL before RabbitMQ
+    /// deletes it (`x-expires` = TTL + this). A link redeclares a delay
+    /// queue it publishes to well within this, so a message in one never
+    /// outlives its queue.
+    #[serde(default = "default_delay_queue_idle", with = "humantime_serde")]
+    pub delay_queue_idle: Duration,
 }
 
 fn default_prefetch() -> u16 {
     256
+}
+
+fn default_delay_queue_idle() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Queue types.

@@ -257,7 +257,10 @@ impl RabbitSettler {
             ));
         }
         let bucket = delay_bucket(delay);
-        let delay_queue = m.link.delay_queue(&self.queue.name, bucket).await?;
+        let delay_queue = m
+            .link
+            .delay_queue(&self.queue.name, bucket, self.queue.delay_queue_idle)
+            .await?;
         let next = AMQPValue::LongLongInt(i64::from(m.attempt) + 1);
         self.publish_copy(
             &m,

@@ -1,9 +1,9 @@
 //! Connections: one live channel per session, reopened (and the topology
 //! re-declared) after it is lost.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use causeway_core::{Capabilities, Ordering};
 use lapin::options::{
@@ -83,8 +83,8 @@ pub(crate) fn capabilities(config: &RabbitConfig, queue: Option<&QueueConfig>) -
 pub(crate) struct Link {
     pub(crate) connection: Connection,
     pub(crate) channel: Channel,
-    /// Delay queues declared on this link.
-    delay_queues: std::sync::Mutex<HashSet<u64>>,
+    /// Delay queues declared on this link, with when each was last declared.
+    delay_queues: std::sync::Mutex<HashMap<u64, Instant>>,
 }
 
 /// Holds at most one live link and reopens it on demand.
@@ -189,17 +189,28 @@ impl Session {
 }
 
 impl Link {
-    /// The delay queue for `bucket_ms`, declared on first use: its TTL
-    /// dead-letters messages back to `queue` through the default exchange,
-    /// and it deletes itself when unused for a minute past its TTL.
-    pub(crate) async fn delay_queue(&self, queue: &str, bucket_ms: u64) -> Result<String, Error> {
+    /// The delay queue for `bucket_ms`: its TTL dead-letters messages back
+    /// to `queue` through the default exchange, and RabbitMQ deletes it,
+    /// messages and all, once it has been unused for `idle` past its TTL.
+    /// Publishing does not count as use; declaring does. So the queue is
+    /// declared again whenever the last declaration is older than half of
+    /// `idle`: every copy published here then has at least its TTL plus
+    /// half of `idle` before the queue could expire.
+    pub(crate) async fn delay_queue(
+        &self,
+        queue: &str,
+        bucket_ms: u64,
+        idle: Duration,
+    ) -> Result<String, Error> {
         let name = format!("{queue}.delay.{bucket_ms}ms");
-        let declared = self
+        let fresh = self
             .delay_queues
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(&bucket_ms);
-        if !declared {
+            .get(&bucket_ms)
+            .is_some_and(|at| at.elapsed() < idle / 2);
+        if !fresh {
+            let declared_at = Instant::now();
             let mut args = FieldTable::default();
             args.insert(
                 "x-message-ttl".into(),
@@ -215,7 +226,7 @@ impl Link {
             );
             args.insert(
                 "x-expires".into(),
-                AMQPValue::LongLongInt(bucket_ms as i64 + 60_000),
+                AMQPValue::LongLongInt(bucket_ms as i64 + idle.as_millis() as i64),
             );
             bounded(
                 "declare delay queue",
@@ -232,7 +243,7 @@ impl Link {
             self.delay_queues
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(bucket_ms);
+                .insert(bucket_ms, declared_at);
         }
         Ok(name)
     }

@@ -84,6 +84,7 @@ fn queue_config(kind: QueueKind, name: &str) -> QueueConfig {
         dead_letter_queue: Some(format!("{name}.dlq")),
         delivery_limit: None,
         stream_offset: None,
+        delay_queue_idle: Duration::from_secs(60),
     }
 }
 
@@ -145,6 +146,73 @@ mod classic {
         .await;
     }
     causeway_testkit::broker_conformance!(Rabbit::new(QueueKind::Classic));
+
+    /// A link that lives past its delay queue's idle expiry keeps every
+    /// delayed nack: RabbitMQ deletes an unused queue with its messages,
+    /// and publishing into it does not count as use. Before the fix the
+    /// queue was declared once per link, so nacks made after its expiry
+    /// were copied into a queue about to vanish (or already gone) and the
+    /// originals acked: lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delayed_nacks_survive_the_delay_queues_expiry() {
+        use causeway_core::Event;
+        let rabbit = Rabbit::new(QueueKind::Classic).await;
+        let name = rabbit.destination("delay-expiry").await.expect("queue");
+        let mut queue = queue_config(QueueKind::Classic, &name);
+        // x-expires = 1 s TTL + 2 s: the queue dies 3 s after its last declaration.
+        queue.delay_queue_idle = Duration::from_secs(2);
+        let mut consumer = rabbit
+            .client
+            .consumer(Some(&queue))
+            .await
+            .expect("consumer");
+        let publisher = rabbit.client.publisher();
+        // One event nacked every 1.5 s for 9 s, on one link: the later ones
+        // are well past the first declaration's expiry.
+        let rounds = 6;
+        let started = std::time::Instant::now();
+        for round in 0..rounds {
+            let id = format!("late-nack-{round}");
+            let event = Event::new(&id, "test://delay-expiry", "t").with_payload("x");
+            let outcomes = publisher
+                .publish(&name, std::slice::from_ref(&event))
+                .await
+                .expect("publish");
+            assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+            let first = receive_one(&mut consumer, &id).await;
+            assert_eq!(first.ticket.attempt(), 1);
+            first.nack(Duration::from_secs(1)).await.expect("nack");
+            let again = receive_one(&mut consumer, &id).await;
+            assert!(
+                again.ticket.attempt() >= 2,
+                "{id} came back as attempt {}",
+                again.ticket.attempt()
+            );
+            again.ack().await.expect("ack");
+            let next_at = Duration::from_millis(1_500) * (round + 1);
+            tokio::time::sleep(next_at.saturating_sub(started.elapsed())).await;
+        }
+        println!(
+            "{rounds} delayed nacks over {:.1} s on one link: all came back",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// The delivery of `id`, waiting up to 10 s; panics naming it otherwise.
+    async fn receive_one(consumer: &mut dyn Consumer, id: &str) -> causeway_core::Delivery {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let mut batch = consumer
+                .next_batch(1, Duration::from_millis(500))
+                .await
+                .expect("receive");
+            if let Some(d) = batch.pop() {
+                assert_eq!(d.event.id, id, "unexpected delivery");
+                return d;
+            }
+        }
+        panic!("`{id}` never came back: lost with an expired delay queue");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cut_all_connections_mid_stream_of_10000() {

@@ -33,6 +33,7 @@ fn stream(name: &str, offset: StreamOffset) -> QueueConfig {
         dead_letter_queue: None,
         delivery_limit: None,
         stream_offset: Some(offset),
+        delay_queue_idle: Duration::from_secs(60),
     }
 }
 
