@@ -146,12 +146,19 @@ impl Event {
     }
 
     /// Checks the event against CloudEvents 1.0: required attributes present
-    /// and non-empty, extension names valid and not reserved. The error names
-    /// the offending field.
+    /// and non-empty, no control characters in any attribute, extension
+    /// names valid and not reserved. The error names the offending field.
+    ///
+    /// Control characters are refused because brokers and stores cannot all
+    /// carry them: CR/LF cannot be in a NATS header, NUL cannot be in a
+    /// PostgreSQL text column. One such event must fail alone, here.
     pub fn validate(&self) -> Result<()> {
         require_non_empty("id", &self.id)?;
         require_non_empty("source", &self.source)?;
         require_non_empty("type", &self.kind)?;
+        for (field, value) in self.string_attributes() {
+            require_no_control(field, value)?;
+        }
         if self.source.chars().any(char::is_whitespace) {
             return Err(Error::invalid_event(
                 "source",
@@ -172,6 +179,41 @@ impl Event {
             validate_extension_name(name)?;
         }
         Ok(())
+    }
+
+    /// Every string attribute with its CloudEvents name, extensions by their own.
+    fn string_attributes(&self) -> impl Iterator<Item = (&str, &str)> {
+        let optional = [
+            ("datacontenttype", &self.content_type),
+            ("dataschema", &self.data_schema),
+            ("subject", &self.subject),
+            ("partitionkey", &self.key),
+        ]
+        .into_iter()
+        .filter_map(|(field, v)| v.as_deref().map(|v| (field, v)));
+        [
+            ("id", self.id.as_str()),
+            ("source", self.source.as_str()),
+            ("type", self.kind.as_str()),
+        ]
+        .into_iter()
+        .chain(optional)
+        .chain(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
+/// CloudEvents 1.0 §3.1.1: U+0000–U+001F and U+007F–U+009F must not be used.
+pub fn is_forbidden_char(c: char) -> bool {
+    c.is_control()
+}
+
+fn require_no_control(field: &str, value: &str) -> Result<()> {
+    match value.char_indices().find(|(_, c)| is_forbidden_char(*c)) {
+        Some((at, c)) => Err(Error::invalid_event(
+            field,
+            format!("contains the control character {c:?} at byte {at}"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -253,6 +295,44 @@ mod tests {
                 .to_string()
                 .contains("partitionkey")
         );
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_attribute() {
+        let cases = [
+            ("id", Event::new("a\r\nb", "s", "t")),
+            ("source", Event::new("1", "s\u{0}", "t")),
+            ("type", Event::new("1", "s", "t\u{7f}")),
+            (
+                "subject",
+                Event::new("1", "s", "t").with_subject("x\u{1b}[31m"),
+            ),
+            (
+                "partitionkey",
+                Event::new("1", "s", "t").with_key("k\u{85}"),
+            ),
+            (
+                "traceparent",
+                Event::new("1", "s", "t").with_header("traceparent", "\u{0}"),
+            ),
+        ];
+        for (field, event) in cases {
+            let e = err_of(event);
+            assert_eq!(e.kind(), ErrorKind::InvalidEvent);
+            assert!(e.to_string().contains(field), "{field}: {e}");
+            assert!(e.to_string().contains("control character"), "{e}");
+        }
+        // Tabs are control characters too; other Unicode is fine.
+        assert!(
+            Event::new("1", "s", "t")
+                .with_subject("a\tb")
+                .validate()
+                .is_err()
+        );
+        Event::new("ü-1", "s", "t")
+            .with_subject("ünïcødé ✓")
+            .validate()
+            .unwrap();
     }
 
     #[test]

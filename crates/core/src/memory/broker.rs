@@ -170,6 +170,18 @@ impl MemoryBroker {
         }
     }
 
+    /// Appends `events` to `topic` as a foreign producer would: nothing is
+    /// checked, so tests can feed a consumer events no causeway publisher
+    /// would send (control characters, empty ids).
+    pub fn publish_unchecked(&self, topic: &str, events: &[Event]) {
+        let mut topics = self.inner.lock();
+        for event in events {
+            append(&self.inner, &mut topics, topic, event.clone());
+        }
+        drop(topics);
+        self.inner.changed.notify_waiters();
+    }
+
     /// Number of events ever published to `topic` (dedup-dropped copies excluded).
     pub fn published(&self, topic: &str) -> usize {
         self.inner.lock().get(topic).map_or(0, |t| t.log.len())
