@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use causeway_core::{
-    AppendOutcome, Claim, ClaimToken, Consumer, DedupStore, Error, Event, EventStore, Publisher,
-    ReadFrom, ReadQuery, Settlement, Template, Ticket, dead_letter, settle_all,
+    AppendOutcome, Claim, ClaimToken, Consumer, DedupStore, Error, ErrorKind, Event, EventStore,
+    Publisher, ReadFrom, ReadQuery, Settlement, Template, Ticket, dead_letter, settle_all,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,16 @@ impl Route {
     /// failures are dead-lettered; temporary ones (after the retry wrapper
     /// gave up) come back as `Failed`.
     async fn forward(&self, events: &[Event]) -> Vec<Fate> {
-        let mut fates: Vec<Fate> = events.iter().map(|_| Fate::Sent).collect();
+        // Fail closed: an event the sink returned no outcome for is not sent.
+        let mut fates: Vec<Fate> = events
+            .iter()
+            .map(|_| {
+                Fate::Failed(Error::temporary(
+                    ErrorKind::Internal,
+                    "the sink returned no outcome for this event",
+                ))
+            })
+            .collect();
         // Destinations in order of first appearance, each with its events in order.
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, e) in events.iter().enumerate() {
@@ -111,6 +120,9 @@ impl Route {
             };
             match self.sink.publish(&dest, batch).await {
                 Ok(outcomes) => {
+                    if outcomes.len() != idx.len() {
+                        tracing::error!(route = %self.name, events = idx.len(), outcomes = outcomes.len(), "the sink broke its contract: not one outcome per event; those without one are retried");
+                    }
                     for (&i, o) in idx.iter().zip(outcomes) {
                         fates[i] = match o {
                             Ok(_) => Fate::Sent,
@@ -170,9 +182,9 @@ impl Route {
     /// destination (when configured). False if it could not be kept anywhere:
     /// the caller must not drop the event then.
     async fn dead_letter(&self, event: &Event, reason: &str, attempts: u32) -> bool {
-        let mut copy = event.clone();
-        dead_letter::mark(&mut copy, reason, attempts, &format!("route {}", self.name));
-        tracing::warn!(route = %self.name, id = %event.id, reason, "dead-lettering");
+        let copy =
+            dead_letter::storable_copy(event, reason, attempts, &format!("route {}", self.name));
+        tracing::warn!(route = %self.name, id = %copy.id, reason = %dead_letter::escape(reason), "dead-lettering");
         if let Err(e) = self
             .store
             .append(&dead_letter_stream(&self.name), std::slice::from_ref(&copy))
@@ -269,6 +281,8 @@ impl Route {
 
     /// The next batch from the source; a failing source is logged and
     /// polled again after a pause (the adapter reconnects by itself).
+    /// Events that are not valid CloudEvents never go further: each becomes
+    /// a dead letter on its own.
     async fn poll(&self, source: &mut dyn Consumer) -> Vec<causeway_core::Delivery> {
         match source
             .next_batch(self.config.batch_size, self.config.linger)
@@ -276,7 +290,7 @@ impl Route {
         {
             Ok(batch) => {
                 self.metrics.received.inc_by(batch.len() as u64);
-                batch
+                self.admit(batch).await
             }
             Err(e) => {
                 tracing::warn!(route = %self.name, error = %e, "source failed; retrying");
@@ -284,6 +298,38 @@ impl Route {
                 Vec::new()
             }
         }
+    }
+
+    /// Keeps the valid deliveries. An invalid one (a control character in
+    /// an id, an empty source) would fail at the store or the sink, or
+    /// worse, take its whole batch or group commit with it: it is
+    /// dead-lettered here, alone, and acked once the dead letter is kept.
+    async fn admit(&self, batch: Vec<causeway_core::Delivery>) -> Vec<causeway_core::Delivery> {
+        if batch.iter().all(|d| d.event.validate().is_ok()) {
+            return batch;
+        }
+        let mut valid = Vec::with_capacity(batch.len());
+        let mut settle = Vec::new();
+        for d in batch {
+            match d.event.validate() {
+                Ok(()) => valid.push(d),
+                Err(e) => {
+                    let kept = self
+                        .dead_letter(&d.event, &e.to_string(), d.ticket.attempt())
+                        .await;
+                    let settlement = if kept {
+                        Settlement::Ack
+                    } else {
+                        Settlement::Nack { delay: RETRY_PAUSE }
+                    };
+                    settle.push((d.ticket, settlement));
+                }
+            }
+        }
+        if let Err(e) = settle_all(settle).await {
+            tracing::warn!(route = %self.name, error = %e, "settling invalid events failed; they come back and are dead-lettered again");
+        }
+        valid
     }
 
     /// Dedup claims for a batch: duplicates are acked and dropped, events

@@ -291,6 +291,130 @@ async fn a_poison_event_is_dead_lettered_with_its_reason_and_the_rest_flows() {
     assert_eq!(dead[0].event.header(dead_letter::ORIGIN), Some("route r"));
 }
 
+/// Events a foreign producer wrote that are not valid CloudEvents (CR/LF
+/// in an id, NUL in an extension value, an empty source, an escape sequence
+/// in a key) become one dead letter each, with the reason, in a form the
+/// store can keep; the good events around them arrive, in both modes.
+/// Before the fix control characters passed validation and reached the
+/// sink (and, on real brokers, panicked async-nats or failed PostgreSQL's
+/// group commit).
+async fn invalid_events_are_dead_lettered_alone(mode: &str) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, broker) = bridge(&dir, mode).await;
+    let mut sent = causeway_testkit::events("h", 46, 5);
+    sent[3].id = "h-3\r\nX-Injected: 1".into();
+    sent[10]
+        .headers
+        .insert("traceparent".into(), "00-\u{0}".into());
+    sent[20].source = String::new();
+    sent[30].key = Some("acct\u{1b}[2J".into());
+    broker.publish_unchecked("in", &sent);
+    run_until(
+        &bridge,
+        &broker,
+        bridge.route("r").await.expect("route"),
+        at_sink,
+        42,
+    )
+    .await;
+    let got = drain_sink(&broker, 42).await;
+    assert!(got.iter().all(|e| e.validate().is_ok()));
+    let dead = bridge
+        .store
+        .read(&ReadQuery::new(
+            dead_letter_stream("r"),
+            ReadFrom::Position(0),
+            10,
+        ))
+        .await
+        .expect("dead letters");
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|d| d.event.header(dead_letter::REASON).unwrap_or_default())
+        .collect();
+    assert_eq!(dead.len(), 4, "{reasons:?}");
+    for field in ["`id`", "`traceparent`", "`source`", "`partitionkey`"] {
+        let reason = reasons.iter().find(|r| r.contains(field));
+        assert!(reason.is_some(), "no dead letter for {field}: {reasons:?}");
+    }
+    assert!(
+        dead.iter()
+            .any(|d| d.event.id == "h-3\\u{d}\\u{a}X-Injected: 1"),
+        "the id's control characters are escaped, not dropped"
+    );
+    assert!(dead.iter().all(|d| d.event.validate().is_ok()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_events_are_dead_lettered_alone_in_direct_mode() {
+    invalid_events_are_dead_lettered_alone("direct").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_events_are_dead_lettered_alone_in_durable_mode() {
+    invalid_events_are_dead_lettered_alone("durable").await;
+}
+
+/// A sink that returns fewer outcomes than events broke its contract: the
+/// events without an outcome are not acked as sent (they were before: every
+/// outcome started as sent), they are retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_returning_too_few_outcomes_gets_the_rest_again() {
+    struct Short {
+        inner: Arc<dyn Publisher>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+    #[async_trait]
+    impl Publisher for Short {
+        fn capabilities(&self) -> Capabilities {
+            self.inner.capabilities()
+        }
+        async fn publish(
+            &self,
+            destination: &str,
+            events: &[Event],
+        ) -> Result<Vec<Result<Receipt>>> {
+            // The first call forgets its last event entirely: not sent, no outcome.
+            let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+            let n = if first {
+                events.len() - 1
+            } else {
+                events.len()
+            };
+            self.inner.publish(destination, &events[..n]).await
+        }
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, broker) = bridge(&dir, "direct").await;
+    let base = bridge.route("r").await.expect("route");
+    let mut config = base.config.clone();
+    config.shards = 1;
+    let route = Arc::new(Route {
+        name: base.name.clone(),
+        config,
+        template: base.template.clone(),
+        sink: Arc::new(Short {
+            inner: bridge.endpoints.publisher("dst").await.expect("sink"),
+            calls: Default::default(),
+        }),
+        dead_letter: None,
+        store: base.store.clone(),
+        dedup: base.dedup.clone(),
+        shared_store: base.shared_store,
+        metrics: base.metrics.clone(),
+    });
+    let sent: Vec<Event> = causeway_testkit::events("short", 20, 1)
+        .into_iter()
+        .map(|mut e| {
+            e.key = Some("one".into());
+            e
+        })
+        .collect();
+    publish(&broker, &sent).await;
+    run_until(&bridge, &broker, route, at_sink, 20).await;
+    drain_sink(&broker, 20).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_republishes_the_stored_range() {
     let dir = tempfile::tempdir().expect("dir");
