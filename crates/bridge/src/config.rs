@@ -121,7 +121,7 @@ pub struct RetentionConfig {
     #[serde(default)]
     pub max_bytes: Option<u64>,
     /// How often retention runs.
-    #[serde(default = "default_retention_every", with = "humantime_serde")]
+    #[serde(default = "default_retention_every", with = "positive_duration")]
     pub every: Duration,
 }
 
@@ -167,7 +167,7 @@ pub struct MetricsConfig {
     #[serde(default)]
     pub listen: Option<String>,
     /// How often a summary line is logged.
-    #[serde(default = "default_summary", with = "humantime_serde")]
+    #[serde(default = "default_summary", with = "positive_duration")]
     pub summary_every: Duration,
 }
 
@@ -213,7 +213,7 @@ pub struct RouteConfig {
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// How long a poll waits for the first event.
-    #[serde(default = "default_linger", with = "humantime_serde")]
+    #[serde(default = "default_linger", with = "positive_duration")]
     pub linger: Duration,
     /// Key shards publishing in parallel (direct mode): same key, same shard, source order.
     #[serde(default = "default_shards")]
@@ -225,10 +225,10 @@ pub struct RouteConfig {
     /// (direct mode dedup) and, with a shared store, on forwarding the route
     /// (durable mode). After a crash another instance takes over within it;
     /// an instance paused past it finds itself fenced and stands down.
-    #[serde(default = "default_claim_lease", with = "humantime_serde")]
+    #[serde(default = "default_claim_lease", with = "positive_duration")]
     pub claim_lease: Duration,
     /// How long a handled event id is remembered (direct mode dedup).
-    #[serde(default = "default_dedup_ttl", with = "humantime_serde")]
+    #[serde(default = "default_dedup_ttl", with = "positive_duration")]
     pub dedup_ttl: Duration,
     /// Whether to deduplicate at all.
     #[serde(default = "yes")]
@@ -274,10 +274,10 @@ pub struct RetryConfig {
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
     /// First delay.
-    #[serde(default = "default_initial", with = "humantime_serde")]
+    #[serde(default = "default_initial", with = "positive_duration")]
     pub initial_delay: Duration,
     /// Largest delay.
-    #[serde(default = "default_max_delay", with = "humantime_serde")]
+    #[serde(default = "default_max_delay", with = "positive_duration")]
     pub max_delay: Duration,
 }
 
@@ -309,7 +309,7 @@ pub struct BreakerConfig {
     #[serde(default = "default_failures")]
     pub failures: u32,
     /// How long it stays open before a probe.
-    #[serde(default = "default_cooldown", with = "humantime_serde")]
+    #[serde(default = "default_cooldown", with = "positive_duration")]
     pub cooldown: Duration,
 }
 
@@ -339,6 +339,23 @@ pub struct DeadLetterConfig {
     pub destination: String,
 }
 
+/// A duration that must be longer than zero: zero would make a loop spin
+/// (a linger, a lease renewed every zero seconds, a retry without pause).
+/// Refused while parsing, so the error names the file, the line and the key.
+mod positive_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let value = humantime_serde::Serde::<Duration>::deserialize(d)?.into_inner();
+        if value.is_zero() {
+            return Err(D::Error::custom("must be longer than zero"));
+        }
+        Ok(value)
+    }
+}
+
 /// A configuration error, naming the file, and the line and key where known.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -365,9 +382,18 @@ impl Config {
 
     /// Parses `text`, naming it `origin` in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let text = substitute_env(text, origin)?;
+        Config::parse_with_env(text, origin, &|var| std::env::var(var).ok())
+    }
+
+    /// `parse`, reading `${VAR}` from `env`.
+    fn parse_with_env(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = substitute_env(text, origin, env)?;
         let config: Config =
-            toml::from_str(&text).map_err(|e| ConfigError(describe(origin, &text, &e)))?;
+            toml::from_str(&file.text).map_err(|e| ConfigError(describe(origin, &file, &e)))?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -422,51 +448,170 @@ impl Config {
     }
 }
 
-/// `file:line:column: message` from a TOML error (the message names the key).
-fn describe(origin: &str, text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim();
+/// `file:line:column: message` from a TOML error (the message names the
+/// key). The line shown is the file's own, before substitution, and any
+/// substituted value in the message is put back as its `${VAR}`: an error
+/// never prints what came from the environment.
+fn describe(origin: &str, file: &Substituted<'_>, e: &toml::de::Error) -> String {
+    let message = file.redact(e.message().trim());
     match e.span() {
         Some(span) => {
+            let text = &file.text;
             let line = text[..span.start].matches('\n').count() + 1;
             let column = span.start - text[..span.start].rfind('\n').map_or(0, |i| i + 1) + 1;
-            let source_line = text.lines().nth(line - 1).unwrap_or_default().trim();
+            let source_line = file
+                .original
+                .lines()
+                .nth(line - 1)
+                .unwrap_or_default()
+                .trim();
             format!("{origin}:{line}:{column}: {message}\n    {source_line}")
         }
         None => format!("{origin}: {message}"),
     }
 }
 
-/// Replaces `${VAR}` and `${VAR:-default}`; an unset variable without a
-/// default is an error naming the line.
-fn substitute_env(text: &str, origin: &str) -> Result<String, ConfigError> {
+/// A config file after `${VAR}` substitution, with what it was before.
+struct Substituted<'a> {
+    original: &'a str,
+    text: String,
+    /// Each substitution: the placeholder as written and the value put in.
+    values: Vec<(String, String)>,
+}
+
+impl Substituted<'_> {
+    /// `message` with each substituted value replaced by its placeholder.
+    fn redact(&self, message: &str) -> String {
+        let mut values: Vec<&(String, String)> =
+            self.values.iter().filter(|(_, v)| !v.is_empty()).collect();
+        values.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        let mut out = message.to_owned();
+        for (placeholder, value) in values {
+            for form in [value.clone(), value.escape_debug().to_string()] {
+                out = out.replace(&form, placeholder);
+            }
+        }
+        out
+    }
+}
+
+/// Where the scanner is in the TOML text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lexical {
+    Code,
+    Comment,
+    Basic,
+    Literal,
+    MultiBasic,
+    MultiLiteral,
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` inside quoted strings, escaped
+/// so that a value is only ever part of that string: an environment value
+/// cannot close the string and add keys. A placeholder outside a string is
+/// an error, and so is an unset variable without a default; both name the
+/// line. Placeholders in comments are left alone.
+fn substitute_env<'a>(
+    text: &'a str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Substituted<'a>, ConfigError> {
     let mut out = String::with_capacity(text.len());
-    for (n, line) in text.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let Some(end) = rest[start..].find('}') else {
-                return Err(ConfigError(format!("{origin}:{}: unclosed `${{`", n + 1)));
+    let mut values = Vec::new();
+    let mut state = Lexical::Code;
+    let mut rest = text;
+    let line_of = |rest: &str| text[..text.len() - rest.len()].matches('\n').count() + 1;
+    while let Some(c) = rest.chars().next() {
+        if rest.starts_with("${") && state != Lexical::Comment {
+            let line = line_of(rest);
+            let Some(end) = rest.find('}') else {
+                return Err(ConfigError(format!("{origin}:{line}: unclosed `${{`")));
             };
-            let inner = &rest[start + 2..start + end];
+            let placeholder = &rest[..=end];
+            let inner = &rest[2..end];
             let (var, default) = match inner.split_once(":-") {
                 Some((v, d)) => (v, Some(d)),
                 None => (inner, None),
             };
-            match (std::env::var(var), default) {
-                (Ok(v), _) => out.push_str(&v),
-                (Err(_), Some(d)) => out.push_str(d),
-                (Err(_), None) => {
+            let value = match (env(var), default) {
+                (Some(v), _) => v,
+                (None, Some(d)) => d.to_owned(),
+                (None, None) => {
                     return Err(ConfigError(format!(
-                        "{origin}:{}: environment variable `{var}` is not set (use `${{{var}:-default}}` for a default)",
-                        n + 1
+                        "{origin}:{line}: environment variable `{var}` is not set (use `${{{var}:-default}}` for a default)"
                     )));
                 }
-            }
-            rest = &rest[start + end + 1..];
+            };
+            let escaped = match state {
+                Lexical::Basic | Lexical::MultiBasic => escape_basic(&value),
+                Lexical::Literal | Lexical::MultiLiteral
+                    if !value.contains(['\'', '\n', '\r']) && !value.contains(char::is_control) =>
+                {
+                    value.clone()
+                }
+                Lexical::Literal | Lexical::MultiLiteral => {
+                    return Err(ConfigError(format!(
+                        "{origin}:{line}: the value of `{var}` cannot go into a '...' string \
+                         (it has a quote or a control character); use \"...\""
+                    )));
+                }
+                Lexical::Code | Lexical::Comment => {
+                    return Err(ConfigError(format!(
+                        "{origin}:{line}: `{placeholder}` must be inside a quoted string: \
+                         an environment value is only ever a string"
+                    )));
+                }
+            };
+            out.push_str(&escaped);
+            values.push((placeholder.to_owned(), value));
+            rest = &rest[end + 1..];
+            continue;
         }
-        out.push_str(rest);
+        // One step: a token that may change the state, or one character.
+        let (len, next) = match state {
+            Lexical::Code if c == '#' => (1, Lexical::Comment),
+            Lexical::Code if rest.starts_with("\"\"\"") => (3, Lexical::MultiBasic),
+            Lexical::Code if rest.starts_with("'''") => (3, Lexical::MultiLiteral),
+            Lexical::Code if c == '"' => (1, Lexical::Basic),
+            Lexical::Code if c == '\'' => (1, Lexical::Literal),
+            Lexical::Comment if c == '\n' => (1, Lexical::Code),
+            // An escape: the backslash and the character it escapes, together.
+            Lexical::Basic | Lexical::MultiBasic if c == '\\' => (
+                1 + rest[1..].chars().next().map_or(0, char::len_utf8),
+                state,
+            ),
+            Lexical::Basic if c == '"' || c == '\n' => (1, Lexical::Code),
+            Lexical::Literal if c == '\'' || c == '\n' => (1, Lexical::Code),
+            Lexical::MultiBasic if rest.starts_with("\"\"\"") => (3, Lexical::Code),
+            Lexical::MultiLiteral if rest.starts_with("'''") => (3, Lexical::Code),
+            _ => (c.len_utf8(), state),
+        };
+        out.push_str(&rest[..len]);
+        rest = &rest[len..];
+        state = next;
     }
-    Ok(out)
+    Ok(Substituted {
+        original: text,
+        text: out,
+        values,
+    })
+}
+
+/// `value` as the inside of a TOML basic string.
+fn escape_basic(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -524,6 +669,78 @@ mode = "durable"
             e.contains("f.toml:3") && e.contains("CAUSEWAY_TEST_SURELY_UNSET"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn zero_durations_are_refused_naming_file_line_and_key() {
+        let in_route = |key: &str| {
+            GOOD.replace(
+                "mode = \"durable\"",
+                &format!("mode = \"durable\"\n{key} = \"0s\""),
+            )
+        };
+        let in_table = |key: &str, table: &str| format!("{GOOD}\n{table}\n{key} = \"0s\"\n");
+        for (key, text) in [
+            ("linger", in_route("linger")),
+            ("claim_lease", in_route("claim_lease")),
+            ("summary_every", in_table("summary_every", "[metrics]")),
+            ("every", in_table("every", "[store.retention]")),
+            ("cooldown", in_table("cooldown", "[routes.r.breaker]")),
+            (
+                "initial_delay",
+                in_table("initial_delay", "[routes.r.retry]"),
+            ),
+        ] {
+            let line = 1 + text
+                .lines()
+                .position(|l| l.starts_with(&format!("{key} =")))
+                .expect("key line");
+            let e = Config::parse(&text, "b.toml").unwrap_err().to_string();
+            assert!(e.starts_with(&format!("b.toml:{line}:")), "{key}: {e}");
+            assert!(
+                e.contains("longer than zero") && e.contains(key),
+                "{key}: {e}"
+            );
+        }
+        let text = GOOD.replace("mode = \"durable\"", "mode = \"durable\"\nlinger = \"-5s\"");
+        assert!(Config::parse(&text, "b.toml").is_err());
+    }
+
+    #[test]
+    fn environment_values_stay_inside_their_string_and_out_of_errors() {
+        // A value that tries to close its string and add a key.
+        let env = |var: &str| match var {
+            "INJECT" => Some("x.db\"\nmax_bytes = 1\n".to_owned()),
+            "SECRET" => Some("hunter2-s3cr3t".to_owned()),
+            _ => None,
+        };
+        let text = GOOD.replace("x.db", "${INJECT}");
+        let c = Config::parse_with_env(&text, "f.toml", &env).unwrap();
+        assert_eq!(
+            c.store.sqlite.as_deref(),
+            Some(Path::new("x.db\"\nmax_bytes = 1\n"))
+        );
+        // A wrong type: the error shows the file's own line and no value.
+        let text = GOOD.replace("rate = 10", "rate = \"${SECRET}\"");
+        let e = Config::parse_with_env(&text, "f.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.toml:6:"), "{e}");
+        assert!(e.contains("${SECRET}"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        // Outside a string a value could be anything: refused.
+        let text = GOOD.replace("rate = 10", "rate = ${SECRET}");
+        let e = Config::parse_with_env(&text, "f.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("f.toml:6") && e.contains("inside a quoted string"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        // Comments are not substituted.
+        let text = format!("# see ${{CAUSEWAY_TEST_SURELY_UNSET}}\n{GOOD}");
+        Config::parse(&text, "f.toml").unwrap();
     }
 
     #[test]
