@@ -33,6 +33,7 @@ pub struct Metrics {
     received: Family<RouteLabel, Counter>,
     published: Family<RouteLabel, Counter>,
     duplicates: Family<RouteLabel, Counter>,
+    sink_duplicates: Family<RouteLabel, Counter>,
     dead_lettered: Family<RouteLabel, Counter>,
     errors: Family<RouteLabel, Counter>,
     redeliveries: Family<RouteLabel, Counter>,
@@ -61,6 +62,9 @@ pub struct RouteMetrics {
     pub published: Counter,
     /// Events recognised as already handled and dropped.
     pub duplicates: Counter,
+    /// Events the sink's own dedup recognised (same source and id) and
+    /// dropped: they were already there, so they count as delivered.
+    pub sink_duplicates: Counter,
     /// Events sent to the dead-letter destination.
     pub dead_lettered: Counter,
     /// Failed publish attempts.
@@ -117,6 +121,7 @@ impl Default for Metrics {
             received: Family::default(),
             published: Family::default(),
             duplicates: Family::default(),
+            sink_duplicates: Family::default(),
             dead_lettered: Family::default(),
             errors: Family::default(),
             redeliveries: Family::default(),
@@ -141,6 +146,11 @@ impl Default for Metrics {
             "duplicates_suppressed",
             "Events dropped as already handled",
             m.duplicates.clone(),
+        );
+        registry.register(
+            "sink_duplicates",
+            "Events the sink's own dedup dropped as already there",
+            m.sink_duplicates.clone(),
         );
         registry.register(
             "dead_lettered",
@@ -186,6 +196,7 @@ impl Metrics {
             received: self.received.get_or_create(&l).clone(),
             published: self.published.get_or_create(&l).clone(),
             duplicates: self.duplicates.get_or_create(&l).clone(),
+            sink_duplicates: self.sink_duplicates.get_or_create(&l).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
             errors: self.errors.get_or_create(&l).clone(),
             redeliveries: self.redeliveries.get_or_create(&l).clone(),

@@ -125,6 +125,12 @@ impl Route {
                     }
                     for (&i, o) in idx.iter().zip(outcomes) {
                         fates[i] = match o {
+                            // The sink dropped a copy of this very (source,
+                            // id): it is there already, so this one is done.
+                            Ok(receipt) if receipt.duplicate => {
+                                self.metrics.sink_duplicates.inc();
+                                Fate::Sent
+                            }
                             Ok(_) => Fate::Sent,
                             Err(e) => Fate::Failed(e),
                         };

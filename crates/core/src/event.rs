@@ -181,6 +181,32 @@ impl Event {
         Ok(())
     }
 
+    /// The key a broker's own dedup (`Nats-Msg-Id`, SQS FIFO
+    /// `MessageDeduplicationId`, Service Bus `MessageId`) knows this event
+    /// by. A CloudEvents id is unique only within its source, so the key is
+    /// derived from both: `{id}.{h}`, where `h` is the first 32 hex digits of
+    /// SHA-256(source), when the id is at most 95 printable ASCII characters
+    /// without spaces; otherwise the 64 hex digits of SHA-256(source, 0x1f,
+    /// id). Either way at most 128 printable ASCII characters, which every
+    /// broker accepts (docs/headers.md).
+    pub fn dedup_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let hex = |digest: &[u8]| -> String { digest.iter().map(|b| format!("{b:02x}")).collect() };
+        let readable = !self.id.is_empty()
+            && self.id.len() <= 95
+            && self.id.bytes().all(|b| b.is_ascii_graphic());
+        if readable {
+            let source = hex(&Sha256::digest(self.source.as_bytes()));
+            format!("{}.{}", self.id, &source[..32])
+        } else {
+            let mut h = Sha256::new();
+            h.update(self.source.as_bytes());
+            h.update([0x1f]);
+            h.update(self.id.as_bytes());
+            hex(&h.finalize())
+        }
+    }
+
     /// Every string attribute with its CloudEvents name, extensions by their own.
     fn string_attributes(&self) -> impl Iterator<Item = (&str, &str)> {
         let optional = [
@@ -333,6 +359,31 @@ mod tests {
             .with_subject("ünïcødé ✓")
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn dedup_ids_tell_sources_apart_and_fit_every_broker() {
+        let a = Event::new("tx-1", "kafka://onprem/a", "t");
+        let b = Event::new("tx-1", "kafka://onprem/b", "t");
+        assert_ne!(a.dedup_id(), b.dedup_id());
+        assert_eq!(a.dedup_id(), a.clone().with_payload("other").dedup_id());
+        assert!(a.dedup_id().starts_with("tx-1."), "{}", a.dedup_id());
+        for id in [
+            "tx-1",
+            &"x".repeat(95),
+            &"x".repeat(96),
+            "with space",
+            "grüße",
+            "a\r\nb",
+        ] {
+            let d = Event::new(id, "s", "t").dedup_id();
+            assert!(
+                d.len() <= 128 && d.bytes().all(|b| b.is_ascii_graphic()),
+                "{d}"
+            );
+        }
+        // The two forms cannot meet: the long one is hex only, the short one has a dot.
+        assert_eq!(Event::new("with space", "s", "t").dedup_id().len(), 64);
     }
 
     #[test]

@@ -20,13 +20,17 @@ pub struct NatsPublisher {
 }
 
 /// The NATS headers of `event`: CloudEvents attributes per the NATS binding,
-/// and the id as `Nats-Msg-Id` for the stream's duplicate window.
+/// and the event's (source, id) key as `Nats-Msg-Id` for the stream's
+/// duplicate window.
 pub(crate) fn headers_of(event: &Event) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in Binding::Nats.encode(event) {
         headers.insert(name.as_ref(), value.as_str());
     }
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        event.dedup_id().as_str(),
+    );
     headers
 }
 

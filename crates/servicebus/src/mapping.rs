@@ -1,6 +1,7 @@
 //! Events as Service Bus messages (docs/headers.md, "Azure Service Bus"):
 //! the AMQP binding's `cloudEvents_` custom properties, values
-//! percent-encoded (they come back as HTTP headers), `MessageId` = event id.
+//! percent-encoded (they come back as HTTP headers), `MessageId` = the
+//! event's (source, id) key, `Event::dedup_id`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -35,7 +36,7 @@ pub(crate) fn encode(event: &Event, key: KeyProperty) -> BatchMessage {
         user.insert(name.into_owned(), Value::String(value));
     }
     let mut broker = Map::new();
-    broker.insert("MessageId".into(), Value::String(event.id.clone()));
+    broker.insert("MessageId".into(), Value::String(event.dedup_id()));
     if let Some(ct) = &event.content_type {
         let (name, value) = Binding::ServiceBus.extension_header(CONTENT_TYPE, ct);
         user.insert(name, Value::String(value));
@@ -177,7 +178,7 @@ mod tests {
         e.data_schema = Some("https://schemas.example/tx.json".into());
         let m = encode(&e, KeyProperty::PartitionKey);
         assert_eq!(m.body, "{\"amount\":1}");
-        assert_eq!(m.broker_properties["MessageId"], "id-1");
+        assert_eq!(m.broker_properties["MessageId"], e.dedup_id());
         assert_eq!(m.broker_properties["PartitionKey"], "acct-42");
         assert!(!m.user_properties.contains_key(BODY_ENCODING));
         // Header values must be plain ASCII.

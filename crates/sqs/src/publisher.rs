@@ -70,7 +70,7 @@ impl SqsPublisher {
             let group = event.key.as_deref().unwrap_or(&event.id);
             request = request
                 .message_group_id(fifo_token(group))
-                .message_deduplication_id(fifo_token(&event.id));
+                .message_deduplication_id(event.dedup_id());
         }
         let request = request
             .build()

@@ -468,6 +468,54 @@ pub async fn duplicate_publish(h: &dyn BrokerHarness) {
     }
 }
 
+/// The same id from two sources is two events (a CloudEvents id is unique
+/// only within its source): every one arrives, also where the broker
+/// deduplicates, and its receipt does not say duplicate. Re-sending all of
+/// them is then dropped where native dedup is declared.
+pub async fn same_id_from_two_sources(h: &dyn BrokerHarness) {
+    let dest = h.destination("two-sources").await.expect("destination");
+    let sent: Vec<Event> = (0..20)
+        .flat_map(|i| {
+            ["kafka://onprem/ledger", "kafka://onprem/cards"].map(|source| {
+                Event::new(format!("tx-{i}"), source, "causeway.test")
+                    .with_payload(format!("{source} {i}"))
+            })
+        })
+        .collect();
+    let publisher = h.publisher().await.expect("publisher");
+    let mut outcomes = Vec::new();
+    for chunk in sent.chunks(h.capabilities().max_batch.max(1)) {
+        outcomes.extend(publisher.publish(&dest, chunk).await.expect("publish"));
+    }
+    assert_eq!(outcomes.len(), sent.len(), "one outcome per event");
+    for (e, o) in sent.iter().zip(&outcomes) {
+        match o {
+            Ok(receipt) => assert!(
+                !receipt.duplicate,
+                "{}: `{}` from {} was taken for a duplicate of the other source's",
+                h.name(),
+                e.id,
+                e.source
+            ),
+            Err(err) => panic!("{}: publishing `{}` failed: {err}", h.name(), e.id),
+        }
+    }
+    let mut consumer = h.consumer(&dest, "two-sources").await.expect("consumer");
+    let got = receive_and_ack(consumer.as_mut(), sent.len(), RECEIVE).await;
+    let pairs: HashSet<(String, String)> = got
+        .iter()
+        .map(|e| (e.source.clone(), e.id.clone()))
+        .collect();
+    assert_eq!(
+        pairs.len(),
+        sent.len(),
+        "{}: {} of {} (source, id) pairs arrived",
+        h.name(),
+        pairs.len(),
+        sent.len()
+    );
+}
+
 /// An event over the declared size fails alone, permanently, with `TooLarge`;
 /// the rest of its batch is delivered.
 pub async fn oversize_event_is_rejected_permanently(h: &dyn BrokerHarness) {

@@ -20,6 +20,7 @@ macro_rules! broker_conformance {
             consumer_group_shares_work,
             restart_resumes_without_loss,
             duplicate_publish,
+            same_id_from_two_sources,
             oversize_event_is_rejected_permanently,
             invalid_event_is_rejected,
             reconnect_after_cut,

@@ -205,7 +205,8 @@ fn append(
     let now = Instant::now();
     let t = topics.entry(topic.to_owned()).or_default();
     if !inner.dedup_window.is_zero() {
-        if let Some(at) = t.published.get(&event.id)
+        let key = event.dedup_id();
+        if let Some(at) = t.published.get(&key)
             && now.duration_since(*at) < inner.dedup_window
         {
             return Receipt {
@@ -213,7 +214,7 @@ fn append(
                 duplicate: true,
             };
         }
-        t.published.insert(event.id.clone(), now);
+        t.published.insert(key, now);
     }
     t.log.push(event);
     Receipt {
