@@ -105,7 +105,8 @@ pub struct StoreConfig {
     /// Window in which a re-sent event id is recognised by the store.
     #[serde(default = "default_dedup_window", with = "humantime_serde")]
     pub dedup_window: Duration,
-    /// Retention, applied periodically; never past a forwarder's cursor.
+    /// Retention, applied periodically; never past a forwarder's cursor,
+    /// never to dead letters unless they have their own.
     #[serde(default)]
     pub retention: Option<RetentionConfig>,
 }
@@ -123,6 +124,22 @@ pub struct RetentionConfig {
     /// How often retention runs.
     #[serde(default = "default_retention_every", with = "positive_duration")]
     pub every: Duration,
+    /// Dead letters' own retention; without it they are kept. The limits
+    /// above never delete a dead letter (its stream has no cursor).
+    #[serde(default)]
+    pub dead_letters: Option<DeadLetterRetention>,
+}
+
+/// How long dead letters are kept (`[store.retention.dead_letters]`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterRetention {
+    /// Delete dead letters stored longer ago than this.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Delete the oldest dead letters while a route holds more payload bytes than this.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 fn default_retention_every() -> Duration {

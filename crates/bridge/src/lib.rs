@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use causeway_core::{
-    DedupStore, EventStore, ReadFrom, ReadQuery, RetryPolicy, RetryingPublisher, Template,
+    DedupStore, EventStore, ReadFrom, ReadQuery, Retention, RetryPolicy, RetryingPublisher,
+    Template,
 };
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -274,26 +275,50 @@ impl Bridge {
     }
 }
 
+/// The store policies `[store.retention]` stands for, each with what it
+/// deletes. Route streams: never past the forwarder's cursor. Dead letters
+/// have no cursor, so that keeps them; their own policy, if any, is explicit.
+pub fn retention_policies(r: &config::RetentionConfig) -> Vec<(&'static str, Retention)> {
+    let mut policies = vec![(
+        "events",
+        Retention {
+            max_age: r.max_age,
+            max_bytes: r.max_bytes,
+            ..Retention::default()
+        },
+    )];
+    if let Some(d) = r.dead_letters {
+        policies.push((
+            "dead letters",
+            Retention {
+                max_age: d.max_age,
+                max_bytes: d.max_bytes,
+                ignore_cursors: true,
+                stream_prefix: Some(pipeline::dead_letter_stream("")),
+            },
+        ));
+    }
+    policies
+}
+
 /// Applies the retention policy every `r.every` until shutdown.
 async fn retain(
     store: Arc<dyn EventStore>,
     r: config::RetentionConfig,
     shutdown: CancellationToken,
 ) {
-    let policy = causeway_core::Retention {
-        max_age: r.max_age,
-        max_bytes: r.max_bytes,
-        ignore_cursors: false,
-    };
+    let policies = retention_policies(&r);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(r.every) => {}
         }
-        match store.apply_retention(&policy).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "retention"),
-            Err(e) => tracing::warn!(error = %e, "retention failed; next run retries"),
+        for (what, policy) in &policies {
+            match store.apply_retention(policy).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, what, "retention"),
+                Err(e) => tracing::warn!(error = %e, what, "retention failed; next run retries"),
+            }
         }
     }
 }

@@ -263,6 +263,98 @@ async fn durable_mode_keeps_consuming_through_a_sink_outage_and_drains_after() {
     assert_order_per_key(&got);
 }
 
+/// Retention as the bridge applies it runs all through an outage of a
+/// durable route's sink that began before anything was forwarded: the
+/// stream has no cursor yet, and nothing may be deleted (before the fix
+/// all of it was, with `max_bytes = 0`). Dead letters stay too, unless
+/// they have their own policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_deletes_what_was_not_forwarded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, broker) = bridge(&dir, "durable").await;
+    let down = Arc::new(AtomicBool::new(true));
+    let route = flaky_route(&bridge, down.clone(), &["rt-3"]).await;
+    let retention: causeway_bridge::config::RetentionConfig =
+        toml::from_str("max_age = \"1ms\"\nmax_bytes = 0\nevery = \"50ms\"")
+            .expect("retention config");
+    let policies = causeway_bridge::retention_policies(&retention);
+    let sent = causeway_testkit::events("rt", 300, 10);
+    publish(&broker, &sent).await;
+    let shutdown = CancellationToken::new();
+    let source = bridge.endpoints.consumer("src").await.expect("source");
+    let task = tokio::spawn(route.run(source, shutdown.clone()));
+    let mut deleted = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // The outage lasts until everything was received and retention ran
+    // over the stored events for at least a second.
+    let received = bridge.metrics.route("r").received;
+    let outage_ends = tokio::time::Instant::now() + Duration::from_secs(1);
+    while (received.get() < 300 || tokio::time::Instant::now() < outage_ends)
+        && tokio::time::Instant::now() < deadline
+    {
+        for (_, policy) in &policies {
+            deleted += bridge
+                .store
+                .apply_retention(policy)
+                .await
+                .expect("retention");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(deleted, 0, "retention deleted events the sink never had");
+    assert_eq!(
+        bridge.store.stats(Some("r")).await.expect("stats").events,
+        300
+    );
+    down.store(false, Ordering::SeqCst);
+    while at_sink(&broker) < 299 && tokio::time::Instant::now() < deadline {
+        for (_, policy) in &policies {
+            bridge
+                .store
+                .apply_retention(policy)
+                .await
+                .expect("retention");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("task").expect("clean stop");
+    drain_sink(&broker, 299).await;
+    // The poison event's dead letter outlives retention of its route.
+    for (_, policy) in &policies {
+        bridge
+            .store
+            .apply_retention(policy)
+            .await
+            .expect("retention");
+    }
+    let dead = bridge
+        .store
+        .stats(Some(&dead_letter_stream("r")))
+        .await
+        .expect("stats");
+    assert_eq!(
+        dead.events, 1,
+        "dead letters are kept without a policy of their own"
+    );
+    // Their own policy deletes them, and only them.
+    let with_dead_letters: causeway_bridge::config::RetentionConfig =
+        toml::from_str("[dead_letters]\nmax_age = \"1ms\"").expect("retention config");
+    for (_, policy) in causeway_bridge::retention_policies(&with_dead_letters) {
+        bridge
+            .store
+            .apply_retention(&policy)
+            .await
+            .expect("retention");
+    }
+    let dead = bridge
+        .store
+        .stats(Some(&dead_letter_stream("r")))
+        .await
+        .expect("stats");
+    assert_eq!(dead.events, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_is_dead_lettered_with_its_reason_and_the_rest_flows() {
     let dir = tempfile::tempdir().expect("dir");

@@ -98,15 +98,32 @@ impl ReadQuery {
 }
 
 /// How much the store keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// Unless `ignore_cursors` is set, retention never deletes an event that
+/// a stream's slowest cursor has not passed, and a stream with no cursor
+/// has passed nothing: a route whose forwarder never confirmed anything,
+/// or a stream of dead letters, keeps everything.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Retention {
     /// Delete events stored longer ago than this.
     pub max_age: Option<Duration>,
     /// Delete the oldest events while a stream holds more payload bytes than this.
     pub max_bytes: Option<u64>,
-    /// Delete past the slowest cursor too. Off by default: a forwarder that
-    /// has not sent an event yet must still find it.
+    /// Delete past the slowest cursor too, and in streams with no cursor.
+    /// Off by default: a forwarder that has not sent an event yet must
+    /// still find it.
     pub ignore_cursors: bool,
+    /// Only streams whose names start with this (all when `None`).
+    pub stream_prefix: Option<String>,
+}
+
+impl Retention {
+    /// Whether the policy applies to `stream`.
+    pub fn covers(&self, stream: &str) -> bool {
+        self.stream_prefix
+            .as_deref()
+            .is_none_or(|p| stream.starts_with(p))
+    }
 }
 
 /// Counts for one stream or the whole store.
@@ -164,8 +181,9 @@ pub trait EventStore: Send + Sync {
     /// forwarder that lost its lease) cannot undo another's progress.
     async fn set_cursor(&self, stream: &str, name: &str, position: u64) -> Result<()>;
 
-    /// Applies `policy` to every stream; returns how many events were deleted.
-    /// Unless told otherwise, never deletes an event a cursor has not passed.
+    /// Applies `policy` to every stream it covers; returns how many events
+    /// were deleted. Unless told otherwise, never deletes an event a cursor
+    /// has not passed, nor anything in a stream with no cursor.
     async fn apply_retention(&self, policy: &Retention) -> Result<u64>;
 
     /// Counts for `stream`, or for the whole store when `None`.

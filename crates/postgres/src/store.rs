@@ -285,14 +285,19 @@ impl EventStore for PostgresStore {
         let now = Utc::now();
         let streams = tx
             .query(
-                "SELECT sid, bytes FROM streams ORDER BY name FOR UPDATE",
+                "SELECT sid, bytes, name FROM streams ORDER BY name FOR UPDATE",
                 &[],
             )
             .await
             .map_err(Error::from)?;
         let mut deleted = 0u64;
         for s in streams {
-            let (sid, bytes): (i64, i64) = (s.get(0), s.get(1));
+            let (sid, bytes, name): (i64, i64, String) = (s.get(0), s.get(1), s.get(2));
+            if !policy.covers(&name) {
+                continue;
+            }
+            // Events after the slowest cursor are still to be forwarded;
+            // with no cursor, all of them.
             let protect_from: i64 = if policy.ignore_cursors {
                 i64::MAX
             } else {
@@ -303,7 +308,7 @@ impl EventStore for PostgresStore {
                 .await
                 .map_err(Error::from)?
                 .get::<_, Option<i64>>(0)
-                .unwrap_or(i64::MAX)
+                .unwrap_or(0)
             };
             let mut cut: Option<i64> = None;
             if let Some(age) = policy.max_age {

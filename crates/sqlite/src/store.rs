@@ -228,7 +228,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn apply_retention(&self, policy: &Retention) -> Result<u64> {
-        let policy = *policy;
+        let policy = policy.clone();
         self.send(|reply| Command::Retention { policy, reply })
             .await
     }

@@ -284,13 +284,17 @@ fn set_cursor(
 
 fn retention(conn: &Connection, window: Duration, policy: &Retention) -> Result<u64, Error> {
     let now = micros(Utc::now());
-    let streams: Vec<(i64, i64)> = conn
-        .prepare("SELECT sid, bytes FROM streams")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+    let streams: Vec<(i64, String, i64)> = conn
+        .prepare("SELECT sid, name, bytes FROM streams")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     let mut deleted = 0u64;
-    for (sid, bytes) in streams {
-        // Events after the slowest cursor are still to be forwarded.
+    for (sid, name, bytes) in streams {
+        if !policy.covers(&name) {
+            continue;
+        }
+        // Events after the slowest cursor are still to be forwarded; with
+        // no cursor, all of them.
         let protect_from: i64 = if policy.ignore_cursors {
             i64::MAX
         } else {
@@ -299,7 +303,7 @@ fn retention(conn: &Connection, window: Duration, policy: &Retention) -> Result<
                 [sid],
                 |r| r.get::<_, Option<i64>>(0),
             )?
-            .unwrap_or(i64::MAX)
+            .unwrap_or(0)
         };
         // The last position to delete: the older of the age cut and the size cut.
         let mut cut: Option<i64> = None;

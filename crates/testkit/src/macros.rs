@@ -38,6 +38,7 @@ macro_rules! event_store_conformance {
             read_by_position_time_and_filter,
             cursors,
             retention_respects_cursors,
+            retention_keeps_streams_without_a_cursor,
             stats,
             concurrent_appends,
         );

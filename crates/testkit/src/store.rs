@@ -229,6 +229,50 @@ pub async fn retention_respects_cursors(h: &dyn EventStoreHarness) {
     );
 }
 
+/// A stream with no cursor has passed nothing: retention keeps all of it
+/// (a durable route whose sink never confirmed anything, a stream of dead
+/// letters). Only `ignore_cursors` deletes there, and `stream_prefix`
+/// limits a policy to the streams it names.
+pub async fn retention_keeps_streams_without_a_cursor(h: &dyn EventStoreHarness) {
+    let store = fresh(h).await;
+    let batch = events("nocur", 10, 0);
+    store.append("route", &batch).await.expect("append");
+    store.append("dlq.route", &batch).await.expect("append");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let everything = Retention {
+        max_age: Some(Duration::from_millis(1)),
+        max_bytes: Some(0),
+        ..Retention::default()
+    };
+    assert_eq!(
+        store.apply_retention(&everything).await.expect("retention"),
+        0,
+        "{}: deleted events no cursor had passed",
+        h.name()
+    );
+    assert_eq!(store.stats(Some("route")).await.expect("stats").events, 10);
+    let dead_letters_only = Retention {
+        max_age: Some(Duration::from_millis(1)),
+        ignore_cursors: true,
+        stream_prefix: Some("dlq.".into()),
+        ..Retention::default()
+    };
+    assert_eq!(
+        store
+            .apply_retention(&dead_letters_only)
+            .await
+            .expect("retention"),
+        10,
+        "{}",
+        h.name()
+    );
+    assert_eq!(
+        store.stats(Some("dlq.route")).await.expect("stats").events,
+        0
+    );
+    assert_eq!(store.stats(Some("route")).await.expect("stats").events, 10);
+}
+
 /// Stats count events, bytes and the time range.
 pub async fn stats(h: &dyn EventStoreHarness) {
     let store = fresh(h).await;

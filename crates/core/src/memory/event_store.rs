@@ -140,16 +140,17 @@ impl EventStore for MemoryEventStore {
             .max_age
             .and_then(|a| chrono::Duration::from_std(a).ok());
         let mut deleted = 0;
-        for s in self.lock().values_mut() {
+        for (name, s) in self.lock().iter_mut() {
+            if !policy.covers(name) {
+                s.ids.retain(|_, (_, at)| now - *at < window);
+                continue;
+            }
             let protect_from = if policy.ignore_cursors {
                 u64::MAX
             } else {
-                // Events after the slowest cursor are still to be forwarded.
-                s.cursors
-                    .values()
-                    .copied()
-                    .min()
-                    .map_or(u64::MAX, |c| c + 1)
+                // Events after the slowest cursor are still to be forwarded;
+                // with no cursor, all of them.
+                s.cursors.values().copied().min().map_or(0, |c| c + 1)
             };
             while let Some(first) = s.events.front() {
                 let too_old = max_age.is_some_and(|a| now - first.stored_at > a);
