@@ -161,8 +161,8 @@ fn default_dedup_window() -> Duration {
     Duration::from_secs(24 * 3600)
 }
 
-/// PostgreSQL store settings.
-#[derive(Debug, Clone, Deserialize)]
+/// PostgreSQL store settings. `Debug` hides the URL's password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresStoreConfig {
     /// Connection URL.
@@ -170,6 +170,15 @@ pub struct PostgresStoreConfig {
     /// Schema holding causeway's tables.
     #[serde(default = "default_schema")]
     pub schema: String,
+}
+
+impl std::fmt::Debug for PostgresStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStoreConfig")
+            .field("url", &causeway_core::redact::url(&self.url))
+            .field("schema", &self.schema)
+            .finish()
+    }
 }
 
 fn default_schema() -> String {

@@ -15,6 +15,7 @@ pub mod event;
 pub mod idempotent;
 pub mod memory;
 pub mod publish;
+pub mod redact;
 pub mod retry;
 pub mod store;
 pub mod template;

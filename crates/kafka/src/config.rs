@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// A Kafka cluster endpoint.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// A Kafka cluster endpoint. `Debug` hides secrets in `librdkafka`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`: `host:port[,host:port…]`.
@@ -34,8 +34,9 @@ fn default_max_message_bytes() -> usize {
     1_000_000
 }
 
-/// `security.protocol` and its settings. Secrets come in through `${ENV}`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// `security.protocol` and its settings. Secrets come in through `${ENV}`;
+/// `Debug` hides the password.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Security {
     /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
@@ -53,6 +54,49 @@ pub struct Security {
     /// CA certificates (PEM) to trust for TLS.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let librdkafka: BTreeMap<&str, &str> = self
+            .librdkafka
+            .iter()
+            .map(|(k, v)| {
+                let v = if causeway_core::redact::is_secret_key(k) {
+                    causeway_core::redact::REDACTED
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("security", &self.security)
+            .field("producer", &self.producer)
+            .field("consumer", &self.consumer)
+            .field("librdkafka", &librdkafka)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("protocol", &self.protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &self
+                    .password
+                    .as_ref()
+                    .map(|_| causeway_core::redact::REDACTED),
+            )
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 fn default_protocol() -> String {

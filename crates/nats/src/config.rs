@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// A JetStream endpoint: where the server is, the stream, and how to publish and consume.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// A JetStream endpoint: where the server is, the stream, and how to
+/// publish and consume. `Debug` hides passwords and tokens.
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// Server URL(s), comma-separated, e.g. `nats://127.0.0.1:4222`.
@@ -29,8 +30,8 @@ pub struct NatsConfig {
 }
 
 /// Authentication. Secrets come from `${ENV}` substitution in the bridge's
-/// config, never from a literal in a committed file.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+/// config, never from a literal in a committed file; `Debug` hides them.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", tag = "method")]
 pub enum Auth {
     /// No authentication.
@@ -58,6 +59,38 @@ pub enum Auth {
         /// Path of the file.
         path: PathBuf,
     },
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &causeway_core::redact::url(&self.url))
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("stream", &self.stream)
+            .field("publish", &self.publish)
+            .field("consumer", &self.consumer)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use causeway_core::redact::REDACTED;
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Token { .. } => f.debug_struct("Token").field("token", &REDACTED).finish(),
+            Auth::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .field("password", &REDACTED)
+                .finish(),
+            Auth::Nkey { .. } => f.debug_struct("Nkey").field("seed", &REDACTED).finish(),
+            Auth::Credentials { path } => {
+                f.debug_struct("Credentials").field("path", path).finish()
+            }
+        }
+    }
 }
 
 /// TLS to the server.

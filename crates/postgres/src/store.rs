@@ -18,8 +18,9 @@ use crate::appender::{self, AppendRequest};
 use crate::error::Error;
 use crate::schema::migrate;
 
-/// How to reach PostgreSQL and how the store behaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach PostgreSQL and how the store behaves. `Debug` hides the
+/// URL's password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
     /// Connection URL, e.g. `postgres://causeway@db:5432/causeway`.
     pub url: String,
@@ -33,6 +34,22 @@ pub struct PostgresOptions {
     pub purge_interval: Duration,
     /// Most append requests one transaction takes.
     pub max_appends_per_transaction: usize,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &causeway_core::redact::url(&self.url))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("dedup_window", &self.dedup_window)
+            .field("purge_interval", &self.purge_interval)
+            .field(
+                "max_appends_per_transaction",
+                &self.max_appends_per_transaction,
+            )
+            .finish()
+    }
 }
 
 impl PostgresOptions {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// A RabbitMQ endpoint.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitConfig {
     /// `amqp://user:password@host:5672/vhost`, or `amqps://` for TLS (the
@@ -31,6 +31,21 @@ pub struct RabbitConfig {
     /// Longest wait between reconnection attempts.
     #[serde(default = "default_max_reconnect_delay", with = "humantime_serde")]
     pub max_reconnect_delay: Duration,
+}
+
+// The URL's password never reaches a log line or a panic.
+impl std::fmt::Debug for RabbitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitConfig")
+            .field("url", &causeway_core::redact::url(&self.url))
+            .field("exchange", &self.exchange)
+            .field("exchange_kind", &self.exchange_kind)
+            .field("publish", &self.publish)
+            .field("queue", &self.queue)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .finish()
+    }
 }
 
 fn default_max_message_bytes() -> usize {
