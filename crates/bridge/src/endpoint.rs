@@ -266,10 +266,7 @@ impl Consumer for Generator {
         let batch = (0..available)
             .map(|i| {
                 let n = self.next + i;
-                Delivery {
-                    event: self.event(n),
-                    ticket: Ticket::new(self.settler.clone(), n, None, 1),
-                }
+                Delivery::new(self.event(n), Ticket::new(self.settler.clone(), n, None, 1))
             })
             .collect();
         self.next += available;

@@ -306,22 +306,27 @@ impl Route {
         }
     }
 
-    /// Keeps the valid deliveries. An invalid one (a control character in
-    /// an id, an empty source) would fail at the store or the sink, or
-    /// worse, take its whole batch or group commit with it: it is
+    /// Keeps the deliveries that are valid events. A message the source
+    /// could not decode, or an invalid event (a control character in an
+    /// id, an empty source), would be lost, fail at the store or the sink,
+    /// or worse, take its whole batch or group commit with it: each is
     /// dead-lettered here, alone, and acked once the dead letter is kept.
     async fn admit(&self, batch: Vec<causeway_core::Delivery>) -> Vec<causeway_core::Delivery> {
-        if batch.iter().all(|d| d.event.validate().is_ok()) {
+        let refusal = |d: &causeway_core::Delivery| match &d.undecodable {
+            Some(reason) => Some(format!("undecodable message: {reason}")),
+            None => d.event.validate().err().map(|e| e.to_string()),
+        };
+        if batch.iter().all(|d| refusal(d).is_none()) {
             return batch;
         }
         let mut valid = Vec::with_capacity(batch.len());
         let mut settle = Vec::new();
         for d in batch {
-            match d.event.validate() {
-                Ok(()) => valid.push(d),
-                Err(e) => {
+            match refusal(&d) {
+                None => valid.push(d),
+                Some(reason) => {
                     let kept = self
-                        .dead_letter(&d.event, &e.to_string(), d.ticket.attempt())
+                        .dead_letter(&d.event, &reason, d.ticket.attempt())
                         .await;
                     let settlement = if kept {
                         Settlement::Ack

@@ -186,13 +186,39 @@ pub async fn next_buffered(
 /// One received event and the ticket to settle it.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The event as the broker delivered it.
+    /// The event as the broker delivered it; for an undecodable message, a
+    /// stand-in ([`crate::dead_letter::stand_in`]).
     pub event: Event,
     /// Settles the delivery; moved out when the event goes its own way.
     pub ticket: Ticket,
+    /// Why the message could not be read as an event, when it could not.
+    /// Such a delivery is never handled as an event: the bridge
+    /// dead-letters it (in its store, and at the route's dead-letter
+    /// destination), an application rejects it. Adapters hand these out
+    /// rather than settle them on their own, so nothing vanishes unseen.
+    pub undecodable: Option<String>,
 }
 
 impl Delivery {
+    /// A delivery of a decoded event.
+    pub fn new(event: Event, ticket: Ticket) -> Self {
+        Delivery {
+            event,
+            ticket,
+            undecodable: None,
+        }
+    }
+
+    /// A delivery of a message that could not be decoded, for `reason`;
+    /// `stand_in` carries what could be read of it.
+    pub fn undecodable(stand_in: Event, ticket: Ticket, reason: impl Into<String>) -> Self {
+        Delivery {
+            event: stand_in,
+            ticket,
+            undecodable: Some(reason.into()),
+        }
+    }
+
     /// Acknowledges the delivery.
     pub async fn ack(self) -> Result<()> {
         self.ticket.ack().await

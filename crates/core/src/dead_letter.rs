@@ -23,6 +23,33 @@ pub fn mark(event: &mut Event, reason: &str, attempts: u32, origin: &str) {
     event.headers.insert(ORIGIN.to_owned(), origin.to_owned());
 }
 
+/// The type of a stand-in event for a message that could not be decoded.
+pub const UNDECODABLE_TYPE: &str = "causeway.undecodable";
+
+/// A stand-in event for a message a source could not decode: the payload
+/// byte for byte, `source` = `origin` (the topic, queue or subject as a
+/// URI), `id` = the message's place there (offset, sequence, message id),
+/// type [`UNDECODABLE_TYPE`], the message's headers as extension attributes
+/// (names lowercased, values as lossy UTF-8) and its key. It need not be a
+/// valid event: [`storable_copy`] makes the dead letter of it.
+pub fn stand_in<'a>(
+    origin: &str,
+    place: &str,
+    payload: bytes::Bytes,
+    key: Option<&[u8]>,
+    headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Event {
+    let mut event = Event::new(place, origin, UNDECODABLE_TYPE).with_payload(payload);
+    event.key = key.map(|k| String::from_utf8_lossy(k).into_owned());
+    for (name, value) in headers {
+        event.headers.insert(
+            String::from_utf8_lossy(name).to_ascii_lowercase(),
+            String::from_utf8_lossy(value).into_owned(),
+        );
+    }
+    event
+}
+
 /// A dead-letter copy of `event` that any store and broker can carry, even
 /// when `event` itself is invalid: control characters become visible
 /// `\u{..}` escapes, an empty required attribute gets a stand-in (an empty

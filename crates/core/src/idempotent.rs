@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::consume::Delivery;
 use crate::dedup::{Claim, DedupStore};
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 
 /// What [`IdempotentHandler::handle`] did with an event.
@@ -114,9 +114,22 @@ where
 
     /// Handles a broker delivery and settles it: ack when handled (now or
     /// before), nack after the retry delay when busy or failed temporarily,
-    /// reject (dead-letter) when the handler failed permanently.
+    /// reject (dead-letter) when the handler failed permanently. A message
+    /// that could not be decoded is rejected without reaching the handler.
     pub async fn handle_delivery(&self, delivery: Delivery) -> Result<Handled<T>> {
-        let Delivery { event, ticket } = delivery;
+        let Delivery {
+            event,
+            ticket,
+            undecodable,
+        } = delivery;
+        if let Some(reason) = undecodable {
+            let e = Error::new(
+                ErrorKind::InvalidEvent,
+                format!("undecodable message: {reason}"),
+            );
+            ticket.reject(e.to_string()).await?;
+            return Err(e);
+        }
         match self.handle(event).await {
             Ok(Handled::Busy) => {
                 ticket.nack(self.retry_delay).await?;

@@ -44,6 +44,8 @@ impl std::fmt::Debug for KafkaConsumer {
 #[derive(Clone)]
 struct Held {
     event: Event,
+    /// Why the record is not an event, when it is not (`event` is a stand-in).
+    undecodable: Option<String>,
     topic: String,
     partition: i32,
     offset: i64,
@@ -381,8 +383,12 @@ impl KafkaConsumer {
             held.attempt,
         );
         let event = held.event.clone();
+        let undecodable = held.undecodable.clone();
         state.in_flight.insert(tag, held);
-        Delivery { event, ticket }
+        match undecodable {
+            None => Delivery::new(event, ticket),
+            Some(reason) => Delivery::undecodable(event, ticket, reason),
+        }
     }
 
     /// Retries that are due and messages released from parking.
@@ -411,100 +417,63 @@ impl KafkaConsumer {
         state.retry.keys().next().map(|(due, _)| *due)
     }
 
-    async fn arrive(&self, message: OwnedMessage, out: &mut Vec<Delivery>) {
-        let headers: Vec<(&[u8], &[u8])> = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|h| h.value.map(|v| (h.key.as_bytes(), v)))
-                    .collect()
-            })
-            .unwrap_or_default();
+    /// Takes a record in. One that is not an event (not a CloudEvent, a
+    /// header name or key that is not UTF-8) is handed out as undecodable,
+    /// with a stand-in event, through the same per-key order and offset
+    /// tracking: its consumer dead-letters it, and only its ack commits it.
+    fn arrive(&self, message: OwnedMessage, out: &mut Vec<Delivery>) {
+        let (headers, bad_header) = read_headers(&message);
         let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-        let decoded = Binding::Kafka.decode(headers, None, payload).map(|mut e| {
-            // The binding maps the record key to partitionkey.
-            if e.key.is_none() {
-                e.key = message
-                    .key()
-                    .and_then(|k| std::str::from_utf8(k).ok())
-                    .map(str::to_owned);
-            }
-            e
-        });
-        let position = (
-            message.topic().to_owned(),
-            message.partition(),
-            message.offset(),
-        );
-        match decoded {
-            Ok(event) => {
-                let held = Held {
-                    event,
-                    topic: position.0,
-                    partition: position.1,
-                    offset: position.2,
-                    attempt: 1,
-                };
-                let mut state = self.shared.lock();
-                if let Some(held) = state.arrive(held) {
-                    let d = self.hand_out(&mut state, held);
-                    out.push(d);
-                }
-            }
-            Err(e) => {
-                let reason = format!("undecodable message: {e}");
-                tracing::warn!(topic = %position.0, partition = position.1, offset = position.2, %reason, "dead-lettering");
-                self.shared
-                    .lock()
-                    .tracker(&position.0)
-                    .delivered(position.1 as u32, position.2 as u64);
-                if let Err(e) = self.dead_letter_raw(&message, &reason).await {
-                    // Not acked: the watermark stays, so it is read again after a restart.
-                    tracing::error!(error = %e, "could not dead-letter an undecodable message");
-                    return;
-                }
-                self.shared
-                    .lock()
-                    .tracker(&position.0)
-                    .acked(position.1 as u32, position.2 as u64);
-            }
-        }
-    }
-
-    async fn dead_letter_raw(&self, message: &OwnedMessage, reason: &str) -> Result<()> {
-        let Some((producer, topic)) = &self.settler.dead_letters else {
-            return Ok(());
+        let key = match message.key().map(std::str::from_utf8) {
+            None => Ok(None),
+            Some(Ok(k)) => Ok(Some(k.to_owned())),
+            Some(Err(e)) => Err(format!("the record key is not UTF-8 ({e})")),
         };
-        let mut headers = message
-            .headers()
-            .cloned()
-            .unwrap_or_else(rdkafka::message::OwnedHeaders::new);
-        let origin = format!(
-            "kafka://{}/{}@{}",
-            message.topic(),
-            message.partition(),
-            message.offset()
-        );
-        for (ext, value) in [
-            (dead_letter::REASON, reason.to_owned()),
-            (dead_letter::ATTEMPTS, "1".to_owned()),
-            (dead_letter::ORIGIN, origin),
-        ] {
-            let (name, value) = Binding::Kafka.extension_header(ext, &value);
-            headers = headers.insert(rdkafka::message::Header {
-                key: &name,
-                value: Some(value.as_bytes()),
-            });
+        let decoded = match (bad_header, &key) {
+            (Some(reason), _) => Err(reason),
+            (None, Err(reason)) => Err(reason.clone()),
+            (None, Ok(key)) => Binding::Kafka
+                .decode(
+                    headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+                    None,
+                    payload.clone(),
+                )
+                .map(|mut e| {
+                    // The binding maps the record key to partitionkey.
+                    if e.key.is_none() {
+                        e.key.clone_from(key);
+                    }
+                    e
+                })
+                .map_err(|e| e.to_string()),
+        };
+        let (event, undecodable) = match decoded {
+            Ok(event) => (event, None),
+            Err(reason) => {
+                tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %reason, "a record that is not an event: handed on as undecodable");
+                let stand_in = dead_letter::stand_in(
+                    &format!("kafka://{}", message.topic()),
+                    &format!("{}@{}", message.partition(), message.offset()),
+                    payload,
+                    message.key(),
+                    headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+                );
+                (stand_in, Some(reason))
+            }
+        };
+        let held = Held {
+            event,
+            undecodable,
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            attempt: 1,
+        };
+        let mut state = self.shared.lock();
+        if let Some(held) = state.arrive(held) {
+            let d = self.hand_out(&mut state, held);
+            out.push(d);
         }
-        producer
-            .produce_raw(
-                topic,
-                message.key(),
-                message.payload().unwrap_or_default(),
-                headers,
-            )
-            .await
-            .map(drop)
     }
 }
 
@@ -542,7 +511,7 @@ impl Consumer for KafkaConsumer {
                     .map(|r| r.map(|m| m.detach()))
             };
             match received {
-                Some(Ok(message)) => self.arrive(message, &mut out).await,
+                Some(Ok(message)) => self.arrive(message, &mut out),
                 Some(Err(e)) => {
                     let e = Error::kafka("receive", e);
                     if e.status() == causeway_core::Status::Permanent {
@@ -567,4 +536,34 @@ impl Consumer for KafkaConsumer {
         self.consumer.unsubscribe();
         result
     }
+}
+
+/// A record header's name and value, as bytes.
+type RawHeader = (Vec<u8>, Vec<u8>);
+
+/// A record's headers as bytes, and a reason if one cannot be read.
+/// rdkafka panics (unwrap on a `Utf8Error`) on a header name that is not
+/// UTF-8, before the caller can refuse it; that panic is caught here, per
+/// header, so one such record fails alone instead of the consumer task.
+fn read_headers(message: &OwnedMessage) -> (Vec<RawHeader>, Option<String>) {
+    let Some(headers) = message.headers() else {
+        return (Vec::new(), None);
+    };
+    let mut out = Vec::with_capacity(headers.count());
+    let mut bad = None;
+    for idx in 0..headers.count() {
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            headers
+                .try_get(idx)
+                .map(|h| (h.key.as_bytes().to_vec(), h.value.map(<[u8]>::to_vec)))
+        }));
+        match read {
+            Ok(Some((name, Some(value)))) => out.push((name, value)),
+            Ok(Some((_, None)) | None) => {}
+            Err(_) => {
+                bad.get_or_insert_with(|| format!("header {idx}: its name is not UTF-8"));
+            }
+        }
+    }
+    (out, bad)
 }

@@ -89,6 +89,23 @@ impl BrokerHarness for Tansu {
             KafkaClient::new(self.config_for(c)).consumer(None)?,
         ))
     }
+    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
+        // rdkafka itself, as any producer: a value and nothing else.
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let failed = |e: String| causeway_core::Error::new(causeway_core::ErrorKind::Connection, e);
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .map_err(|e| failed(e.to_string()))?;
+        producer
+            .send(
+                FutureRecord::<(), [u8]>::to(destination).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| failed(e.to_string()))?;
+        Ok(true)
+    }
     async fn cut_connections(&self, _outage: Duration) -> bool {
         // See the module comment: the mock-cluster tests cover broker outages.
         false

@@ -82,43 +82,55 @@ impl NatsConsumer {
             .map_err(|e| Error::request("pull", e))
     }
 
-    /// Turns a message into a delivery; an undecodable one is dead-lettered
-    /// (or terminated) on the spot, with the reason, and `None` returned.
-    async fn deliver(&self, message: Message) -> Option<Delivery> {
+    /// Turns a message into a delivery. An undecodable one is handed out
+    /// too, as such (a stand-in event and the reason), for its consumer to
+    /// dead-letter: settling it here would lose it where no dead-letter
+    /// subject is configured.
+    fn deliver(&self, message: Message) -> Delivery {
         let (sequence, delivered) = match message.info() {
             Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
             Err(_) => (0, 1),
         };
         let decoded = decode(&message);
-        match decoded {
-            Ok(event) => {
-                let tag = self.settler.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
-                self.settler.lock().insert(tag, message);
-                let settler: Arc<dyn Settler> = self.settler.clone();
-                Some(Delivery {
-                    event,
-                    ticket: Ticket::new(
-                        settler,
-                        tag,
-                        Some(Position {
-                            partition: 0,
-                            offset: sequence,
-                        }),
-                        delivered,
-                    ),
+        let stand_in = || {
+            let headers: Vec<(&[u8], &[u8])> = message
+                .headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .flat_map(|(name, values)| {
+                    values.iter().map(move |v| {
+                        (AsRef::<str>::as_ref(name).as_bytes(), v.as_str().as_bytes())
+                    })
                 })
-            }
+                .collect();
+            dead_letter::stand_in(
+                &format!("nats://{}", message.subject),
+                &sequence.to_string(),
+                message.payload.clone(),
+                None,
+                headers,
+            )
+        };
+        let tag = self.settler.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
+        let ticket_of = |message: Message| {
+            self.settler.lock().insert(tag, message);
+            let settler: Arc<dyn Settler> = self.settler.clone();
+            Ticket::new(
+                settler,
+                tag,
+                Some(Position {
+                    partition: 0,
+                    offset: sequence,
+                }),
+                delivered,
+            )
+        };
+        match decoded {
+            Ok(event) => Delivery::new(event, ticket_of(message)),
             Err(e) => {
-                let reason = format!("undecodable message: {e}");
-                tracing::warn!(sequence, %reason, "dead-lettering a message that is not a CloudEvent");
-                if let Err(e) = self
-                    .settler
-                    .reject(&message, &reason, delivered, sequence)
-                    .await
-                {
-                    tracing::error!(error = %e, sequence, "could not dead-letter an undecodable message; it will be redelivered");
-                }
-                None
+                tracing::warn!(sequence, error = %e, "a message that is not a CloudEvent: handed on as undecodable");
+                let event = stand_in();
+                Delivery::undecodable(event, ticket_of(message), e.to_string())
             }
         }
     }
@@ -266,9 +278,7 @@ impl Consumer for NatsConsumer {
             };
             match next {
                 Some(Ok(message)) => {
-                    if let Some(d) = self.deliver(message).await {
-                        out.push(d);
-                    }
+                    out.push(self.deliver(message));
                 }
                 Some(Err(e)) => {
                     // Missed heartbeats, a lost connection: pull anew.

@@ -104,6 +104,21 @@ impl BrokerHarness for Nats {
         config.dead_letter_subject = None;
         Ok(Box::new(self.client.consumer(Some(&config)).await?))
     }
+    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
+        // async-nats itself, as any JetStream producer: no headers.
+        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
+        let failed = |e: String| causeway_core::Error::new(causeway_core::ErrorKind::Connection, e);
+        let client = async_nats::connect(url.as_str())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        async_nats::jetstream::new(client)
+            .publish(destination.to_owned(), payload.to_vec().into())
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(true)
+    }
     async fn cut_connections(&self, outage: Duration) -> bool {
         self.proxy.cut_for(outage);
         true

@@ -121,48 +121,56 @@ impl RabbitConsumer {
         Ok(())
     }
 
-    fn deliver(&self, link: &Arc<Link>, d: lapin::message::Delivery) -> Option<Delivery> {
+    /// Turns a delivery into one of ours. One that is not a CloudEvent is
+    /// handed out too, as undecodable with a stand-in event, for its
+    /// consumer to dead-letter.
+    fn deliver(&self, link: &Arc<Link>, d: lapin::message::Delivery) -> Delivery {
         let payload = Bytes::from(d.data);
         let attempt = attempt(&d.properties, d.redelivered);
         let origin = format!("rabbitmq://{}#{}", self.settler.queue.name, d.delivery_tag);
-        let event = match decode(&d.properties, payload.clone()) {
-            Ok(event) => Some(event),
-            Err(e) => {
-                tracing::warn!(error = %e, queue = %self.settler.queue.name, "dead-lettering a message that is not a CloudEvent");
-                None
-            }
-        };
         let tag = self.settler.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
-        let in_flight = InFlight {
-            acker: d.acker,
-            link: link.clone(),
-            properties: d.properties,
-            payload,
-            attempt,
-            origin,
-        };
-        match event {
-            Some(event) => {
-                self.settler.lock().insert(tag, in_flight);
-                let settler: Arc<dyn Settler> = self.settler.clone();
-                Some(Delivery {
-                    event,
-                    ticket: Ticket::new(settler, tag, None, attempt),
+        let stand_in = |reason: &CoreError| {
+            tracing::warn!(error = %reason, queue = %self.settler.queue.name, "a message that is not a CloudEvent: handed on as undecodable");
+            let headers: Vec<(String, Vec<u8>)> = d
+                .properties
+                .headers()
+                .iter()
+                .flat_map(|t| t.inner().iter())
+                .map(|(name, value)| {
+                    let value = match value {
+                        AMQPValue::LongString(v) => v.as_bytes().to_vec(),
+                        AMQPValue::ShortString(v) => v.as_str().as_bytes().to_vec(),
+                        other => format!("{other:?}").into_bytes(),
+                    };
+                    (name.as_str().to_owned(), value)
                 })
-            }
-            None => {
-                let settler = self.settler.clone();
-                // Poison: dead-letter it without handing it out, and keep going.
-                tokio::spawn(async move {
-                    if let Err(e) = settler
-                        .reject(in_flight, "undecodable message: not a CloudEvent")
-                        .await
-                    {
-                        tracing::error!(error = %e, "could not dead-letter an undecodable message");
-                    }
-                });
-                None
-            }
+                .collect();
+            dead_letter::stand_in(
+                &format!("rabbitmq://{}", self.settler.queue.name),
+                &d.delivery_tag.to_string(),
+                payload.clone(),
+                None,
+                headers.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())),
+            )
+        };
+        let decoded =
+            decode(&d.properties, payload.clone()).map_err(|e| (stand_in(&e), e.to_string()));
+        self.settler.lock().insert(
+            tag,
+            InFlight {
+                acker: d.acker,
+                link: link.clone(),
+                properties: d.properties,
+                payload,
+                attempt,
+                origin,
+            },
+        );
+        let settler: Arc<dyn Settler> = self.settler.clone();
+        let ticket = Ticket::new(settler, tag, None, attempt);
+        match decoded {
+            Ok(event) => Delivery::new(event, ticket),
+            Err((stand_in, reason)) => Delivery::undecodable(stand_in, ticket, reason),
         }
     }
 }
@@ -360,9 +368,7 @@ impl Consumer for RabbitConsumer {
             match next {
                 Some(Ok(d)) => {
                     let link = link.clone();
-                    if let Some(d) = self.deliver(&link, d) {
-                        out.push(d);
-                    }
+                    out.push(self.deliver(&link, d));
                 }
                 lost => {
                     if let Some(Err(e)) = lost {

@@ -126,6 +126,35 @@ impl BrokerHarness for Rabbit {
         q.dead_letter_queue = None;
         Ok(Box::new(self.client.consumer(Some(&q)).await?))
     }
+    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
+        // lapin itself, as any AMQP producer: no headers, no properties.
+        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
+        let failed = |e: lapin::Error| {
+            causeway_core::Error::new(causeway_core::ErrorKind::Connection, e.to_string())
+        };
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .map_err(failed)?;
+        let channel = connection.create_channel().await.map_err(failed)?;
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .map_err(failed)?;
+        channel
+            .basic_publish(
+                "".into(),
+                destination.into(),
+                lapin::options::BasicPublishOptions::default(),
+                payload,
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?;
+        let _ = connection.close(200, "done".into()).await;
+        Ok(true)
+    }
     async fn cut_connections(&self, outage: Duration) -> bool {
         self.proxy.cut_for(outage);
         true

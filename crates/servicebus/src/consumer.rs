@@ -278,7 +278,17 @@ impl ServiceBusSettler {
         let span = Duration::from_secs(u64::try_from(span_secs).unwrap_or(0).max(1));
         let properties = custom_properties(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         let body = response.body();
-        let decoded = decode(&body, &properties);
+        let decoded = decode(&body, &properties).map_err(|e| {
+            tracing::warn!(error = %e, entity = %self.path, "a message that is not a CloudEvent: handed on as undecodable");
+            let stand_in = dead_letter::stand_in(
+                &format!("servicebus://{}", self.path),
+                &broker.message_id,
+                bytes::Bytes::from(body.clone().into_bytes()),
+                None,
+                properties.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            );
+            (stand_in, e.to_string())
+        });
         let tag = self.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
         let attempt = u32::try_from(broker.delivery_count).unwrap_or(1).max(1);
         self.lock().insert(
@@ -296,27 +306,15 @@ impl ServiceBusSettler {
                 release_at: None,
             },
         );
-        match decoded {
-            Ok(event) => {
-                let settler: Arc<dyn Settler> = self.clone();
-                let ticket = Ticket::new(settler, tag, None, attempt);
-                Some((tag, Delivery { event, ticket }))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, entity = %self.path, "dead-lettering a message that is not a CloudEvent");
-                let settler = self.clone();
-                let reason = format!("undecodable message: {e}");
-                tokio::spawn(async move {
-                    if let Err(e) = settler
-                        .settle(vec![(tag, Settlement::Reject { reason })])
-                        .await
-                    {
-                        tracing::error!(error = %e, "could not dead-letter an undecodable message; after MaxDeliveryCount deliveries Service Bus moves it to the entity's $DeadLetterQueue");
-                    }
-                });
-                None
-            }
-        }
+        let settler: Arc<dyn Settler> = self.clone();
+        let ticket = Ticket::new(settler, tag, None, attempt);
+        Some((
+            tag,
+            match decoded {
+                Ok(event) => Delivery::new(event, ticket),
+                Err((stand_in, reason)) => Delivery::undecodable(stand_in, ticket, reason),
+            },
+        ))
     }
 
     async fn renew(&self, lock: &PeekLockResponse) -> std::result::Result<(), Error> {

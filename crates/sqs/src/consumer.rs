@@ -326,8 +326,8 @@ impl SqsSettler {
     }
 
     /// Tracks one receive's messages (one lock for all) and turns them into
-    /// deliveries; a message that is not a CloudEvent is dead-lettered
-    /// instead of handed out.
+    /// deliveries; a message that is not a CloudEvent is handed out as
+    /// undecodable, with a stand-in event, for its consumer to dead-letter.
     fn admit(self: &Arc<Self>, messages: Vec<Message>, asked: Instant) -> Vec<(u64, Delivery)> {
         let mut tracked = Vec::with_capacity(messages.len());
         for m in messages {
@@ -342,7 +342,28 @@ impl SqsSettler {
                 .unwrap_or(1);
             let body = m.body.unwrap_or_default();
             let attributes = m.message_attributes.unwrap_or_default();
-            let decoded = decode(Some(&body), Some(&attributes));
+            let decoded = decode(Some(&body), Some(&attributes)).map_err(|e| {
+                tracing::warn!(error = %e, queue = %self.queue.name, "a message that is not a CloudEvent: handed on as undecodable");
+                let values: Vec<(&str, Vec<u8>)> = attributes
+                    .iter()
+                    .map(|(name, v)| {
+                        let value = v
+                            .string_value()
+                            .map(|s| s.as_bytes().to_vec())
+                            .or_else(|| v.binary_value().map(|b| b.as_ref().to_vec()))
+                            .unwrap_or_default();
+                        (name.as_str(), value)
+                    })
+                    .collect();
+                let stand_in = dead_letter::stand_in(
+                    &format!("sqs://{}", self.queue.name),
+                    &message_id,
+                    bytes::Bytes::from(body.clone().into_bytes()),
+                    None,
+                    values.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())),
+                );
+                (stand_in, e.to_string())
+            });
             let tag = self.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
             let in_flight = InFlight {
                 receipt_handle,
@@ -359,34 +380,19 @@ impl SqsSettler {
             tracked.push((tag, in_flight, decoded));
         }
         let mut out = Vec::with_capacity(tracked.len());
-        let mut poison = Vec::new();
-        {
-            let mut in_flight = self.lock();
-            for (tag, m, decoded) in tracked {
-                let attempt = m.attempt;
-                in_flight.insert(tag, m);
+        let mut in_flight = self.lock();
+        for (tag, m, decoded) in tracked {
+            let attempt = m.attempt;
+            in_flight.insert(tag, m);
+            let settler: Arc<dyn Settler> = self.clone();
+            let ticket = Ticket::new(settler, tag, None, attempt);
+            out.push((
+                tag,
                 match decoded {
-                    Ok(event) => {
-                        let settler: Arc<dyn Settler> = self.clone();
-                        let ticket = Ticket::new(settler, tag, None, attempt);
-                        out.push((tag, Delivery { event, ticket }));
-                    }
-                    Err(e) => poison.push((tag, e)),
-                }
-            }
-        }
-        for (tag, e) in poison {
-            tracing::warn!(error = %e, queue = %self.queue.name, "dead-lettering a message that is not a CloudEvent");
-            let settler = self.clone();
-            let reason = format!("undecodable message: {e}");
-            tokio::spawn(async move {
-                if let Err(e) = settler
-                    .settle(vec![(tag, Settlement::Reject { reason })])
-                    .await
-                {
-                    tracing::error!(error = %e, "could not dead-letter an undecodable message; it returns after its visibility timeout");
-                }
-            });
+                    Ok(event) => Delivery::new(event, ticket),
+                    Err((stand_in, reason)) => Delivery::undecodable(stand_in, ticket, reason),
+                },
+            ));
         }
         out
     }

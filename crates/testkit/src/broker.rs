@@ -516,6 +516,59 @@ pub async fn same_id_from_two_sources(h: &dyn BrokerHarness) {
     );
 }
 
+/// A message a foreign producer wrote, which is not a CloudEvent, is
+/// handed out as undecodable, with the reason and its payload byte for
+/// byte, among the events around it; acked, it does not come back. Before
+/// adapters handed such messages out, they settled them themselves, and
+/// where no dead-letter destination was configured they were gone.
+pub async fn undecodable_message_is_handed_out(h: &dyn BrokerHarness) {
+    let dest = h.destination("undecodable").await.expect("destination");
+    let payload = b"{\"amount\": 12, \"note\": \"from a legacy producer\"}";
+    if !h
+        .publish_foreign(&dest, payload)
+        .await
+        .expect("foreign publish")
+    {
+        not_applicable(
+            &h.name(),
+            "undecodable_message_is_handed_out",
+            "no foreign producer",
+        );
+        return;
+    }
+    publish_all(h, &dest, &events("around", 2, 0)).await;
+    let mut consumer = h.consumer(&dest, "undecodable").await.expect("consumer");
+    let got = collect(consumer.as_mut(), 3, RECEIVE).await;
+    let (undecodable, events): (Vec<_>, Vec<_>) =
+        got.into_iter().partition(|d| d.undecodable.is_some());
+    assert_eq!(
+        (undecodable.len(), events.len()),
+        (1, 2),
+        "{}: the foreign message and the two events, each once",
+        h.name()
+    );
+    let d = &undecodable[0];
+    assert_eq!(
+        d.event.payload.as_ref(),
+        payload,
+        "{}: payload changed",
+        h.name()
+    );
+    assert_eq!(d.event.kind, dead_letter::UNDECODABLE_TYPE);
+    assert!(
+        d.undecodable.as_deref().is_some_and(|r| !r.is_empty()),
+        "{}: no reason",
+        h.name()
+    );
+    let tickets = undecodable
+        .into_iter()
+        .chain(events)
+        .map(|d| (d.ticket, causeway_core::Settlement::Ack));
+    causeway_core::settle_all(tickets).await.expect("ack");
+    let again = collect(consumer.as_mut(), 1, quiet(h)).await;
+    assert!(again.is_empty(), "{}: redelivered after its ack", h.name());
+}
+
 /// An event over the declared size fails alone, permanently, with `TooLarge`;
 /// the rest of its batch is delivered.
 pub async fn oversize_event_is_rejected_permanently(h: &dyn BrokerHarness) {

@@ -37,6 +37,11 @@ pub trait BrokerHarness: Send + Sync {
     /// A consumer of the dead-letter destination of `destination`.
     async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>>;
 
+    /// Writes a message as a foreign producer would, with the broker's own
+    /// client: `payload` and nothing else (no CloudEvents attributes).
+    /// False where the backend has no foreign producers (in-process ones).
+    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool>;
+
     /// Cuts every connection between the adapter and the broker, as a network
     /// failure would, and keeps new connections failing for `outage`. Returns
     /// false where the backend has no connection to cut (in-process backends).

@@ -21,6 +21,7 @@ macro_rules! broker_conformance {
             restart_resumes_without_loss,
             duplicate_publish,
             same_id_from_two_sources,
+            undecodable_message_is_handed_out,
             oversize_event_is_rejected_permanently,
             invalid_event_is_rejected,
             reconnect_after_cut,

@@ -68,6 +68,10 @@ impl BrokerHarness for MemoryBrokerHarness {
         )))
     }
 
+    async fn publish_foreign(&self, _destination: &str, _payload: &[u8]) -> Result<bool> {
+        // Every message in the in-memory broker is an event.
+        Ok(false)
+    }
     async fn cut_connections(&self, _outage: Duration) -> bool {
         false
     }

@@ -441,9 +441,8 @@ impl Consumer for MemoryConsumer {
                 let settler: Arc<dyn Settler> = self.settler.clone();
                 return Ok(batch
                     .into_iter()
-                    .map(|(tag, index, deliveries, event)| Delivery {
-                        event,
-                        ticket: Ticket::new(
+                    .map(|(tag, index, deliveries, event)| {
+                        let ticket = Ticket::new(
                             settler.clone(),
                             tag,
                             Some(Position {
@@ -451,7 +450,8 @@ impl Consumer for MemoryConsumer {
                                 offset: index as u64,
                             }),
                             deliveries,
-                        ),
+                        );
+                        Delivery::new(event, ticket)
                     })
                     .collect());
             }
