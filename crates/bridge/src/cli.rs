@@ -303,14 +303,16 @@ async fn dlq_list(bridge: Bridge, route: &str, limit: usize) -> Result<()> {
         .await?;
     for s in &stored {
         let e = &s.event;
+        // What a hostile producer wrote must not drive the terminal.
+        let shown = |v: Option<&str>| dead_letter::escape(v.unwrap_or("?"));
         println!(
             "{:>8}  {}  {}  attempts {}  {}  — {}",
             s.position,
             s.stored_at.to_rfc3339(),
-            e.id,
-            e.header(dead_letter::ATTEMPTS).unwrap_or("?"),
-            e.header(dead_letter::ORIGIN).unwrap_or("?"),
-            e.header(dead_letter::REASON).unwrap_or("?")
+            dead_letter::escape(&e.id),
+            shown(e.header(dead_letter::ATTEMPTS)),
+            shown(e.header(dead_letter::ORIGIN)),
+            shown(e.header(dead_letter::REASON))
         );
     }
     println!("{} dead letter(s) shown for route {route}", stored.len());

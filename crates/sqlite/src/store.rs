@@ -154,6 +154,10 @@ impl EventStore for SqliteStore {
         let q = query.clone();
         self.read_with(move |conn| {
             let (from_position, from_time) = match q.from {
+                // Past the last position a stream can have: nothing. (A
+                // position of 2^63 or more used to wrap negative and read
+                // other streams' rows.)
+                ReadFrom::Position(p) if p >= 1 << POSITION_BITS => return Ok(Vec::new()),
                 ReadFrom::Position(p) => (p as i64, None),
                 ReadFrom::Time(t) => (0, Some(micros(t))),
             };

@@ -40,6 +40,7 @@ macro_rules! event_store_conformance {
             cursors,
             retention_respects_cursors,
             retention_keeps_streams_without_a_cursor,
+            read_past_the_end_is_empty,
             stats,
             concurrent_appends,
         );

@@ -273,6 +273,32 @@ pub async fn retention_keeps_streams_without_a_cursor(h: &dyn EventStoreHarness)
     assert_eq!(store.stats(Some("route")).await.expect("stats").events, 10);
 }
 
+/// Reading from a position past any a stream can have returns nothing,
+/// and never another stream's events.
+pub async fn read_past_the_end_is_empty(h: &dyn EventStoreHarness) {
+    let store = fresh(h).await;
+    store
+        .append("a", &events("pa", 3, 0))
+        .await
+        .expect("append");
+    store
+        .append("b", &events("pb", 3, 0))
+        .await
+        .expect("append");
+    for from in [1 << 40, 1 << 62, 1 << 63, u64::MAX] {
+        let got = store
+            .read(&ReadQuery::new("b", ReadFrom::Position(from), 10))
+            .await
+            .expect("read");
+        assert!(
+            got.is_empty(),
+            "{}: reading `b` from {from} gave {:?}",
+            h.name(),
+            got.iter().map(|s| &s.event.id).collect::<Vec<_>>()
+        );
+    }
+}
+
 /// Stats count events, bytes and the time range.
 pub async fn stats(h: &dyn EventStoreHarness) {
     let store = fresh(h).await;
