@@ -94,21 +94,83 @@ impl<P: Publisher> Publisher for Breaking<P> {
                 "circuit open: the sink failed repeatedly",
             ));
         }
-        let result = self.inner.publish(destination, events).await;
-        let ok = match &result {
-            Ok(outcomes) => !outcomes
-                .iter()
-                .any(|o| o.as_ref().is_err_and(Error::is_temporary)),
-            Err(e) => !e.is_temporary(),
+        // A publish dropped before it finished (a shutdown, a timeout
+        // around it) counts as failed: a probe that never reported would
+        // leave the breaker half-open, refusing everything, for good.
+        let mut pending = Pending {
+            breaker: &self.breaker,
+            recorded: false,
         };
+        let result = self.inner.publish(destination, events).await;
+        // A failure is the sink's: temporary, or permanent but not the
+        // event's own fault (credentials, a missing entity, a quota).
+        let sink_failed = |e: &Error| e.is_temporary() || !e.kind().is_event_fault();
+        let ok = match &result {
+            Ok(outcomes) => !outcomes.iter().any(|o| o.as_ref().is_err_and(sink_failed)),
+            Err(e) => !sink_failed(e),
+        };
+        pending.recorded = true;
         self.breaker.record(ok);
         result
+    }
+}
+
+/// A publish under way: recorded as failed if dropped unfinished.
+struct Pending<'a> {
+    breaker: &'a Breaker,
+    recorded: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.record(false);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink that never answers.
+    struct Hanging;
+
+    #[async_trait]
+    impl Publisher for Hanging {
+        fn capabilities(&self) -> Capabilities {
+            causeway_core::memory::MemoryBroker::new().capabilities()
+        }
+        async fn publish(&self, _: &str, _: &[Event]) -> Result<Vec<Result<Receipt>>> {
+            std::future::pending().await
+        }
+    }
+
+    /// Before the fix a probe dropped unfinished left the breaker
+    /// half-open for good: every later publish failed fast.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_lets_the_next_probe_through() {
+        let breaker = std::sync::Arc::new(Breaker::new(1, Duration::from_secs(10)));
+        breaker.record(false);
+        assert!(breaker.is_open());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let sink = Breaking {
+            inner: Hanging,
+            breaker: breaker.clone(),
+        };
+        let probe = sink.publish("t", &[]);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), probe)
+                .await
+                .is_err(),
+            "the probe hangs"
+        );
+        // Dropped: counted as failed, so the breaker opened again for a
+        // cooldown, after which another probe goes out.
+        assert!(!breaker.allow(), "still cooling down");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(breaker.allow(), "a new probe after the cooldown");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_n_failures_and_probes_after_cooldown() {

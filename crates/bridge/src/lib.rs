@@ -185,19 +185,21 @@ impl Bridge {
             Some(listen) => Some(self.metrics.clone().serve(listen).await?),
             None => None,
         };
-        let mut tasks = Vec::new();
+        // Routes stop on `stop`: the caller's shutdown, or one route
+        // stopping on its own, which stops the others (finishing their
+        // in-flight work) so that the process exits non-zero.
+        let stop = shutdown.child_token();
+        let mut tasks = tokio::task::JoinSet::new();
         for name in self.config.routes.keys() {
             let route = self.route(name).await?;
             let source = self.endpoints.consumer(&route.config.source).await?;
-            let shutdown = shutdown.clone();
-            tasks.push((
-                name.clone(),
-                tokio::spawn(async move { route.run(source, shutdown).await }),
-            ));
+            let stop = stop.clone();
+            let name = name.clone();
+            tasks.spawn(async move { (name, route.run(source, stop).await) });
         }
         let retention = self.config.store.retention.map(|r| {
             let store = self.store.clone();
-            let shutdown = shutdown.clone();
+            let shutdown = stop.clone();
             tokio::spawn(async move { retain(store, r, shutdown).await })
         });
         self.metrics.set_ready(true);
@@ -205,14 +207,21 @@ impl Bridge {
             self.metrics.clone(),
             self.config.routes.keys().cloned().collect(),
             self.config.metrics.summary_every,
-            shutdown.clone(),
+            stop.clone(),
         ));
         let mut failed = Vec::new();
-        for (name, task) in tasks {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failed.push(format!("{name}: {e:#}")),
-                Err(e) => failed.push(format!("{name}: {e}")),
+        while let Some(joined) = tasks.join_next().await {
+            let failure = match joined {
+                Ok((_, Ok(()))) if stop.is_cancelled() => None,
+                Ok((name, Ok(()))) => Some(format!("{name}: stopped by itself")),
+                Ok((name, Err(e))) => Some(format!("{name}: {e:#}")),
+                Err(e) => Some(format!("a route task panicked: {e}")),
+            };
+            if let Some(failure) = failure {
+                tracing::error!(failure, "a route stopped; stopping the others");
+                self.metrics.set_failed(&failure);
+                failed.push(failure);
+                stop.cancel();
             }
         }
         self.metrics.set_ready(false);

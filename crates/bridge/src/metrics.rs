@@ -36,12 +36,15 @@ pub struct Metrics {
     sink_duplicates: Family<RouteLabel, Counter>,
     dead_lettered: Family<RouteLabel, Counter>,
     errors: Family<RouteLabel, Counter>,
+    sink_refusals: Family<RouteLabel, Counter>,
     redeliveries: Family<RouteLabel, Counter>,
     fenced: Family<RouteLabel, Counter>,
     latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     backlog: Family<RouteLabel, Gauge>,
     recent: Mutex<HashMap<String, Arc<Mutex<Recent>>>>,
     ready: AtomicBool,
+    /// Why the bridge is unhealthy: a route that stopped.
+    failed: Mutex<Option<String>>,
 }
 
 /// Latencies since the last summary line, for its p50 and p99 (the
@@ -69,6 +72,9 @@ pub struct RouteMetrics {
     pub dead_lettered: Counter,
     /// Failed publish attempts.
     pub errors: Counter,
+    /// Events a broken sink refused permanently (credentials, a missing
+    /// entity, a quota): the route paused and retried them.
+    pub sink_refusals: Counter,
     /// Deliveries the source made more than once.
     pub redeliveries: Counter,
     /// Claims this instance lost to another after its lease ran out (it
@@ -124,12 +130,14 @@ impl Default for Metrics {
             sink_duplicates: Family::default(),
             dead_lettered: Family::default(),
             errors: Family::default(),
+            sink_refusals: Family::default(),
             redeliveries: Family::default(),
             fenced: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             backlog: Family::default(),
             recent: Mutex::default(),
             ready: AtomicBool::new(false),
+            failed: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -161,6 +169,11 @@ impl Default for Metrics {
             "publish_errors",
             "Failed publish attempts",
             m.errors.clone(),
+        );
+        registry.register(
+            "sink_refusals",
+            "Events a broken sink refused (credentials, missing entity, quota): retried, not dead-lettered",
+            m.sink_refusals.clone(),
         );
         registry.register(
             "redeliveries",
@@ -199,6 +212,7 @@ impl Metrics {
             sink_duplicates: self.sink_duplicates.get_or_create(&l).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
             errors: self.errors.get_or_create(&l).clone(),
+            sink_refusals: self.sink_refusals.get_or_create(&l).clone(),
             redeliveries: self.redeliveries.get_or_create(&l).clone(),
             fenced: self.fenced.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
@@ -218,6 +232,42 @@ impl Metrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// Marks the bridge unhealthy: a route stopped, for `reason`.
+    /// `/healthz` and `/readyz` answer 503 with it from now on.
+    pub fn set_failed(&self, reason: &str) {
+        self.ready.store(false, Ordering::SeqCst);
+        *self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_owned());
+    }
+
+    /// What `/healthz` answers: 200 while every route runs, 503 and why not.
+    pub fn health(&self) -> (StatusCode, String) {
+        match &*self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {reason}")),
+            None => (StatusCode::OK, "ok".to_owned()),
+        }
+    }
+
+    /// What `/readyz` answers: 200 once every route started, 503 before,
+    /// while stopping, and after a route failed.
+    pub fn readiness(&self) -> (StatusCode, String) {
+        let (status, health) = self.health();
+        if status != StatusCode::OK {
+            return (status, health);
+        }
+        if self.ready.load(Ordering::SeqCst) {
+            (StatusCode::OK, "ready".to_owned())
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready".to_owned())
+        }
+    }
+
     /// The OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -231,20 +281,11 @@ impl Metrics {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("metrics.listen {listen}"))?;
-        let (m1, m2) = (self.clone(), self.clone());
+        let (m1, m2, m3) = (self.clone(), self.clone(), self.clone());
         let app = Router::new()
             .route("/metrics", get(move || async move { m1.encode() }))
-            .route("/healthz", get(|| async { "ok" }))
-            .route(
-                "/readyz",
-                get(move || async move {
-                    if m2.ready.load(Ordering::SeqCst) {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-                    }
-                }),
-            );
+            .route("/healthz", get(move || async move { m2.health() }))
+            .route("/readyz", get(move || async move { m3.readiness() }));
         Ok(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "metrics server stopped");

@@ -144,6 +144,7 @@ impl Route {
             }
         }
         let now = chrono::Utc::now();
+        let mut paused_said = false;
         let mut latencies = Vec::with_capacity(events.len());
         for (i, fate) in fates.iter_mut().enumerate() {
             match fate {
@@ -154,10 +155,22 @@ impl Route {
                             .push((now - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
                     }
                 }
-                Fate::Failed(e) if !e.is_temporary() => {
+                // Only the event's own fault makes a dead letter.
+                Fate::Failed(e) if !e.is_temporary() && e.kind().is_event_fault() => {
                     let reason = e.to_string();
                     if self.dead_letter(&events[i], &reason, 1).await {
                         *fate = Fate::DeadLettered;
+                    }
+                }
+                // A broken sink (credentials, a missing entity, a quota): the
+                // event stays where it is and the route retries, paused,
+                // until the sink recovers. Said once per batch.
+                Fate::Failed(e) if !e.is_temporary() => {
+                    self.metrics.errors.inc();
+                    self.metrics.sink_refusals.inc();
+                    if !paused_said {
+                        paused_said = true;
+                        tracing::error!(route = %self.name, error = %e, "the sink refuses everything; the route is paused and retries until it recovers (nothing is dead-lettered)");
                     }
                 }
                 Fate::Failed(_) => {
@@ -168,6 +181,66 @@ impl Route {
         }
         self.metrics.observe_latencies(latencies);
         fates
+    }
+
+    /// `forward`, keeping `claims` alive while it runs: a publish with
+    /// retries can outlast a lease (5 attempts of up to 30 s against a 30 s
+    /// lease), and another instance must not take the events over while
+    /// they are still being sent. A claim lost anyway shows when it is
+    /// committed (fenced, counted). Also returns when the claims were last
+    /// renewed, if they were.
+    async fn forward_leased(
+        &self,
+        events: &[Event],
+        claims: &[ClaimToken],
+    ) -> (Vec<Fate>, Option<Instant>) {
+        let forward = self.forward(events);
+        if claims.is_empty() {
+            return (forward.await, None);
+        }
+        tokio::pin!(forward);
+        let mut renewed_at = None;
+        loop {
+            tokio::select! {
+                fates = &mut forward => return (fates, renewed_at),
+                () = tokio::time::sleep(self.config.claim_lease / 3) => {
+                    let at = Instant::now();
+                    match self.dedup.renew_many(claims, self.config.claim_lease).await {
+                        Ok(renewed) => {
+                            renewed_at = Some(at);
+                            let lost = renewed.iter().filter(|r| r.is_err()).count();
+                            if lost > 0 {
+                                tracing::warn!(route = %self.name, claims = lost, "claims taken over while publishing; their commit will be fenced");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(route = %self.name, error = %e, "could not renew claims while publishing");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether this instance still holds `lease` (renewing it): false when
+    /// another took it over, or when the store cannot say.
+    async fn still_holds(&self, lease: &ClaimToken) -> bool {
+        match self
+            .dedup
+            .renew_many(std::slice::from_ref(lease), self.config.claim_lease)
+            .await
+        {
+            Ok(r) if r.first().is_some_and(Result::is_ok) => true,
+            Ok(_) => {
+                self.metrics.fenced.inc();
+                tracing::warn!(route = %self.name, "another instance took over forwarding while this one published; standing by");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(route = %self.name, error = %e, "cannot renew the forwarder lease before moving the cursor; standing by");
+                false
+            }
+        }
     }
 
     /// `forward` for replays: per event, Ok(true) published, Ok(false)
@@ -410,7 +483,9 @@ impl Route {
                         break;
                     }
                 }
-                let fates = self.forward(&events).await;
+                let tokens: Vec<ClaimToken> = held.iter().filter_map(|(_, t)| t.clone()).collect();
+                let (fates, renewed) = self.forward_leased(&events, &tokens).await;
+                at = renewed.unwrap_or(at);
                 let mut done = Vec::new();
                 let (mut again_events, mut again_held) = (Vec::new(), Vec::new());
                 for ((event, h), fate) in events.into_iter().zip(held).zip(fates) {
@@ -542,6 +617,23 @@ impl Route {
             tokio::spawn(async move { route.forwarder(shutdown).await })
         };
         while !shutdown.is_cancelled() {
+            if forwarder.is_finished() {
+                // Nothing drains the store any more: stop taking events in.
+                source.close().await?;
+                return match forwarder.await {
+                    Ok(Ok(())) => Err(anyhow::anyhow!(
+                        "route {}: the forwarder stopped before shutdown",
+                        self.name
+                    )),
+                    Ok(Err(e)) => {
+                        Err(e.context(format!("route {}: the forwarder failed", self.name)))
+                    }
+                    Err(e) => Err(anyhow::anyhow!(
+                        "route {}: the forwarder panicked: {e}",
+                        self.name
+                    )),
+                };
+            }
             let batch = self.poll(source.as_mut()).await;
             if batch.is_empty() {
                 continue;
@@ -576,6 +668,37 @@ impl Route {
         source.close().await?;
         forwarder.await??;
         Ok(())
+    }
+
+    /// Runs a store operation until it succeeds, pausing between tries (a
+    /// store that failed once usually answers again: a lock, a restart, a
+    /// full disk freed). None on shutdown. A forwarder that gave up here
+    /// would leave the source acked into a store nobody drains.
+    async fn retry_store<T, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &CancellationToken,
+        mut op: F,
+    ) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = causeway_core::Result<T>>,
+    {
+        let mut pause = RETRY_PAUSE;
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    self.metrics.errors.inc();
+                    tracing::warn!(route = %self.name, error = %e, "could not {what}; retrying in {pause:?}");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(10));
+        }
     }
 
     /// Drains the store to the sink. With a shared store, only the instance
@@ -629,7 +752,15 @@ impl Route {
         lease: Option<&ClaimToken>,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let mut cursor = self.store.cursor(&self.name, FORWARDER).await?.unwrap_or(0);
+        let Some(cursor) = self
+            .retry_store("read the forwarder's cursor", shutdown, || {
+                self.store.cursor(&self.name, FORWARDER)
+            })
+            .await
+        else {
+            return Ok(());
+        };
+        let mut cursor = cursor.unwrap_or(0);
         let mut confirmed_ahead = std::collections::BTreeSet::new();
         let mut renewed_at = Instant::now();
         while !shutdown.is_cancelled() {
@@ -689,7 +820,10 @@ impl Route {
                 .filter(|s| !confirmed_ahead.contains(&s.position))
                 .collect();
             let events: Vec<Event> = todo.iter().map(|s| s.event.clone()).collect();
-            let fates = self.forward(&events).await;
+            let (fates, renewed) = self
+                .forward_leased(&events, lease.map(std::slice::from_ref).unwrap_or_default())
+                .await;
+            renewed_at = renewed.unwrap_or(renewed_at);
             for (s, fate) in todo.iter().zip(&fates) {
                 if !matches!(fate, Fate::Failed(_)) {
                     confirmed_ahead.insert(s.position);
@@ -704,8 +838,26 @@ impl Route {
                 cursor = s.position;
                 confirmed += 1;
             }
-            if confirmed > 0 {
-                self.store.set_cursor(&self.name, FORWARDER, cursor).await?;
+            // Not moved: after a restart these are sent again and the
+            // sink's dedup (or the reader's) drops the copies.
+            // Fenced: only the lease holder moves the cursor. One that lost
+            // its lease while publishing stands down; the new holder sends
+            // these again and the sink's dedup drops the copies.
+            if confirmed > 0
+                && let Some(token) = lease
+                && !self.still_holds(token).await
+            {
+                return Ok(());
+            }
+            if confirmed > 0
+                && self
+                    .retry_store("move the forwarder's cursor", shutdown, || {
+                        self.store.set_cursor(&self.name, FORWARDER, cursor)
+                    })
+                    .await
+                    .is_none()
+            {
+                break;
             }
             if confirmed < page.len() {
                 tokio::select! {

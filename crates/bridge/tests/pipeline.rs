@@ -355,6 +355,80 @@ async fn retention_never_deletes_what_was_not_forwarded() {
     assert_eq!(dead.events, 0);
 }
 
+/// A store whose cursor operations fail a few times, as a database does
+/// in a failover or under lock contention.
+struct CursorTrouble {
+    inner: Arc<dyn causeway_core::EventStore>,
+    failures_left: std::sync::atomic::AtomicU32,
+}
+
+impl CursorTrouble {
+    fn fail(&self) -> Result<()> {
+        let left = self.failures_left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures_left.store(left - 1, Ordering::SeqCst);
+            return Err(Error::new(ErrorKind::Storage, "database is locked"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl causeway_core::EventStore for CursorTrouble {
+    async fn append(
+        &self,
+        stream: &str,
+        events: &[Event],
+    ) -> Result<Vec<causeway_core::AppendOutcome>> {
+        self.inner.append(stream, events).await
+    }
+    async fn read(&self, query: &ReadQuery) -> Result<Vec<causeway_core::StoredEvent>> {
+        self.inner.read(query).await
+    }
+    async fn cursor(&self, stream: &str, name: &str) -> Result<Option<u64>> {
+        self.fail()?;
+        self.inner.cursor(stream, name).await
+    }
+    async fn set_cursor(&self, stream: &str, name: &str, position: u64) -> Result<()> {
+        self.fail()?;
+        self.inner.set_cursor(stream, name, position).await
+    }
+    async fn apply_retention(&self, policy: &causeway_core::Retention) -> Result<u64> {
+        self.inner.apply_retention(policy).await
+    }
+    async fn stats(&self, stream: Option<&str>) -> Result<causeway_core::StoreStats> {
+        self.inner.stats(stream).await
+    }
+}
+
+/// A durable route's forwarder outlives store errors: before, one failed
+/// cursor read or write ended it while the source kept being acked into
+/// the store, so nothing was forwarded again and nothing said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarder_survives_transient_store_errors() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, broker) = bridge(&dir, "durable").await;
+    let base = bridge.route("r").await.expect("route");
+    let route = Arc::new(Route {
+        name: base.name.clone(),
+        config: base.config.clone(),
+        template: base.template.clone(),
+        sink: base.sink.clone(),
+        dead_letter: None,
+        store: Arc::new(CursorTrouble {
+            inner: base.store.clone(),
+            failures_left: 3.into(),
+        }),
+        dedup: base.dedup.clone(),
+        shared_store: base.shared_store,
+        metrics: base.metrics.clone(),
+    });
+    publish(&broker, &causeway_testkit::events("st", 300, 10)).await;
+    run_until(&bridge, &broker, route, at_sink, 300).await;
+    let got = drain_sink(&broker, 300).await;
+    assert_order_per_key(&got);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_is_dead_lettered_with_its_reason_and_the_rest_flows() {
     let dir = tempfile::tempdir().expect("dir");
@@ -505,6 +579,185 @@ async fn a_sink_returning_too_few_outcomes_gets_the_rest_again() {
     publish(&broker, &sent).await;
     run_until(&bridge, &broker, route, at_sink, 20).await;
     drain_sink(&broker, 20).await;
+}
+
+/// A sink that refuses everything permanently for a while, as one does
+/// after a key rotation (401) or before its queue exists (not found).
+struct Broken {
+    inner: Arc<dyn Publisher>,
+    broken: Arc<AtomicBool>,
+    kind: ErrorKind,
+}
+
+#[async_trait]
+impl Publisher for Broken {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Ok(events
+                .iter()
+                .map(|_| Err(Error::new(self.kind, "refused by the sink")))
+                .collect());
+        }
+        self.inner.publish(destination, events).await
+    }
+}
+
+/// A broken sink is not a bad event: while it refuses everything the route
+/// pauses and dead-letters nothing; when it recovers everything flows.
+/// Before the fix every event sent while it was broken was dead-lettered.
+async fn a_broken_sink_pauses_the_route(mode: &str, kind: ErrorKind) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, broker) = bridge(&dir, mode).await;
+    let base = bridge.route("r").await.expect("route");
+    let broken = Arc::new(AtomicBool::new(true));
+    let route = Arc::new(Route {
+        name: base.name.clone(),
+        config: base.config.clone(),
+        template: base.template.clone(),
+        sink: Arc::new(Broken {
+            inner: bridge.endpoints.publisher("dst").await.expect("sink"),
+            broken: broken.clone(),
+            kind,
+        }),
+        dead_letter: None,
+        store: base.store.clone(),
+        dedup: base.dedup.clone(),
+        shared_store: base.shared_store,
+        metrics: base.metrics.clone(),
+    });
+    publish(&broker, &causeway_testkit::events("b", 200, 10)).await;
+    let refusals = bridge.metrics.route("r").sink_refusals;
+    let heal = tokio::spawn(async move {
+        // Broken until the route has been refused for a while.
+        while refusals.get() < 400 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        broken.store(false, Ordering::SeqCst);
+    });
+    run_until(&bridge, &broker, route, at_sink, 200).await;
+    heal.await.expect("heal");
+    let got = drain_sink(&broker, 200).await;
+    assert_order_per_key(&got);
+    let dead = bridge
+        .store
+        .stats(Some(&dead_letter_stream("r")))
+        .await
+        .expect("stats");
+    assert_eq!(dead.events, 0, "{kind}: dead letters from a broken sink");
+    assert_eq!(bridge.metrics.route("r").dead_lettered.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_with_rotated_credentials_pauses_the_route_direct() {
+    a_broken_sink_pauses_the_route("direct", ErrorKind::Unauthorized).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_with_rotated_credentials_pauses_the_route_durable() {
+    a_broken_sink_pauses_the_route("durable", ErrorKind::Unauthorized).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_without_its_queue_pauses_the_route_direct() {
+    a_broken_sink_pauses_the_route("direct", ErrorKind::NotFound).await;
+}
+
+/// A sink slower than the claim lease, telling which events it is sending.
+struct Slow {
+    inner: Arc<dyn Publisher>,
+    delay: Duration,
+    sending: Arc<std::sync::Mutex<Vec<Event>>>,
+}
+
+#[async_trait]
+impl Publisher for Slow {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        self.sending
+            .lock()
+            .expect("lock")
+            .extend(events.iter().cloned());
+        tokio::time::sleep(self.delay).await;
+        let out = self.inner.publish(destination, events).await;
+        self.sending
+            .lock()
+            .expect("lock")
+            .retain(|e| !events.contains(e));
+        out
+    }
+}
+
+/// A publish that outlasts the claim lease keeps its claims: another
+/// instance asking for the same events while they are being sent finds
+/// them busy. Before the fix the claims lapsed mid-publish and the other
+/// instance could take the events and send them a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_outlive_a_publish_longer_than_their_lease() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, broker) = bridge(&dir, "direct").await;
+    let base = bridge.route("r").await.expect("route");
+    let mut config = base.config.clone();
+    config.claim_lease = Duration::from_secs(1);
+    let sending = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let route = Arc::new(Route {
+        name: base.name.clone(),
+        config,
+        template: base.template.clone(),
+        sink: Arc::new(Slow {
+            inner: bridge.endpoints.publisher("dst").await.expect("sink"),
+            delay: Duration::from_millis(3_000),
+            sending: sending.clone(),
+        }),
+        dead_letter: None,
+        store: base.store.clone(),
+        dedup: base.dedup.clone(),
+        shared_store: base.shared_store,
+        metrics: base.metrics.clone(),
+    });
+    let sent = causeway_testkit::events("lease", 6, 2);
+    publish(&broker, &sent).await;
+    let shutdown = CancellationToken::new();
+    let source = bridge.endpoints.consumer("src").await.expect("source");
+    let task = tokio::spawn(route.clone().run(source, shutdown.clone()));
+    // Well past the lease, the first publish still running: another
+    // instance's claims on the events being sent. (Events queued behind it
+    // may lapse: a shard renews those before it sends them, and stands
+    // down from any taken over.)
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let in_publish = sending.lock().expect("lock").clone();
+    assert!(!in_publish.is_empty(), "nothing being published at 2 s");
+    let keys: Vec<String> = in_publish
+        .iter()
+        .map(|e| format!("r\u{1f}{}\u{1f}{}", e.source, e.id))
+        .collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let claims = base
+        .dedup
+        .claim_many(&refs, Duration::from_secs(30))
+        .await
+        .expect("claims");
+    let taken = claims
+        .iter()
+        .filter(|c| matches!(c, causeway_core::Claim::Claimed(_)))
+        .count();
+    assert_eq!(
+        taken, 0,
+        "claims lapsed while their events were being published"
+    );
+    for _ in 0..3000 {
+        if at_sink(&broker) >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("task").expect("clean stop");
+    drain_sink(&broker, 6).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

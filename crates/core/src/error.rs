@@ -27,8 +27,12 @@ pub enum ErrorKind {
     InvalidEvent,
     /// An event exceeds the backend's maximum message size.
     TooLarge,
-    /// The broker refused the message (authorization, policy, schema).
+    /// The broker refused this message (a policy or schema it breaks, a
+    /// route it cannot take): other messages may pass.
     Rejected,
+    /// Authentication or authorization failed: the credentials are wrong,
+    /// expired or rotated, or lack a right. Nothing passes until that changes.
+    Unauthorized,
     /// A destination, entity or record does not exist.
     NotFound,
     /// Existing state conflicts with what was asked (topology mismatch, duplicate).
@@ -58,6 +62,7 @@ impl ErrorKind {
             ErrorKind::InvalidEvent
             | ErrorKind::TooLarge
             | ErrorKind::Rejected
+            | ErrorKind::Unauthorized
             | ErrorKind::NotFound
             | ErrorKind::Conflict
             | ErrorKind::Fenced
@@ -68,6 +73,19 @@ impl ErrorKind {
         }
     }
 
+    /// Whether an error of this kind is the event's own fault, so that
+    /// retrying it can never help and it alone is dead-lettered: it is
+    /// invalid, too large, or refused for what it is. Every other
+    /// permanent error says the sink is broken (credentials, a missing
+    /// entity, a quota, a bug): the route pauses and retries until the
+    /// sink recovers, and dead-letters nothing.
+    pub fn is_event_fault(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::InvalidEvent | ErrorKind::TooLarge | ErrorKind::Rejected
+        )
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Connection => "connection",
@@ -76,6 +94,7 @@ impl ErrorKind {
             ErrorKind::InvalidEvent => "invalid event",
             ErrorKind::TooLarge => "too large",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::NotFound => "not found",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Fenced => "fenced",

@@ -54,9 +54,19 @@ fn classify(code: Code) -> (ErrorKind, Status) {
         Code::TopicAuthorizationFailed
         | Code::GroupAuthorizationFailed
         | Code::ClusterAuthorizationFailed
+        | Code::TransactionalIdAuthorizationFailed
+        | Code::DelegationTokenAuthorizationFailed
         | Code::SaslAuthenticationFailed
-        | Code::Authentication => (ErrorKind::Rejected, Permanent),
+        | Code::Authentication => (ErrorKind::Unauthorized, Permanent),
+        // The record itself breaks a rule of the topic.
+        Code::InvalidRecord | Code::InvalidMessage | Code::PolicyViolation => {
+            (ErrorKind::Rejected, Permanent)
+        }
+        Code::KafkaStorageError | Code::OutOfOrderSequenceNumber => (ErrorKind::Storage, Temporary),
         Code::InvalidConfig | Code::InvalidArgument => (ErrorKind::Config, Permanent),
+        // Unknown: not the record's fault as far as anyone knows, so it
+        // pauses the route (Internal is a sink fault) rather than
+        // dead-lettering whatever is sent while it lasts.
         _ => (ErrorKind::Internal, Permanent),
     }
 }

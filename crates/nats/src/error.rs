@@ -16,7 +16,7 @@ impl Error {
         use async_nats::ConnectErrorKind as K;
         let kind = match e.kind() {
             K::ServerParse | K::Tls => ErrorKind::Config,
-            K::Authentication | K::AuthorizationViolation => ErrorKind::Rejected,
+            K::Authentication | K::AuthorizationViolation => ErrorKind::Unauthorized,
             K::TimedOut => ErrorKind::Timeout,
             _ => ErrorKind::Connection,
         };
@@ -31,8 +31,10 @@ impl Error {
             K::StreamNotFound => ErrorKind::NotFound,
             K::MaxPayloadExceeded => ErrorKind::TooLarge,
             K::WrongLastMessageId | K::WrongLastSequence => ErrorKind::Conflict,
-            // The server answered with an error: retrying the same message won't help.
-            K::Other => ErrorKind::Rejected,
+            // The server answered with an error about the stream, not this
+            // message (storage full, limits, permissions): the sink is
+            // refusing writes for now; retried, never dead-lettered.
+            K::Other => ErrorKind::Unavailable,
         };
         Error::new("publish", kind, e)
     }

@@ -51,17 +51,18 @@ impl Error {
                 // NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED
                 404 => ErrorKind::NotFound,
                 406 => ErrorKind::Conflict,
-                403 => ErrorKind::Rejected,
+                403 => ErrorKind::Unauthorized,
                 _ => ErrorKind::Connection,
             },
             _ => ErrorKind::Internal,
         };
-        let status =
-            if e.can_be_recovered() && kind != ErrorKind::Conflict && kind != ErrorKind::Rejected {
-                Status::Temporary
-            } else {
-                Status::Permanent
-            };
+        let status = if e.can_be_recovered()
+            && !matches!(kind, ErrorKind::Conflict | ErrorKind::Unauthorized)
+        {
+            Status::Temporary
+        } else {
+            Status::Permanent
+        };
         Error::new(operation, kind, e).with_status(status)
     }
 }

@@ -62,7 +62,7 @@ impl Error {
 /// 400 a bad request; 408, 429 and 5xx the service is busy or failing.
 pub(crate) fn classify(status: u16) -> ErrorKind {
     match status {
-        401 => ErrorKind::Rejected,
+        401 => ErrorKind::Unauthorized,
         403 | 408 | 429 | 500..=599 => ErrorKind::Unavailable,
         404 => ErrorKind::Conflict,
         410 => ErrorKind::NotFound,
@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn statuses_classify() {
-        assert_eq!(classify(401), ErrorKind::Rejected);
+        assert_eq!(classify(401), ErrorKind::Unauthorized);
         assert_eq!(classify(401).default_status(), Status::Permanent);
         assert_eq!(classify(410), ErrorKind::NotFound);
         assert_eq!(classify(503).default_status(), Status::Temporary);

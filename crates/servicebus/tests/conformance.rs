@@ -265,7 +265,7 @@ mod servicebus_specific {
         };
         let sb = ServiceBusClient::connect(wrong).expect("client");
         let err = sb.ping().await.expect_err("ping with a wrong key");
-        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+        assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
         assert!(err.to_string().contains("401"), "{err}");
         let err = sb
             .publisher()
@@ -276,7 +276,7 @@ mod servicebus_specific {
             .expect_err("published with a wrong key");
         assert_eq!(
             (err.kind(), err.status()),
-            (ErrorKind::Rejected, Status::Permanent),
+            (ErrorKind::Unauthorized, Status::Permanent),
             "{err}"
         );
         assert_eq!(emulator.message_count("guarded"), Some(0));

@@ -87,18 +87,21 @@ fn classify(code: &str, http: Option<u16>) -> (ErrorKind, Status) {
         | "InternalFailure"
         | "KmsUnavailable" => ErrorKind::Unavailable,
         "NonExistentQueue" | "QueueDoesNotExist" => ErrorKind::NotFound,
+        // The credentials or the queue's key: nothing passes until fixed.
         "AccessDenied"
         | "AccessDeniedException"
         | "InvalidClientTokenId"
         | "SignatureDoesNotMatch"
         | "UnrecognizedClientException"
+        | "ExpiredToken"
+        | "ExpiredTokenException"
         | "KmsAccessDenied"
         | "KmsDisabled"
         | "KmsInvalidKeyUsage"
         | "KmsInvalidState"
         | "KmsNotFound"
-        | "InvalidSecurity"
-        | "UnsupportedOperation" => ErrorKind::Rejected,
+        | "InvalidSecurity" => ErrorKind::Unauthorized,
+        "UnsupportedOperation" => ErrorKind::Unsupported,
         "InvalidMessageContents"
         | "InvalidAttributeValue"
         | "InvalidAttributeName"
@@ -110,7 +113,7 @@ fn classify(code: &str, http: Option<u16>) -> (ErrorKind, Status) {
         _ => match http {
             Some(429) | Some(500..=599) => ErrorKind::Unavailable,
             Some(404) => ErrorKind::NotFound,
-            Some(401) | Some(403) => ErrorKind::Rejected,
+            Some(401) | Some(403) => ErrorKind::Unauthorized,
             Some(400..=499) => ErrorKind::Rejected,
             _ => ErrorKind::Internal,
         },
