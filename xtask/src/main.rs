@@ -36,6 +36,14 @@ enum Command {
         #[arg(long, default_value_t = 90)]
         seconds: u64,
     },
+    /// The soak (integration-tests/tests/soak.rs): two routes on real
+    /// brokers with flapping sinks, leases, delayed nacks and retention,
+    /// asserting nothing lost, no duplicate, flat memory. `test` runs it for 5.
+    Soak {
+        /// How long the routes are fed.
+        #[arg(long, default_value_t = SOAK_MINUTES_IN_TEST)]
+        minutes: f64,
+    },
     /// Run benchmarks (criterion), each next to its baseline in the same run.
     Bench {
         /// Bench targets to run; all when empty.
@@ -61,8 +69,8 @@ enum ServicesAction {
 
 #[derive(clap::Args, Clone)]
 struct TestArgs {
-    /// Also run the long suites, which read CAUSEWAY_FULL (none yet: the bridge
-    /// matrix is in the default set); CI runs the default set.
+    /// The long mode: CAUSEWAY_FULL=1 for suites that read it, and the soak
+    /// for 30 minutes instead of 5.
     #[arg(long)]
     full: bool,
     /// Extra arguments for the test runner.
@@ -106,6 +114,7 @@ fn main() -> Result<()> {
         }
         Command::Deny => deny(),
         Command::Bench { targets } => bench(&targets),
+        Command::Soak { minutes } => soak(minutes),
         Command::Demo { seconds } => demo(seconds),
     }
 }
@@ -177,6 +186,11 @@ fn test(args: &TestArgs) -> Result<()> {
     let env = services::up(services::NEEDED_BY_TESTS)?;
     services::print_env(&env);
     let mut extra: Vec<(String, String)> = env;
+    let soak_minutes = if args.full {
+        SOAK_MINUTES_FULL
+    } else {
+        SOAK_MINUTES_IN_TEST
+    };
     if args.full {
         extra.push(("CAUSEWAY_FULL".into(), "1".into()));
     }
@@ -196,6 +210,8 @@ fn test(args: &TestArgs) -> Result<()> {
         );
     }
     if cmd::succeeds("cargo", &["nextest", "--version"]) {
+        // The soak runs on its own afterwards, not beside everything else:
+        // its memory readings and its minutes are its own.
         let mut a = vec![
             "nextest",
             "run",
@@ -203,9 +219,12 @@ fn test(args: &TestArgs) -> Result<()> {
             "--locked",
             "--profile",
             "ci",
+            "-E",
+            "not binary(soak)",
         ];
         a.extend(&runner);
-        cmd::run("cargo", &a, &extra_refs)
+        cmd::run("cargo", &a, &extra_refs)?;
+        soak(soak_minutes)
     } else {
         println!("cargo-nextest not found; running cargo test");
         let mut a = vec!["test", "--workspace", "--locked"];
@@ -214,7 +233,61 @@ fn test(args: &TestArgs) -> Result<()> {
             runner.extend(["--", "--include-ignored"]);
         }
         a.extend(&runner);
-        cmd::run("cargo", &a, &extra_refs)
+        if !a.contains(&"--") {
+            a.push("--");
+        }
+        a.extend(["--skip", "soak_"]);
+        cmd::run("cargo", &a, &extra_refs)?;
+        soak(soak_minutes)
+    }
+}
+
+/// How long `cargo xtask test` (and so CI) soaks.
+const SOAK_MINUTES_IN_TEST: f64 = 5.0;
+
+/// How long `cargo xtask test --full` soaks.
+const SOAK_MINUTES_FULL: f64 = 30.0;
+
+/// Runs the soak test alone for `minutes`, after the services are up.
+fn soak(minutes: f64) -> Result<()> {
+    anyhow::ensure!(minutes > 0.0, "--minutes must be more than 0");
+    let env = services::up(services::NEEDED_BY_TESTS)?;
+    let minutes = minutes.to_string();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("CAUSEWAY_SOAK_MINUTES", &minutes));
+    println!("soak: {minutes} minute(s)");
+    if cmd::succeeds("cargo", &["nextest", "--version"]) {
+        cmd::run(
+            "cargo",
+            &[
+                "nextest",
+                "run",
+                "--locked",
+                "--profile",
+                "ci",
+                "-p",
+                "causeway-integration-tests",
+                "--test",
+                "soak",
+                "--no-capture",
+            ],
+            &env,
+        )
+    } else {
+        cmd::run(
+            "cargo",
+            &[
+                "test",
+                "--locked",
+                "-p",
+                "causeway-integration-tests",
+                "--test",
+                "soak",
+                "--",
+                "--nocapture",
+            ],
+            &env,
+        )
     }
 }
 

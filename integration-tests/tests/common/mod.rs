@@ -119,6 +119,8 @@ pub struct Setup {
     pub route_extra: String,
     /// `[metrics] listen`, for a bridge process.
     pub metrics: Option<String>,
+    /// More keys of the route's RabbitMQ queue table, each with a leading `, `.
+    pub rabbit_queue_extra: String,
 }
 
 impl Setup {
@@ -134,6 +136,7 @@ impl Setup {
             destination: None,
             route_extra: String::new(),
             metrics: None,
+            rabbit_queue_extra: String::new(),
         }
     }
 
@@ -159,6 +162,11 @@ impl Setup {
                 .map(|u| format!("endpoint = \"{u}\"\n"))
                 .unwrap_or_default();
             let sqs_queue = Sqs.destination(p, dir);
+            let rabbit_queue = if suffix.is_empty() {
+                self.rabbit_queue_extra.as_str()
+            } else {
+                ""
+            };
             let sb_receive = if suffix.is_empty() {
                 ""
             } else {
@@ -179,7 +187,7 @@ stream = {{ name = "{p}-{dir}", subjects = ["{p}.{dir}"] }}
 consumer = {{ durable = "{role}", filter_subject = "{p}.{dir}", ack_wait = "5s" }}
 [endpoints.rabbit{suffix}.rabbitmq]
 url = "{rabbit}"
-queue = {{ name = "{p}-{dir}", prefetch = 500 }}
+queue = {{ name = "{p}-{dir}", prefetch = 500{rabbit_queue} }}
 [endpoints.sqs{suffix}.sqs]
 endpoint = "{sqs}"
 region = "us-east-1"
