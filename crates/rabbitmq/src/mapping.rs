@@ -9,8 +9,42 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 /// come back from a delay queue (classic queues count nothing themselves).
 pub(crate) const ATTEMPT_HEADER: &str = "x-causeway-attempt";
 
+/// AMQP's short strings (header names, `message_id`, `content_type`) hold
+/// at most 255 bytes; a longer one would make a malformed frame.
+pub(crate) const SHORT_STRING_MAX: usize = 255;
+
+/// Whether `event` fits AMQP's short strings: `datacontenttype` and every
+/// header name the binding makes. (An id too long for `message_id` is
+/// still carried, in its `cloudEvents:id` header.) The error names the field.
+pub(crate) fn check_short_strings(event: &Event) -> Result<()> {
+    if let Some(ct) = &event.content_type
+        && ct.len() > SHORT_STRING_MAX
+    {
+        return Err(causeway_core::Error::invalid_event(
+            "datacontenttype",
+            format!(
+                "{} bytes; AMQP's content_type holds at most {SHORT_STRING_MAX}",
+                ct.len()
+            ),
+        ));
+    }
+    for (name, _) in Binding::Amqp.encode(event) {
+        if name.len() > SHORT_STRING_MAX {
+            return Err(causeway_core::Error::invalid_event(
+                "header name",
+                format!(
+                    "`{}…` is {} bytes; AMQP header names hold at most {SHORT_STRING_MAX}",
+                    &name[..32.min(name.len())],
+                    name.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Persistent properties for `event`: message id, content type and the
-/// CloudEvents attributes as headers.
+/// CloudEvents attributes as headers. Call [`check_short_strings`] first.
 pub(crate) fn properties(event: &Event) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in Binding::Amqp.encode(event) {
@@ -20,9 +54,11 @@ pub(crate) fn properties(event: &Event) -> BasicProperties {
         );
     }
     let mut props = BasicProperties::default()
-        .with_message_id(ShortString::from(event.id.as_str()))
         .with_delivery_mode(2)
         .with_headers(headers);
+    if event.id.len() <= SHORT_STRING_MAX {
+        props = props.with_message_id(ShortString::from(event.id.as_str()));
+    }
     if let Some(ct) = &event.content_type {
         props = props.with_content_type(ShortString::from(ct.as_str()));
     }

@@ -109,7 +109,11 @@ impl RabbitPublisher {
         let exchange = self.session.config.exchange.as_str();
         let mut confirms = Vec::with_capacity(events.len());
         for event in events {
-            if let Err(e) = self.capabilities.admit(event) {
+            if let Err(e) = self
+                .capabilities
+                .admit(event)
+                .and_then(|()| crate::mapping::check_short_strings(event))
+            {
                 confirms.push(Err(e));
                 continue;
             }

@@ -227,6 +227,54 @@ mod classic {
         );
     }
 
+    /// AMQP short strings hold 255 bytes: a content type or header name
+    /// longer than that fails its event alone (before the fix it reached
+    /// the frame encoder: a debug assertion, a malformed frame in release);
+    /// an id that long is carried in its header, without `message_id`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attributes_over_amqp_short_string_limits_fail_alone() {
+        use causeway_core::{ErrorKind, Event};
+        let rabbit = Rabbit::new(QueueKind::Classic).await;
+        let name = rabbit.destination("short-strings").await.expect("queue");
+        let long_id = "i".repeat(300);
+        let events = [
+            Event::new("ok-1", "test://short", "t"),
+            Event::new(long_id.as_str(), "test://short", "t"),
+            Event::new("long-ct", "test://short", "t").with_content_type("c".repeat(300)),
+            Event::new("long-name", "test://short", "t").with_header("h".repeat(300), "v"),
+            Event::new("ok-2", "test://short", "t"),
+        ];
+        let outcomes = rabbit
+            .client
+            .publisher()
+            .publish(&name, &events)
+            .await
+            .expect("publish");
+        let kinds: Vec<Option<ErrorKind>> = outcomes
+            .iter()
+            .map(|o| o.as_ref().err().map(causeway_core::Error::kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                None,
+                None,
+                Some(ErrorKind::InvalidEvent),
+                Some(ErrorKind::InvalidEvent),
+                None
+            ]
+        );
+        let mut consumer = rabbit
+            .client
+            .consumer(Some(&queue_config(QueueKind::Classic, &name)))
+            .await
+            .expect("consumer");
+        let got =
+            causeway_testkit::receive_and_ack(&mut consumer, 3, Duration::from_secs(10)).await;
+        let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["ok-1", long_id.as_str(), "ok-2"]);
+    }
+
     /// The delivery of `id`, waiting up to 10 s; panics naming it otherwise.
     async fn receive_one(consumer: &mut dyn Consumer, id: &str) -> causeway_core::Delivery {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
