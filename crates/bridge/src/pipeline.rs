@@ -77,6 +77,41 @@ struct Claimed {
 /// A source ticket with the event's dedup claim (none with dedup off).
 type Held = (Ticket, Option<ClaimToken>);
 
+/// Keys whose next event is busy at another instance (nacked with a
+/// delay), each with that event's dedup key: until it comes back and is
+/// claimed (or found done), later events of the key are handed back too,
+/// behind it, so that the key's order holds across polls. A hold lapses
+/// after two claim leases, in case the busy event never comes back here.
+#[derive(Default)]
+struct HeldKeys(std::collections::HashMap<String, (String, Instant)>);
+
+impl HeldKeys {
+    /// Whether an event of `key` (with `dedup_key`) must wait behind another.
+    fn holds(&mut self, key: &str, dedup_key: &str, lease: Duration) -> bool {
+        match self.0.get(key) {
+            Some((_, since)) if since.elapsed() > lease * 2 => {
+                self.0.remove(key);
+                false
+            }
+            Some((blocking, _)) => blocking != dedup_key,
+            None => false,
+        }
+    }
+
+    fn hold(&mut self, key: String, dedup_key: String) {
+        self.0
+            .entry(key)
+            .or_insert_with(|| (dedup_key, Instant::now()));
+    }
+
+    /// The blocking event went on (or was a duplicate): the key is free.
+    fn release(&mut self, key: &str, dedup_key: &str) {
+        if self.0.get(key).is_some_and(|(b, _)| b == dedup_key) {
+            self.0.remove(key);
+        }
+    }
+}
+
 /// The store stream holding a route's dead letters.
 pub fn dead_letter_stream(route: &str) -> String {
     format!("dlq.{route}")
@@ -318,13 +353,14 @@ impl Route {
                 )
             })
             .collect();
+        let mut held_keys = HeldKeys::default();
         while !shutdown.is_cancelled() {
             let batch = self.poll(source.as_mut()).await;
             if batch.is_empty() {
                 continue;
             }
             let at = Instant::now();
-            let claimed = self.claim(batch).await;
+            let claimed = self.claim(batch, &mut held_keys).await;
             let mut per_shard: Vec<Vec<_>> = (0..shards.len()).map(|_| Vec::new()).collect();
             for item in claimed {
                 let basis = item.0.key.as_deref().unwrap_or(&item.0.id);
@@ -421,6 +457,7 @@ impl Route {
     async fn claim(
         &self,
         batch: Vec<causeway_core::Delivery>,
+        held_keys: &mut HeldKeys,
     ) -> Vec<(Event, Ticket, Option<ClaimToken>)> {
         for d in &batch {
             if d.ticket.attempt() > 1 {
@@ -446,19 +483,41 @@ impl Route {
         };
         let mut out = Vec::with_capacity(batch.len());
         let mut settle = Vec::new();
+        let busy = Settlement::Nack {
+            delay: Duration::from_secs(1),
+        };
         for (d, claim) in batch.into_iter().zip(claims) {
+            let key = d.event.key.clone();
+            let dedup_key = self.dedup_key(&d.event);
+            let behind = key
+                .as_ref()
+                .is_some_and(|k| held_keys.holds(k, &dedup_key, self.config.claim_lease));
             match claim {
-                Claim::Claimed(token) => out.push((d.event, d.ticket, Some(token))),
                 Claim::Done => {
                     self.metrics.duplicates.inc();
+                    if let Some(k) = &key {
+                        held_keys.release(k, &dedup_key);
+                    }
                     settle.push((d.ticket, Settlement::Ack));
                 }
-                Claim::Busy => settle.push((
-                    d.ticket,
-                    Settlement::Nack {
-                        delay: Duration::from_secs(1),
-                    },
-                )),
+                Claim::Claimed(token) if behind => {
+                    if let Err(e) = self.dedup.release(&token).await {
+                        tracing::debug!(route = %self.name, error = %e, "releasing a held-back claim failed; it lapses");
+                    }
+                    settle.push((d.ticket, busy.clone()));
+                }
+                Claim::Claimed(token) => {
+                    if let Some(k) = &key {
+                        held_keys.release(k, &dedup_key);
+                    }
+                    out.push((d.event, d.ticket, Some(token)));
+                }
+                Claim::Busy => {
+                    if let Some(k) = key {
+                        held_keys.hold(k, dedup_key);
+                    }
+                    settle.push((d.ticket, busy.clone()));
+                }
             }
         }
         if let Err(e) = settle_all(settle).await {
