@@ -191,7 +191,7 @@ impl Route {
                     }
                 }
                 // Only the event's own fault makes a dead letter.
-                Fate::Failed(e) if !e.is_temporary() && e.kind().is_event_fault() => {
+                Fate::Failed(e) if !e.is_temporary() && self.event_fault(e) => {
                     let reason = e.to_string();
                     if self.dead_letter(&events[i], &reason, 1).await {
                         *fate = Fate::DeadLettered;
@@ -216,6 +216,15 @@ impl Route {
         }
         self.metrics.observe_latencies(latencies);
         fates
+    }
+
+    /// Whether a permanent error is the event's own fault (dead letter) or
+    /// the sink's (pause). A destination that does not exist is the sink's
+    /// when the route names it, but the event's when the event chose it
+    /// through the template (a key or header that routes nowhere).
+    fn event_fault(&self, e: &Error) -> bool {
+        e.kind().is_event_fault()
+            || (e.kind() == ErrorKind::NotFound && self.template.is_chosen_by_event())
     }
 
     /// `forward`, keeping `claims` alive while it runs: a publish with

@@ -74,3 +74,29 @@ pub trait DedupStore: Send + Sync {
         Ok(0)
     }
 }
+
+/// A shared store is a store: handlers and routes can hold the same one.
+#[async_trait]
+impl<D: DedupStore + ?Sized> DedupStore for std::sync::Arc<D> {
+    async fn claim(&self, key: &str, lease: Duration) -> Result<Claim> {
+        (**self).claim(key, lease).await
+    }
+    async fn commit(&self, token: &ClaimToken, ttl: Duration) -> Result<()> {
+        (**self).commit(token, ttl).await
+    }
+    async fn release(&self, token: &ClaimToken) -> Result<()> {
+        (**self).release(token).await
+    }
+    async fn renew_many(&self, tokens: &[ClaimToken], lease: Duration) -> Result<Vec<Result<()>>> {
+        (**self).renew_many(tokens, lease).await
+    }
+    async fn claim_many(&self, keys: &[&str], lease: Duration) -> Result<Vec<Claim>> {
+        (**self).claim_many(keys, lease).await
+    }
+    async fn commit_many(&self, tokens: &[ClaimToken], ttl: Duration) -> Result<Vec<Result<()>>> {
+        (**self).commit_many(tokens, ttl).await
+    }
+    async fn purge_expired(&self) -> Result<u64> {
+        (**self).purge_expired().await
+    }
+}

@@ -58,7 +58,9 @@ where
         }
     }
 
-    /// How long one run may hold the claim before another instance may take over.
+    /// How long a claim lasts unrenewed: it is renewed while the handler
+    /// runs, so this is how soon another instance takes over from one that
+    /// crashed or was paused.
     #[must_use]
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
@@ -97,7 +99,23 @@ where
             Claim::Done => return Ok(Handled::AlreadyDone),
             Claim::Busy => return Ok(Handled::Busy),
         };
-        match (self.handler)(event).await {
+        // The claim is renewed while the handler runs, so a slow handler
+        // keeps it; the lease bounds only a crashed or paused instance.
+        let handled = {
+            let run = (self.handler)(event);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    out = &mut run => break out,
+                    () = tokio::time::sleep(self.lease / 3) => {
+                        if let Err(e) = self.store.renew_many(std::slice::from_ref(&token), self.lease).await {
+                            tracing::warn!(error = %e, key, "could not renew the claim while the handler runs");
+                        }
+                    }
+                }
+            }
+        };
+        match handled {
             Ok(value) => {
                 self.store.commit(&token, self.ttl).await?;
                 Ok(Handled::Ran(value))
@@ -159,6 +177,36 @@ mod tests {
     use super::*;
     use crate::error::Error;
     use crate::memory::MemoryDedupStore;
+
+    /// A handler slower than its lease keeps its claim: a redelivery at
+    /// another instance meanwhile finds it busy. Before the fix the lease
+    /// ran out under it and the second instance ran the handler too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_handler_keeps_its_claim() {
+        let store = Arc::new(MemoryDedupStore::new());
+        let runs = Arc::new(AtomicU32::new(0));
+        let make = |runs: Arc<AtomicU32>| {
+            IdempotentHandler::new(store.clone(), "app", move |_e: Event| {
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1_000)).await;
+                    Ok(())
+                }
+            })
+            .with_lease(Duration::from_millis(300))
+        };
+        let (a, b) = (make(runs.clone()), make(runs.clone()));
+        let event = Event::new("slow-1", "s", "t");
+        let first = tokio::spawn({
+            let event = event.clone();
+            async move { a.handle(event).await }
+        });
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(b.handle(event).await.unwrap(), Handled::Busy);
+        assert_eq!(first.await.unwrap().unwrap(), Handled::Ran(()));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn runs_once_under_1000_concurrent_duplicates_and_again_after_failure() {

@@ -27,6 +27,11 @@ enum Part {
     Header(String),
 }
 
+/// How many destinations an adapter keeps per-destination state for
+/// (a queue's URL, a client): templates render as many as events say, and
+/// a cache past this is dropped and filled again.
+pub const CACHE_LIMIT: usize = 4096;
+
 /// FNV-1a, 64 bit.
 pub fn key_hash(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -89,25 +94,51 @@ impl Template {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
-    /// The destination of `event`. A missing key, subject or header renders empty.
+    /// Whether the event's own values (key, type, subject, source, a
+    /// header) pick the destination, so that it can name one that does not
+    /// exist. `{key_hash % N}` only spreads events over N destinations the
+    /// route names.
+    pub fn is_chosen_by_event(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| !matches!(p, Part::Literal(_) | Part::KeyHashMod(_)))
+    }
+
+    /// The destination of `event`. A missing key, subject or header renders
+    /// empty. What comes from the event (key, type, subject, source,
+    /// headers) is made inert for every broker: characters other than ASCII
+    /// letters, digits, `.`, `_` and `-` become `_`, so an event cannot name
+    /// a queue URL (`://`), a NATS wildcard (`*`, `>`) or a path. (Empty
+    /// NATS tokens are the NATS publisher's to refuse, per event.)
     pub fn render<'a>(&'a self, event: &Event) -> Cow<'a, str> {
         if let [Part::Literal(s)] = self.parts.as_slice() {
             return Cow::Borrowed(s);
         }
         let mut out = String::new();
         for part in &self.parts {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Key => out.push_str(event.key.as_deref().unwrap_or_default()),
+            let value = match part {
+                Part::Literal(s) => {
+                    out.push_str(s);
+                    continue;
+                }
                 Part::KeyHashMod(n) => {
                     let basis = event.key.as_deref().unwrap_or(&event.id);
                     out.push_str(&(key_hash(basis.as_bytes()) % n).to_string());
+                    continue;
                 }
-                Part::Type => out.push_str(&event.kind),
-                Part::Subject => out.push_str(event.subject.as_deref().unwrap_or_default()),
-                Part::Source => out.push_str(&event.source),
-                Part::Header(h) => out.push_str(event.header(h).unwrap_or_default()),
-            }
+                Part::Key => event.key.as_deref().unwrap_or_default(),
+                Part::Type => event.kind.as_str(),
+                Part::Subject => event.subject.as_deref().unwrap_or_default(),
+                Part::Source => event.source.as_str(),
+                Part::Header(h) => event.header(h).unwrap_or_default(),
+            };
+            out.extend(value.chars().map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            }));
         }
         Cow::Owned(out)
     }
@@ -125,6 +156,22 @@ mod tests {
         assert_eq!(d, format!("transactions-{}", key_hash(b"account-42") % 10));
         assert_eq!(t.render(&e), d, "same key, same destination");
         assert!(!t.is_static());
+        assert!(!t.is_chosen_by_event());
+        assert!(Template::parse("q-{key}").unwrap().is_chosen_by_event());
+    }
+
+    #[test]
+    fn values_from_events_cannot_steer_the_destination() {
+        let t = Template::parse("q-{header.region}").unwrap();
+        let with = |v: &str| Event::new("1", "s", "t").with_header("region", v);
+        // An SQS queue URL, NATS wildcards, path and whitespace: made inert.
+        assert_eq!(
+            t.render(&with("https://sqs.eu-west-1.amazonaws.com/999/x")),
+            "q-https___sqs.eu-west-1.amazonaws.com_999_x"
+        );
+        assert_eq!(t.render(&with("a.*.>")), "q-a._._");
+        assert_eq!(t.render(&with("eu west")), "q-eu_west");
+        assert_eq!(t.render(&Event::new("1", "s", "t")), "q-");
     }
 
     #[test]

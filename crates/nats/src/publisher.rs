@@ -34,6 +34,33 @@ pub(crate) fn headers_of(event: &Event) -> HeaderMap {
     headers
 }
 
+/// A subject to publish to: tokens separated by `.`, none empty, no
+/// wildcard (`*`, `>`) and no white space. A destination rendered from an
+/// event that breaks this is the event's fault (it fails, and is
+/// dead-lettered, alone); async-nats would refuse it or, for `*`/`>`,
+/// JetStream would.
+fn valid_subject(subject: &str) -> Result<&str> {
+    let bad = |why: &str| {
+        Err(CoreError::invalid_event(
+            "destination",
+            format!(
+                "`{}` is not a NATS subject to publish to: {why}",
+                causeway_core::dead_letter::escape(subject)
+            ),
+        ))
+    };
+    if subject.split('.').any(str::is_empty) {
+        return bad("an empty token");
+    }
+    if subject.contains(['*', '>']) {
+        return bad("a wildcard");
+    }
+    if subject.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return bad("white space");
+    }
+    Ok(subject)
+}
+
 impl NatsPublisher {
     pub(crate) fn new(client: NatsClient) -> Self {
         let capabilities = client.capabilities();
@@ -45,7 +72,7 @@ impl NatsPublisher {
 
     fn subject<'a>(&'a self, destination: &'a str) -> Result<&'a str> {
         if !destination.is_empty() {
-            return Ok(destination);
+            return valid_subject(destination);
         }
         self.client
             .config
@@ -100,5 +127,19 @@ impl Publisher for NatsPublisher {
         }))
         .await;
         Ok(acks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_from_templates_are_checked() {
+        assert!(valid_subject("orders.eu.created").is_ok());
+        for bad in ["orders.", ".orders", "a..b", "a.*", "a.>", "a b", ""] {
+            let e = valid_subject(bad).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::InvalidEvent, "{bad}: {e}");
+        }
     }
 }

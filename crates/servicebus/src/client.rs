@@ -212,6 +212,11 @@ impl Shared {
             self.key.clone(),
         )
         .map_err(|e| Error::azure("client", e))?;
+        // Destinations rendered from events are unbounded in number; the
+        // cache is not (a client is cheap to make again).
+        if senders.len() >= causeway_core::template::CACHE_LIMIT {
+            senders.clear();
+        }
         senders.insert(entity.to_owned(), client.clone());
         Ok(client)
     }

@@ -169,10 +169,16 @@ impl Shared {
             }
             other => other?,
         };
-        self.urls
+        let mut urls = self
+            .urls
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(name_or_url.to_owned(), url.clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Destinations rendered from events are unbounded in number; the
+        // cache is not (a URL is cheap to look up again).
+        if urls.len() >= causeway_core::template::CACHE_LIMIT {
+            urls.clear();
+        }
+        urls.insert(name_or_url.to_owned(), url.clone());
         Ok(url)
     }
 
