@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -68,6 +69,13 @@ impl Publisher for RabbitPublisher {
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         let routing_key = self.routing_key(destination)?;
         let link = self.session.link().await?;
+        let channel = match link.publish_channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                self.session.invalidate(&link).await;
+                return Err(e.into());
+            }
+        };
         let mut outcomes = Vec::with_capacity(events.len());
         let mut broken = None;
         // A chunk takes its share of the window at once and is confirmed
@@ -81,10 +89,11 @@ impl Publisher for RabbitPublisher {
                 .acquire_many_owned(chunk.len() as u32)
                 .await
                 .map_err(|_| CoreError::new(ErrorKind::Closed, "publisher closed"))?;
-            let confirms = self.send(&link, routing_key, chunk, &mut broken).await;
-            outcomes.extend(self.confirmed(confirms).await);
+            let confirms = self.send(&channel, routing_key, chunk, &mut broken).await;
+            outcomes.extend(self.confirmed(chunk, confirms).await);
             drop(permits);
         }
+        link.give_back(channel);
         if broken.is_some()
             || outcomes
                 .iter()
@@ -101,7 +110,7 @@ impl RabbitPublisher {
     /// the rest fail with the same error.
     async fn send(
         &self,
-        link: &crate::session::Link,
+        channel: &lapin::Channel,
         routing_key: &str,
         events: &[Event],
         broken: &mut Option<CoreError>,
@@ -124,7 +133,7 @@ impl RabbitPublisher {
             }
             let sent = bounded(
                 "publish",
-                link.channel.basic_publish(
+                channel.basic_publish(
                     exchange.into(),
                     routing_key.into(),
                     // Mandatory: a message no queue takes comes back as an error.
@@ -150,35 +159,79 @@ impl RabbitPublisher {
     }
 
     /// Awaits the confirms together, each bounded by `confirm_timeout`.
+    /// A returned (unroutable) message is matched to its event by the
+    /// event's id, whichever confirm lapin handed it to.
     async fn confirmed(
         &self,
+        events: &[Event],
         confirms: Vec<Result<lapin::PublisherConfirm>>,
     ) -> Vec<Result<Receipt>> {
         let timeout = self.session.config.publish.confirm_timeout;
-        join_all(confirms.into_iter().map(|c| async move {
-            let confirm = c?;
-            let confirmed = tokio::time::timeout(timeout, confirm).await.map_err(|_| {
-                CoreError::new(
-                    ErrorKind::Timeout,
-                    format!("no publisher confirm within {timeout:?}"),
-                )
-            })?;
-            match confirmed.map_err(|e| Error::lapin("confirm", e))? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Receipt::default()),
-                Confirmation::Ack(Some(returned)) => Err(CoreError::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "unroutable: no queue bound for routing key `{}` ({} {})",
-                        returned.delivery.routing_key, returned.reply_code, returned.reply_text
-                    ),
-                )),
-                // The broker could not store it; it may next time.
-                Confirmation::Nack(_) => Err(CoreError::temporary(
-                    ErrorKind::Unavailable,
-                    "the broker nacked the message",
-                )),
-            }
-        }))
-        .await
+        let results: Vec<Result<Option<lapin::message::BasicReturnMessage>>> =
+            join_all(confirms.into_iter().map(|c| async move {
+                let confirm = c?;
+                let confirmed = tokio::time::timeout(timeout, confirm).await.map_err(|_| {
+                    CoreError::new(
+                        ErrorKind::Timeout,
+                        format!("no publisher confirm within {timeout:?}"),
+                    )
+                })?;
+                match confirmed.map_err(|e| Error::lapin("confirm", e))? {
+                    Confirmation::Ack(returned) => Ok(returned),
+                    Confirmation::NotRequested => Ok(None),
+                    // The broker could not store it; it may next time.
+                    Confirmation::Nack(_) => Err(CoreError::temporary(
+                        ErrorKind::Unavailable,
+                        "the broker nacked the message",
+                    )),
+                }
+            }))
+            .await;
+        // Every return of this call, by the id of the event it carries.
+        let mut returned: HashMap<String, Vec<String>> = HashMap::new();
+        for r in results.iter().flatten().flatten() {
+            let reason = format!(
+                "unroutable: no queue bound for routing key `{}` ({} {})",
+                r.delivery.routing_key, r.reply_code, r.reply_text
+            );
+            returned.entry(returned_id(r)).or_default().push(reason);
+        }
+        events
+            .iter()
+            .zip(results)
+            .map(|(event, result)| {
+                result?;
+                match returned.get_mut(&event.id).and_then(Vec::pop) {
+                    Some(reason) => Err(CoreError::new(ErrorKind::NotFound, reason)),
+                    None => Ok(Receipt::default()),
+                }
+            })
+            .collect()
     }
+}
+
+/// The event id a returned message carries: its `cloudEvents:id` header,
+/// or its message id.
+fn returned_id(r: &lapin::message::BasicReturnMessage) -> String {
+    let properties = &r.delivery.properties;
+    let header = properties.headers().as_ref().and_then(|h| {
+        h.inner()
+            .iter()
+            .find(|(name, _)| name.as_str() == "cloudEvents:id")
+            .and_then(|(_, v)| match v {
+                lapin::types::AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                lapin::types::AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            })
+    });
+    header
+        .or_else(|| {
+            properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_owned())
+        })
+        .unwrap_or_default()
 }

@@ -85,6 +85,8 @@ pub(crate) struct Link {
     pub(crate) channel: Channel,
     /// Delay queues declared on this link, with when each was last declared.
     delay_queues: std::sync::Mutex<HashMap<u64, Instant>>,
+    /// Confirm-mode channels for publish calls, one call at a time each.
+    spare_channels: std::sync::Mutex<Vec<Channel>>,
 }
 
 /// Holds at most one live link and reopens it on demand.
@@ -184,11 +186,51 @@ impl Session {
             connection,
             channel,
             delay_queues: std::sync::Mutex::default(),
+            spare_channels: std::sync::Mutex::default(),
         })
     }
 }
 
 impl Link {
+    /// A confirm-mode channel for one publish call alone; give it back
+    /// with [`Link::give_back`]. lapin hands a returned (unroutable)
+    /// message to whichever pending confirm an ack covering several
+    /// completes first, so calls sharing a channel received each other's
+    /// returns: an event that was delivered reported unroutable, and the
+    /// unroutable one reported delivered. With a channel per call, every
+    /// return stays within the call that sent the message.
+    pub(crate) async fn publish_channel(&self) -> Result<Channel, Error> {
+        loop {
+            let spare = self
+                .spare_channels
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            match spare {
+                Some(channel) if channel.status().connected() => return Ok(channel),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let channel = bounded("open channel", self.connection.create_channel()).await?;
+        bounded(
+            "confirm select",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        Ok(channel)
+    }
+
+    /// Returns a channel from [`Link::publish_channel`] for the next call.
+    pub(crate) fn give_back(&self, channel: Channel) {
+        if channel.status().connected() {
+            self.spare_channels
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(channel);
+        }
+    }
+
     /// The delay queue for `bucket_ms`: its TTL dead-letters messages back
     /// to `queue` through the default exchange, and RabbitMQ deletes it,
     /// messages and all, once it has been unused for `idle` past its TTL.

@@ -275,6 +275,48 @@ mod classic {
         assert_eq!(ids, ["ok-1", long_id.as_str(), "ok-2"]);
     }
 
+    /// Concurrent publish calls, one of them to a routing key no queue is
+    /// bound to: exactly that call's events are reported unroutable. lapin
+    /// hands a returned message to whichever pending confirm a multiple
+    /// ack completes first; calls sharing a channel got each other's
+    /// returns (a delivered event reported unroutable, the unroutable one
+    /// reported delivered: lost). Found by the poison fault test.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unroutable_returns_reach_their_own_events_under_concurrency() {
+        use causeway_core::ErrorKind;
+        let rabbit = Rabbit::new(QueueKind::Classic).await;
+        let good = rabbit.destination("returns").await.expect("queue");
+        let publisher = std::sync::Arc::new(rabbit.client.publisher());
+        let mut misattributed = 0;
+        for round in 0..20 {
+            let mut calls = Vec::new();
+            for call in 0..4 {
+                let p = publisher.clone();
+                let good = good.clone();
+                calls.push(tokio::spawn(async move {
+                    let events = causeway_testkit::events(&format!("r{round}c{call}"), 50, 5);
+                    (true, p.publish(&good, &events).await.expect("publish"))
+                }));
+            }
+            let p = publisher.clone();
+            calls.push(tokio::spawn(async move {
+                let events = causeway_testkit::events(&format!("r{round}-nowhere"), 5, 1);
+                let nowhere = causeway_testkit::unique_name("nowhere");
+                (false, p.publish(&nowhere, &events).await.expect("publish"))
+            }));
+            for call in calls {
+                let (routable, outcomes) = call.await.expect("call");
+                for o in outcomes {
+                    let unroutable = o.as_ref().is_err_and(|e| e.kind() == ErrorKind::NotFound);
+                    if unroutable == routable {
+                        misattributed += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(misattributed, 0, "outcomes given to the wrong events");
+    }
+
     /// The delivery of `id`, waiting up to 10 s; panics naming it otherwise.
     async fn receive_one(consumer: &mut dyn Consumer, id: &str) -> causeway_core::Delivery {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
