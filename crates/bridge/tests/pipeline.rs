@@ -163,6 +163,22 @@ async fn direct_mode_drops_duplicates_the_source_delivers() {
     assert_eq!(bridge.metrics.route("r").duplicates.get(), 100);
 }
 
+/// `base`'s parts without its dead-letter destination, for a route with
+/// one part replaced (`Route { sink, ..parts_of(&base) }`).
+fn parts_of(base: &Route) -> Route {
+    Route {
+        name: base.name.clone(),
+        config: base.config.clone(),
+        template: base.template.clone(),
+        sink: base.sink.clone(),
+        dead_letter: None,
+        store: base.store.clone(),
+        dedup: base.dedup.clone(),
+        shared_store: base.shared_store,
+        metrics: base.metrics.clone(),
+    }
+}
+
 /// A sink that can go down, and that refuses some ids permanently.
 struct Flaky {
     inner: Arc<dyn Publisher>,
@@ -214,15 +230,8 @@ async fn flaky_route(bridge: &Bridge, down: Arc<AtomicBool>, poison: &[&str]) ->
         },
     );
     Arc::new(Route {
-        name: base.name.clone(),
-        config: base.config.clone(),
-        template: base.template.clone(),
         sink: Arc::new(sink),
-        dead_letter: None,
-        store: base.store.clone(),
-        dedup: base.dedup.clone(),
-        shared_store: base.shared_store,
-        metrics: base.metrics.clone(),
+        ..parts_of(&base)
     })
 }
 
@@ -410,18 +419,11 @@ async fn the_forwarder_survives_transient_store_errors() {
     let (bridge, broker) = bridge(&dir, "durable").await;
     let base = bridge.route("r").await.expect("route");
     let route = Arc::new(Route {
-        name: base.name.clone(),
-        config: base.config.clone(),
-        template: base.template.clone(),
-        sink: base.sink.clone(),
-        dead_letter: None,
         store: Arc::new(CursorTrouble {
             inner: base.store.clone(),
             failures_left: 3.into(),
         }),
-        dedup: base.dedup.clone(),
-        shared_store: base.shared_store,
-        metrics: base.metrics.clone(),
+        ..parts_of(&base)
     });
     publish(&broker, &causeway_testkit::events("st", 300, 10)).await;
     run_until(&bridge, &broker, route, at_sink, 300).await;
@@ -556,18 +558,12 @@ async fn a_sink_returning_too_few_outcomes_gets_the_rest_again() {
     let mut config = base.config.clone();
     config.shards = 1;
     let route = Arc::new(Route {
-        name: base.name.clone(),
         config,
-        template: base.template.clone(),
         sink: Arc::new(Short {
             inner: bridge.endpoints.publisher("dst").await.expect("sink"),
             calls: Default::default(),
         }),
-        dead_letter: None,
-        store: base.store.clone(),
-        dedup: base.dedup.clone(),
-        shared_store: base.shared_store,
-        metrics: base.metrics.clone(),
+        ..parts_of(&base)
     });
     let sent: Vec<Event> = causeway_testkit::events("short", 20, 1)
         .into_iter()
@@ -614,19 +610,12 @@ async fn a_broken_sink_pauses_the_route(mode: &str, kind: ErrorKind) {
     let base = bridge.route("r").await.expect("route");
     let broken = Arc::new(AtomicBool::new(true));
     let route = Arc::new(Route {
-        name: base.name.clone(),
-        config: base.config.clone(),
-        template: base.template.clone(),
         sink: Arc::new(Broken {
             inner: bridge.endpoints.publisher("dst").await.expect("sink"),
             broken: broken.clone(),
             kind,
         }),
-        dead_letter: None,
-        store: base.store.clone(),
-        dedup: base.dedup.clone(),
-        shared_store: base.shared_store,
-        metrics: base.metrics.clone(),
+        ..parts_of(&base)
     });
     publish(&broker, &causeway_testkit::events("b", 200, 10)).await;
     let refusals = bridge.metrics.route("r").sink_refusals;
@@ -705,19 +694,13 @@ async fn claims_outlive_a_publish_longer_than_their_lease() {
     config.claim_lease = Duration::from_secs(1);
     let sending = Arc::new(std::sync::Mutex::new(Vec::new()));
     let route = Arc::new(Route {
-        name: base.name.clone(),
         config,
-        template: base.template.clone(),
         sink: Arc::new(Slow {
             inner: bridge.endpoints.publisher("dst").await.expect("sink"),
             delay: Duration::from_millis(3_000),
             sending: sending.clone(),
         }),
-        dead_letter: None,
-        store: base.store.clone(),
-        dedup: base.dedup.clone(),
-        shared_store: base.shared_store,
-        metrics: base.metrics.clone(),
+        ..parts_of(&base)
     });
     let sent = causeway_testkit::events("lease", 6, 2);
     publish(&broker, &sent).await;

@@ -329,19 +329,12 @@ mod sqs_specific {
             .expect("consumer");
         // The adapter hands the foreign message out as undecodable; its
         // consumer (here the test, in the bridge the route) rejects it.
-        let got = causeway_testkit::collect(&mut consumer, 3, Duration::from_secs(30)).await;
-        let mut ids = Vec::new();
-        for d in got {
-            if let Some(reason) = d.undecodable.clone() {
-                d.reject(format!("undecodable message: {reason}"))
-                    .await
-                    .expect("reject");
-            } else {
-                ids.push(d.event.id.clone());
-                d.ack().await.expect("ack");
-            }
-        }
-        ids.sort();
+        let ids = causeway_testkit::reject_undecodable_ack_rest(
+            &mut consumer,
+            3,
+            Duration::from_secs(30),
+        )
+        .await;
         assert_eq!(ids, ["poison-0", "poison-1"]);
         // The dead letter is still not a CloudEvent: read it raw.
         let mut raw = Vec::new();

@@ -28,4 +28,6 @@ mod support;
 
 pub use fault_proxy::FaultProxy;
 pub use harness::{BrokerHarness, DedupStoreHarness, EventStoreHarness};
-pub use support::{collect, events, not_applicable, receive_and_ack, unique_name};
+pub use support::{
+    collect, events, not_applicable, receive_and_ack, reject_undecodable_ack_rest, unique_name,
+};

@@ -59,6 +59,31 @@ pub async fn collect(consumer: &mut dyn Consumer, n: usize, timeout: Duration) -
     out
 }
 
+/// Receives until `n` deliveries arrived or `timeout` passed, rejecting the
+/// undecodable ones as an application would (to the adapter's dead-letter
+/// destination) and acking the rest; returns the acked events' ids, sorted.
+pub async fn reject_undecodable_ack_rest(
+    consumer: &mut dyn Consumer,
+    n: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for d in collect(consumer, n, timeout).await {
+        match d.undecodable.clone() {
+            Some(reason) => d
+                .reject(format!("undecodable message: {reason}"))
+                .await
+                .expect("reject"),
+            None => {
+                ids.push(d.event.id.clone());
+                d.ack().await.expect("ack");
+            }
+        }
+    }
+    ids.sort();
+    ids
+}
+
 /// Receives and acks until `n` events arrived or `timeout` passed.
 pub async fn receive_and_ack(
     consumer: &mut dyn Consumer,
