@@ -163,6 +163,19 @@ async fn direct_mode_drops_duplicates_the_source_delivers() {
     assert_eq!(bridge.metrics.route("r").duplicates.get(), 100);
 }
 
+/// Route `r`'s dead letters in the store (at most 10).
+async fn dead_letters(bridge: &Bridge) -> Vec<causeway_core::StoredEvent> {
+    bridge
+        .store
+        .read(&ReadQuery::new(
+            dead_letter_stream("r"),
+            ReadFrom::Position(0),
+            10,
+        ))
+        .await
+        .expect("dead letters")
+}
+
 /// `base`'s parts without its dead-letter destination, for a route with
 /// one part replaced (`Route { sink, ..parts_of(&base) }`).
 fn parts_of(base: &Route) -> Route {
@@ -439,15 +452,7 @@ async fn a_poison_event_is_dead_lettered_with_its_reason_and_the_rest_flows() {
     publish(&broker, &causeway_testkit::events("p", 50, 5)).await;
     run_until(&bridge, &broker, route, at_sink, 49).await;
     drain_sink(&broker, 49).await;
-    let dead = bridge
-        .store
-        .read(&ReadQuery::new(
-            dead_letter_stream("r"),
-            ReadFrom::Position(0),
-            10,
-        ))
-        .await
-        .expect("dead letters");
+    let dead = dead_letters(&bridge).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].event.id, "p-7");
     assert!(
@@ -487,15 +492,7 @@ async fn invalid_events_are_dead_lettered_alone(mode: &str) {
     .await;
     let got = drain_sink(&broker, 42).await;
     assert!(got.iter().all(|e| e.validate().is_ok()));
-    let dead = bridge
-        .store
-        .read(&ReadQuery::new(
-            dead_letter_stream("r"),
-            ReadFrom::Position(0),
-            10,
-        ))
-        .await
-        .expect("dead letters");
+    let dead = dead_letters(&bridge).await;
     let reasons: Vec<&str> = dead
         .iter()
         .map(|d| d.event.header(dead_letter::REASON).unwrap_or_default())
