@@ -163,6 +163,29 @@ async fn direct_mode_drops_duplicates_the_source_delivers() {
     assert_eq!(bridge.metrics.route("r").duplicates.get(), 100);
 }
 
+/// Applies each of `policies` once, as the bridge's retention task does.
+async fn retain(bridge: &Bridge, policies: &[(&str, causeway_core::Retention)]) -> u64 {
+    let mut deleted = 0;
+    for (_, policy) in policies {
+        deleted += bridge
+            .store
+            .apply_retention(policy)
+            .await
+            .expect("retention");
+    }
+    deleted
+}
+
+/// How many dead letters route `r` has in the store.
+async fn dead_letter_count(bridge: &Bridge) -> u64 {
+    bridge
+        .store
+        .stats(Some(&dead_letter_stream("r")))
+        .await
+        .expect("stats")
+        .events
+}
+
 /// Route `r`'s dead letters in the store (at most 10).
 async fn dead_letters(bridge: &Bridge) -> Vec<causeway_core::StoredEvent> {
     bridge
@@ -314,13 +337,7 @@ async fn retention_never_deletes_what_was_not_forwarded() {
     while (received.get() < 300 || tokio::time::Instant::now() < outage_ends)
         && tokio::time::Instant::now() < deadline
     {
-        for (_, policy) in &policies {
-            deleted += bridge
-                .store
-                .apply_retention(policy)
-                .await
-                .expect("retention");
-        }
+        deleted += retain(&bridge, &policies).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(deleted, 0, "retention deleted events the sink never had");
@@ -330,51 +347,28 @@ async fn retention_never_deletes_what_was_not_forwarded() {
     );
     down.store(false, Ordering::SeqCst);
     while at_sink(&broker) < 299 && tokio::time::Instant::now() < deadline {
-        for (_, policy) in &policies {
-            bridge
-                .store
-                .apply_retention(policy)
-                .await
-                .expect("retention");
-        }
+        retain(&bridge, &policies).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
     task.await.expect("task").expect("clean stop");
     drain_sink(&broker, 299).await;
     // The poison event's dead letter outlives retention of its route.
-    for (_, policy) in &policies {
-        bridge
-            .store
-            .apply_retention(policy)
-            .await
-            .expect("retention");
-    }
-    let dead = bridge
-        .store
-        .stats(Some(&dead_letter_stream("r")))
-        .await
-        .expect("stats");
+    retain(&bridge, &policies).await;
     assert_eq!(
-        dead.events, 1,
+        dead_letter_count(&bridge).await,
+        1,
         "dead letters are kept without a policy of their own"
     );
     // Their own policy deletes them, and only them.
     let with_dead_letters: causeway_bridge::config::RetentionConfig =
         toml::from_str("[dead_letters]\nmax_age = \"1ms\"").expect("retention config");
-    for (_, policy) in causeway_bridge::retention_policies(&with_dead_letters) {
-        bridge
-            .store
-            .apply_retention(&policy)
-            .await
-            .expect("retention");
-    }
-    let dead = bridge
-        .store
-        .stats(Some(&dead_letter_stream("r")))
-        .await
-        .expect("stats");
-    assert_eq!(dead.events, 0);
+    retain(
+        &bridge,
+        &causeway_bridge::retention_policies(&with_dead_letters),
+    )
+    .await;
+    assert_eq!(dead_letter_count(&bridge).await, 0);
 }
 
 /// A store whose cursor operations fail a few times, as a database does
@@ -627,12 +621,11 @@ async fn a_broken_sink_pauses_the_route(mode: &str, kind: ErrorKind) {
     heal.await.expect("heal");
     let got = drain_sink(&broker, 200).await;
     assert_order_per_key(&got);
-    let dead = bridge
-        .store
-        .stats(Some(&dead_letter_stream("r")))
-        .await
-        .expect("stats");
-    assert_eq!(dead.events, 0, "{kind}: dead letters from a broken sink");
+    assert_eq!(
+        dead_letter_count(&bridge).await,
+        0,
+        "{kind}: dead letters from a broken sink"
+    );
     assert_eq!(bridge.metrics.route("r").dead_lettered.get(), 0);
 }
 
