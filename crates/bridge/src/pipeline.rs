@@ -495,17 +495,18 @@ impl Route {
         let busy = Settlement::Nack {
             delay: Duration::from_secs(1),
         };
-        for (d, claim) in batch.into_iter().zip(claims) {
-            let key = d.event.key.clone();
-            let dedup_key = self.dedup_key(&d.event);
-            let behind = key
-                .as_ref()
-                .is_some_and(|k| held_keys.holds(k, &dedup_key, self.config.claim_lease));
+        // The dedup keys computed for the claims, reused: no second string per event.
+        for ((d, dedup_key), claim) in batch.into_iter().zip(&keys).zip(claims) {
+            let behind = d
+                .event
+                .key
+                .as_deref()
+                .is_some_and(|k| held_keys.holds(k, dedup_key, self.config.claim_lease));
             match claim {
                 Claim::Done => {
                     self.metrics.duplicates.inc();
-                    if let Some(k) = &key {
-                        held_keys.release(k, &dedup_key);
+                    if let Some(k) = d.event.key.as_deref() {
+                        held_keys.release(k, dedup_key);
                     }
                     settle.push((d.ticket, Settlement::Ack));
                 }
@@ -516,14 +517,14 @@ impl Route {
                     settle.push((d.ticket, busy.clone()));
                 }
                 Claim::Claimed(token) => {
-                    if let Some(k) = &key {
-                        held_keys.release(k, &dedup_key);
+                    if let Some(k) = d.event.key.as_deref() {
+                        held_keys.release(k, dedup_key);
                     }
                     out.push((d.event, d.ticket, Some(token)));
                 }
                 Claim::Busy => {
-                    if let Some(k) = key {
-                        held_keys.hold(k, dedup_key);
+                    if let Some(k) = &d.event.key {
+                        held_keys.hold(k.clone(), dedup_key.clone());
                     }
                     settle.push((d.ticket, busy.clone()));
                 }
