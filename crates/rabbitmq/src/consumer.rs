@@ -54,6 +54,7 @@ struct InFlight {
 }
 
 struct RabbitSettler {
+    session: Arc<Session>,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     next_tag: AtomicU64,
     queue: QueueConfig,
@@ -70,10 +71,12 @@ impl RabbitConsumer {
             .queue
             .clone()
             .ok_or_else(|| Error::config("consumer without a queue"))?;
+        let session = Arc::new(session);
         let mut this = RabbitConsumer {
-            session: Arc::new(session),
+            session: session.clone(),
             consuming: None,
             settler: Arc::new(RabbitSettler {
+                session,
                 in_flight: Mutex::default(),
                 next_tag: AtomicU64::new(1),
                 queue,
@@ -218,10 +221,7 @@ impl RabbitSettler {
     }
 
     async fn ack(m: &InFlight) -> Result<()> {
-        bounded("ack", m.acker.ack(BasicAckOptions::default()))
-            .await
-            .map(drop)
-            .map_err(Into::into)
+        answered(bounded("ack", m.acker.ack(BasicAckOptions::default())).await)
     }
 
     /// A copy with the reason goes to the dead-letter queue, then the
@@ -229,13 +229,13 @@ impl RabbitSettler {
     async fn reject(&self, m: InFlight, reason: &str) -> Result<()> {
         let Some(dlq) = &self.queue.dead_letter_queue else {
             tracing::warn!(reason, queue = %self.queue.name, "rejected with no dead_letter_queue configured");
-            return bounded(
-                "reject",
-                m.acker.reject(BasicRejectOptions { requeue: false }),
-            )
-            .await
-            .map(drop)
-            .map_err(Into::into);
+            return answered(
+                bounded(
+                    "reject",
+                    m.acker.reject(BasicRejectOptions { requeue: false }),
+                )
+                .await,
+            );
         };
         let extra: Vec<(String, AMQPValue)> = [
             (dead_letter::REASON, reason.to_owned()),
@@ -282,6 +282,11 @@ impl RabbitSettler {
 
 #[async_trait]
 impl Settler for RabbitSettler {
+    /// Settles every item, even after one fails: a delivery taken out of
+    /// the in-flight table and left unsettled would stay unacked on a live
+    /// channel, holding a prefetch slot until the channel closes, and after
+    /// `prefetch` of them consumption stops. A failed settlement gives its
+    /// message back instead (see `give_back`); the first error is returned.
     async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
         let taken: Vec<(Option<InFlight>, Settlement)> = {
             let mut in_flight = self.lock();
@@ -291,6 +296,7 @@ impl Settler for RabbitSettler {
                 .collect()
         };
         let mut unknown = 0;
+        let mut first_error = None;
         for (m, settlement) in taken {
             let Some(m) = m else {
                 unknown += 1;
@@ -298,28 +304,77 @@ impl Settler for RabbitSettler {
             };
             if !m.link.channel.status().connected() {
                 // Its channel is gone: the broker already requeued the message.
-                return Err(CoreError::new(
-                    ErrorKind::Connection,
-                    "the delivery's channel was lost; the broker redelivers the message",
-                ));
-            }
-            match settlement {
-                Settlement::Ack => Self::ack(&m).await?,
-                Settlement::Nack { delay } if delay.is_zero() => {
-                    bounded(
-                        "nack",
-                        m.acker.nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        }),
+                first_error.get_or_insert_with(|| {
+                    CoreError::new(
+                        ErrorKind::Connection,
+                        "the delivery's channel was lost; the broker redelivers the message",
                     )
-                    .await?;
-                }
-                Settlement::Nack { delay } => self.nack_later(m, delay).await?,
-                Settlement::Reject { reason } => self.reject(m, &reason).await?,
+                });
+                continue;
+            }
+            let acker = m.acker.clone();
+            let link = m.link.clone();
+            let settled = match settlement {
+                Settlement::Ack => Self::ack(&m).await,
+                Settlement::Nack { delay } if delay.is_zero() => requeue(&acker).await,
+                Settlement::Nack { delay } => self.nack_later(m, delay).await,
+                Settlement::Reject { reason } => self.reject(m, &reason).await,
+            };
+            if let Err(e) = settled {
+                self.give_back(&acker, &link, &e).await;
+                first_error.get_or_insert(e);
             }
         }
-        causeway_core::unknown_tags(unknown)
+        match first_error {
+            Some(e) => Err(e),
+            None => causeway_core::unknown_tags(unknown),
+        }
+    }
+}
+
+impl RabbitSettler {
+    /// After a failed settlement: requeue the message, or, if even that
+    /// fails, drop the link, whose closing channel requeues everything it
+    /// holds. Either way the broker delivers it again; a copy that did
+    /// reach its queue before the failure makes that a duplicate, never a loss.
+    async fn give_back(&self, acker: &Acker, link: &Arc<Link>, cause: &CoreError) {
+        match requeue(acker).await {
+            Ok(()) => {
+                tracing::warn!(error = %cause, queue = %self.queue.name, "settling failed; the message is requeued");
+            }
+            Err(e) => {
+                tracing::warn!(error = %cause, requeue_error = %e, queue = %self.queue.name, "settling and requeueing failed; the channel is dropped so the broker requeues its messages");
+                self.session.invalidate(link).await;
+            }
+        }
+    }
+}
+
+/// Gives a delivery back to its queue at once (plain AMQP requeue).
+async fn requeue(acker: &Acker) -> Result<()> {
+    answered(
+        bounded(
+            "nack",
+            acker.nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            }),
+        )
+        .await,
+    )
+}
+
+/// lapin answers `Ok(false)` for an acker already used (an earlier attempt
+/// that failed half-way) or whose channel has closed: the broker will
+/// redeliver that message, so it is not settled.
+fn answered(sent: Result<bool, Error>) -> Result<()> {
+    match sent {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CoreError::new(
+            ErrorKind::Connection,
+            "the delivery was already settled or its channel closed; the broker redelivers it",
+        )),
+        Err(e) => Err(e.into()),
     }
 }
 

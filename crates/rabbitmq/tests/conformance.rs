@@ -317,6 +317,69 @@ mod classic {
         assert_eq!(misattributed, 0, "outcomes given to the wrong events");
     }
 
+    /// A settlement that fails (here a reject whose dead-letter queue was
+    /// deleted under the consumer) gives its message back, and consumption
+    /// goes on. Before the fix the delivery was taken out of the in-flight
+    /// table and left unacked on the live channel: with `prefetch` 1, one
+    /// such failure and nothing more was delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_settlement_gives_its_message_back() {
+        use causeway_core::{Event, Settlement};
+        let rabbit = Rabbit::new(QueueKind::Classic).await;
+        let name = causeway_testkit::unique_name("failed-settle");
+        let mut queue = queue_config(QueueKind::Classic, &name);
+        queue.prefetch = 1;
+        let mut consumer = rabbit
+            .client
+            .consumer(Some(&queue))
+            .await
+            .expect("consumer");
+        delete_queue(&format!("{name}.dlq")).await;
+        let events: Vec<Event> = (0..2)
+            .map(|i| {
+                Event::new(format!("settle-{i}"), "test://failed-settle", "t").with_payload("x")
+            })
+            .collect();
+        let outcomes = rabbit
+            .client
+            .publisher()
+            .publish(&name, &events)
+            .await
+            .expect("publish");
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+
+        let first = receive_one(&mut consumer, "settle-0").await;
+        let refused = first
+            .ticket
+            .settle(Settlement::Reject {
+                reason: "poison".into(),
+            })
+            .await;
+        assert!(refused.is_err(), "a reject into a deleted queue must fail");
+        let again = receive_one(&mut consumer, "settle-0").await;
+        assert!(again.ticket.attempt() >= 2, "settle-0 was not redelivered");
+        again.ack().await.expect("ack");
+        receive_one(&mut consumer, "settle-1")
+            .await
+            .ack()
+            .await
+            .expect("ack");
+    }
+
+    /// Deletes `queue` with lapin itself, as an operator would.
+    async fn delete_queue(queue: &str) {
+        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .expect("delete queue");
+        let _ = connection.close(200, "done".into()).await;
+    }
+
     /// The delivery of `id`, waiting up to 10 s; panics naming it otherwise.
     async fn receive_one(consumer: &mut dyn Consumer, id: &str) -> causeway_core::Delivery {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -330,7 +393,7 @@ mod classic {
                 return d;
             }
         }
-        panic!("`{id}` never came back: lost with an expired delay queue");
+        panic!("`{id}` was not delivered within 10 s");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
