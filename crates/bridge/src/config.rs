@@ -122,7 +122,10 @@ pub struct RetentionConfig {
     #[serde(default)]
     pub max_bytes: Option<u64>,
     /// How often retention runs.
-    #[serde(default = "default_retention_every", with = "positive_duration")]
+    #[serde(
+        default = "default_retention_every",
+        with = "causeway_core::duration::positive"
+    )]
     pub every: Duration,
     /// Dead letters' own retention; without it they are kept. The limits
     /// above never delete a dead letter (its stream has no cursor).
@@ -193,7 +196,10 @@ pub struct MetricsConfig {
     #[serde(default)]
     pub listen: Option<String>,
     /// How often a summary line is logged.
-    #[serde(default = "default_summary", with = "positive_duration")]
+    #[serde(
+        default = "default_summary",
+        with = "causeway_core::duration::positive"
+    )]
     pub summary_every: Duration,
 }
 
@@ -239,7 +245,7 @@ pub struct RouteConfig {
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// How long a poll waits for the first event.
-    #[serde(default = "default_linger", with = "positive_duration")]
+    #[serde(default = "default_linger", with = "causeway_core::duration::positive")]
     pub linger: Duration,
     /// Key shards publishing in parallel (direct mode): same key, same shard, source order.
     #[serde(default = "default_shards")]
@@ -251,10 +257,16 @@ pub struct RouteConfig {
     /// (direct mode dedup) and, with a shared store, on forwarding the route
     /// (durable mode). After a crash another instance takes over within it;
     /// an instance paused past it finds itself fenced and stands down.
-    #[serde(default = "default_claim_lease", with = "positive_duration")]
+    #[serde(
+        default = "default_claim_lease",
+        with = "causeway_core::duration::positive"
+    )]
     pub claim_lease: Duration,
     /// How long a handled event id is remembered (direct mode dedup).
-    #[serde(default = "default_dedup_ttl", with = "positive_duration")]
+    #[serde(
+        default = "default_dedup_ttl",
+        with = "causeway_core::duration::positive"
+    )]
     pub dedup_ttl: Duration,
     /// Whether to deduplicate at all.
     #[serde(default = "yes")]
@@ -300,10 +312,16 @@ pub struct RetryConfig {
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
     /// First delay.
-    #[serde(default = "default_initial", with = "positive_duration")]
+    #[serde(
+        default = "default_initial",
+        with = "causeway_core::duration::positive"
+    )]
     pub initial_delay: Duration,
     /// Largest delay.
-    #[serde(default = "default_max_delay", with = "positive_duration")]
+    #[serde(
+        default = "default_max_delay",
+        with = "causeway_core::duration::positive"
+    )]
     pub max_delay: Duration,
 }
 
@@ -335,7 +353,10 @@ pub struct BreakerConfig {
     #[serde(default = "default_failures")]
     pub failures: u32,
     /// How long it stays open before a probe.
-    #[serde(default = "default_cooldown", with = "positive_duration")]
+    #[serde(
+        default = "default_cooldown",
+        with = "causeway_core::duration::positive"
+    )]
     pub cooldown: Duration,
 }
 
@@ -363,23 +384,6 @@ pub struct DeadLetterConfig {
     pub endpoint: String,
     /// Destination at that endpoint.
     pub destination: String,
-}
-
-/// A duration that must be longer than zero: zero would make a loop spin
-/// (a linger, a lease renewed every zero seconds, a retry without pause).
-/// Refused while parsing, so the error names the file, the line and the key.
-mod positive_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, de::Error};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let value = humantime_serde::Serde::<Duration>::deserialize(d)?.into_inner();
-        if value.is_zero() {
-            return Err(D::Error::custom("must be longer than zero"));
-        }
-        Ok(value)
-    }
 }
 
 /// A configuration error, naming the file, and the line and key where known.
@@ -730,6 +734,39 @@ mode = "durable"
         }
         let text = GOOD.replace("mode = \"durable\"", "mode = \"durable\"\nlinger = \"-5s\"");
         assert!(Config::parse(&text, "b.toml").is_err());
+    }
+
+    /// Adapter timeouts and intervals too: a zero confirm or call timeout
+    /// fails every call at once, a zero reconnect delay or poll spins.
+    #[test]
+    fn zero_adapter_durations_are_refused_naming_file_line_and_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[endpoints.k.kafka.producer]", "delivery_timeout"),
+            ("[endpoints.k.kafka.producer]", "socket_timeout"),
+            ("[endpoints.n.nats.publish]", "ack_timeout"),
+            ("[endpoints.n.nats.consumer]", "ack_wait"),
+            ("[endpoints.q.rabbitmq]", "max_reconnect_delay"),
+            ("[endpoints.q.rabbitmq.publish]", "confirm_timeout"),
+            ("[endpoints.q.rabbitmq.queue]", "delay_queue_idle"),
+            ("[endpoints.s.sqs]", "call_timeout"),
+            ("[endpoints.s.sqs.queue]", "long_poll"),
+            ("[endpoints.s.sqs.queue]", "visibility_timeout"),
+            ("[endpoints.b.servicebus]", "call_timeout"),
+            ("[endpoints.b.servicebus.receive]", "long_poll"),
+        ];
+        for (table, key) in cases {
+            let text = format!("{GOOD}\n{table}\n{key} = \"0s\"\n");
+            let line = text.lines().count();
+            let e = Config::parse(&text, "a.toml").unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("a.toml:{line}:")),
+                "{table} {key}: {e}"
+            );
+            assert!(
+                e.contains("longer than zero") && e.contains(key),
+                "{table} {key}: {e}"
+            );
+        }
     }
 
     #[test]

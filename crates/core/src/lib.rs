@@ -10,6 +10,7 @@ pub mod capabilities;
 pub mod consume;
 pub mod dead_letter;
 pub mod dedup;
+pub mod duration;
 pub mod error;
 pub mod event;
 pub mod idempotent;

@@ -136,10 +136,10 @@ pub struct ProducerConfig {
     #[serde(default = "yes")]
     pub nagle_disabled: bool,
     /// `socket.timeout.ms`.
-    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    #[serde(default = "thirty_seconds", with = "causeway_core::duration::positive")]
     pub socket_timeout: Duration,
     /// `delivery.timeout.ms`: how long a message may take, retries included.
-    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    #[serde(default = "thirty_seconds", with = "causeway_core::duration::positive")]
     pub delivery_timeout: Duration,
 }
 
@@ -190,10 +190,19 @@ pub struct ConsumerConfig {
     /// Where a group without committed offsets starts.
     #[serde(default)]
     pub start: StartFrom,
+    /// Messages of one partition that may wait behind nacked messages of
+    /// their key; past it the partition is paused (its unread records stay
+    /// in Kafka) until the held keys drain to half of it.
+    #[serde(default = "default_max_held_back")]
+    pub max_held_back: usize,
 }
 
 fn default_commit_interval() -> Duration {
     Duration::from_secs(1)
+}
+
+fn default_max_held_back() -> usize {
+    1_000
 }
 
 /// `auto.offset.reset`.

@@ -141,7 +141,10 @@ pub struct PublishConfig {
     #[serde(default)]
     pub default_subject: Option<String>,
     /// How long to wait for a PubAck.
-    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_ack_timeout",
+        with = "causeway_core::duration::positive"
+    )]
     pub ack_timeout: Duration,
 }
 
@@ -168,7 +171,10 @@ pub struct ConsumerConfig {
     #[serde(default)]
     pub filter_subject: Option<String>,
     /// An unacked delivery is redelivered after this long.
-    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    #[serde(
+        default = "default_ack_wait",
+        with = "causeway_core::duration::positive"
+    )]
     pub ack_wait: Duration,
     /// Deliveries before the server gives up on a message; -1 for no limit.
     #[serde(default = "default_max_deliver")]
@@ -183,6 +189,16 @@ pub struct ConsumerConfig {
     /// batch size asked for: prefetched messages count against `ack_wait`).
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
+    /// How long a delivery handed out and not settled is kept from
+    /// redelivery with in-progress acks. After this (a handler that hangs,
+    /// a ticket dropped unsettled) the server redelivers it one `ack_wait`
+    /// later. Zero: no in-progress acks.
+    #[serde(default = "default_max_processing", with = "humantime_serde")]
+    pub max_processing: Duration,
+}
+
+fn default_max_processing() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 fn default_ack_wait() -> Duration {

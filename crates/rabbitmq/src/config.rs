@@ -29,7 +29,10 @@ pub struct RabbitConfig {
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// Longest wait between reconnection attempts.
-    #[serde(default = "default_max_reconnect_delay", with = "humantime_serde")]
+    #[serde(
+        default = "default_max_reconnect_delay",
+        with = "causeway_core::duration::positive"
+    )]
     pub max_reconnect_delay: Duration,
 }
 
@@ -82,7 +85,10 @@ pub struct PublishConfig {
     /// How long to wait for a publisher confirm before reporting the
     /// message failed (temporary): a confirm lost with its connection must
     /// not hang the publisher.
-    #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_confirm_timeout",
+        with = "causeway_core::duration::positive"
+    )]
     pub confirm_timeout: Duration,
 }
 
@@ -133,7 +139,10 @@ pub struct QueueConfig {
     /// deletes it (`x-expires` = TTL + this). A link redeclares a delay
     /// queue it publishes to well within this, so a message in one never
     /// outlives its queue.
-    #[serde(default = "default_delay_queue_idle", with = "humantime_serde")]
+    #[serde(
+        default = "default_delay_queue_idle",
+        with = "causeway_core::duration::positive"
+    )]
     pub delay_queue_idle: Duration,
 }
 

@@ -55,7 +55,10 @@ pub struct ServiceBusConfig {
     pub duplicate_detection: bool,
     /// Longest any one call may take before it is reported as a (temporary)
     /// timeout. Long polls add their wait to this.
-    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_call_timeout",
+        with = "causeway_core::duration::positive"
+    )]
     pub call_timeout: Duration,
 }
 
@@ -150,7 +153,10 @@ pub struct ReceiveConfig {
     #[serde(default = "default_receives")]
     pub receives_in_flight: usize,
     /// Long-poll wait of one peek-lock request.
-    #[serde(default = "default_long_poll", with = "humantime_serde")]
+    #[serde(
+        default = "default_long_poll",
+        with = "causeway_core::duration::positive"
+    )]
     pub long_poll: Duration,
     /// How long a delivery handed out by `next_batch` keeps its lock renewed
     /// while it is processed. After this (a handler that hangs, a ticket

@@ -40,7 +40,10 @@ pub struct SqsConfig {
     pub create_queues: bool,
     /// Longest any one SQS call may take before it is reported as a
     /// (temporary) timeout. Long polls add their wait to this.
-    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_call_timeout",
+        with = "causeway_core::duration::positive"
+    )]
     pub call_timeout: Duration,
 }
 
@@ -115,13 +118,19 @@ pub struct QueueConfig {
     /// Queue name or URL. A name ending in `.fifo` is a FIFO queue.
     pub name: String,
     /// Long-poll wait of one receive (`WaitTimeSeconds`, at most 20 s).
-    #[serde(default = "default_long_poll", with = "humantime_serde")]
+    #[serde(
+        default = "default_long_poll",
+        with = "causeway_core::duration::positive"
+    )]
     pub long_poll: Duration,
     /// Receives (of up to 10 messages each) in flight at once.
     #[serde(default = "default_receives")]
     pub receives_in_flight: usize,
     /// Visibility timeout asked for on receive and on each extension.
-    #[serde(default = "default_visibility", with = "humantime_serde")]
+    #[serde(
+        default = "default_visibility",
+        with = "causeway_core::duration::positive"
+    )]
     pub visibility_timeout: Duration,
     /// How long a delivery handed out by `next_batch` is kept invisible by
     /// extending its visibility while it is being processed. After this
