@@ -23,6 +23,8 @@ struct Partition {
     next: u64,
     /// The commit offset last handed out by `take_commits`.
     committed: u64,
+    /// A commit handed out failed: hand the offset out again.
+    resend: bool,
 }
 
 impl Partition {
@@ -46,6 +48,7 @@ impl AckTracker {
                 pending: BTreeSet::new(),
                 next: offset,
                 committed: offset,
+                resend: false,
             },
         );
     }
@@ -65,6 +68,7 @@ impl AckTracker {
             pending: BTreeSet::new(),
             next: offset,
             committed: offset,
+            resend: false,
         });
         if offset >= p.committed {
             p.pending.insert(offset);
@@ -101,13 +105,23 @@ impl AckTracker {
         let mut out = Vec::new();
         for (&partition, p) in &mut self.partitions {
             let offset = p.commit_offset();
-            if offset > p.committed {
+            if offset > p.committed || (p.resend && offset == p.committed) {
                 p.committed = offset;
+                p.resend = false;
                 out.push((partition, offset));
             }
         }
         out.sort_unstable();
         out
+    }
+
+    /// A commit `take_commits` handed out for `partition` failed: the next
+    /// call hands the partition's offset out again, even if no ack moved
+    /// it, so an idle partition does not keep an old commit forever.
+    pub fn commit_failed(&mut self, partition: u32) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.resend = true;
+        }
     }
 }
 
@@ -133,6 +147,21 @@ mod tests {
         t.acked(0, 13);
         assert_eq!(t.take_commits(), vec![(0, 15)]);
         assert_eq!(t.revoke(0), Some(15));
+    }
+
+    #[test]
+    fn a_failed_commit_is_handed_out_again() {
+        let mut t = AckTracker::new();
+        t.assign(0, 0);
+        t.delivered(0, 0);
+        t.acked(0, 0);
+        assert_eq!(t.take_commits(), vec![(0, 1)]);
+        assert!(t.take_commits().is_empty());
+        t.commit_failed(0);
+        assert_eq!(t.take_commits(), vec![(0, 1)], "resent after the failure");
+        assert!(t.take_commits().is_empty(), "resent once");
+        t.commit_failed(7); // a partition no longer tracked: nothing to resend
+        assert!(t.take_commits().is_empty());
     }
 
     #[test]

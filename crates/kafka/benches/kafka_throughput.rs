@@ -231,6 +231,7 @@ fn consume(c: &mut Criterion) {
                     dead_letter_topic: None,
                     commit_interval: Duration::from_secs(1),
                     start: StartFrom::Earliest,
+                    max_held_back: 1_000,
                 });
                 let mut consumer = KafkaClient::new(cfg).consumer(None).expect("consumer");
                 // The group join is not throughput: wait for the first message first.

@@ -30,6 +30,7 @@ pub struct KafkaConsumer {
     capabilities: Capabilities,
     commit_interval: Duration,
     last_commit: Instant,
+    max_held_back: usize,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -52,9 +53,16 @@ struct Held {
     attempt: u32,
 }
 
+/// A topic and one of its partitions.
+type Partition = (String, i32);
+
 impl Held {
     fn id(&self) -> (String, i32, i64) {
         (self.topic.clone(), self.partition, self.offset)
+    }
+
+    fn partition(&self) -> Partition {
+        (self.topic.clone(), self.partition)
     }
 }
 
@@ -70,6 +78,10 @@ struct State {
     ready: VecDeque<Held>,
     /// Messages waiting behind a nacked message of their key.
     parked: HashMap<String, VecDeque<Held>>,
+    /// How many of `parked` each partition holds, and the partitions
+    /// paused because they hold too many.
+    held_back: HashMap<Partition, usize>,
+    paused: HashSet<Partition>,
     /// Keys with nacked messages not yet acked or rejected, and which.
     held_keys: HashMap<String, HashSet<(String, i32, i64)>>,
     next_tag: u64,
@@ -105,11 +117,22 @@ impl State {
             ids.remove(&held.id());
             if ids.is_empty() {
                 self.held_keys.remove(key);
-                if let Some(parked) = self.parked.remove(key) {
-                    self.ready.extend(parked);
-                }
+                self.release(key);
             }
         }
+    }
+
+    /// Hands out what waited behind `key`.
+    fn release(&mut self, key: &str) {
+        let Some(parked) = self.parked.remove(key) else {
+            return;
+        };
+        for held in &parked {
+            if let Some(n) = self.held_back.get_mut(&held.partition()) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.ready.extend(parked);
     }
 
     fn nack(&mut self, mut held: Held, delay: Duration) {
@@ -131,6 +154,7 @@ impl State {
             .delivered(held.partition as u32, held.offset as u64);
         match &held.event.key {
             Some(key) if self.held_keys.contains_key(key) => {
+                *self.held_back.entry(held.partition()).or_default() += 1;
                 self.parked.entry(key.clone()).or_default().push_back(held);
                 None
             }
@@ -159,14 +183,50 @@ impl State {
             .collect();
         for key in released {
             self.held_keys.remove(&key);
-            if let Some(parked) = self.parked.remove(&key) {
-                self.ready.extend(parked);
-            }
+            self.release(&key);
         }
+        let partition = (topic.to_owned(), partition);
+        self.held_back.remove(&partition);
         self.trackers
             .get_mut(topic)?
-            .revoke(partition as u32)
+            .revoke(partition.1 as u32)
             .map(|o| o as i64)
+    }
+
+    /// Partitions that hold `max` messages back and are not paused yet;
+    /// they count as paused from here on.
+    fn pause_full(&mut self, max: usize) -> Vec<Partition> {
+        let full: Vec<Partition> = self
+            .held_back
+            .iter()
+            .filter(|(p, n)| **n >= max && !self.paused.contains(*p))
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.paused.extend(full.iter().cloned());
+        full
+    }
+
+    /// Paused partitions that drained to half of `max`; no longer paused.
+    fn resume_drained(&mut self, max: usize) -> Vec<Partition> {
+        let drained: Vec<Partition> = self
+            .paused
+            .iter()
+            .filter(|p| self.held_back.get(*p).copied().unwrap_or(0) <= max / 2)
+            .cloned()
+            .collect();
+        for p in &drained {
+            self.paused.remove(p);
+        }
+        drained
+    }
+
+    /// A commit of these offsets failed: they are committed again next time.
+    fn commit_failed(&mut self, offsets: &TopicPartitionList) {
+        for e in offsets.elements() {
+            if let Some(tracker) = self.trackers.get_mut(e.topic()) {
+                tracker.commit_failed(e.partition() as u32);
+            }
+        }
     }
 
     fn commits(&mut self) -> TopicPartitionList {
@@ -197,9 +257,16 @@ impl ConsumerContext for Context {
             return;
         };
         let mut commit = TopicPartitionList::new();
+        let mut unpause = TopicPartitionList::new();
         {
             let mut state = self.shared.lock();
             for tp in revoked.elements() {
+                if state
+                    .paused
+                    .remove(&(tp.topic().to_owned(), tp.partition()))
+                {
+                    unpause.add_partition(tp.topic(), tp.partition());
+                }
                 if let Some(offset) = state.revoke(tp.topic(), tp.partition()) {
                     let _ = commit.add_partition_offset(
                         tp.topic(),
@@ -214,8 +281,44 @@ impl ConsumerContext for Context {
         {
             tracing::warn!(error = %e, "commit before revocation failed; the new owner repeats from the last commit");
         }
+        // librdkafka keeps a partition paused across a rebalance: were it
+        // assigned here again, nothing would ever resume it.
+        if unpause.count() > 0
+            && let Err(e) = consumer.resume(&unpause)
+        {
+            tracing::warn!(error = %e, "resuming revoked partitions failed");
+        }
+    }
+
+    /// A failed commit (periodic ones are asynchronous) is sent again on
+    /// the next commit, even if no ack moved its partition.
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        let failed = match &result {
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit failed; it is sent again");
+                offsets.clone()
+            }
+            Ok(()) => {
+                let mut failed = TopicPartitionList::new();
+                for e in offsets.elements().iter().filter(|e| e.error().is_err()) {
+                    failed.add_partition(e.topic(), e.partition());
+                }
+                failed
+            }
+        };
+        if failed.count() > 0 {
+            self.shared.lock().commit_failed(&failed);
+        }
     }
 }
+
+/// How long a message whose dead letter could not be produced waits before
+/// it is handed out again.
+const REJECT_RETRY: Duration = Duration::from_secs(1);
 
 struct KafkaSettler {
     shared: Arc<Shared>,
@@ -224,8 +327,8 @@ struct KafkaSettler {
 
 impl KafkaSettler {
     /// Produces a copy with the reason to the dead-letter topic (or, without
-    /// one, only logs), then marks the message done.
-    async fn reject(&self, held: Held, reason: &str) -> Result<()> {
+    /// one, only logs).
+    async fn reject(&self, held: &Held, reason: &str) -> Result<()> {
         match &self.dead_letters {
             Some((producer, topic)) => {
                 let mut copy = held.event.clone();
@@ -244,7 +347,6 @@ impl KafkaSettler {
                 tracing::warn!(reason, topic = %held.topic, offset = held.offset, "rejected with no dead_letter_topic: skipped")
             }
         }
-        self.shared.lock().done(&held);
         Ok(())
     }
 }
@@ -268,8 +370,23 @@ impl Settler for KafkaSettler {
                 }
             }
         }
+        // A reject whose copy cannot be produced comes back later, as a nack
+        // would: left undone it would hold the partition's commit forever.
+        let mut first_error = None;
         for (held, reason) in rejects {
-            self.reject(held, &reason).await?;
+            let rejected = self.reject(&held, &reason).await;
+            let mut state = self.shared.lock();
+            match rejected {
+                Ok(()) => state.done(&held),
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %held.topic, offset = held.offset, "producing a dead letter failed; the message comes back");
+                    state.nack(held, REJECT_RETRY);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         if unknown > 0 {
             return Err(CoreError::new(
@@ -315,6 +432,7 @@ impl KafkaConsumer {
             capabilities,
             commit_interval: c.commit_interval,
             last_commit: Instant::now(),
+            max_held_back: c.max_held_back.max(1),
         })
     }
 
@@ -325,9 +443,49 @@ impl KafkaConsumer {
         if tpl.count() == 0 {
             return Ok(());
         }
-        self.consumer
-            .commit(&tpl, mode)
-            .map_err(|e| Error::kafka("commit", e).into())
+        self.consumer.commit(&tpl, mode).map_err(|e| {
+            // Taken as committed by `commits`: not so, send it again next time.
+            self.shared.lock().commit_failed(&tpl);
+            Error::kafka("commit", e).into()
+        })
+    }
+
+    /// Messages held back behind nacked messages of their key, waiting.
+    pub fn held_back(&self) -> usize {
+        self.shared.lock().held_back.values().sum()
+    }
+
+    /// Pauses partitions that hold too many messages back, resumes those
+    /// that drained. A paused partition's records stay in Kafka: librdkafka
+    /// drops what it prefetched and fetches again from the next unread offset.
+    fn pace(&self, state: &mut State) {
+        let pause = state.pause_full(self.max_held_back);
+        let resume = state.resume_drained(self.max_held_back);
+        for (partitions, pausing) in [(pause, true), (resume, false)] {
+            if partitions.is_empty() {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition) in &partitions {
+                tpl.add_partition(topic, *partition);
+            }
+            let done = if pausing {
+                self.consumer.pause(&tpl)
+            } else {
+                self.consumer.resume(&tpl)
+            };
+            match done {
+                Ok(()) => tracing::info!(
+                    ?partitions,
+                    pausing,
+                    held_back_limit = self.max_held_back,
+                    "partitions paused for messages held back behind nacked keys, or resumed"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, ?partitions, pausing, "pausing or resuming partitions failed")
+                }
+            }
+        }
     }
 
     /// Moves an assigned partition's position to `offset`, for replay.
@@ -414,6 +572,7 @@ impl KafkaConsumer {
             let d = self.hand_out(&mut state, held);
             out.push(d);
         }
+        self.pace(&mut state);
         state.retry.keys().next().map(|(due, _)| *due)
     }
 
@@ -470,9 +629,12 @@ impl KafkaConsumer {
             attempt: 1,
         };
         let mut state = self.shared.lock();
-        if let Some(held) = state.arrive(held) {
-            let d = self.hand_out(&mut state, held);
-            out.push(d);
+        match state.arrive(held) {
+            Some(held) => {
+                let d = self.hand_out(&mut state, held);
+                out.push(d);
+            }
+            None => self.pace(&mut state),
         }
     }
 }

@@ -250,3 +250,132 @@ async fn seek_replays_from_an_offset() {
     assert_eq!(ids.first().copied(), Some("sk-40"));
     assert_eq!(ids.len(), 10);
 }
+
+/// A consumer like `consumer`, with `max_held_back` and the periodic commit
+/// left to the test (`commit_interval` an hour).
+fn quiet_consumer(brokers: &str, group: &str, topic: &str, max_held_back: usize) -> KafkaConsumer {
+    let mut config = common::config(brokers);
+    let mut c = common::consumer(group, topic, true);
+    c.commit_interval = Duration::from_secs(3600);
+    c.max_held_back = max_held_back;
+    config.consumer = Some(c);
+    KafkaClient::new(config).consumer(None).expect("consumer")
+}
+
+/// Records behind a nacked key are held in memory only up to
+/// `max_held_back`: past it the partition is paused, its records stay in
+/// Kafka, and once the key drains they follow in order, none lost or
+/// repeated. Before the fix every record of the partition was parked in
+/// memory, without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_held_behind_a_nacked_key_are_bounded_by_pausing_the_partition() {
+    let topic = "held-bound";
+    let mock = mock(topic, 1);
+    let brokers = mock.bootstrap_servers();
+    let mut c = quiet_consumer(&brokers, "held-bound-group", topic, 10);
+    let ev = |i: usize| {
+        causeway_core::Event::new(format!("h-{i}"), "causeway://test", "t").with_key("K")
+    };
+    publish(&brokers, topic, &[ev(0)]).await;
+    let first = causeway_testkit::collect(&mut c, 1, Duration::from_secs(30)).await;
+    for d in first {
+        d.nack(Duration::from_secs(3)).await.expect("nack");
+    }
+    let rest: Vec<_> = (1..=200).map(ev).collect();
+    publish(&brokers, topic, &rest).await;
+    // Everything behind h-0 waits; poll until the retry is due.
+    let mut retried = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while retried.is_empty() && Instant::now() < deadline {
+        retried = c
+            .next_batch(500, Duration::from_millis(200))
+            .await
+            .expect("poll");
+        assert!(
+            c.held_back() <= 20,
+            "{} records held in memory behind the nacked key (limit 10)",
+            c.held_back()
+        );
+    }
+    let ids: Vec<&str> = retried.iter().map(|d| d.event.id.as_str()).collect();
+    assert_eq!(ids, ["h-0"], "only the nacked record comes first");
+    for d in retried {
+        d.ack().await.expect("ack");
+    }
+    let after = causeway_testkit::collect(&mut c, 200, Duration::from_secs(60)).await;
+    let ids: Vec<String> = after.iter().map(|d| d.event.id.clone()).collect();
+    let expected: Vec<String> = (1..=200).map(|i| format!("h-{i}")).collect();
+    assert_eq!(ids, expected, "held records follow in order once resumed");
+}
+
+/// A dead letter that cannot be produced (here the broker refuses the
+/// produce) does not settle its record: it comes back, and once its dead
+/// letter is produced the partition's commit moves past it. Before the fix
+/// the record was forgotten unsettled: never redelivered, and the commit
+/// offset stuck below it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_whose_dead_letter_fails_comes_back() {
+    use rdkafka::consumer::CommitMode;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let topic = "reject-fails";
+    let mock = mock(topic, 1);
+    mock.create_topic(&format!("{topic}.dlq"), 1, 1)
+        .expect("dlq");
+    let brokers = mock.bootstrap_servers();
+    publish(&brokers, topic, &causeway_testkit::events("rj", 1, 0)).await;
+    let mut c = quiet_consumer(&brokers, "reject-group", topic, 1_000);
+    let first = causeway_testkit::collect(&mut c, 1, Duration::from_secs(30)).await;
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 3],
+    );
+    for d in first {
+        let refused = d.ticket.reject("poison").await;
+        assert!(refused.is_err(), "the dead letter's produce was refused");
+    }
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+    let again = causeway_testkit::collect(&mut c, 1, Duration::from_secs(30)).await;
+    assert_eq!(
+        again.len(),
+        1,
+        "the record whose dead letter failed came back"
+    );
+    assert_eq!(again[0].ticket.attempt(), 2);
+    for d in again {
+        d.ticket.reject("poison").await.expect("reject");
+    }
+    c.commit(CommitMode::Sync).expect("commit");
+    assert_eq!(
+        committed_offset(&brokers, "reject-group", topic),
+        1,
+        "the commit moved past the dead-lettered record"
+    );
+}
+
+/// A commit that fails is sent again by the next one, though no ack moved
+/// the partition since. Before the fix the offsets counted as committed
+/// the moment they were handed to librdkafka: an idle partition kept its
+/// old commit, and a restart repeated everything after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_is_sent_again() {
+    use rdkafka::consumer::CommitMode;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let topic = "commit-fails";
+    let mock = mock(topic, 1);
+    let brokers = mock.bootstrap_servers();
+    publish(&brokers, topic, &causeway_testkit::events("cf", 5, 0)).await;
+    let mut c = quiet_consumer(&brokers, "commit-group", topic, 1_000);
+    let got = causeway_testkit::receive_and_ack(&mut c, 5, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 5);
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE],
+    );
+    assert!(
+        c.commit(CommitMode::Sync).is_err(),
+        "the broker refused the commit"
+    );
+    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    c.commit(CommitMode::Sync).expect("commit");
+    assert_eq!(committed_offset(&brokers, "commit-group", topic), 5);
+}

@@ -28,6 +28,7 @@ pub fn consumer(group: &str, topic: &str, dead_letter: bool) -> ConsumerConfig {
         dead_letter_topic: dead_letter.then(|| format!("{topic}.dlq")),
         commit_interval: Duration::from_millis(200),
         start: StartFrom::Earliest,
+        max_held_back: 1_000,
     }
 }
 
