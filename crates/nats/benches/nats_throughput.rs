@@ -159,6 +159,7 @@ fn consume(c: &mut Criterion) {
                             dead_letter_subject: None,
                             start: Start::All,
                             prefetch: 500,
+                            max_processing: Duration::from_secs(900),
                         }))
                         .await
                         .expect("consumer");

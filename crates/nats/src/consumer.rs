@@ -1,6 +1,6 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -22,6 +22,12 @@ use crate::error::Error;
 
 /// A durable JetStream pull consumer. Messages are fetched ahead in the
 /// background (`prefetch`); `next_batch` hands out what has arrived.
+///
+/// While a delivery is held (handed out and not settled, for up to
+/// `max_processing`) the server is told it is in progress, so a slow sink
+/// does not make `ack_wait` redeliver it. A nack waits out its delay here
+/// and is handed out again by this consumer: a server-side Nak would count
+/// as a delivery, and `max_deliver` would end a message that was only busy.
 pub struct NatsConsumer {
     consumer: PullConsumer,
     messages: Option<PullStream>,
@@ -40,10 +46,32 @@ impl std::fmt::Debug for NatsConsumer {
 
 /// Settles deliveries: holds each delivered message under its tag until then.
 struct NatsSettler {
-    in_flight: Mutex<HashMap<u64, Message>>,
+    state: Mutex<State>,
     next_tag: AtomicU64,
     jetstream: jetstream::Context,
     dead_letter_subject: Option<String>,
+    ack_wait: Duration,
+    max_processing: Duration,
+}
+
+/// A message this consumer holds: handed out, or nacked and waiting.
+struct Held {
+    message: Message,
+    sequence: u64,
+    /// Deliveries so far, this one included (the server's count plus the
+    /// nacks this consumer redelivered itself).
+    attempt: u32,
+    handed_out: Instant,
+    /// When the server's `ack_wait` clock last started (delivery or an
+    /// in-progress ack).
+    refreshed: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    in_flight: HashMap<u64, Held>,
+    /// Nacked, waiting for their delay: (due, tag) → message.
+    retry: BTreeMap<(Instant, u64), Held>,
 }
 
 impl NatsConsumer {
@@ -53,19 +81,22 @@ impl NatsConsumer {
         consumer: PullConsumer,
     ) -> Result<Self, Error> {
         let capabilities = client.capabilities();
-        let this = NatsConsumer {
+        let settler = Arc::new(NatsSettler {
+            state: Mutex::default(),
+            next_tag: AtomicU64::new(1),
+            jetstream: client.jetstream.clone(),
+            dead_letter_subject: config.dead_letter_subject.clone(),
+            ack_wait: config.ack_wait,
+            max_processing: config.max_processing,
+        });
+        tokio::spawn(progress_loop(Arc::downgrade(&settler)));
+        Ok(NatsConsumer {
             consumer,
             messages: None,
-            settler: Arc::new(NatsSettler {
-                in_flight: Mutex::default(),
-                next_tag: AtomicU64::new(1),
-                jetstream: client.jetstream.clone(),
-                dead_letter_subject: config.dead_letter_subject.clone(),
-            }),
+            settler,
             capabilities,
             prefetch: config.prefetch.max(1),
-        };
-        Ok(this)
+        })
     }
 
     /// Pulls at most `batch` messages ahead: prefetched messages count
@@ -82,55 +113,131 @@ impl NatsConsumer {
             .map_err(|e| Error::request("pull", e))
     }
 
-    /// Turns a message into a delivery. An undecodable one is handed out
-    /// too, as such (a stand-in event and the reason), for its consumer to
-    /// dead-letter: settling it here would lose it where no dead-letter
+    /// Takes a message from the server in. An undecodable one is handed
+    /// out too, as such (a stand-in event and the reason), for its consumer
+    /// to dead-letter: settling it here would lose it where no dead-letter
     /// subject is configured.
-    fn deliver(&self, message: Message) -> Delivery {
+    fn arrive(&self, message: Message) -> Delivery {
         let (sequence, delivered) = match message.info() {
             Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
             Err(_) => (0, 1),
         };
-        let decoded = decode(&message);
-        let stand_in = || {
-            let headers: Vec<(&[u8], &[u8])> = message
-                .headers
-                .iter()
-                .flat_map(|h| h.iter())
-                .flat_map(|(name, values)| {
-                    values.iter().map(move |v| {
-                        (AsRef::<str>::as_ref(name).as_bytes(), v.as_str().as_bytes())
-                    })
-                })
-                .collect();
-            dead_letter::stand_in(
-                &format!("nats://{}", message.subject),
-                &sequence.to_string(),
-                message.payload.clone(),
-                None,
-                headers,
-            )
+        let now = Instant::now();
+        self.deliver(Held {
+            message,
+            sequence,
+            attempt: delivered,
+            handed_out: now,
+            refreshed: now,
+        })
+    }
+
+    /// Decodes a held message and hands it out; one that is not a
+    /// CloudEvent goes out as undecodable, with a stand-in event.
+    fn deliver(&self, held: Held) -> Delivery {
+        let message = &held.message;
+        let reason = match decode(message) {
+            Ok(event) => return Delivery::new(event, self.hand_out(held)),
+            Err(e) => e.to_string(),
         };
+        tracing::warn!(sequence = held.sequence, %reason, "a message that is not a CloudEvent: handed on as undecodable");
+        let headers: Vec<(&[u8], &[u8])> = message
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |v| (AsRef::<str>::as_ref(name).as_bytes(), v.as_str().as_bytes()))
+            })
+            .collect();
+        let stand_in = dead_letter::stand_in(
+            &format!("nats://{}", message.subject),
+            &held.sequence.to_string(),
+            message.payload.clone(),
+            None,
+            headers,
+        );
+        Delivery::undecodable(stand_in, self.hand_out(held), reason)
+    }
+
+    /// Keeps `held` under a fresh tag until its ticket settles it.
+    fn hand_out(&self, held: Held) -> Ticket {
         let tag = self.settler.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
-        let ticket_of = |message: Message| {
-            self.settler.lock().insert(tag, message);
-            let settler: Arc<dyn Settler> = self.settler.clone();
-            Ticket::new(
-                settler,
-                tag,
-                Some(Position {
-                    partition: 0,
-                    offset: sequence,
-                }),
-                delivered,
-            )
+        let ticket = Ticket::new(
+            self.settler.clone(),
+            tag,
+            Some(Position {
+                partition: 0,
+                offset: held.sequence,
+            }),
+            held.attempt,
+        );
+        self.settler.lock().in_flight.insert(tag, held);
+        ticket
+    }
+
+    /// Nacked messages whose delay is over, decoded again and handed out as
+    /// their next attempt; and when the next one is due.
+    fn take_due(&self, max: usize, out: &mut Vec<Delivery>) -> Option<Instant> {
+        let now = Instant::now();
+        let due: Vec<Held> = {
+            let mut state = self.settler.lock();
+            let mut due = Vec::new();
+            while due.len() + out.len() < max {
+                let Some(entry) = state.retry.first_entry() else {
+                    break;
+                };
+                if entry.key().0 > now {
+                    break;
+                }
+                due.push(entry.remove());
+            }
+            due
         };
-        match decoded {
-            Ok(event) => Delivery::new(event, ticket_of(message)),
-            Err(e) => {
-                tracing::warn!(sequence, error = %e, "a message that is not a CloudEvent: handed on as undecodable");
-                let event = stand_in();
-                Delivery::undecodable(event, ticket_of(message), e.to_string())
+        for mut held in due {
+            held.attempt += 1;
+            held.handed_out = now;
+            out.push(self.deliver(held));
+        }
+        self.settler.lock().retry.keys().next().map(|(due, _)| *due)
+    }
+}
+
+/// Tells the server that held messages are still in progress, every quarter
+/// of `ack_wait`, for those whose clock is half run: handed-out ones for at
+/// most `max_processing` (a ticket dropped unsettled, a handler that hangs:
+/// the server redelivers it one `ack_wait` later), nacked ones until due.
+/// Ends with the settler.
+async fn progress_loop(settler: Weak<NatsSettler>) {
+    let Some(ack_wait) = settler.upgrade().map(|s| s.ack_wait) else {
+        return;
+    };
+    let tick = (ack_wait / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(settler) = settler.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let due: Vec<Message> = {
+            let mut state = settler.lock();
+            let State { in_flight, retry } = &mut *state;
+            in_flight
+                .values_mut()
+                .filter(|h| h.handed_out + settler.max_processing > now)
+                .chain(retry.values_mut())
+                .filter(|h| h.refreshed + ack_wait / 2 <= now)
+                .map(|h| {
+                    h.refreshed = now;
+                    h.message.clone()
+                })
+                .collect()
+        };
+        for m in due {
+            // A message settled meanwhile answers nothing; the server ignores it.
+            if let Err(e) = m.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %e, "in-progress ack failed");
             }
         }
     }
@@ -149,8 +256,8 @@ fn decode(message: &Message) -> Result<Event> {
 }
 
 impl NatsSettler {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Message>> {
-        self.in_flight
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -213,38 +320,49 @@ impl NatsSettler {
 
 #[async_trait]
 impl Settler for NatsSettler {
+    /// Settles every item even after one fails; a failed ack or reject
+    /// leaves its message to the server, which redelivers it after `ack_wait`.
     async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
-        let messages: Vec<(Option<Message>, Settlement)> = {
-            let mut in_flight = self.lock();
-            items
-                .into_iter()
-                .map(|(tag, s)| (in_flight.remove(&tag), s))
-                .collect()
-        };
+        let mut taken = Vec::with_capacity(items.len());
         let mut unknown = 0;
-        for (message, settlement) in messages {
-            let Some(message) = message else {
-                unknown += 1;
-                continue;
-            };
-            let acked = match settlement {
-                Settlement::Ack => message.ack().await,
-                Settlement::Nack { delay } => {
-                    message
-                        .ack_with(AckKind::Nak((!delay.is_zero()).then_some(delay)))
+        {
+            let mut state = self.lock();
+            let now = Instant::now();
+            for (tag, settlement) in items {
+                let Some(held) = state.in_flight.remove(&tag) else {
+                    unknown += 1;
+                    continue;
+                };
+                match settlement {
+                    // Waits here, not on the server (see `NatsConsumer`).
+                    Settlement::Nack { delay } => {
+                        state.retry.insert((now + delay, tag), held);
+                    }
+                    other => taken.push((held, other)),
+                }
+            }
+        }
+        let mut first_error = None;
+        for (held, settlement) in taken {
+            let settled = match settlement {
+                Settlement::Reject { reason } => {
+                    self.reject(&held.message, &reason, held.attempt, held.sequence)
                         .await
                 }
-                Settlement::Reject { reason } => {
-                    let (delivered, sequence) = message
-                        .info()
-                        .map_or((1, 0), |i| (i.delivered.max(1) as u32, i.stream_sequence));
-                    self.reject(&message, &reason, delivered, sequence).await?;
-                    Ok(())
-                }
+                _ => held
+                    .message
+                    .ack()
+                    .await
+                    .map_err(|e| CoreError::from(Error::ack(e))),
             };
-            acked.map_err(|e| CoreError::from(Error::ack(e)))?;
+            if let Err(e) = settled {
+                first_error.get_or_insert(e);
+            }
         }
-        causeway_core::unknown_tags(unknown)
+        match first_error {
+            Some(e) => Err(e),
+            None => causeway_core::unknown_tags(unknown),
+        }
     }
 }
 
@@ -258,6 +376,10 @@ impl Consumer for NatsConsumer {
         let deadline = Instant::now() + wait;
         let mut out = Vec::new();
         while out.len() < max {
+            let next_retry = self.take_due(max, &mut out);
+            if out.len() >= max {
+                break;
+            }
             if self.messages.is_none() {
                 self.messages = Some(self.open_stream(max).await?);
             }
@@ -266,9 +388,11 @@ impl Consumer for NatsConsumer {
             };
             // Wait for the first message; then take only what is already here.
             let next = if out.is_empty() {
-                match tokio::time::timeout_at(deadline, messages.next()).await {
+                let until = next_retry.map_or(deadline, |r| r.min(deadline));
+                match tokio::time::timeout_at(until, messages.next()).await {
                     Ok(next) => next,
-                    Err(_) => break,
+                    Err(_) if Instant::now() >= deadline => break,
+                    Err(_) => continue, // a nacked message is due
                 }
             } else {
                 match messages.next().now_or_never() {
@@ -278,7 +402,7 @@ impl Consumer for NatsConsumer {
             };
             match next {
                 Some(Ok(message)) => {
-                    out.push(self.deliver(message));
+                    out.push(self.arrive(message));
                 }
                 Some(Err(e)) => {
                     // Missed heartbeats, a lost connection: pull anew.
@@ -299,9 +423,18 @@ impl Consumer for NatsConsumer {
         Ok(out)
     }
 
-    /// Hands back every unsettled and every prefetched message (Nak, no delay).
+    /// Hands back every unsettled, nacked and prefetched message (Nak, no delay).
     async fn close(&mut self) -> Result<()> {
-        let mut unsettled: Vec<Message> = self.settler.lock().drain().map(|(_, m)| m).collect();
+        let mut unsettled: Vec<Message> = {
+            let mut state = self.settler.lock();
+            let state = std::mem::take(&mut *state);
+            state
+                .in_flight
+                .into_values()
+                .chain(state.retry.into_values())
+                .map(|h| h.message)
+                .collect()
+        };
         if let Some(mut messages) = self.messages.take() {
             while let Some(Some(Ok(m))) = messages.next().now_or_never() {
                 unsettled.push(m);

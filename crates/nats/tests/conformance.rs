@@ -12,6 +12,8 @@ use causeway_testkit::{BrokerHarness, FaultProxy};
 const VAR: &str = "CAUSEWAY_NATS_URL";
 const DEFAULT: &str = "nats://127.0.0.1:14222";
 const ACK_WAIT: Duration = Duration::from_secs(2);
+/// Held deliveries are kept from redelivery this long, then `ACK_WAIT` runs.
+const MAX_PROCESSING: Duration = Duration::from_secs(2);
 
 /// One stream per test, capturing `<prefix>.>`; each scenario's subject is
 /// `<prefix>.<scenario>` and its dead letters go to `<subject>.dlq`.
@@ -71,6 +73,7 @@ fn consumer_config(durable: &str, subject: &str) -> ConsumerConfig {
         dead_letter_subject: Some(format!("{subject}.dlq")),
         start: Start::All,
         prefetch: 256,
+        max_processing: MAX_PROCESSING,
     }
 }
 
@@ -83,7 +86,7 @@ impl BrokerHarness for Nats {
         self.client.capabilities()
     }
     fn ack_timeout(&self) -> Duration {
-        ACK_WAIT
+        MAX_PROCESSING + ACK_WAIT
     }
     async fn destination(&self, scenario: &str) -> Result<String> {
         Ok(format!("{}.{scenario}", self.prefix))
@@ -163,4 +166,69 @@ async fn replay_from_a_stream_sequence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_batches_over_the_client_ack_limit_complete() {
     causeway_testkit::broker::concurrent_batches_complete(&Nats::new().await, 4, 3_000).await;
+}
+
+/// A delivery held (handed out, not settled) longer than `ack_wait` is not
+/// redelivered while this consumer holds it: it sends in-progress acks.
+/// Before the fix the server redelivered it every `ack_wait` behind a slow
+/// sink: redelivery storms, and duplicates for whoever got the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_delivery_is_not_redelivered_while_held() {
+    let h = Nats::new().await;
+    let subject = h.destination("held").await.expect("destination");
+    let sent = causeway_testkit::events("held", 1, 0);
+    let receipts = h
+        .client
+        .publisher()
+        .publish(&subject, &sent)
+        .await
+        .expect("publish");
+    assert!(receipts.iter().all(Result::is_ok), "{receipts:?}");
+    let mut config = consumer_config("holder", &subject);
+    config.max_processing = Duration::from_secs(60);
+    let mut consumer = h.client.consumer(Some(&config)).await.expect("consumer");
+    let held = causeway_testkit::collect(&mut consumer, 1, Duration::from_secs(10)).await;
+    assert_eq!(held.len(), 1);
+    // Three times `ack_wait`, polling all along.
+    let again = causeway_testkit::collect(&mut consumer, 1, ACK_WAIT * 3).await;
+    assert!(
+        again.is_empty(),
+        "redelivered while held: attempt {}",
+        again[0].ticket.attempt()
+    );
+    for d in held {
+        d.ack().await.expect("ack");
+    }
+}
+
+/// Nacks do not use up `max_deliver`: a message nacked more times than it
+/// allows comes back each time. Before the fix each nack was a Nak on the
+/// server, which counts as a delivery: after `max_deliver` the server gave
+/// the message up, and a message that was only ever busy was never delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_do_not_use_up_max_deliver() {
+    let h = Nats::new().await;
+    let subject = h.destination("busy").await.expect("destination");
+    let sent = causeway_testkit::events("busy", 1, 0);
+    h.client
+        .publisher()
+        .publish(&subject, &sent)
+        .await
+        .expect("publish");
+    let mut config = consumer_config("busy", &subject);
+    config.max_deliver = 2;
+    let mut consumer = h.client.consumer(Some(&config)).await.expect("consumer");
+    for round in 1..=5 {
+        let got = causeway_testkit::collect(&mut consumer, 1, Duration::from_secs(10)).await;
+        let d = got
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("nack {round}: the message did not come back"));
+        assert_eq!(d.ticket.attempt(), round, "attempt counts every delivery");
+        if round < 5 {
+            d.nack(Duration::from_millis(200)).await.expect("nack");
+        } else {
+            d.ack().await.expect("ack");
+        }
+    }
 }
