@@ -112,6 +112,25 @@ impl HeldKeys {
     }
 }
 
+/// A batch's indices in waves: the n-th event of each key goes in wave n,
+/// events without a key (no order to keep) in the first.
+fn waves(events: &[Event]) -> Vec<Vec<usize>> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let wave = e.key.as_deref().map_or(0, |k| {
+            let n = seen.entry(k).or_default();
+            *n += 1;
+            *n - 1
+        });
+        if waves.len() <= wave {
+            waves.push(Vec::new());
+        }
+        waves[wave].push(i);
+    }
+    waves
+}
+
 /// The store stream holding a route's dead letters.
 pub fn dead_letter_stream(route: &str) -> String {
     format!("dlq.{route}")
@@ -125,6 +144,13 @@ impl Route {
     /// Publishes `events` in order, grouped by destination. Permanent
     /// failures are dead-lettered; temporary ones (after the retry wrapper
     /// gave up) come back as `Failed`.
+    ///
+    /// A key's events go out in waves, one per call: a sink can fail one
+    /// event of a call and deliver the next, so k:2 sent beside a k:1 that
+    /// fails would reach the sink first. After a wave, a key whose event
+    /// failed sends nothing more from this batch; the rest of it fails
+    /// with it, unsent, and is retried behind it. Keys seen once in a
+    /// batch (the usual case) make one wave: one call per destination.
     async fn forward(&self, events: &[Event]) -> Vec<Fate> {
         // Fail closed: an event the sink returned no outcome for is not sent.
         let mut fates: Vec<Fate> = events
@@ -136,10 +162,41 @@ impl Route {
                 ))
             })
             .collect();
-        // Destinations in order of first appearance, each with its events in order.
+        let mut blocked: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut paused_said = false;
+        let mut latencies = Vec::with_capacity(events.len());
+        for wave in waves(events) {
+            let (send, held): (Vec<usize>, Vec<usize>) = wave.into_iter().partition(|&i| {
+                events[i]
+                    .key
+                    .as_deref()
+                    .is_none_or(|k| !blocked.contains(k))
+            });
+            for i in held {
+                fates[i] = Fate::Failed(Error::temporary(
+                    ErrorKind::Unavailable,
+                    "not sent: an earlier event of its key in this batch failed",
+                ));
+            }
+            self.publish_wave(events, &send, &mut fates).await;
+            for &i in &send {
+                self.resolve(&events[i], &mut fates[i], &mut paused_said, &mut latencies)
+                    .await;
+                if let (Fate::Failed(_), Some(key)) = (&fates[i], events[i].key.as_deref()) {
+                    blocked.insert(key);
+                }
+            }
+        }
+        self.metrics.observe_latencies(latencies);
+        fates
+    }
+
+    /// One wave: its events grouped by destination, one call per group, in
+    /// order of first appearance; each outcome goes to its event's fate.
+    async fn publish_wave(&self, events: &[Event], wave: &[usize], fates: &mut [Fate]) {
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            let d = self.template.render(e);
+        for &i in wave {
+            let d = self.template.render(&events[i]);
             match groups.iter_mut().find(|(dest, _)| *dest == d) {
                 Some((_, idx)) => idx.push(i),
                 None => groups.push((d.into_owned(), vec![i])),
@@ -178,44 +235,48 @@ impl Route {
                 }
             }
         }
-        let now = chrono::Utc::now();
-        let mut paused_said = false;
-        let mut latencies = Vec::with_capacity(events.len());
-        for (i, fate) in fates.iter_mut().enumerate() {
-            match fate {
-                Fate::Sent => {
-                    self.metrics.published.inc();
-                    if let Some(t) = events[i].time {
-                        latencies
-                            .push((now - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
-                    }
+    }
+
+    /// Counts a published event's fate, and dead-letters it where the
+    /// failure is its own fault.
+    async fn resolve(
+        &self,
+        event: &Event,
+        fate: &mut Fate,
+        paused_said: &mut bool,
+        latencies: &mut Vec<f64>,
+    ) {
+        match fate {
+            Fate::Sent => {
+                self.metrics.published.inc();
+                if let Some(t) = event.time {
+                    let age = chrono::Utc::now() - t;
+                    latencies.push(age.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
                 }
-                // Only the event's own fault makes a dead letter.
-                Fate::Failed(e) if !e.is_temporary() && self.event_fault(e) => {
-                    let reason = e.to_string();
-                    if self.dead_letter(&events[i], &reason, 1).await {
-                        *fate = Fate::DeadLettered;
-                    }
-                }
-                // A broken sink (credentials, a missing entity, a quota): the
-                // event stays where it is and the route retries, paused,
-                // until the sink recovers. Said once per batch.
-                Fate::Failed(e) if !e.is_temporary() => {
-                    self.metrics.errors.inc();
-                    self.metrics.sink_refusals.inc();
-                    if !paused_said {
-                        paused_said = true;
-                        tracing::error!(route = %self.name, error = %e, "the sink refuses everything; the route is paused and retries until it recovers (nothing is dead-lettered)");
-                    }
-                }
-                Fate::Failed(_) => {
-                    self.metrics.errors.inc();
-                }
-                Fate::DeadLettered => {}
             }
+            // Only the event's own fault makes a dead letter.
+            Fate::Failed(e) if !e.is_temporary() && self.event_fault(e) => {
+                let reason = e.to_string();
+                if self.dead_letter(event, &reason, 1).await {
+                    *fate = Fate::DeadLettered;
+                }
+            }
+            // A broken sink (credentials, a missing entity, a quota): the
+            // event stays where it is and the route retries, paused,
+            // until the sink recovers. Said once per batch.
+            Fate::Failed(e) if !e.is_temporary() => {
+                self.metrics.errors.inc();
+                self.metrics.sink_refusals.inc();
+                if !*paused_said {
+                    *paused_said = true;
+                    tracing::error!(route = %self.name, error = %e, "the sink refuses everything; the route is paused and retries until it recovers (nothing is dead-lettered)");
+                }
+            }
+            Fate::Failed(_) => {
+                self.metrics.errors.inc();
+            }
+            Fate::DeadLettered => {}
         }
-        self.metrics.observe_latencies(latencies);
-        fates
     }
 
     /// Whether a permanent error is the event's own fault (dead letter) or
