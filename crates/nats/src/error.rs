@@ -31,6 +31,9 @@ impl Error {
             K::StreamNotFound => ErrorKind::NotFound,
             K::MaxPayloadExceeded => ErrorKind::TooLarge,
             K::WrongLastMessageId | K::WrongLastSequence => ErrorKind::Conflict,
+            // JetStream's "header size exceeds maximum": this message's own
+            // headers (the publisher refuses these before sending).
+            K::Other if e.to_string().contains("error code 10097") => ErrorKind::TooLarge,
             // The server answered with an error about the stream, not this
             // message (storage full, limits, permissions): the sink is
             // refusing writes for now; retried, never dead-lettered.

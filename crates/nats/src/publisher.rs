@@ -34,6 +34,26 @@ pub(crate) fn headers_of(event: &Event) -> HeaderMap {
     headers
 }
 
+/// The largest header block JetStream stores (the server refuses a longer
+/// one with error 10097, "header size exceeds maximum allowed of 64k").
+const MAX_HEADER_BLOCK: usize = u16::MAX as usize;
+
+/// The length of `headers` on the wire: `NATS/1.0\r\n`, a `name: value\r\n`
+/// line per value, and the closing `\r\n`.
+fn header_block_len(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(|v| name.len() + 2 + v.as_str().len() + 2)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
+}
+
 /// A subject to publish to: tokens separated by `.`, none empty, no
 /// wildcard (`*`, `>`) and no white space. A destination rendered from an
 /// event that breaks this is the event's fault (it fails, and is
@@ -90,9 +110,21 @@ impl NatsPublisher {
     /// Sends one event; the returned future resolves with its PubAck.
     async fn send(&self, subject: &str, event: &Event) -> Result<PublishAckFuture> {
         self.capabilities.admit(event)?;
+        let headers = headers_of(event);
+        let size = header_block_len(&headers);
+        if size > MAX_HEADER_BLOCK {
+            // JetStream refuses it whatever its payload (error 10097): the
+            // event's own attributes are too big for this sink.
+            return Err(CoreError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "its NATS headers take {size} bytes; JetStream takes at most {MAX_HEADER_BLOCK}"
+                ),
+            ));
+        }
         let message = PublishMessage::build()
             .payload(event.payload.clone())
-            .headers(headers_of(event));
+            .headers(headers);
         Ok(self
             .client
             .jetstream
@@ -133,6 +165,15 @@ impl Publisher for NatsPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attributes_over_jetstreams_header_limit_are_too_large() {
+        let e = Event::new("big", "test://nats", "t").with_header("bigext", "x".repeat(70_000));
+        let size = header_block_len(&headers_of(&e));
+        assert!(size > MAX_HEADER_BLOCK, "{size}");
+        let small = Event::new("small", "test://nats", "t").with_header("ext", "x".repeat(16_384));
+        assert!(header_block_len(&headers_of(&small)) < MAX_HEADER_BLOCK);
+    }
 
     #[test]
     fn subjects_from_templates_are_checked() {
