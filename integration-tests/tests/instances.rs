@@ -22,13 +22,6 @@ use common::{BridgeProcess, Nats, Rabbit, Setup};
 const EVENTS: usize = 3000;
 const LEASE: &str = "claim_lease = \"3s\"\nbatch_size = 50";
 
-fn postgres_url() -> String {
-    common::env(
-        "CAUSEWAY_POSTGRES_URL",
-        "postgres://postgres@127.0.0.1:5432/test",
-    )
-}
-
 /// Published by the instances still running, plus what the dead had done.
 async fn published(instances: &[Option<BridgeProcess>], dead: u64) -> u64 {
     let mut total = dead;
@@ -70,11 +63,7 @@ async fn three_instances(mode: &'static str) {
     let prefix = causeway_testkit::unique_name("many");
     let emulator = common::prepare(&prefix, Nats, Rabbit).await;
     let mut setup = Setup::new(dir.path(), &prefix, Nats, Rabbit, mode).with_servicebus(&emulator);
-    let schema = prefix.replace('-', "_");
-    setup.store = format!(
-        "postgres = {{ url = \"{}\", schema = \"{schema}\" }}",
-        postgres_url()
-    );
+    setup.store = common::postgres_store(&prefix);
     setup.route_extra = LEASE.into();
     let rabbit = common::Addrs::local().rabbit;
     let proxy = FaultProxy::start(

@@ -152,14 +152,7 @@ async fn soak_two_routes_flapping_sinks_leases_retention() {
     let emulator_a = common::prepare(&prefix_a, Rabbit, Nats).await;
     let mut a =
         Setup::new(dir.path(), &prefix_a, Rabbit, Nats, "direct").with_servicebus(&emulator_a);
-    a.store = format!(
-        "postgres = {{ url = \"{}\", schema = \"{}\" }}",
-        common::env(
-            "CAUSEWAY_POSTGRES_URL",
-            "postgres://postgres@127.0.0.1:5432/test"
-        ),
-        prefix_a.replace('-', "_")
-    );
+    a.store = common::postgres_store(&prefix_a);
     a.route_extra = "claim_lease = \"3s\"\nbatch_size = 100".into();
     a.rabbit_queue_extra = ", delay_queue_idle = \"4s\"".into();
     let nats_proxy = Arc::new(

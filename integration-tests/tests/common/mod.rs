@@ -68,6 +68,17 @@ pub fn env(var: &str, default: &str) -> String {
     causeway_testkit::env::endpoint(var, default)
 }
 
+/// A `[store]` body on the PostgreSQL server (`cargo xtask services up
+/// postgres`), in a schema of its own named after run `prefix`.
+pub fn postgres_store(prefix: &str) -> String {
+    let url = env(
+        "CAUSEWAY_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+    );
+    let schema = prefix.replace('-', "_");
+    format!("postgres = {{ url = \"{url}\", schema = \"{schema}\" }}")
+}
+
 /// Where each broker is; a test puts a fault proxy in front of one.
 #[derive(Debug, Clone)]
 pub struct Addrs {
