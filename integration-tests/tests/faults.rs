@@ -11,7 +11,10 @@
 //!   server; nor for Service Bus: the emulator lives in the test process.
 //!   The 10 s cut covers their lost connections;
 //! - a poison event among the others: dead-lettered with its reason, the
-//!   rest flows.
+//!   rest flows;
+//! - the sink's credentials rotated under the bridge (RabbitMQ: the user's
+//!   password changed and its connections closed): the route pauses,
+//!   nothing is dead-lettered, and it resumes once the password is back.
 //!
 //! The sink is read with its own adapter through a sink-side idempotent
 //! handler; each test prints and asserts lost = 0 and duplicates after
@@ -309,6 +312,79 @@ async fn sink_broker_restarted(from: Broker, mode: &'static str) {
     let tally = read_all(sink, &sent).await;
     println!("{what}: stopped after {at_stop} of {n} published, started again 2 s later");
     tally.assert_exact(&sent, &what);
+}
+
+/// A key rotation at the sink: the bridge's RabbitMQ user gets a new
+/// password and its connections are closed, so every reconnect is refused
+/// (ACCESS_REFUSED). The route must pause with the events kept, dead-letter
+/// nothing, and deliver everything once the old password is back (the
+/// operator fixing the secret). Before the fix, refusals from a broken sink
+/// were permanent failures of each event: a rotation dead-lettered the stream.
+async fn sink_credentials_rotated(from: Broker, mode: &'static str) {
+    let to = Rabbit;
+    let what = format!(
+        "{} -> rabbit ({mode}), sink credentials rotated",
+        from.name()
+    );
+    let node = common::RabbitNode::start().await;
+    let (user, first, second) = ("causeway-bridge", "first-s3cret", "second-s3cret");
+    node.rabbitmqctl(&["add_user", user, first]);
+    node.rabbitmqctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let prefix = causeway_testkit::unique_name("rotate");
+    let emulator = common::prepare(&prefix, from, to).await;
+    let mut setup = Setup::new(dir.path(), &prefix, from, to, mode).with_servicebus(&emulator);
+    setup.route.rabbit = format!("amqp://{user}:{first}@127.0.0.1:{}/%2f", node.port);
+    setup.check.rabbit = node.url();
+    setup.route_extra = QUICK_RETRY.into();
+    let bridge = Bridge::new(setup.config(&emulator)).await.expect("bridge");
+    let sink = common::sink_reader(&bridge, from, to).await;
+    let n = 400;
+    let (sent, metrics, running) = half_way(&bridge, from, &prefix, n, &what).await;
+    wait_for(&what, Duration::from_secs(60), || {
+        metrics.published.get() >= n as u64 / 2
+    })
+    .await;
+    node.rabbitmqctl(&["change_password", user, second]);
+    node.rabbitmqctl(&["close_all_user_connections", user, "credentials rotated"]);
+    let at_rotation = metrics.published.get();
+    common::publish_to_source(&bridge, from, &prefix, &sent[n / 2..]).await;
+    // Paused: the events wait, refused, and none is dead-lettered.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let published_paused = metrics.published.get() - at_rotation;
+    let (errors, refusals) = (metrics.errors.get(), metrics.sink_refusals.get());
+    assert_eq!(
+        metrics.dead_lettered.get(),
+        0,
+        "{what}: a refusing sink dead-lettered events"
+    );
+    assert_eq!(
+        published_paused, 0,
+        "{what}: published with a refused password"
+    );
+    assert!(errors > 0, "{what}: no publish failed while refused");
+    node.rabbitmqctl(&["change_password", user, first]);
+    wait_for(&what, Duration::from_secs(120), || {
+        metrics.published.get() >= n as u64
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(metrics.dead_lettered.get(), 0, "{what}: dead letters");
+    let tally = read_all(sink, &sent).await;
+    println!(
+        "{what}: paused 5 s with {errors} failed publishes ({refusals} counted as refusals), nothing dead-lettered, all {n} delivered once the password was back"
+    );
+    tally.assert_exact(&sent, &what);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_to_rabbitmq_sink_credentials_rotated_direct() {
+    sink_credentials_rotated(Nats, "direct").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_to_rabbitmq_sink_credentials_rotated_durable() {
+    sink_credentials_rotated(Nats, "durable").await;
 }
 
 macro_rules! pairs {

@@ -773,6 +773,18 @@ impl RabbitNode {
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
+
+    /// Runs `rabbitmqctl args` against this node; panics if it fails.
+    pub fn rabbitmqctl(&self, args: &[&str]) {
+        let mut all = vec!["-q"];
+        all.extend_from_slice(args);
+        let ran = self.ctl("rabbitmqctl", &all).status();
+        assert!(
+            ran.is_ok_and(|s| s.success()),
+            "rabbitmqctl {} failed on the test's node",
+            args.first().copied().unwrap_or_default()
+        );
+    }
 }
 
 impl Drop for RabbitNode {
