@@ -8,6 +8,12 @@
 //! holds and the window fills up: the source stops being read, and nothing
 //! is acked that the sink has not confirmed.
 //!
+//! Within a batch, a key's events go to the sink in waves, one per call
+//! (`forward`): a sink can fail k:1 and deliver k:2 of the same call, so
+//! k:2 waits for k:1's outcome, and a key whose event failed sends no more
+//! of that batch. Keys seen once per batch make a single call; a batch of
+//! few keys pays a round trip per event of its busiest key.
+//!
 //! Durable mode acks the source once the event is in the store; a
 //! forwarder drains the store to the sink in position order and never moves
 //! its cursor past an event the sink has not confirmed. A sink outage only
