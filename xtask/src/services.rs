@@ -31,6 +31,9 @@ struct Service {
     /// host:port probed for reachability.
     probe: &'static str,
     start: fn(&Cache) -> Result<()>,
+    /// Debian packages the tests use beside the service (a raw client that
+    /// writes what the Rust clients cannot).
+    tools: &'static [&'static str],
 }
 
 const SERVICES: &[Service] = &[
@@ -40,6 +43,7 @@ const SERVICES: &[Service] = &[
         default: "postgres://postgres@127.0.0.1:5432/test",
         probe: "127.0.0.1:5432",
         start: start_postgres,
+        tools: &[],
     },
     Service {
         name: "rabbitmq",
@@ -47,6 +51,7 @@ const SERVICES: &[Service] = &[
         default: "amqp://guest:guest@127.0.0.1:5672/%2f",
         probe: "127.0.0.1:5672",
         start: start_rabbitmq,
+        tools: &[],
     },
     Service {
         name: "nats",
@@ -55,6 +60,7 @@ const SERVICES: &[Service] = &[
         default: "nats://127.0.0.1:14222",
         probe: "127.0.0.1:14222",
         start: start_nats,
+        tools: &[],
     },
     Service {
         name: "sqs",
@@ -62,6 +68,7 @@ const SERVICES: &[Service] = &[
         default: "http://127.0.0.1:4566",
         probe: "127.0.0.1:4566",
         start: start_moto,
+        tools: &[],
     },
     Service {
         name: "kafka",
@@ -69,6 +76,7 @@ const SERVICES: &[Service] = &[
         default: "127.0.0.1:19092",
         probe: "127.0.0.1:19092",
         start: start_tansu,
+        tools: &["kcat"],
     },
     // Not needed by tests: they run the emulator in process. For the bridge
     // and demos against "Azure" on this machine.
@@ -78,6 +86,7 @@ const SERVICES: &[Service] = &[
         default: "http://127.0.0.1:9354",
         probe: "127.0.0.1:9354",
         start: start_servicebus_emulator,
+        tools: &[],
     },
 ];
 
@@ -227,7 +236,27 @@ pub fn up<S: AsRef<str>>(names: &[S]) -> Result<Vec<(String, String)>> {
         }
         env.push((s.env.to_owned(), s.default.to_owned()));
     }
+    for s in find(&names)? {
+        install_tools(s.tools)?;
+    }
     Ok(env)
+}
+
+/// Installs the Debian packages in `tools` that are missing (the package's
+/// command has the package's name).
+fn install_tools(tools: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !cmd::succeeds("sh", &["-c", &format!("command -v {t}")]))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    cmd::run("apt-get", &["update", "-qq"], &[])?;
+    let mut args = vec!["install", "-y", "-qq"];
+    args.extend(&missing);
+    cmd::run("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
 }
 
 /// Prints `export VAR=value` lines a shell can eval.
