@@ -1,6 +1,6 @@
 //! Messages nobody planned for, written into a real source broker with
 //! that broker's own client (rdkafka, async-nats, lapin), as any producer
-//! would, and bridged to NATS JetStream in direct and durable mode, on
+//! would (for SQS: aws-sdk-sqs against moto), and bridged to NATS JetStream in direct and durable mode, on
 //! SQLite and on PostgreSQL: plain messages with no CloudEvents headers,
 //! attributes with CR/LF or NUL, an empty id, header values and a record
 //! key that are not UTF-8, a 256-byte id, 16 KiB and 64 KiB extensions
@@ -16,8 +16,10 @@
 //!
 //! A Kafka header name that is not UTF-8 is written with kcat (rdkafka takes
 //! names as `&str`): rdkafka panics reading one, and the consumer's guard
-//! must turn that into one dead letter. Not covered here: SQS and Service
-//! Bus as sources.
+//! must turn that into one dead letter. SQS (moto, an emulator) takes the
+//! corpus as message attributes within its 10 and its 256 KiB, extras
+//! folded into `ce_attributes` as causeway writes them. Not covered here:
+//! Service Bus as a source.
 
 mod common;
 
@@ -26,7 +28,7 @@ use std::time::Duration;
 use causeway_bridge::Bridge;
 use causeway_bridge::pipeline::dead_letter_stream;
 use causeway_core::{Binding, ReadFrom, ReadQuery, dead_letter};
-use common::{Broker, Kafka, Nats, Rabbit, Setup};
+use common::{Broker, Kafka, Nats, Rabbit, Setup, Sqs};
 
 /// What must become of a hostile message.
 #[derive(Debug, Clone)]
@@ -54,7 +56,8 @@ const OVER_SINK_LIMIT: usize = 1_500_000;
 
 fn binding(from: Broker) -> Binding {
     match from {
-        Kafka => Binding::Kafka,
+        // SQS carries the Kafka binding's names (docs/headers.md).
+        Kafka | Sqs => Binding::Kafka,
         Nats => Binding::Nats,
         Rabbit => Binding::Amqp,
         other => panic!("no raw writer for {other:?}"),
@@ -62,9 +65,23 @@ fn binding(from: Broker) -> Binding {
 }
 
 /// A CloudEvent in binary mode: the required attributes as `from`'s
-/// binding writes them (NATS percent-encodes values), then `extra`.
+/// binding writes them (NATS percent-encodes values), then `extra`. SQS
+/// holds 10 message attributes: `extra` goes into the folded JSON of
+/// `ce_attributes` there, as causeway's SQS publisher writes it.
 fn ce(from: Broker, id: &str, extra: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let b = binding(from);
+    if from == Sqs {
+        let mut headers = ce(Kafka, id, &[]);
+        if !extra.is_empty() {
+            let folded: serde_json::Map<String, serde_json::Value> = extra
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), serde_json::Value::from(*v)))
+                .collect();
+            let json = serde_json::Value::Object(folded).to_string();
+            headers.push((b"ce_attributes".to_vec(), json.into_bytes()));
+        }
+        return headers;
+    }
     [
         ("specversion", "1.0"),
         ("id", id),
@@ -127,6 +144,12 @@ fn corpus(from: Broker) -> (Vec<Raw>, Vec<String>) {
             Fate::Dead("must not be empty"),
         ),
         raw(
+            "a payload of 200 KB",
+            ce(from, "h-200k", &[]),
+            &vec![b't'; 200_000],
+            Fate::Delivered("h-200k".into()),
+        ),
+        raw(
             "a 256-byte id",
             ce(from, &long_id, &[]),
             b"long id",
@@ -152,6 +175,25 @@ fn corpus(from: Broker) -> (Vec<Raw>, Vec<String>) {
         ),
     ]);
     let mut skipped = Vec::new();
+    if from == Sqs {
+        // SQS's own limit is 256 KiB: nothing near the sink's.
+        raws.retain(|r| r.payload.len() < 256 * 1024);
+        skipped.push(format!(
+            "payloads near the sink's limit ({UNDER_SINK_LIMIT} and {OVER_SINK_LIMIT} bytes): SQS carries at most 256 KiB"
+        ));
+        raws.push(raw(
+            "folded attributes that are not JSON",
+            vec![
+                (b"ce_specversion".to_vec(), b"1.0".to_vec()),
+                (b"ce_id".to_vec(), b"h-bad-json".to_vec()),
+                (b"ce_source".to_vec(), b"legacy://ledger".to_vec()),
+                (b"ce_type".to_vec(), b"t".to_vec()),
+                (b"ce_attributes".to_vec(), b"{not json".to_vec()),
+            ],
+            b"bad folded json",
+            Fate::Dead("not a JSON object"),
+        ));
+    }
     if from == Nats {
         skipped.push(
             "a 64 KiB extension: JetStream refuses headers over 64 KiB as a source too".to_owned(),
@@ -168,6 +210,18 @@ fn corpus(from: Broker) -> (Vec<Raw>, Vec<String>) {
         skipped.push("a header value that is not UTF-8: NATS headers are text".to_owned());
         skipped.push(format!(
             "a payload over the sink's limit: the NATS source has the same limit ({OVER_SINK_LIMIT} bytes cannot be written)"
+        ));
+    } else if from == Sqs {
+        // SQS strings are Unicode; bytes travel as a Binary attribute,
+        // which is no CloudEvents attribute: the id is missing.
+        let mut headers = ce(from, "h-bad-utf8", &[]);
+        headers.retain(|(n, _)| n.as_slice() != b"ce_id");
+        headers.push((b"ce_id".to_vec(), vec![0xff, 0xfe, b'x']));
+        raws.push(raw(
+            "an id that is bytes, not text (a Binary attribute)",
+            headers,
+            b"bad utf-8 value",
+            Fate::Dead("id"),
         ));
     } else {
         let mut headers = ce(from, "h-bad-utf8", &[]);
@@ -223,7 +277,58 @@ async fn write_raw(from: Broker, destination: &str, raws: &[Raw]) {
         Kafka => write_kafka(destination, raws).await,
         Nats => write_nats(destination, raws).await,
         Rabbit => write_rabbit(destination, raws).await,
+        Sqs => write_sqs(destination, raws).await,
         other => panic!("no raw writer for {other:?}"),
+    }
+}
+
+/// With aws-sdk-sqs: a text value as a String attribute, bytes as Binary.
+async fn write_sqs(queue: &str, raws: &[Raw]) {
+    use aws_sdk_sqs::primitives::Blob;
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    let endpoint = common::env("CAUSEWAY_SQS_ENDPOINT", "http://127.0.0.1:4566");
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "hostile",
+        ))
+        .load()
+        .await;
+    let client = aws_sdk_sqs::Client::new(&config);
+    let url = client
+        .get_queue_url()
+        .queue_name(queue)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the SQS source queue {queue}: {e}"))
+        .queue_url
+        .expect("queue url");
+    for raw in raws {
+        let body = std::str::from_utf8(&raw.payload).expect("SQS bodies are text");
+        let mut send = client.send_message().queue_url(&url).message_body(body);
+        for (name, value) in &raw.headers {
+            let name = std::str::from_utf8(name).expect("SQS attribute names are text");
+            let attribute = match std::str::from_utf8(value) {
+                Ok(text) => MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(text),
+                Err(_) => MessageAttributeValue::builder()
+                    .data_type("Binary")
+                    .binary_value(Blob::new(value.clone())),
+            }
+            .build()
+            .expect("attribute");
+            send = send.message_attributes(name, attribute);
+        }
+        send.send()
+            .await
+            .unwrap_or_else(|e| panic!("raw send of {}: {e:?}", raw.what));
     }
 }
 
@@ -412,7 +517,7 @@ async fn hostile_to_nats(from: Broker, mode: &'static str, store: Store) {
     let (hostile_got, good_got): (Vec<_>, Vec<_>) = got
         .into_iter()
         .partition(|e| delivered.contains(&e.id.as_str()));
-    common::check(&good, &good_got, true, &what);
+    common::check(&good, &good_got, from.keeps_order(), &what);
     let mut hostile_ids: Vec<&str> = hostile_got.iter().map(|e| e.id.as_str()).collect();
     hostile_ids.sort_unstable();
     let mut want_ids = delivered.clone();
@@ -505,6 +610,16 @@ async fn hostile_nats_messages_are_dead_lettered_alone_direct() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_nats_messages_are_dead_lettered_alone_durable() {
     hostile_to_nats(Nats, "durable", Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_sqs_moto_emulator_messages_are_dead_lettered_alone_direct() {
+    hostile_to_nats(Sqs, "direct", Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_sqs_moto_emulator_messages_are_dead_lettered_alone_durable() {
+    hostile_to_nats(Sqs, "durable", Store::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
