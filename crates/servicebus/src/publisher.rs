@@ -33,6 +33,12 @@ impl std::fmt::Debug for ServiceBusPublisher {
     }
 }
 
+/// The most custom properties a message may carry: a peek-lock returns
+/// them as HTTP response headers, beside about a dozen of HTTP's and the
+/// protocol's own, and hyper (under reqwest) refuses a response with more
+/// than 100 headers. A message with more could be sent but never received.
+const MAX_PROPERTIES: usize = 80;
+
 /// One request: the indexes of its events and its JSON body.
 struct Call {
     indexes: Vec<usize>,
@@ -49,6 +55,16 @@ impl ServiceBusPublisher {
         let config = &self.shared.config;
         capabilities.admit(event)?;
         let message = encode(event, config.publish.key_property);
+        let properties = message.user_properties.len();
+        if properties > MAX_PROPERTIES {
+            return Err(CoreError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "event `{}` has {properties} properties as a Service Bus message; at most {MAX_PROPERTIES} can be received back: the REST API returns each as an HTTP header, and HTTP clients read at most 100 headers",
+                    event.id
+                ),
+            ));
+        }
         let json = serde_json::to_string(&message)
             .map_err(|e| CoreError::new(ErrorKind::Internal, e.to_string()))?;
         let size = json.len();

@@ -254,6 +254,42 @@ mod servicebus_specific {
         assert_eq!(emulator.message_count("standard"), Some(1));
     }
 
+    /// Properties come back from a peek-lock as HTTP headers, and the HTTP
+    /// client reads at most 100: an event with more extensions than can be
+    /// received fails alone as too large, one within the bound round-trips.
+    /// Before the fix the first was sent, and every receive of it failed
+    /// until Service Bus gave it up (MaxDeliveryCount) to its own DLQ.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_properties_than_a_receive_can_return_fail_alone_emulator() {
+        let (emulator, sb) = emulated().await;
+        emulator.create_queue("properties", queue_options());
+        let with = |id: &str, n: usize| {
+            (0..n).fold(Event::new(id, "s", "t"), |e, i| {
+                e.with_header(format!("x{i}"), i.to_string())
+            })
+        };
+        // 4 required attributes and `time` besides the extensions.
+        let sent = [with("fits", 70), with("too-many", 120)];
+        let out = sb
+            .publisher()
+            .publish("properties", &sent)
+            .await
+            .expect("publish");
+        assert!(out[0].is_ok(), "{:?}", out[0]);
+        let err = out[1].as_ref().expect_err("120 extensions accepted");
+        assert_eq!(
+            (err.kind(), err.status()),
+            (ErrorKind::TooLarge, Status::Permanent),
+            "{err}"
+        );
+        let mut consumer = sb
+            .consumer(Some(&receive_config("properties", false)))
+            .expect("consumer");
+        let got = receive_and_ack(&mut consumer, 1, Duration::from_secs(30)).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].headers.len(), 70, "servicebus (REST emulator)");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wrong_key_is_refused_with_401_permanently_emulator() {
         let (emulator, _) = emulated().await;
