@@ -249,26 +249,40 @@ impl Publisher for Flaky {
     }
 }
 
-async fn flaky_route(bridge: &Bridge, down: Arc<AtomicBool>, poison: &[&str]) -> Arc<Route> {
+/// Route `r` of `bridge` publishing through `sink`, behind the retry
+/// wrapper (quick retries) where `retried`.
+async fn route_with_sink(
+    bridge: &Bridge,
+    sink: impl Publisher + 'static,
+    retried: bool,
+) -> Arc<Route> {
     let base = bridge.route("r").await.expect("route");
+    let sink: Arc<dyn Publisher> = if retried {
+        Arc::new(RetryingPublisher::new(
+            sink,
+            RetryPolicy {
+                max_attempts: 2,
+                initial_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(20),
+                ..RetryPolicy::default()
+            },
+        ))
+    } else {
+        Arc::new(sink)
+    };
+    Arc::new(Route {
+        sink,
+        ..parts_of(&base)
+    })
+}
+
+async fn flaky_route(bridge: &Bridge, down: Arc<AtomicBool>, poison: &[&str]) -> Arc<Route> {
     let flaky = Flaky {
         inner: bridge.endpoints.publisher("dst").await.expect("sink"),
         down,
         poison: poison.iter().map(|s| (*s).to_owned()).collect(),
     };
-    let sink = RetryingPublisher::new(
-        flaky,
-        RetryPolicy {
-            max_attempts: 2,
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(20),
-            ..RetryPolicy::default()
-        },
-    );
-    Arc::new(Route {
-        sink: Arc::new(sink),
-        ..parts_of(&base)
-    })
+    route_with_sink(bridge, flaky, true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -840,28 +854,11 @@ impl Publisher for FailsOnce {
 }
 
 async fn fails_once_route(bridge: &Bridge, fail: &[String], retried: bool) -> Arc<Route> {
-    let base = bridge.route("r").await.expect("route");
     let sink = FailsOnce {
         inner: bridge.endpoints.publisher("dst").await.expect("sink"),
         pending: std::sync::Mutex::new(fail.iter().cloned().collect()),
     };
-    let sink: Arc<dyn Publisher> = if retried {
-        Arc::new(RetryingPublisher::new(
-            sink,
-            RetryPolicy {
-                max_attempts: 3,
-                initial_delay: Duration::from_millis(5),
-                max_delay: Duration::from_millis(10),
-                ..RetryPolicy::default()
-            },
-        ))
-    } else {
-        Arc::new(sink)
-    };
-    Arc::new(Route {
-        sink,
-        ..parts_of(&base)
-    })
+    route_with_sink(bridge, sink, retried).await
 }
 
 /// When one event of a key fails in a publish call, the later events of

@@ -130,6 +130,21 @@ impl BrokerHarness for Nats {
 
 causeway_testkit::broker_conformance!(Nats::new());
 
+/// Publishes `events` to `subject` with the adapter; all must be stored.
+async fn publish(
+    h: &Nats,
+    subject: &str,
+    events: &[causeway_core::Event],
+) -> Vec<causeway_core::Receipt> {
+    let outcomes = h
+        .client
+        .publisher()
+        .publish(subject, events)
+        .await
+        .expect("publish");
+    outcomes.into_iter().map(|o| o.expect("stored")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_all_connections_mid_stream_of_10000() {
     causeway_testkit::broker::cut_mid_stream_10000(&Nats::new().await).await;
@@ -142,15 +157,10 @@ async fn replay_from_a_stream_sequence() {
     let h = Nats::new().await;
     let subject = h.destination("replay").await.expect("destination");
     let sent = causeway_testkit::events("replay", 20, 0);
-    let receipts = h
-        .client
-        .publisher()
-        .publish(&subject, &sent)
+    let sequences: Vec<u64> = publish(&h, &subject, &sent)
         .await
-        .expect("publish");
-    let sequences: Vec<u64> = receipts
         .into_iter()
-        .map(|r| r.expect("receipt").position.expect("sequence").offset)
+        .map(|r| r.position.expect("sequence").offset)
         .collect();
     let mut config = consumer_config("replayer", &subject);
     config.start = Start::Sequence(sequences[12]);
@@ -176,14 +186,7 @@ async fn concurrent_batches_over_the_client_ack_limit_complete() {
 async fn a_held_delivery_is_not_redelivered_while_held() {
     let h = Nats::new().await;
     let subject = h.destination("held").await.expect("destination");
-    let sent = causeway_testkit::events("held", 1, 0);
-    let receipts = h
-        .client
-        .publisher()
-        .publish(&subject, &sent)
-        .await
-        .expect("publish");
-    assert!(receipts.iter().all(Result::is_ok), "{receipts:?}");
+    publish(&h, &subject, &causeway_testkit::events("held", 1, 0)).await;
     let mut config = consumer_config("holder", &subject);
     config.max_processing = Duration::from_secs(60);
     let mut consumer = h.client.consumer(Some(&config)).await.expect("consumer");
@@ -209,12 +212,7 @@ async fn a_held_delivery_is_not_redelivered_while_held() {
 async fn nacks_do_not_use_up_max_deliver() {
     let h = Nats::new().await;
     let subject = h.destination("busy").await.expect("destination");
-    let sent = causeway_testkit::events("busy", 1, 0);
-    h.client
-        .publisher()
-        .publish(&subject, &sent)
-        .await
-        .expect("publish");
+    publish(&h, &subject, &causeway_testkit::events("busy", 1, 0)).await;
     let mut config = consumer_config("busy", &subject);
     config.max_deliver = 2;
     let mut consumer = h.client.consumer(Some(&config)).await.expect("consumer");

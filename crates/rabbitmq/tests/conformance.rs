@@ -340,14 +340,7 @@ mod classic {
                 Event::new(format!("settle-{i}"), "test://failed-settle", "t").with_payload("x")
             })
             .collect();
-        let outcomes = rabbit
-            .client
-            .publisher()
-            .publish(&name, &events)
-            .await
-            .expect("publish");
-        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
-
+        causeway_testkit::broker::publish_all(&rabbit, &name, &events).await;
         let first = receive_one(&mut consumer, "settle-0").await;
         let refused = first
             .ticket

@@ -27,7 +27,9 @@ fn ids(events: &[Event]) -> Vec<&str> {
     events.iter().map(|e| e.id.as_str()).collect()
 }
 
-async fn publish_all(h: &dyn BrokerHarness, destination: &str, events: &[Event]) {
+/// Publishes `events` with the harness's publisher, in batches it takes;
+/// every one must be stored.
+pub async fn publish_all(h: &dyn BrokerHarness, destination: &str, events: &[Event]) {
     let publisher = h.publisher().await.expect("publisher");
     let batch = h.capabilities().max_batch.max(1);
     for chunk in events.chunks(batch) {
