@@ -131,27 +131,26 @@ impl Ticket {
 }
 
 /// Settles many tickets, one call per settler (consecutive tickets of one
-/// consumer share a call). Stops at the first failing call.
+/// consumer share a call). A failing call does not stop the rest: every
+/// call is made, and the first error is returned.
 pub async fn settle_all(items: impl IntoIterator<Item = (Ticket, Settlement)>) -> Result<()> {
     type Run = (Arc<dyn Settler>, Vec<(u64, Settlement)>);
-    let mut current: Option<Run> = None;
+    let mut runs: Vec<Run> = Vec::new();
     for (ticket, settlement) in items {
-        match &mut current {
+        match runs.last_mut() {
             Some((settler, batch)) if Arc::ptr_eq(settler, &ticket.settler) => {
                 batch.push((ticket.tag, settlement));
             }
-            _ => {
-                if let Some((settler, batch)) = current.take() {
-                    settler.settle(batch).await?;
-                }
-                current = Some((ticket.settler, vec![(ticket.tag, settlement)]));
-            }
+            _ => runs.push((ticket.settler, vec![(ticket.tag, settlement)])),
         }
     }
-    if let Some((settler, batch)) = current {
-        settler.settle(batch).await?;
+    let mut first_error = None;
+    for (settler, batch) in runs {
+        if let Err(e) = settler.settle(batch).await {
+            first_error.get_or_insert(e);
+        }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// For adapters whose receives run in background tasks into a bounded
@@ -249,5 +248,64 @@ pub trait Consumer: Send {
     /// back for redelivery. Called on shutdown; dropping without it is a crash.
     async fn close(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::error::{Error, ErrorKind};
+
+    /// Records what it settles; fails every call when `fails`.
+    struct Recording {
+        settled: Mutex<Vec<u64>>,
+        fails: bool,
+    }
+
+    #[async_trait]
+    impl Settler for Recording {
+        async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
+            let mut settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+            settled.extend(items.iter().map(|(tag, _)| *tag));
+            if self.fails {
+                return Err(Error::new(ErrorKind::Connection, "settling failed"));
+            }
+            Ok(())
+        }
+    }
+
+    /// Before, the first failing settler's error returned at once and the
+    /// tickets of the settlers after it were dropped unsettled.
+    #[tokio::test]
+    async fn a_failing_settler_does_not_stop_the_others() {
+        let failing = Arc::new(Recording {
+            settled: Mutex::default(),
+            fails: true,
+        });
+        let working = Arc::new(Recording {
+            settled: Mutex::default(),
+            fails: false,
+        });
+        let ticket = |s: &Arc<Recording>, tag| {
+            let settler: Arc<dyn Settler> = s.clone();
+            (Ticket::new(settler, tag, None, 1), Settlement::Ack)
+        };
+        let result = settle_all([
+            ticket(&failing, 1),
+            ticket(&failing, 2),
+            ticket(&working, 3),
+        ])
+        .await;
+        assert!(result.is_err(), "the failure is returned");
+        assert_eq!(
+            *failing.settled.lock().unwrap_or_else(|e| e.into_inner()),
+            [1, 2]
+        );
+        assert_eq!(
+            *working.settled.lock().unwrap_or_else(|e| e.into_inner()),
+            [3]
+        );
     }
 }
