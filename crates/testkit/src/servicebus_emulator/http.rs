@@ -287,6 +287,56 @@ fn send(shared: &Shared, entity: &str, headers: &HeaderMap, body: Bytes) -> Resp
 }
 
 /// A message from its parts; broker properties are validated.
+/// Service Bus quotas (learn.microsoft.com, "Service Bus quotas"): message,
+/// session and partition ids of at most 128 characters; any one property
+/// at most 32 KB, all properties (system ones included) at most 64 KB. One
+/// message over them fails its whole request, as the service answers.
+const MAX_ID_CHARS: usize = 128;
+const MAX_PROPERTY_BYTES: usize = 32 * 1024;
+const MAX_PROPERTIES_BYTES: usize = 64 * 1024;
+
+fn check_limits(
+    message_id: Option<&str>,
+    broker: &Map<String, Value>,
+    user: &Map<String, Value>,
+) -> Result<(), String> {
+    let ids = [("MessageId", message_id)].into_iter().chain(
+        ["SessionId", "PartitionKey"]
+            .into_iter()
+            .map(|n| (n, broker.get(n).and_then(Value::as_str))),
+    );
+    for (name, id) in ids {
+        if let Some(id) = id
+            && id.chars().count() > MAX_ID_CHARS
+        {
+            return Err(format!("{name} is longer than {MAX_ID_CHARS} characters"));
+        }
+    }
+    let size = |name: &str, value: &Value| {
+        name.len()
+            + match value {
+                Value::String(s) => s.len(),
+                other => other.to_string().len(),
+            }
+    };
+    let mut total = message_id.map_or(0, |id| "MessageId".len() + id.len());
+    for (name, value) in broker.iter().chain(user) {
+        let one = size(name, value);
+        if one > MAX_PROPERTY_BYTES {
+            return Err(format!(
+                "property `{name}` is {one} bytes; a property may be {MAX_PROPERTY_BYTES}"
+            ));
+        }
+        total += one;
+    }
+    if total > MAX_PROPERTIES_BYTES {
+        return Err(format!(
+            "the properties are {total} bytes; all of them may be {MAX_PROPERTIES_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
 fn incoming(
     body: Bytes,
     content_type: Option<String>,
@@ -329,6 +379,7 @@ fn incoming(
     {
         return Err("SessionId and PartitionKey must be the same when both are set".into());
     }
+    check_limits(message_id.as_deref(), &broker, &user)?;
     // The rest are kept as sent; unknown ones are ignored, as the service does.
     let properties = broker
         .into_iter()
