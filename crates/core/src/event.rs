@@ -190,20 +190,18 @@ impl Event {
     /// id). Either way at most 128 printable ASCII characters, which every
     /// broker accepts (docs/headers.md).
     pub fn dedup_id(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let hex = |digest: &[u8]| -> String { digest.iter().map(|b| format!("{b:02x}")).collect() };
         let readable = !self.id.is_empty()
             && self.id.len() <= 95
             && self.id.bytes().all(|b| b.is_ascii_graphic());
         if readable {
-            let source = hex(&Sha256::digest(self.source.as_bytes()));
+            let source = sha256_hex(self.source.as_bytes());
             format!("{}.{}", self.id, &source[..32])
         } else {
-            let mut h = Sha256::new();
-            h.update(self.source.as_bytes());
-            h.update([0x1f]);
-            h.update(self.id.as_bytes());
-            hex(&h.finalize())
+            let mut joined = Vec::with_capacity(self.source.len() + 1 + self.id.len());
+            joined.extend_from_slice(self.source.as_bytes());
+            joined.push(0x1f);
+            joined.extend_from_slice(self.id.as_bytes());
+            sha256_hex(&joined)
         }
     }
 
@@ -226,6 +224,17 @@ impl Event {
         .chain(optional)
         .chain(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
+}
+
+/// The SHA-256 of `data` in 64 lowercase hex digits: the stand-in for a
+/// value too long or too odd for a broker's id field, the same for the same
+/// value (a key keeps its order group).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// CloudEvents 1.0 §3.1.1: U+0000–U+001F and U+007F–U+009F must not be used.

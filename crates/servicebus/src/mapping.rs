@@ -29,6 +29,18 @@ pub(crate) struct BatchMessage {
     pub user_properties: Map<String, Value>,
 }
 
+/// Service Bus takes ids (`SessionId`, `PartitionKey`) of at most 128
+/// characters: a longer key travels as its SHA-256 in hex, the same for the
+/// same key, so its order group holds. The event keeps its key in
+/// `cloudEvents_partitionkey`.
+pub(crate) fn id_token(key: &str) -> String {
+    if key.chars().count() <= 128 {
+        key.to_owned()
+    } else {
+        causeway_core::event::sha256_hex(key.as_bytes())
+    }
+}
+
 /// Encodes `event`; `admit` has already validated it.
 pub(crate) fn encode(event: &Event, key: KeyProperty) -> BatchMessage {
     let mut user = Map::new();
@@ -43,13 +55,14 @@ pub(crate) fn encode(event: &Event, key: KeyProperty) -> BatchMessage {
         broker.insert("ContentType".into(), Value::String(ct.clone()));
     }
     if let Some(k) = &event.key {
+        let k = id_token(k);
         match key {
             KeyProperty::None => {}
             KeyProperty::PartitionKey => {
-                broker.insert("PartitionKey".into(), Value::String(k.clone()));
+                broker.insert("PartitionKey".into(), Value::String(k));
             }
             KeyProperty::SessionId => {
-                broker.insert("SessionId".into(), Value::String(k.clone()));
+                broker.insert("SessionId".into(), Value::String(k));
             }
         }
     }

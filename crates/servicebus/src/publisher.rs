@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use crate::client::{Shared, capabilities};
 use crate::config::KeyProperty;
 use crate::error::{Error, bounded};
-use crate::mapping::encode;
+use crate::mapping::{BatchMessage, encode};
 
 /// Content type of a Send Message Batch request.
 pub(crate) const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
@@ -39,6 +39,48 @@ impl std::fmt::Debug for ServiceBusPublisher {
 /// than 100 headers. A message with more could be sent but never received.
 const MAX_PROPERTIES: usize = 80;
 
+/// Service Bus quotas: any one property at most 32 KB, all of them (system
+/// ones included) at most 64 KB. One message over them fails its whole
+/// request on the service, so it is refused here, alone.
+const MAX_PROPERTY_BYTES: usize = 32 * 1024;
+const MAX_PROPERTIES_BYTES: usize = 64 * 1024;
+
+/// Refuses `event` as too large when one of `message`'s properties, or all
+/// of them together, pass the service's quotas.
+fn check_property_sizes(event: &Event, message: &BatchMessage) -> Result<()> {
+    let mut total = 0;
+    for (name, value) in message
+        .broker_properties
+        .iter()
+        .chain(&message.user_properties)
+    {
+        let size = name.len()
+            + value
+                .as_str()
+                .map_or_else(|| value.to_string().len(), str::len);
+        if size > MAX_PROPERTY_BYTES {
+            return Err(CoreError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "event `{}`: property `{name}` is {size} bytes as a Service Bus message; a property may be {MAX_PROPERTY_BYTES}",
+                    event.id
+                ),
+            ));
+        }
+        total += size;
+    }
+    if total > MAX_PROPERTIES_BYTES {
+        return Err(CoreError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "event `{}`: its properties are {total} bytes as a Service Bus message; all of them may be {MAX_PROPERTIES_BYTES}",
+                event.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// One request: the indexes of its events and its JSON body.
 struct Call {
     indexes: Vec<usize>,
@@ -55,6 +97,7 @@ impl ServiceBusPublisher {
         let config = &self.shared.config;
         capabilities.admit(event)?;
         let message = encode(event, config.publish.key_property);
+        check_property_sizes(event, &message)?;
         let properties = message.user_properties.len();
         if properties > MAX_PROPERTIES {
             return Err(CoreError::new(

@@ -290,6 +290,67 @@ mod servicebus_specific {
         assert_eq!(got[0].headers.len(), 70, "servicebus (REST emulator)");
     }
 
+    /// The service's quotas, which the emulator now enforces as the
+    /// service answers (the whole request fails): ids of at most 128
+    /// characters, 32 KB per property, 64 KB for all. A key of 200
+    /// characters goes as its hash in `SessionId` and arrives intact; an
+    /// extension over 32 KB, or many that pass 64 KB together, fail alone;
+    /// their neighbours in the same call arrive. Before the fix all three
+    /// were refused by the service as `Rejected`: the valid long-keyed
+    /// event was dead-lettered, and in a request shared with other events
+    /// each of them failed them all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ids_and_properties_over_the_service_quotas_fail_alone_emulator() {
+        let emulator = ServiceBusEmulator::start().await.expect("emulator");
+        let mut keyed = config(&emulator, emulator.url());
+        keyed.publish.key_property = causeway_servicebus::KeyProperty::SessionId;
+        let sb = ServiceBusClient::connect(keyed).expect("client");
+        emulator.create_queue("quotas", queue_options());
+        let long_key = "k".repeat(200);
+        let many = (0..3).fold(Event::new("too-much-together", "s", "t"), |e, i| {
+            e.with_header(format!("x{i}"), "v".repeat(25 * 1024))
+        });
+        let sent = [
+            Event::new("good-1", "s", "t"),
+            Event::new("long-key", "s", "t").with_key(long_key.clone()),
+            Event::new("big-property", "s", "t").with_header("big", "v".repeat(40 * 1024)),
+            many,
+            Event::new("good-2", "s", "t"),
+        ];
+        let out = sb
+            .publisher()
+            .publish("quotas", &sent)
+            .await
+            .expect("publish");
+        let failed: Vec<(&str, Option<ErrorKind>)> = sent
+            .iter()
+            .zip(&out)
+            .map(|(e, o)| {
+                (
+                    e.id.as_str(),
+                    o.as_ref().err().map(causeway_core::Error::kind),
+                )
+            })
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                ("good-1", None),
+                ("long-key", None),
+                ("big-property", Some(ErrorKind::TooLarge)),
+                ("too-much-together", Some(ErrorKind::TooLarge)),
+                ("good-2", None),
+            ],
+            "servicebus (REST emulator)"
+        );
+        let mut consumer = sb
+            .consumer(Some(&receive_config("quotas", false)))
+            .expect("consumer");
+        let got = receive_and_ack(&mut consumer, 3, Duration::from_secs(30)).await;
+        let keyed = got.iter().find(|e| e.id == "long-key").expect("long-key");
+        assert_eq!(keyed.key.as_deref(), Some(long_key.as_str()));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wrong_key_is_refused_with_401_permanently_emulator() {
         let (emulator, _) = emulated().await;

@@ -7,7 +7,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use causeway_core::{Binding, Event, Result};
-use sha2::{Digest, Sha256};
 
 use aws_sdk_sqs::types::MessageAttributeValue;
 
@@ -192,10 +191,7 @@ pub(crate) fn fifo_token(value: &str) -> String {
     if ok {
         value.to_owned()
     } else {
-        Sha256::digest(value.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        causeway_core::event::sha256_hex(value.as_bytes())
     }
 }
 
