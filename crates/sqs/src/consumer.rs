@@ -70,6 +70,8 @@ struct SqsSettler {
     in_flight: Mutex<HashMap<u64, InFlight>>,
     next_tag: AtomicU64,
     deletes: mpsc::UnboundedSender<DeleteRequest>,
+    /// Acks of messages whose visibility had lapsed: see [`SqsConsumer::late_acks`].
+    late_acks: AtomicU64,
 }
 
 /// Receipt handles to delete, and where to report the outcome. Requests
@@ -87,6 +89,15 @@ fn seconds(d: Duration) -> i32 {
 }
 
 impl SqsConsumer {
+    /// How many acks came after their message's visibility had lapsed (the
+    /// extender stops at `max_processing`, or could not reach SQS). SQS
+    /// answers the delete of such a message with success, yet deletes only
+    /// with the latest receipt handle: if another receive took the message
+    /// meanwhile, it stays and is delivered again, for dedup to drop.
+    pub fn late_acks(&self) -> u64 {
+        self.settler.late_acks.load(AtomicOrdering::Relaxed)
+    }
+
     pub(crate) async fn start(shared: Arc<Shared>, queue: QueueConfig) -> Result<Self, Error> {
         if queue.visibility_timeout < Duration::from_secs(1) {
             return Err(Error::config(
@@ -116,6 +127,7 @@ impl SqsConsumer {
             in_flight: Mutex::default(),
             next_tag: AtomicU64::new(1),
             deletes,
+            late_acks: AtomicU64::new(0),
         });
         let (tx, buffered) = mpsc::channel(receives * SQS_BATCH);
         // Ends by itself once the settler is gone: tickets outliving the
@@ -515,7 +527,9 @@ impl Settler for SqsSettler {
         let mut nacks: HashMap<i32, Vec<String>> = HashMap::new();
         let mut rejects = Vec::new();
         let mut unknown = 0;
+        let mut late = 0;
         {
+            let now = Instant::now();
             let mut in_flight = self.lock();
             for (tag, settlement) in items {
                 let Some(m) = in_flight.remove(&tag) else {
@@ -523,7 +537,10 @@ impl Settler for SqsSettler {
                     continue;
                 };
                 match settlement {
-                    Settlement::Ack => acks.push(m.receipt_handle),
+                    Settlement::Ack => {
+                        late += u64::from(m.visible_until <= now);
+                        acks.push(m.receipt_handle);
+                    }
                     Settlement::Nack { delay } => nacks
                         .entry(seconds(delay))
                         .or_default()
@@ -531,6 +548,15 @@ impl Settler for SqsSettler {
                     Settlement::Reject { reason } => rejects.push((m, reason)),
                 }
             }
+        }
+        if late > 0 {
+            let total = self.late_acks.fetch_add(late, AtomicOrdering::Relaxed) + late;
+            tracing::warn!(
+                queue = %self.queue.name,
+                late,
+                total,
+                "sqs: acked after the message's visibility lapsed; SQS answers such a delete with success but may not delete, so the message can be delivered again (raise queue.max_processing or visibility_timeout)"
+            );
         }
         let mut first_error = None;
         let mut note = |r: Result<()>| {

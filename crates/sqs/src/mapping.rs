@@ -42,6 +42,15 @@ impl Encoded {
     pub fn size(&self) -> usize {
         self.body.len() + attributes_size(&self.attributes)
     }
+
+    /// The name of an attribute whose value SQS would refuse: string values
+    /// obey the body's character rules, which `admit` does not fully check.
+    pub fn refused_attribute(&self) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(_, v)| v.string_value().is_some_and(|t| !sqs_text(t)))
+            .map(|(name, _)| name.as_str())
+    }
 }
 
 pub(crate) fn attributes_size(attributes: &HashMap<String, MessageAttributeValue>) -> usize {
@@ -159,8 +168,14 @@ pub(crate) fn decode(
     )
 }
 
+/// Most message attributes SQS takes on one message.
+pub(crate) const MAX_ATTRIBUTES: usize = 10;
+
 /// Adds dead-letter extensions to a received message's attributes, for the
-/// copy `reject` sends: they join the folded JSON like any extension.
+/// copy `reject` sends: they join the folded JSON like any extension. A
+/// foreign message may already have all 10 attributes SQS allows; then the
+/// ones whose names sort last move into the folded JSON too, as text
+/// (Binary values in base64), to make room for it.
 pub(crate) fn with_extensions(
     attributes: &HashMap<String, MessageAttributeValue>,
     extensions: &[(&str, String)],
@@ -173,6 +188,19 @@ pub(crate) fn with_extensions(
         .unwrap_or_default();
     for (name, value) in extensions {
         folded.insert((*name).to_owned(), value.clone());
+    }
+    let mut names: Vec<String> = out.keys().filter(|n| *n != FOLDED).cloned().collect();
+    names.sort_unstable();
+    while names.len() + 1 > MAX_ATTRIBUTES {
+        let Some(name) = names.pop() else { break };
+        if let Some(value) = out.remove(&name) {
+            let text = match (value.string_value(), value.binary_value()) {
+                (Some(text), _) => text.to_owned(),
+                (None, Some(binary)) => BASE64.encode(binary.as_ref()),
+                (None, None) => String::new(),
+            };
+            folded.entry(name).or_insert(text);
+        }
     }
     let json = serde_json::to_string(&folded).expect("a map of strings serializes");
     out.insert(FOLDED.to_owned(), string_attribute(json));
@@ -260,6 +288,28 @@ mod tests {
             Some("bad")
         );
         assert_eq!(back.headers.get("x").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn a_dead_letter_copy_of_a_message_with_ten_attributes_keeps_to_ten() {
+        let mut attributes: HashMap<String, MessageAttributeValue> = (0..10)
+            .map(|i| (format!("a{i}"), string_attribute(format!("v{i}"))))
+            .collect();
+        attributes.insert(
+            "a9".into(),
+            MessageAttributeValue::builder()
+                .data_type("Binary")
+                .binary_value(aws_sdk_sqs::primitives::Blob::new(vec![0xff, 0]))
+                .build()
+                .expect("data type is set"),
+        );
+        let copy = with_extensions(&attributes, &[("deadletterreason", "bad".into())]);
+        assert_eq!(copy.len(), MAX_ATTRIBUTES, "{:?}", copy.keys());
+        assert!(copy.contains_key("a0") && copy.contains_key("a8"));
+        let folded: BTreeMap<String, String> =
+            serde_json::from_str(copy[FOLDED].string_value().expect("json")).expect("object");
+        assert_eq!(folded["deadletterreason"], "bad");
+        assert_eq!(folded["a9"], BASE64.encode([0xff, 0]));
     }
 
     #[test]

@@ -28,9 +28,11 @@ impl std::fmt::Debug for SqsPublisher {
     }
 }
 
-/// One message of a publish call: its index among the call's events.
+/// One message of a publish call: its index among the call's events, and
+/// its size as SQS counts it.
 struct Entry {
     index: usize,
+    size: usize,
     request: SendMessageBatchRequestEntry,
 }
 
@@ -51,6 +53,12 @@ impl SqsPublisher {
         let config = &self.shared.config;
         capabilities.admit(event)?;
         let encoded = encode(event);
+        if let Some(name) = encoded.refused_attribute() {
+            return Err(CoreError::invalid_event(
+                name,
+                "holds a character SQS refuses in attribute values (U+FFFE or U+FFFF)",
+            ));
+        }
         let size = encoded.size();
         if size > config.max_message_bytes {
             return Err(CoreError::new(
@@ -75,7 +83,11 @@ impl SqsPublisher {
         let request = request
             .build()
             .map_err(|e| CoreError::new(ErrorKind::Internal, e.to_string()))?;
-        Ok(Entry { index, request })
+        Ok(Entry {
+            index,
+            size,
+            request,
+        })
     }
 
     /// Sends a lane's calls one after another. After a call with a failed
@@ -100,8 +112,53 @@ impl SqsPublisher {
         out
     }
 
-    /// Sends one call of up to 10 entries; returns each entry's outcome.
+    /// Sends one call; returns each entry's outcome. A call SQS refuses
+    /// whole for what one message may cause (too long, a bad value) is split
+    /// in halves and sent again, down to the one message at fault: a refused
+    /// batch never fails its good neighbours. On FIFO queues what follows a
+    /// failed part waits for the next round, as in [`Self::send_lane`].
     async fn send_batch(&self, url: &str, entries: Vec<Entry>) -> Vec<(Entry, Outcome)> {
+        let fifo = is_fifo(url);
+        let mut out = Vec::with_capacity(entries.len());
+        let mut parts = vec![entries];
+        while let Some(mut part) = parts.pop() {
+            let results = match self.send_call(url, &part).await {
+                // Refused whole for what one message may cause (too long, a bad value).
+                Err(e) if part.len() > 1 && e.kind().is_event_fault() => {
+                    tracing::debug!(error = %e, entries = part.len(), "sqs: batch refused whole; splitting it");
+                    let second = part.split_off(part.len() / 2);
+                    parts.push(second);
+                    parts.push(part);
+                    continue;
+                }
+                Err(e) => part
+                    .into_iter()
+                    .map(|entry| (entry, Err(e.clone())))
+                    .collect(),
+                Ok(results) => part.into_iter().zip(results).collect::<Vec<_>>(),
+            };
+            let failed = results.iter().any(|(_, o)| o.is_err());
+            out.extend(results);
+            if failed && fifo {
+                let held = CoreError::temporary(
+                    ErrorKind::Unavailable,
+                    "not sent: an earlier message of its group failed",
+                );
+                out.extend(
+                    parts
+                        .drain(..)
+                        .rev()
+                        .flatten()
+                        .map(|e| (e, Err(held.clone()))),
+                );
+            }
+        }
+        out
+    }
+
+    /// One `SendMessageBatch`: each entry's outcome in order, or the error
+    /// that refused the whole call.
+    async fn send_call(&self, url: &str, entries: &[Entry]) -> Result<Vec<Outcome>, CoreError> {
         let shared = &self.shared;
         let call = async {
             shared
@@ -114,7 +171,7 @@ impl SqsPublisher {
                 .map_err(|e| Error::sdk("send message batch", e))
         };
         match bounded("send message batch", shared.config.call_timeout, call).await {
-            Ok(out) => {
+            Ok(out) => Ok({
                 let mut failed: Vec<_> = out
                     .failed
                     .iter()
@@ -129,10 +186,10 @@ impl SqsPublisher {
                     })
                     .collect();
                 entries
-                    .into_iter()
+                    .iter()
                     .map(|entry| {
                         let id = entry.request.id();
-                        let outcome = if out.successful.iter().any(|s| s.id == id) {
+                        if out.successful.iter().any(|s| s.id == id) {
                             Ok(())
                         } else if let Some(i) = failed.iter().position(|(f, _)| f == id) {
                             Err(failed.swap_remove(i).1)
@@ -141,37 +198,24 @@ impl SqsPublisher {
                                 ErrorKind::Internal,
                                 "SQS reported neither success nor failure for the message",
                             ))
-                        };
-                        (entry, outcome)
+                        }
                     })
                     .collect()
-            }
-            Err(e) => {
-                let e = CoreError::from(e);
-                entries
-                    .into_iter()
-                    .map(|entry| (entry, Err(e.clone())))
-                    .collect()
-            }
+            }),
+            Err(e) => Err(e.into()),
         }
     }
 }
 
-/// Splits entries into lanes of calls of up to 10. Lanes run concurrently,
-/// a lane's calls in order. Standard queues: each call is its own lane.
-/// FIFO queues: a group's messages stay in one lane, so they reach SQS in
-/// order.
-fn lanes(entries: Vec<Entry>, fifo: bool, lanes: usize) -> Vec<Vec<Vec<Entry>>> {
-    fn calls(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
-        let mut out = Vec::with_capacity(entries.len().div_ceil(SQS_BATCH));
-        let mut rest = entries.into_iter().peekable();
-        while rest.peek().is_some() {
-            out.push(rest.by_ref().take(SQS_BATCH).collect());
-        }
-        out
-    }
+/// Splits entries into lanes of calls. Lanes run concurrently, a lane's
+/// calls in order. Standard queues: each call is its own lane. FIFO queues:
+/// a group's messages stay in one lane, so they reach SQS in order.
+fn lanes(entries: Vec<Entry>, fifo: bool, lanes: usize, max_bytes: usize) -> Vec<Vec<Vec<Entry>>> {
     if !fifo {
-        return calls(entries).into_iter().map(|call| vec![call]).collect();
+        return calls(entries, false, max_bytes)
+            .into_iter()
+            .map(|call| vec![call])
+            .collect();
     }
     let mut by_lane: Vec<Vec<Entry>> = (0..lanes.max(1)).map(|_| Vec::new()).collect();
     for entry in entries {
@@ -182,8 +226,33 @@ fn lanes(entries: Vec<Entry>, fifo: bool, lanes: usize) -> Vec<Vec<Vec<Entry>>> 
     by_lane
         .into_iter()
         .filter(|lane| !lane.is_empty())
-        .map(calls)
+        .map(|lane| calls(lane, true, max_bytes))
         .collect()
+}
+
+/// Packs entries, in order, into calls SQS takes: at most 10 messages and
+/// `max_bytes` in all (SQS caps a batch's total, attributes included, at
+/// the message size limit). On FIFO queues a call holds at most one message
+/// per group: when one entry of a call fails, SQS may still store the
+/// entries after it, and a later message of the group would overtake it.
+fn calls(entries: Vec<Entry>, fifo: bool, max_bytes: usize) -> Vec<Vec<Entry>> {
+    let mut out: Vec<Vec<Entry>> = Vec::new();
+    let mut size = 0;
+    for entry in entries {
+        let group = |e: &Entry| e.request.message_group_id().map(str::to_owned);
+        let full = out.last().is_none_or(|call| {
+            call.len() == SQS_BATCH
+                || size + entry.size > max_bytes
+                || (fifo && call.iter().any(|e| group(e) == group(&entry)))
+        });
+        if full {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += entry.size;
+        out.last_mut().expect("a call was just pushed").push(entry);
+    }
+    out
 }
 
 #[async_trait]
@@ -222,12 +291,16 @@ impl Publisher for SqsPublisher {
             .build();
         while !pending.is_empty() {
             pending.sort_by_key(|e| e.index);
-            let results: Vec<Vec<(Entry, Outcome)>> =
-                futures_util::stream::iter(lanes(pending, fifo, config.publish.in_flight))
-                    .map(|lane| self.send_lane(&url, lane))
-                    .buffer_unordered(config.publish.in_flight)
-                    .collect()
-                    .await;
+            let results: Vec<Vec<(Entry, Outcome)>> = futures_util::stream::iter(lanes(
+                pending,
+                fifo,
+                config.publish.in_flight,
+                config.max_message_bytes,
+            ))
+            .map(|lane| self.send_lane(&url, lane))
+            .buffer_unordered(config.publish.in_flight)
+            .collect()
+            .await;
             let delay = delays.next();
             pending = Vec::new();
             for (entry, outcome) in results.into_iter().flatten() {

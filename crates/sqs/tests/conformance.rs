@@ -167,7 +167,7 @@ mod sqs_specific {
     use aws_sdk_sqs::types::QueueAttributeName;
     use causeway_testkit::{collect, events, receive_and_ack};
 
-    async fn client() -> SqsClient {
+    pub(super) async fn client() -> SqsClient {
         let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
         SqsClient::connect(moto_config(url))
             .await
@@ -365,5 +365,298 @@ mod sqs_specific {
             .and_then(|v| v.string_value())
             .expect("dead-letter attributes");
         assert!(folded.contains("undecodable message"), "{folded}");
+    }
+}
+
+/// What SQS refuses and moto alone would let through: run against moto
+/// behind the project's strictness layer (xtask's `moto_server.py`), which
+/// checks sizes, attribute values and receipt handles as SQS documents.
+mod strict {
+    use super::*;
+    use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+    use causeway_core::{ErrorKind, Event};
+    use causeway_testkit::collect;
+
+    use super::sqs_specific::client;
+
+    /// The tag the strictness layer reads: entries with these
+    /// MessageDeduplicationIds fail once with InternalError.
+    const FAIL_ONCE_TAG: &str = "causeway-emulator:fail-once";
+
+    fn text_event(id: &str, bytes: usize) -> Event {
+        Event::new(id, "causeway://strict", "strict").with_payload("x".repeat(bytes).into_bytes())
+    }
+
+    /// Every message body on a queue, read raw, in the order received.
+    async fn bodies(sqs: &SqsClient, url: &str, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..60 {
+            let received = sqs
+                .sdk()
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .expect("receive");
+            for m in received.messages.unwrap_or_default() {
+                out.push(m.body().unwrap_or_default().to_owned());
+                sqs.sdk()
+                    .delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await
+                    .expect("delete");
+            }
+            if out.len() >= n {
+                break;
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_events_near_the_size_limit_go_in_batches_sqs_takes_moto_strict() {
+        let sqs = client().await;
+        let name = queue_name("near-limit", false);
+        let url = sqs.queue_url(&name).await.expect("queue");
+        // 10 × 150 KB: one call of ten is 1.5 MB, over the cap on a batch (1 MiB here).
+        let events: Vec<Event> = (0..10)
+            .map(|i| text_event(&format!("near-{i}"), 150_000))
+            .collect();
+        let outcomes = sqs
+            .publisher()
+            .publish(&name, &events)
+            .await
+            .expect("publish");
+        let failed: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err().map(ToString::to_string))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "sqs (moto, strict): {} of 10 failed: {:?}",
+            failed.len(),
+            failed.first()
+        );
+        assert_eq!(bodies(&sqs, &url, 10).await.len(), 10);
+        println!("sqs (moto, strict): 10 events of 150 KB sent in calls under the batch cap");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_refused_whole_is_split_down_to_the_message_at_fault_moto_strict() {
+        let sqs = client().await;
+        let name = queue_name("split", false);
+        let url = sqs.queue_url(&name).await.expect("queue");
+        // The queue takes less than the adapter was told (256 KiB): SQS
+        // refuses the whole call for its one big message.
+        sqs.sdk()
+            .set_queue_attributes()
+            .queue_url(&url)
+            .attributes(QueueAttributeName::MaximumMessageSize, "100000")
+            .send()
+            .await
+            .expect("set MaximumMessageSize");
+        let mut events: Vec<Event> = (0..6)
+            .map(|i| text_event(&format!("split-{i}"), 100))
+            .collect();
+        events[3] = text_event("split-big", 150_000);
+        let outcomes = sqs
+            .publisher()
+            .publish(&name, &events)
+            .await
+            .expect("publish");
+        for (event, outcome) in events.iter().zip(&outcomes) {
+            if event.id == "split-big" {
+                let e = outcome.as_ref().expect_err("over the queue's limit");
+                assert_eq!(e.status(), causeway_core::Status::Permanent, "{e}");
+            } else {
+                assert!(
+                    outcome.is_ok(),
+                    "sqs (moto, strict): {}: {outcome:?}",
+                    event.id
+                );
+            }
+        }
+        assert_eq!(bodies(&sqs, &url, 5).await.len(), 5);
+        println!("sqs (moto, strict): a refused call of 6 split; the one big message failed alone");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_attribute_value_sqs_refuses_fails_its_event_alone_moto_strict() {
+        let sqs = client().await;
+        let name = queue_name("attr-chars", false);
+        let url = sqs.queue_url(&name).await.expect("queue");
+        let mut events = causeway_testkit::events("chars", 5, 0);
+        // Not a control character (admit lets it through), yet outside
+        // SQS's allowed set.
+        events[2] = events[2].clone().with_subject("ends in \u{FFFF}");
+        let outcomes = sqs
+            .publisher()
+            .publish(&name, &events)
+            .await
+            .expect("publish");
+        let kinds: Vec<Option<ErrorKind>> = outcomes
+            .iter()
+            .map(|o| o.as_ref().err().map(causeway_core::Error::kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [None, None, Some(ErrorKind::InvalidEvent), None, None],
+            "sqs (moto, strict)"
+        );
+        assert_eq!(bodies(&sqs, &url, 4).await.len(), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_foreign_message_with_ten_attributes_is_dead_lettered_with_its_reason_moto_strict() {
+        let sqs = client().await;
+        let name = queue_name("ten-attrs", false);
+        let url = sqs.queue_url(&name).await.expect("queue");
+        let dlq_url = sqs.queue_url(&dead_letter_queue(&name)).await.expect("dlq");
+        let mut send = sqs
+            .sdk()
+            .send_message()
+            .queue_url(&url)
+            .message_body("legacy payload");
+        for i in 0..10 {
+            send = send.message_attributes(
+                format!("legacy{i}"),
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(format!("v{i}"))
+                    .build()
+                    .expect("attribute"),
+            );
+        }
+        send.send().await.expect("raw send");
+        let mut consumer = sqs
+            .consumer(Some(&queue_config(&name)))
+            .await
+            .expect("consumer");
+        let ids = causeway_testkit::reject_undecodable_ack_rest(
+            &mut consumer,
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(ids.is_empty(), "{ids:?}");
+        consumer.close().await.expect("close");
+        let received = sqs
+            .sdk()
+            .receive_message()
+            .queue_url(&dlq_url)
+            .message_attribute_names("All")
+            .wait_time_seconds(5)
+            .send()
+            .await
+            .expect("receive dlq")
+            .messages
+            .unwrap_or_default();
+        assert_eq!(
+            received.len(),
+            1,
+            "sqs (moto, strict): the dead-letter copy was not stored"
+        );
+        let attributes = received[0].message_attributes().expect("attributes");
+        assert_eq!(attributes.len(), 10, "{:?}", attributes.keys());
+        let folded = attributes["ce_attributes"].string_value().expect("json");
+        assert!(folded.contains("undecodable message"), "{folded}");
+        assert!(folded.contains("\"legacy9\":\"v9\""), "{folded}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_keeps_its_order_when_one_entry_fails_once_moto_strict() {
+        let sqs = client().await;
+        let name = queue_name("entry-fails", true);
+        let url = sqs.queue_url(&name).await.expect("queue");
+        let events: Vec<Event> = (0..4)
+            .map(|i| text_event(&format!("ordered-{i}"), 10).with_key("account-7"))
+            .collect();
+        sqs.sdk()
+            .tag_queue()
+            .queue_url(&url)
+            .tags(FAIL_ONCE_TAG, events[1].dedup_id())
+            .send()
+            .await
+            .expect("tag queue");
+        let outcomes = sqs
+            .publisher()
+            .publish(&name, &events)
+            .await
+            .expect("publish");
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        let mut consumer = sqs
+            .consumer(Some(&queue_config(&name)))
+            .await
+            .expect("consumer");
+        let mut ids = Vec::new();
+        for d in collect(&mut consumer, 4, Duration::from_secs(30)).await {
+            ids.push(d.event.id.clone());
+            d.ack().await.expect("ack");
+        }
+        consumer.close().await.expect("close");
+        assert_eq!(
+            ids,
+            ["ordered-0", "ordered-1", "ordered-2", "ordered-3"],
+            "sqs (moto, strict): the group's order broke when ordered-1 failed once"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ack_after_the_visibility_lapsed_is_counted_and_the_message_comes_back_moto_strict()
+    {
+        let sqs = client().await;
+        let name = queue_name("late-ack", false);
+        sqs.queue_url(&name).await.expect("queue");
+        sqs.publisher()
+            .publish(&name, &causeway_testkit::events("late", 1, 0))
+            .await
+            .expect("publish")[0]
+            .as_ref()
+            .expect("published");
+        // The extender gives up 1 s after hand-out; visible again 2 s later.
+        let short = QueueConfig {
+            visibility_timeout: Duration::from_secs(2),
+            max_processing: Duration::from_secs(1),
+            ..queue_config(&name)
+        };
+        let mut consumer = sqs.consumer(Some(&short)).await.expect("consumer");
+        let held = collect(&mut consumer, 1, Duration::from_secs(30)).await;
+        assert_eq!(held.len(), 1, "sqs (moto emulator): nothing arrived");
+        // Its visibility lapses; a receive takes it again, with a new handle.
+        let again = collect(&mut consumer, 1, Duration::from_secs(30)).await;
+        assert_eq!(
+            again.len(),
+            1,
+            "not redelivered after the visibility lapsed"
+        );
+        for d in held {
+            d.ack().await.expect("a stale delete answers with success");
+        }
+        assert_eq!(consumer.late_acks(), 1, "the late ack was not counted");
+        // SQS kept the message: the newer receipt deletes it.
+        for d in again {
+            assert_eq!(d.event.id, "late-0");
+            d.ack().await.expect("ack");
+        }
+        assert_eq!(
+            consumer.late_acks(),
+            1,
+            "an ack in time was counted as late"
+        );
+        consumer.close().await.expect("close");
+        let mut check = sqs.consumer(Some(&short)).await.expect("consumer");
+        let left = collect(&mut check, 1, Duration::from_secs(4)).await;
+        assert!(
+            left.is_empty(),
+            "deleted with the latest receipt handle, yet delivered again"
+        );
+        println!(
+            "sqs (moto, strict): a late ack counted; the message stayed until its latest receipt was deleted"
+        );
     }
 }
