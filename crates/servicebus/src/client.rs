@@ -12,11 +12,12 @@ use azure_messaging_servicebus::service_bus::{QueueClient, SubscriptionReceiver,
 use causeway_core::{Capabilities, ErrorKind, Ordering};
 
 use crate::config::{
-    ConnectionString, DEFAULT_KEY_ENV, ReceiveConfig, ServiceBusConfig, namespace_of,
+    ConnectionString, DEFAULT_KEY_ENV, REST_MAX_MESSAGE_BYTES, ReceiveConfig, ServiceBusConfig,
+    namespace_of,
 };
 use crate::consumer::ServiceBusConsumer;
 use crate::error::{Error, bounded};
-use crate::publisher::ServiceBusPublisher;
+use crate::publisher::{BATCH_CONTENT_TYPE, ServiceBusPublisher};
 
 /// Sends the library's requests through one pooled reqwest client, to the
 /// endpoint override where one is set. The library builds every URL as
@@ -114,6 +115,12 @@ impl ServiceBusClient {
         if config.publish.in_flight == 0 {
             return Err(Error::config("publish.in_flight must be at least 1"));
         }
+        if config.max_message_bytes > REST_MAX_MESSAGE_BYTES {
+            return Err(Error::config(format!(
+                "max_message_bytes is {}; the Service Bus REST API takes at most {REST_MAX_MESSAGE_BYTES} bytes (1 MiB) per message on any tier: larger messages are AMQP-only",
+                config.max_message_bytes
+            )));
+        }
         let endpoint = match &config.endpoint {
             Some(e) => {
                 Some(Url::parse(e).map_err(|err| Error::config(format!("endpoint `{e}`: {err}")))?)
@@ -170,21 +177,26 @@ impl ServiceBusClient {
     }
 
     /// Checks that the namespace answers, accepts the key, and has the
-    /// configured entities: completing a lock that does not exist on each
-    /// is answered 404 (authorized, entity exists), 410 (no entity) or 401.
-    /// It needs no Manage right and changes nothing.
+    /// configured entities, asking only for the rights each role needs: the
+    /// receive entity is asked to complete a lock that does not exist
+    /// (Listen: 404 means authorized and there), entities sent to are sent
+    /// an empty batch (Send: stores nothing). 410 is a missing entity, 401 a
+    /// key without the right, 405 a receive entity that requires sessions,
+    /// which the REST API cannot receive from. It changes nothing.
     pub async fn ping(&self) -> Result<(), Error> {
         let config = &self.shared.config;
-        let entities = [
-            config.receive.as_ref().map(ReceiveConfig::path),
+        if let Some(receive) = &config.receive {
+            self.shared.probe_listen(&receive.path()).await?;
+        }
+        let sent_to = [
             config
                 .receive
                 .as_ref()
                 .and_then(|r| r.dead_letter_entity.clone()),
             config.publish.default_entity.clone(),
         ];
-        for entity in entities.into_iter().flatten() {
-            self.shared.probe(&entity).await?;
+        for entity in sent_to.into_iter().flatten() {
+            self.shared.probe_send(&entity).await?;
         }
         Ok(())
     }
@@ -239,34 +251,78 @@ impl Shared {
         })
     }
 
-    async fn probe(&self, entity: &str) -> Result<(), Error> {
-        let url = format!(
-            "https://{}.servicebus.windows.net/{entity}/messages/0/{NO_LOCK}",
-            self.namespace
-        );
-        let url = Url::parse(&url).map_err(|e| Error::config(format!("entity `{entity}`: {e}")))?;
-        let mut request = Request::new(url.clone(), azure_core::Method::Delete);
+    /// Completes a lock no message has: needs the Listen right only.
+    async fn probe_listen(&self, entity: &str) -> Result<(), Error> {
+        let (status, body) = self
+            .call(
+                "ping",
+                azure_core::Method::Delete,
+                &format!("{entity}/messages/0/{NO_LOCK}"),
+                None,
+            )
+            .await?;
+        match status {
+            // No such lock: authorized, and the entity exists.
+            200 | 400 | 404 => Ok(()),
+            405 => Err(Error::config(format!(
+                "`{entity}` requires sessions (or cannot be received from): the Service Bus REST API cannot receive from session-enabled entities; receive from an entity without sessions"
+            ))),
+            _ => Err(Error::http("ping", status, &body)),
+        }
+    }
+
+    /// Sends an empty batch: needs the Send right only, stores nothing.
+    async fn probe_send(&self, entity: &str) -> Result<(), Error> {
+        let (status, body) = self
+            .call(
+                "ping",
+                azure_core::Method::Post,
+                &format!("{entity}/messages"),
+                Some("[]"),
+            )
+            .await?;
+        match status {
+            // Taken, or refused as an empty batch: authorized, and there.
+            200 | 201 | 400 => Ok(()),
+            _ => Err(Error::http("ping", status, &body)),
+        }
+    }
+
+    /// One signed request to `path` of the namespace: its status and body.
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: azure_core::Method,
+        path: &str,
+        batch: Option<&str>,
+    ) -> Result<(u16, String), Error> {
+        let url = format!("https://{}.servicebus.windows.net/{path}", self.namespace);
+        let url =
+            Url::parse(&url).map_err(|e| Error::config(format!("entity path `{path}`: {e}")))?;
+        let mut request = Request::new(url.clone(), method);
         request.insert_header("authorization", sas_token(&url, &self.policy, &self.key)?);
-        request.insert_header("content-length", "0");
+        match batch {
+            Some(body) => {
+                request.insert_header("content-type", BATCH_CONTENT_TYPE);
+                request.set_body(body.to_owned());
+            }
+            None => request.insert_header("content-length", "0"),
+        }
         let call = async {
             let response = self
                 .http
                 .execute_request(&request)
                 .await
-                .map_err(|e| Error::azure("ping", e))?;
+                .map_err(|e| Error::azure(operation, e))?;
             let status = u16::from(response.status());
             let body = response
                 .into_body()
                 .collect_string()
                 .await
                 .unwrap_or_default();
-            match status {
-                // No such lock, or a topic that cannot be received from: it exists.
-                200 | 400 | 404 | 405 => Ok(()),
-                _ => Err(Error::http("ping", status, &body)),
-            }
+            Ok((status, body))
         };
-        bounded("ping", self.config.call_timeout, call).await
+        bounded(operation, self.config.call_timeout, call).await
     }
 }
 

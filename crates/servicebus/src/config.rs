@@ -45,7 +45,9 @@ pub struct ServiceBusConfig {
     #[serde(default)]
     pub receive: Option<ReceiveConfig>,
     /// Largest message and largest send request, in bytes: 256 KiB on the
-    /// Standard tier, up to 100 MiB per message on Premium.
+    /// Standard tier, 1 MiB on Premium over the REST API this adapter
+    /// speaks (larger messages are AMQP-only), which is also the most
+    /// accepted here.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// The entities have duplicate detection on (`RequiresDuplicateDetection`):
@@ -80,6 +82,9 @@ impl std::fmt::Debug for ServiceBusConfig {
             .finish()
     }
 }
+
+/// The REST API takes messages (and requests) of at most 1 MiB on any tier.
+pub(crate) const REST_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 fn default_max_message_bytes() -> usize {
     256 * 1024

@@ -75,6 +75,8 @@ struct ServiceBusSettler {
     /// no longer renewed (their deliveries are gone); handed-out ones and
     /// delayed nacks still are, as their tickets may outlive the consumer.
     open: AtomicBool,
+    /// Why receiving stopped for good, for `next_batch` to report.
+    failed: Mutex<Option<CoreError>>,
 }
 
 /// Every response header, for the custom properties among them.
@@ -107,6 +109,7 @@ impl ServiceBusConsumer {
             held: Mutex::default(),
             next_tag: AtomicU64::new(1),
             open: AtomicBool::new(true),
+            failed: Mutex::default(),
         });
         let (tx, buffered) = mpsc::channel(receives * 2);
         let mut tasks = Vec::with_capacity(receives + 1);
@@ -166,6 +169,13 @@ async fn receive_loop(
                 }
             }
             Ok(None) => backoff = MIN_BACKOFF,
+            // The entity cannot be received from (it requires sessions):
+            // no retry can help; next_batch reports it.
+            Err(e) if e.kind() == ErrorKind::Config => {
+                tracing::error!(error = %e, entity = %settler.path, "servicebus: cannot receive");
+                settler.fail(e.into());
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, entity = %settler.path, ?backoff, "servicebus receive failed");
                 drop(permit);
@@ -245,6 +255,20 @@ impl ServiceBusSettler {
         self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn failed(&self) -> MutexGuard<'_, Option<CoreError>> {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fail(&self, e: CoreError) {
+        self.failed().get_or_insert(e);
+    }
+
+    fn failure(&self) -> Option<CoreError> {
+        self.failed().clone()
     }
 
     /// Tracks a locked message and makes its delivery; a message that is
@@ -484,7 +508,13 @@ impl Consumer for ServiceBusConsumer {
     }
 
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        let batch = causeway_core::next_buffered(&mut self.buffered, max, wait).await?;
+        // Once receiving has stopped for good, say why instead of "closed" or nothing.
+        let batch = causeway_core::next_buffered(&mut self.buffered, max, wait)
+            .await
+            .map_err(|e| self.settler.failure().unwrap_or(e))?;
+        if let (true, Some(e)) = (batch.is_empty(), self.settler.failure()) {
+            return Err(e);
+        }
         let now = Instant::now();
         let mut held = self.settler.lock();
         Ok(batch

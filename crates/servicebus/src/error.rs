@@ -57,14 +57,17 @@ impl Error {
 
 /// Service Bus REST status codes (Microsoft's "Service Bus REST API status
 /// and error codes"): 401 authorization failure; 403 quota exceeded or
-/// message too large (sizes are checked before sending, so a quota: wait);
-/// 404 no such message or lock (the lock was lost); 410 no such entity;
+/// message too large (the publisher tells them apart by the request's size;
+/// elsewhere a quota: wait); 404 no such message or lock (the lock was
+/// lost); 405 not allowed on this entity (one that requires sessions: no
+/// message passes until the configuration changes); 410 no such entity;
 /// 400 a bad request; 408, 429 and 5xx the service is busy or failing.
 pub(crate) fn classify(status: u16) -> ErrorKind {
     match status {
         401 => ErrorKind::Unauthorized,
         403 | 408 | 429 | 500..=599 => ErrorKind::Unavailable,
         404 => ErrorKind::Conflict,
+        405 => ErrorKind::Config,
         410 => ErrorKind::NotFound,
         400..=499 => ErrorKind::Rejected,
         _ => ErrorKind::Internal,

@@ -54,16 +54,16 @@ pub(crate) fn encode(event: &Event, key: KeyProperty) -> BatchMessage {
         user.insert(name, Value::String(value));
         broker.insert("ContentType".into(), Value::String(ct.clone()));
     }
-    if let Some(k) = &event.key {
-        let k = id_token(k);
-        match key {
-            KeyProperty::None => {}
-            KeyProperty::PartitionKey => {
-                broker.insert("PartitionKey".into(), Value::String(k));
-            }
-            KeyProperty::SessionId => {
-                broker.insert("SessionId".into(), Value::String(k));
-            }
+    match (key, &event.key) {
+        (KeyProperty::None, _) | (KeyProperty::PartitionKey, None) => {}
+        (KeyProperty::PartitionKey, Some(k)) => {
+            broker.insert("PartitionKey".into(), Value::String(id_token(k)));
+        }
+        // A session-enabled entity refuses a message without a SessionId;
+        // a keyless event has no order to keep: its own session.
+        (KeyProperty::SessionId, k) => {
+            let session = id_token(k.as_deref().unwrap_or(&event.id));
+            broker.insert("SessionId".into(), Value::String(session));
         }
     }
     let body = match std::str::from_utf8(&event.payload) {

@@ -81,11 +81,46 @@ fn check_property_sizes(event: &Event, message: &BatchMessage) -> Result<()> {
     Ok(())
 }
 
-/// One request: the indexes of its events and its JSON body.
+/// One request: its events' indexes and JSON, in order.
 struct Call {
-    indexes: Vec<usize>,
-    body: String,
+    parts: Vec<(usize, String)>,
 }
+
+impl Call {
+    fn indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.parts.iter().map(|(i, _)| *i)
+    }
+
+    /// The request's body: a JSON array of its messages.
+    fn body(&self) -> String {
+        let mut body =
+            String::with_capacity(self.parts.iter().map(|(_, j)| j.len() + 1).sum::<usize>() + 2);
+        body.push('[');
+        for (n, (_, json)) in self.parts.iter().enumerate() {
+            if n > 0 {
+                body.push(',');
+            }
+            body.push_str(json);
+        }
+        body.push(']');
+        body
+    }
+
+    /// Two requests of half the messages each, in order.
+    fn halves(mut self) -> (Call, Call) {
+        let second = self.parts.split_off(self.parts.len() / 2);
+        (self, Call { parts: second })
+    }
+}
+
+/// The smallest message limit of any tier (Standard: 256 KiB). A request of
+/// one message under it that is refused with 403 cannot be too large: the
+/// entity's quota is exceeded, which waiting cures (docs/headers.md).
+const SMALLEST_LIMIT: usize = 256 * 1024;
+
+/// Least wait before sending again after the service said it is busy or
+/// throttling: Standard namespaces ask clients to back off about 2 s.
+const BUSY_WAIT: Duration = Duration::from_secs(2);
 
 impl ServiceBusPublisher {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
@@ -148,24 +183,37 @@ impl ServiceBusPublisher {
     }
 
     /// Sends a lane's requests one after another; after a failed one the
-    /// rest wait for the next round, so order within a key holds.
+    /// rest wait for the next round, so order within a key holds. A request
+    /// refused whole for what one message may cause (too large, a bad
+    /// value) is split in halves and sent again, down to the message at
+    /// fault, so a bad event never fails its neighbours.
     async fn send_lane(&self, entity: &str, lane: Vec<Call>) -> Vec<(Call, Result<(), Error>)> {
         let mut out = Vec::with_capacity(lane.len());
-        let mut calls = lane.into_iter();
-        for call in calls.by_ref() {
+        let mut calls: std::collections::VecDeque<Call> = lane.into();
+        while let Some(call) = calls.pop_front() {
             let result = self.send(entity, &call).await;
-            let failed = result.is_err();
-            out.push((call, result));
-            if failed {
-                break;
+            match result {
+                Err(e) if call.parts.len() > 1 && e.kind().is_event_fault() => {
+                    tracing::debug!(error = %e, messages = call.parts.len(), "servicebus: request refused whole; splitting it");
+                    let (first, second) = call.halves();
+                    calls.push_front(second);
+                    calls.push_front(first);
+                }
+                Err(e) => {
+                    out.push((call, Err(e)));
+                    break;
+                }
+                Ok(()) => out.push((call, Ok(()))),
             }
         }
-        out.extend(calls.map(|call| {
+        out.extend(calls.into_iter().map(|call| {
+            // Temporary, and not the service's busy signal: no long wait for it.
             let held = Error::new(
                 "send message batch",
-                ErrorKind::Unavailable,
+                ErrorKind::Conflict,
                 "not sent: an earlier request of its lane failed",
-            );
+            )
+            .with_status(Status::Temporary);
             (call, Err(held))
         }));
         out
@@ -174,28 +222,22 @@ impl ServiceBusPublisher {
     /// Packs messages into requests no larger than the size limit.
     fn calls(&self, messages: Vec<(usize, String)>) -> Vec<Call> {
         let limit = self.shared.config.max_message_bytes;
-        let mut calls = Vec::new();
-        let mut indexes = Vec::new();
-        let mut parts: Vec<String> = Vec::new();
+        let mut calls: Vec<Call> = Vec::new();
         let mut size = 2;
         for (index, json) in messages {
-            if !parts.is_empty() && (size + json.len() + 1 > limit || parts.len() == MAX_MESSAGES) {
-                calls.push(Call {
-                    indexes: std::mem::take(&mut indexes),
-                    body: format!("[{}]", parts.join(",")),
-                });
-                parts.clear();
+            let full = calls.last().is_none_or(|call| {
+                size + json.len() + 1 > limit || call.parts.len() == MAX_MESSAGES
+            });
+            if full {
+                calls.push(Call { parts: Vec::new() });
                 size = 2;
             }
             size += json.len() + 1;
-            indexes.push(index);
-            parts.push(json);
-        }
-        if !parts.is_empty() {
-            calls.push(Call {
-                indexes,
-                body: format!("[{}]", parts.join(",")),
-            });
+            calls
+                .last_mut()
+                .expect("a call was just pushed")
+                .parts
+                .push((index, json));
         }
         calls
     }
@@ -208,9 +250,12 @@ impl ServiceBusPublisher {
         };
         let request = async {
             sender
-                .send_message(&call.body, Some(options))
+                .send_message(&call.body(), Some(options))
                 .await
-                .map_err(|e| Error::azure("send message batch", e))
+                .map_err(|e| match forbidden(&e, call) {
+                    Some(refused) => refused,
+                    None => Error::azure("send message batch", e),
+                })
         };
         bounded(
             "send message batch",
@@ -219,6 +264,43 @@ impl ServiceBusPublisher {
         )
         .await
     }
+}
+
+/// Service Bus answers 403 for "quota exceeded or message too large" and the
+/// REST client keeps only the status. Which one it was follows from the
+/// request: several messages, split it and see; one message over the
+/// smallest tier's limit, too large (permanent); one under it, the entity's
+/// quota (temporary: the route waits, nothing is dead-lettered).
+fn forbidden(e: &azure_core::Error, call: &Call) -> Option<Error> {
+    let azure_core::error::ErrorKind::HttpResponse { status, .. } = e.kind() else {
+        return None;
+    };
+    if u16::from(*status) != 403 {
+        return None;
+    }
+    let size: usize = call.parts.iter().map(|(_, json)| json.len()).sum();
+    let (kind, why) = match call.parts.as_slice() {
+        [_] if size <= SMALLEST_LIMIT => (
+            ErrorKind::Unavailable,
+            format!("a message of {size} bytes fits every tier: the entity's quota is exceeded"),
+        ),
+        [_] => (
+            ErrorKind::TooLarge,
+            format!("a message of {size} bytes is over the entity's limit"),
+        ),
+        parts => (
+            ErrorKind::TooLarge,
+            format!(
+                "a request of {} messages ({size} bytes) is too large or over quota",
+                parts.len()
+            ),
+        ),
+    };
+    Some(Error::new(
+        "send message batch",
+        kind,
+        format!("HTTP 403: {why}"),
+    ))
 }
 
 #[async_trait]
@@ -264,12 +346,12 @@ impl Publisher for ServiceBusPublisher {
                 .buffer_unordered(config.publish.in_flight)
                 .collect()
                 .await;
-            let delay = delays.next();
+            let mut delay = delays.next();
             let mut retry: Vec<Call> = Vec::new();
             for (call, result) in results.into_iter().flatten() {
                 match result {
                     Ok(()) => {
-                        for i in call.indexes {
+                        for i in call.indexes() {
                             outcomes[i] = Some(Ok(Receipt::default()));
                         }
                     }
@@ -277,11 +359,15 @@ impl Publisher for ServiceBusPublisher {
                     // was stored although its answer was lost is dropped.
                     Err(e) if e.status() == Status::Temporary && delay.is_some() => {
                         tracing::debug!(error = %e, "servicebus: sending a batch again");
+                        // Busy, throttled or over quota: the service asks for patience.
+                        if e.kind() == ErrorKind::Unavailable {
+                            delay = delay.map(|d| d.max(BUSY_WAIT));
+                        }
                         retry.push(call);
                     }
                     Err(e) => {
                         let e = CoreError::from(e);
-                        for i in call.indexes {
+                        for i in call.indexes() {
                             outcomes[i] = Some(Err(e.clone()));
                         }
                     }
@@ -289,7 +375,7 @@ impl Publisher for ServiceBusPublisher {
             }
             // Requests to send again, in their first event's order: one lane
             // keeps a key's order; a lane per request where there is none to keep.
-            retry.sort_by_key(|c| c.indexes.first().copied());
+            retry.sort_by_key(|c| c.indexes().next());
             pending = if config.publish.key_property == KeyProperty::None {
                 retry.into_iter().map(|c| vec![c]).collect()
             } else if retry.is_empty() {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use causeway_core::{Capabilities, Consumer, Publisher, Result};
 use causeway_servicebus::{ReceiveConfig, ServiceBusClient, ServiceBusConfig};
 use causeway_testkit::servicebus_emulator::{
-    QueueOptions, ROOT_POLICY, ServiceBusEmulator, TopicOptions,
+    QueueOptions, ROOT_POLICY, Right, ServiceBusEmulator, TopicOptions,
 };
 use causeway_testkit::{BrokerHarness, FaultProxy};
 
@@ -349,6 +349,158 @@ mod servicebus_specific {
         let got = receive_and_ack(&mut consumer, 3, Duration::from_secs(30)).await;
         let keyed = got.iter().find(|e| e.id == "long-key").expect("long-key");
         assert_eq!(keyed.key.as_deref(), Some(long_key.as_str()));
+    }
+
+    /// The entity takes less than the adapter was told (Standard's 256 KiB
+    /// against a configured 1 MiB): the service refuses the whole request
+    /// with 403. Before the fix that 403 was retried as a quota and every
+    /// event of the request failed; now the request is split down to the
+    /// one message that is too large.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_refused_whole_is_split_down_to_the_event_at_fault_emulator() {
+        let (emulator, sb) = emulated().await;
+        emulator.create_queue("split", QueueOptions::default());
+        let mut sent: Vec<Event> = events("split", 6, 0);
+        sent[3] = Event::new("too-big", "s", "t").with_payload("x".repeat(300 * 1024).into_bytes());
+        let out = sb
+            .publisher()
+            .publish("split", &sent)
+            .await
+            .expect("publish");
+        for (e, o) in sent.iter().zip(&out) {
+            if e.id == "too-big" {
+                let err = o.as_ref().expect_err("over the entity's limit");
+                assert_eq!(
+                    (err.kind(), err.status()),
+                    (ErrorKind::TooLarge, Status::Permanent),
+                    "{err}"
+                );
+            } else {
+                assert!(o.is_ok(), "servicebus (REST emulator): {}: {o:?}", e.id);
+            }
+        }
+        assert_eq!(emulator.message_count("split"), Some(5));
+        println!(
+            "servicebus (REST emulator): a request refused with 403 split; the one big event failed alone"
+        );
+    }
+
+    /// Standard namespaces throttle with "server busy" and ask for about
+    /// 2 s; the publisher's retries used to give up within 0.4 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_namespace_is_waited_out_emulator() {
+        let (emulator, sb) = emulated().await;
+        emulator.create_queue("busy", queue_options());
+        emulator.busy_for(Duration::from_millis(1500));
+        let out = sb
+            .publisher()
+            .publish("busy", &events("busy", 3, 0))
+            .await
+            .expect("publish");
+        assert!(
+            out.iter().all(Result::is_ok),
+            "servicebus (REST emulator): gave up on a busy namespace: {out:?}"
+        );
+        assert_eq!(emulator.message_count("busy"), Some(3));
+    }
+
+    /// A session-enabled queue refuses a message without a SessionId (405)
+    /// and cannot be received from over REST. Keyless events get their own
+    /// session; `check` and the consumer say why they cannot receive.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_keyless_events_are_sent_and_receiving_fails_clearly_emulator() {
+        let emulator = ServiceBusEmulator::start().await.expect("emulator");
+        emulator.create_queue(
+            "sessions",
+            QueueOptions {
+                requires_session: true,
+                ..queue_options()
+            },
+        );
+        let mut keyed = config(&emulator, emulator.url());
+        keyed.publish.key_property = causeway_servicebus::KeyProperty::SessionId;
+        keyed.receive = Some(receive_config("sessions", false));
+        emulator.create_queue("sessions-dlq", queue_options());
+        let sb = ServiceBusClient::connect(keyed).expect("client");
+        let mut sent = events("session", 4, 2);
+        sent[1].key = None;
+        let out = sb
+            .publisher()
+            .publish("sessions", &sent)
+            .await
+            .expect("publish");
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        assert_eq!(emulator.message_count("sessions"), Some(4));
+        let err = sb
+            .ping()
+            .await
+            .expect_err("check passed on a session-enabled receive entity");
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("sessions"), "{err}");
+        let mut consumer = sb.consumer(None).expect("consumer");
+        let mut failure = None;
+        for _ in 0..20 {
+            match consumer.next_batch(10, Duration::from_millis(250)).await {
+                Ok(batch) => assert!(batch.is_empty(), "received from a session entity"),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let err = failure.expect("the consumer kept polling a session-enabled entity");
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        consumer.close().await.expect("close");
+    }
+
+    /// Least privilege: a publisher's key has only Send, a consumer's only
+    /// Listen. `check` asks each entity only for what its role needs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_send_only_key_passes_check_and_publishes_emulator() {
+        let emulator = ServiceBusEmulator::start().await.expect("emulator");
+        emulator.create_queue("least", queue_options());
+        let send_key = emulator.add_policy("send-only", &[Right::Send]);
+        let listen_key = emulator.add_policy("listen-only", &[Right::Listen]);
+        let with = |policy: &str, key: String| {
+            ServiceBusConfig::at_endpoint(emulator.namespace(), policy, key, emulator.url())
+        };
+        let publisher = ServiceBusClient::connect(ServiceBusConfig {
+            publish: causeway_servicebus::PublishConfig {
+                default_entity: Some("least".into()),
+                ..Default::default()
+            },
+            ..with("send-only", send_key.clone())
+        })
+        .expect("client");
+        publisher.ping().await.expect("check with a Send-only key");
+        let out = publisher
+            .publisher()
+            .publish("", &events("least", 2, 0))
+            .await
+            .expect("publish");
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        assert_eq!(
+            emulator.message_count("least"),
+            Some(2),
+            "an empty batch stored something"
+        );
+        // A Send-only key cannot receive: check says so, as 401.
+        let receiver = ServiceBusClient::connect(ServiceBusConfig {
+            receive: Some(ReceiveConfig::entity("least")),
+            ..with("send-only", send_key)
+        })
+        .expect("client");
+        let err = receiver
+            .ping()
+            .await
+            .expect_err("a Send-only key passed a receive check");
+        assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
+        let listener = ServiceBusClient::connect(ServiceBusConfig {
+            receive: Some(ReceiveConfig::entity("least")),
+            ..with("listen-only", listen_key)
+        })
+        .expect("client");
+        listener.ping().await.expect("check with a Listen-only key");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,12 +11,12 @@ use percent_encoding::percent_decode_str;
 use sha2::Sha256;
 
 /// Checks `authorization` for `resource` (`<namespace>.servicebus.windows.net/<path>`,
-/// no scheme). `Err` says why, for the 401 body.
+/// no scheme): the policy that signed it, or why not, for the 401 body.
 pub(crate) fn verify(
     authorization: Option<&str>,
     resource: &str,
     key_of: impl Fn(&str) -> Option<String>,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let token = authorization
         .ok_or("missing Authorization header")?
         .strip_prefix("SharedAccessSignature ")
@@ -35,7 +35,8 @@ pub(crate) fn verify(
     let (Some(sr), Some(sig), Some(se), Some(skn)) = (sr, sig, se, skn) else {
         return Err("the token needs sr, sig, se and skn".into());
     };
-    let key = key_of(&decode(skn)).ok_or_else(|| format!("unknown policy `{skn}`"))?;
+    let policy = decode(skn);
+    let key = key_of(&policy).ok_or_else(|| format!("unknown policy `{skn}`"))?;
     let mut mac =
         Hmac::<Sha256>::new_from_slice(key.as_bytes()).map_err(|e| format!("unusable key: {e}"))?;
     mac.update(format!("{sr}\n{se}").as_bytes());
@@ -57,7 +58,7 @@ pub(crate) fn verify(
     if !resource.to_ascii_lowercase().starts_with(scope) {
         return Err(format!("token for `{scope}` does not cover `{resource}`"));
     }
-    Ok(())
+    Ok(policy)
 }
 
 fn decode(value: &str) -> String {
@@ -93,9 +94,12 @@ mod tests {
             "secret",
             later,
         );
-        assert_eq!(verify(Some(&good), res, key), Ok(()));
+        assert_eq!(verify(Some(&good), res, key), Ok("root".to_owned()));
         let namespace_wide = sign("https://ns.servicebus.windows.net/", "secret", later);
-        assert_eq!(verify(Some(&namespace_wide), res, key), Ok(()));
+        assert_eq!(
+            verify(Some(&namespace_wide), res, key),
+            Ok("root".to_owned())
+        );
         let wrong_key = sign("https://ns.servicebus.windows.net/q", "other", later);
         assert!(verify(Some(&wrong_key), res, key).is_err());
         let expired = sign("https://ns.servicebus.windows.net/q", "secret", later - 120);

@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::Shared;
 use super::auth::verify;
 use super::store::{Incoming, Message, Missing, Target, resolve, target};
+use super::{Right, Shared};
 
 /// Longest long poll a peek-lock may ask for.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,11 +71,12 @@ async fn handle(
     let authorization = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if let Err(why) = verify(authorization, &resource, |policy| {
-        shared.policies.get(policy).cloned()
+    let policy = match verify(authorization, &resource, |name| {
+        shared.policy(name).map(|p| p.key)
     }) {
-        return fail(StatusCode::UNAUTHORIZED, format!("401 Unauthorized: {why}"));
-    }
+        Ok(name) => shared.policy(&name),
+        Err(why) => return fail(StatusCode::UNAUTHORIZED, format!("401 Unauthorized: {why}")),
+    };
     let Some((entity, rest)) = split(path) else {
         return fail(StatusCode::BAD_REQUEST, format!("no operation in `{path}`"));
     };
@@ -94,7 +95,31 @@ async fn handle(
             );
         }
     };
+    let right = match operation {
+        Operation::Send => Right::Send,
+        _ => Right::Listen,
+    };
+    if !policy.is_some_and(|p| p.allows(right)) {
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "401 Unauthorized: '{right:?}' claim(s) are required to perform this operation"
+            ),
+        );
+    }
+    if !matches!(operation, Operation::Send) && requires_session(shared, entity) {
+        return fail(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "`{entity}` requires sessions: the REST API cannot receive or settle its messages"
+            ),
+        );
+    }
     match operation {
+        Operation::Send if shared.busy() => fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServerBusy: the request was throttled; retry after 2 seconds",
+        ),
         Operation::Send => send(shared, entity, &headers, body),
         Operation::PeekLock | Operation::ReceiveAndDelete => {
             let delete = matches!(operation, Operation::ReceiveAndDelete);
@@ -127,6 +152,12 @@ async fn handle(
             StatusCode::OK.into_response()
         }
     }
+}
+
+/// Whether `entity` is a session-enabled queue.
+fn requires_session(shared: &Shared, entity: &str) -> bool {
+    let mut entities = shared.entities_for(entity);
+    matches!(target(&mut entities, entity), Ok(Target::Receiver(q, false)) if q.options.requires_session)
 }
 
 /// `<entity path>/messages/<rest>` → (entity path, rest).
@@ -254,6 +285,19 @@ fn send(shared: &Shared, entity: &str, headers: &HeaderMap, body: Bytes) -> Resp
         Target::Receiver(q, _) => q.options.max_message_bytes,
         Target::Topic(t) => t.options.max_message_bytes,
     };
+    if let Target::Receiver(q, _) = &target
+        && q.options.requires_session
+        && messages
+            .iter()
+            .any(|m| m.properties.get("SessionId").is_none())
+    {
+        return fail(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "`{entity}` requires sessions: a message without a SessionId cannot be sent to it"
+            ),
+        );
+    }
     if let Some(big) = messages.iter().find(|m| m.size() > limit) {
         return fail(
             StatusCode::FORBIDDEN,

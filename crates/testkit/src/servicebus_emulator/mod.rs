@@ -23,11 +23,18 @@
 //! - `ScheduledEnqueueTimeUtc` holds a message back; `TimeToLive` (and the
 //!   entity's default) expires it, into the dead-letter subqueue where the
 //!   entity says so.
-//! - Size limits per message and per request (`403`, as the service).
+//! - Size limits per message and per request (`403`, as the service), and
+//!   the quotas on ids and properties (`400` for the whole request).
+//! - Access rights per SAS policy (Send, Listen, Manage): a token of a
+//!   policy without the right an operation needs is `401`.
+//! - Session-enabled queues (`requires_session`): a message without a
+//!   `SessionId` is refused, and REST cannot receive from them (`405`).
+//! - A busy namespace ([`ServiceBusEmulator::busy_for`]): sends are answered
+//!   `503` for a while, as Service Bus throttles.
 //!
-//! Not modelled: sessions, message deferral, forwarding, filters on
-//! subscriptions, entity management over HTTP (entities are created through
-//! this handle), partitioned entities' behaviour, AMQP.
+//! Not modelled: receiving from sessions, message deferral, forwarding,
+//! filters on subscriptions, entity management over HTTP (entities are
+//! created through this handle), partitioned entities' behaviour, AMQP.
 
 mod auth;
 mod http;
@@ -69,10 +76,36 @@ impl std::fmt::Debug for ServiceBusEmulator {
     }
 }
 
+/// An access right of a SAS policy, as Service Bus grants them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// Send to queues and topics.
+    Send,
+    /// Receive and settle from queues and subscriptions.
+    Listen,
+    /// Everything (implies Send and Listen).
+    Manage,
+}
+
+/// A SAS policy: its key and rights.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub key: String,
+    pub rights: Vec<Right>,
+}
+
+impl Policy {
+    pub fn allows(&self, right: Right) -> bool {
+        self.rights.contains(&right) || self.rights.contains(&Right::Manage)
+    }
+}
+
 pub(crate) struct Shared {
     pub namespace: String,
-    /// SAS policy name → key.
-    pub policies: HashMap<String, String>,
+    /// SAS policy name → key and rights.
+    pub policies: Mutex<HashMap<String, Policy>>,
+    /// Until when sends are answered "server busy".
+    pub busy_until: Mutex<Option<tokio::time::Instant>>,
     pub entities: Mutex<HashMap<String, Entity>>,
     /// Queues that do not exist are created on first use with these options.
     pub auto_create: Mutex<Option<QueueOptions>>,
@@ -109,6 +142,22 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    pub fn policy(&self, name: &str) -> Option<Policy> {
+        self.policies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Whether sends are refused as "server busy" now.
+    pub fn busy(&self) -> bool {
+        self.busy_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
 }
 
 impl ServiceBusEmulator {
@@ -127,10 +176,19 @@ impl ServiceBusEmulator {
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             namespace: namespace.to_ascii_lowercase(),
-            policies: policies
-                .iter()
-                .map(|(n, k)| ((*n).to_owned(), (*k).to_owned()))
-                .collect(),
+            policies: Mutex::new(
+                policies
+                    .iter()
+                    .map(|(n, k)| {
+                        let policy = Policy {
+                            key: (*k).to_owned(),
+                            rights: vec![Right::Manage],
+                        };
+                        ((*n).to_owned(), policy)
+                    })
+                    .collect(),
+            ),
+            busy_until: Mutex::default(),
             entities: Mutex::default(),
             auto_create: Mutex::default(),
             changed: Notify::new(),
@@ -190,8 +248,35 @@ impl ServiceBusEmulator {
     }
 
     /// The key of SAS policy `name`, if the emulator has it.
-    pub fn key(&self, policy: &str) -> Option<&str> {
-        self.shared.policies.get(policy).map(String::as_str)
+    pub fn key(&self, policy: &str) -> Option<String> {
+        self.shared.policy(policy).map(|p| p.key)
+    }
+
+    /// Adds SAS policy `name` with only `rights` (a random key, returned):
+    /// a Send-only key, as least privilege gives a publisher.
+    pub fn add_policy(&self, name: &str, rights: &[Right]) -> String {
+        let key = random_key();
+        let policy = Policy {
+            key: key.clone(),
+            rights: rights.to_vec(),
+        };
+        self.shared
+            .policies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), policy);
+        key
+    }
+
+    /// Answers sends with `503 Server Busy` for `period`, as a throttled
+    /// namespace does.
+    pub fn busy_for(&self, period: Duration) {
+        *self
+            .shared
+            .busy_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(tokio::time::Instant::now() + period);
     }
 
     /// A connection string for the root policy, as the Azure portal shows

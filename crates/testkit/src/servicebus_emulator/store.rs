@@ -27,6 +27,9 @@ pub struct QueueOptions {
     pub dead_letter_on_expiration: bool,
     /// Largest message, and largest send request (256 KiB: the Standard tier).
     pub max_message_bytes: usize,
+    /// `RequiresSession`: every message needs a `SessionId`, and only
+    /// session receivers (AMQP) can receive.
+    pub requires_session: bool,
 }
 
 impl Default for QueueOptions {
@@ -38,6 +41,7 @@ impl Default for QueueOptions {
             default_ttl: None,
             dead_letter_on_expiration: false,
             max_message_bytes: 256 * 1024,
+            requires_session: false,
         }
     }
 }
@@ -81,7 +85,8 @@ pub(crate) struct Incoming {
 }
 
 impl Incoming {
-    /// Size as the limit counts it: body, properties and custom properties.
+    /// Size as the service counts it: the body and every property, system
+    /// ones (message id, content type) included.
     pub fn size(&self) -> usize {
         let props: usize = self
             .user
@@ -89,7 +94,14 @@ impl Incoming {
             .chain(self.properties.iter())
             .map(|(k, v)| k.len() + v.to_string().len())
             .sum();
-        self.body.len() + props
+        let system = [
+            ("MessageId", &self.message_id),
+            ("ContentType", &self.content_type),
+        ]
+        .iter()
+        .map(|(name, v)| v.as_ref().map_or(0, |v| name.len() + v.len()))
+        .sum::<usize>();
+        self.body.len() + props + system
     }
 }
 
