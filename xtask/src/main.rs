@@ -177,8 +177,23 @@ fn demo(seconds: u64) -> Result<()> {
     run(&["store", "stats", "-c", "examples/demo.toml"])
 }
 
-/// Connection string of a real Service Bus namespace for the live test.
-const LIVE_SERVICEBUS: &str = "CAUSEWAY_SERVICEBUS_CONNECTION_STRING";
+/// The live cloud tests (`#[ignore]`d): the variable that gives each its
+/// account, the nextest filter that selects them, and the end of their
+/// names (for `cargo test --skip`).
+const LIVE: [(&str, &str, &str, &str); 2] = [
+    (
+        "Azure Service Bus",
+        "CAUSEWAY_SERVICEBUS_CONNECTION_STRING",
+        "package(causeway-servicebus) and binary(live)",
+        "against_azure",
+    ),
+    (
+        "AWS SQS",
+        "CAUSEWAY_SQS_LIVE_QUEUE",
+        "package(causeway-sqs) and binary(live)",
+        "against_aws",
+    ),
+];
 
 /// Starts what the suites need and runs them with nextest (cargo test where
 /// nextest is missing), passing the services' endpoints in the environment.
@@ -199,15 +214,25 @@ fn test(args: &TestArgs) -> Result<()> {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let mut runner: Vec<&str> = args.runner_args.iter().map(String::as_str).collect();
-    // Live cloud tests are #[ignore]d: run them where their credentials are given.
-    if std::env::var_os(LIVE_SERVICEBUS).is_some() {
-        println!("{LIVE_SERVICEBUS} is set: running the live Azure Service Bus test too");
+    // Live cloud tests are #[ignore]d: run those whose account is given,
+    // and say which did not run.
+    let mut filter = String::from("not binary(soak)");
+    let mut live = false;
+    let mut not_run = Vec::new();
+    for (cloud, var, tests, names) in LIVE {
+        if std::env::var_os(var).is_some() {
+            println!("{var} is set: running the live {cloud} tests too");
+            live = true;
+        } else {
+            println!(
+                "live {cloud} tests: NOT RUN ({var} is not set); the suite runs against an emulator"
+            );
+            filter.push_str(&format!(" and not ({tests})"));
+            not_run.push(names);
+        }
+    }
+    if live {
         runner.extend(["--run-ignored", "all"]);
-    } else {
-        println!(
-            "live Azure Service Bus test: NOT RUN ({LIVE_SERVICEBUS} is not set); \
-             the Service Bus suite runs against causeway-testkit's REST emulator"
-        );
     }
     if cmd::succeeds("cargo", &["nextest", "--version"]) {
         // The soak runs on its own afterwards, not beside everything else:
@@ -220,7 +245,7 @@ fn test(args: &TestArgs) -> Result<()> {
             "--profile",
             "ci",
             "-E",
-            "not binary(soak)",
+            &filter,
         ];
         a.extend(&runner);
         cmd::run("cargo", &a, &extra_refs)?;
@@ -237,6 +262,9 @@ fn test(args: &TestArgs) -> Result<()> {
             a.push("--");
         }
         a.extend(["--skip", "soak_"]);
+        for names in &not_run {
+            a.extend(["--skip", names]);
+        }
         cmd::run("cargo", &a, &extra_refs)?;
         soak(soak_minutes)
     }

@@ -67,3 +67,104 @@ async fn live_round_trip_against_azure() {
         got.len()
     );
 }
+
+const SEND_ONLY: &str = "CAUSEWAY_SERVICEBUS_SEND_ONLY_CONNECTION_STRING";
+const SESSION_QUEUE: &str = "CAUSEWAY_SERVICEBUS_SESSION_QUEUE";
+
+/// Batching limits on the real service; with the optional variables, a
+/// Send-only key (`check` and publish) and a session-enabled queue (keyless
+/// events sent, `check` of a receive refused). What is not set is reported
+/// NOT RUN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live Azure Service Bus: runs when CAUSEWAY_SERVICEBUS_CONNECTION_STRING is set"]
+async fn live_batching_send_only_key_and_sessions_against_azure() {
+    if std::env::var(CONNECTION).is_err() {
+        panic!("{CONNECTION} is not set (see live_round_trip_against_azure)");
+    }
+    let queue = std::env::var(QUEUE).unwrap_or_else(|_| "causeway-live".into());
+    let with = |connection: &str| ServiceBusConfig {
+        connection_string_env: Some(connection.into()),
+        ..ServiceBusConfig::new("unused", "unused")
+    };
+    let sb = ServiceBusClient::connect(with(CONNECTION)).expect("client");
+    let run = unique_name("live-limits");
+    // Ten events of 150 KB: more than one Standard-tier request holds.
+    let sent: Vec<Event> = (0..10)
+        .map(|i| {
+            Event::new(format!("{run}-{i}"), "causeway://live", "t")
+                .with_payload("x".repeat(150_000).into_bytes())
+        })
+        .collect();
+    let out = sb
+        .publisher()
+        .publish(&queue, &sent)
+        .await
+        .expect("publish");
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    let mut consumer = sb
+        .consumer(Some(&ReceiveConfig {
+            long_poll: Duration::from_secs(5),
+            ..ReceiveConfig::entity(&queue)
+        }))
+        .expect("consumer");
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while got < sent.len() && tokio::time::Instant::now() < deadline {
+        got += receive_and_ack(&mut consumer, sent.len(), Duration::from_secs(10))
+            .await
+            .iter()
+            .filter(|e| e.id.starts_with(&run))
+            .count();
+    }
+    assert_eq!(got, sent.len(), "servicebus (Azure): large events missing");
+    println!("servicebus (Azure, live): 10 events of 150 KB sent in requests under the limit");
+
+    match std::env::var(SEND_ONLY) {
+        Err(_) => {
+            println!("servicebus (Azure, live): Send-only key NOT RUN ({SEND_ONLY} is not set)")
+        }
+        Ok(_) => {
+            let mut config = with(SEND_ONLY);
+            config.publish.default_entity = Some(queue.clone());
+            let sender = ServiceBusClient::connect(config).expect("client");
+            sender.ping().await.expect("check with a Send-only key");
+            let out = sender
+                .publisher()
+                .publish("", &events(&format!("{run}-send-only"), 1, 0))
+                .await
+                .expect("publish");
+            assert!(out.iter().all(Result::is_ok), "{out:?}");
+            println!("servicebus (Azure, live): a Send-only key passed check and published");
+        }
+    }
+
+    match std::env::var(SESSION_QUEUE) {
+        Err(_) => {
+            println!("servicebus (Azure, live): sessions NOT RUN ({SESSION_QUEUE} is not set)")
+        }
+        Ok(sessions) => {
+            let mut config = with(CONNECTION);
+            config.publish.key_property = causeway_servicebus::KeyProperty::SessionId;
+            config.receive = Some(ReceiveConfig::entity(&sessions));
+            let sb = ServiceBusClient::connect(config).expect("client");
+            let mut keyless = events(&format!("{run}-session"), 3, 0);
+            keyless[0].key = Some("account-1".into());
+            let out = sb
+                .publisher()
+                .publish(&sessions, &keyless)
+                .await
+                .expect("publish");
+            assert!(
+                out.iter().all(Result::is_ok),
+                "keyless events to a session queue: {out:?}"
+            );
+            let err = sb
+                .ping()
+                .await
+                .expect_err("check passed on a session-enabled receive entity");
+            println!(
+                "servicebus (Azure, live): sessions: keyless events sent; check of a receive refused: {err}"
+            );
+        }
+    }
+}
