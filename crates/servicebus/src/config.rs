@@ -55,6 +55,13 @@ pub struct ServiceBusConfig {
     /// REST API cannot read entity settings, so this is declared here.
     #[serde(default)]
     pub duplicate_detection: bool,
+    /// The entities are partitioned (`EnablePartitioning`): Service Bus
+    /// refuses a batch whose messages belong to different partitions (by
+    /// `PartitionKey`, else `SessionId`, else `MessageId` where duplicates
+    /// are detected), so each request holds one partition's messages.
+    /// Declared here, as the REST API cannot read entity settings.
+    #[serde(default)]
+    pub partitioned: bool,
     /// Longest any one call may take before it is reported as a (temporary)
     /// timeout. Long polls add their wait to this.
     #[serde(
@@ -78,6 +85,7 @@ impl std::fmt::Debug for ServiceBusConfig {
             .field("receive", &self.receive)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("duplicate_detection", &self.duplicate_detection)
+            .field("partitioned", &self.partitioned)
             .field("call_timeout", &self.call_timeout)
             .finish()
     }
@@ -227,6 +235,7 @@ impl ServiceBusConfig {
             receive: None,
             max_message_bytes: default_max_message_bytes(),
             duplicate_detection: false,
+            partitioned: false,
             call_timeout: default_call_timeout(),
         }
     }

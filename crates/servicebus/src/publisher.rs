@@ -81,6 +81,15 @@ fn check_property_sizes(event: &Event, message: &BatchMessage) -> Result<()> {
     Ok(())
 }
 
+/// An event ready to send: its index, its JSON, the hash of its key (for
+/// lanes) and, on partitioned entities, the partition it goes to.
+struct Ready {
+    index: usize,
+    json: String,
+    key: Option<u64>,
+    partition: Option<String>,
+}
+
 /// One request: its events' indexes and JSON, in order.
 struct Call {
     parts: Vec<(usize, String)>,
@@ -127,8 +136,8 @@ impl ServiceBusPublisher {
         ServiceBusPublisher { shared }
     }
 
-    /// The event's JSON in a batch, once it is admitted and fits.
-    fn prepare(&self, capabilities: &Capabilities, event: &Event) -> Result<String> {
+    /// The event ready for a batch, once it is admitted and fits.
+    fn prepare(&self, capabilities: &Capabilities, index: usize, event: &Event) -> Result<Ready> {
         let config = &self.shared.config;
         capabilities.admit(event)?;
         let message = encode(event, config.publish.key_property);
@@ -143,6 +152,20 @@ impl ServiceBusPublisher {
                 ),
             ));
         }
+        // What a partitioned entity hashes: PartitionKey, else SessionId,
+        // else the MessageId where duplicates are detected.
+        let partition = config.partitioned.then(|| {
+            let property = |name: &str| message.broker_properties.get(name)?.as_str();
+            property("PartitionKey")
+                .or_else(|| property("SessionId"))
+                .or_else(|| {
+                    config
+                        .duplicate_detection
+                        .then(|| property("MessageId"))
+                        .flatten()
+                })
+                .map(str::to_owned)
+        });
         let json = serde_json::to_string(&message)
             .map_err(|e| CoreError::new(ErrorKind::Internal, e.to_string()))?;
         let size = json.len();
@@ -155,25 +178,33 @@ impl ServiceBusPublisher {
                 ),
             ));
         }
-        Ok(json)
+        let key = event
+            .key
+            .as_deref()
+            .map(|k| causeway_core::template::key_hash(k.as_bytes()));
+        Ok(Ready {
+            index,
+            json,
+            key,
+            partition: partition.flatten(),
+        })
     }
 
     /// Splits messages into lanes of requests. Lanes run concurrently, a
     /// lane's requests in order. Where the key goes into `PartitionKey` or
     /// `SessionId` a key's messages stay in one lane, so they reach Service
     /// Bus in order; otherwise each request is its own lane.
-    fn lanes(&self, messages: Vec<(usize, String, Option<u64>)>) -> Vec<Vec<Call>> {
+    fn lanes(&self, messages: Vec<Ready>) -> Vec<Vec<Call>> {
         let config = &self.shared.config;
         if config.publish.key_property == KeyProperty::None {
-            let all = messages.into_iter().map(|(i, json, _)| (i, json)).collect();
-            return self.calls(all).into_iter().map(|c| vec![c]).collect();
+            return self.calls(messages).into_iter().map(|c| vec![c]).collect();
         }
         let lanes = config.publish.in_flight.max(1);
-        let mut by_lane: Vec<Vec<(usize, String)>> = (0..lanes).map(|_| Vec::new()).collect();
-        for (i, json, key) in messages {
+        let mut by_lane: Vec<Vec<Ready>> = (0..lanes).map(|_| Vec::new()).collect();
+        for ready in messages {
             // No key, no order to keep: spread by position.
-            let lane = key.unwrap_or(i as u64) as usize % lanes;
-            by_lane[lane].push((i, json));
+            let lane = ready.key.unwrap_or(ready.index as u64) as usize % lanes;
+            by_lane[lane].push(ready);
         }
         by_lane
             .into_iter()
@@ -219,25 +250,31 @@ impl ServiceBusPublisher {
         out
     }
 
-    /// Packs messages into requests no larger than the size limit.
-    fn calls(&self, messages: Vec<(usize, String)>) -> Vec<Call> {
+    /// Packs messages into requests no larger than the size limit. On
+    /// partitioned entities a request holds one partition's messages:
+    /// grouped by partition first, stably, so each key keeps its order.
+    fn calls(&self, mut messages: Vec<Ready>) -> Vec<Call> {
         let limit = self.shared.config.max_message_bytes;
+        if self.shared.config.partitioned {
+            messages.sort_by(|a, b| a.partition.cmp(&b.partition));
+        }
         let mut calls: Vec<Call> = Vec::new();
+        let mut partition = None;
         let mut size = 2;
-        for (index, json) in messages {
+        for ready in messages {
             let full = calls.last().is_none_or(|call| {
-                size + json.len() + 1 > limit || call.parts.len() == MAX_MESSAGES
+                size + ready.json.len() + 1 > limit
+                    || call.parts.len() == MAX_MESSAGES
+                    || ready.partition != partition
             });
             if full {
                 calls.push(Call { parts: Vec::new() });
                 size = 2;
+                partition.clone_from(&ready.partition);
             }
-            size += json.len() + 1;
-            calls
-                .last_mut()
-                .expect("a call was just pushed")
-                .parts
-                .push((index, json));
+            size += ready.json.len() + 1;
+            let call = calls.last_mut().expect("a call was just pushed");
+            call.parts.push((ready.index, ready.json));
         }
         calls
     }
@@ -322,14 +359,8 @@ impl Publisher for ServiceBusPublisher {
         let mut outcomes: Vec<Option<Result<Receipt>>> = (0..events.len()).map(|_| None).collect();
         let mut ready = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
-            match self.prepare(&capabilities, event) {
-                Ok(json) => {
-                    let key = event
-                        .key
-                        .as_deref()
-                        .map(|k| causeway_core::template::key_hash(k.as_bytes()));
-                    ready.push((index, json, key));
-                }
+            match self.prepare(&capabilities, index, event) {
+                Ok(one) => ready.push(one),
                 Err(e) => outcomes[index] = Some(Err(e)),
             }
         }

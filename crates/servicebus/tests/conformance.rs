@@ -109,6 +109,7 @@ impl BrokerHarness for Emulated {
                 TopicOptions {
                     duplicate_detection: Some(Duration::from_secs(600)),
                     max_message_bytes: PREMIUM_BYTES,
+                    ..TopicOptions::default()
                 },
                 &[(SUBSCRIPTION, queue_options()), ("audit", queue_options())],
             );
@@ -451,6 +452,51 @@ mod servicebus_specific {
         let err = failure.expect("the consumer kept polling a session-enabled entity");
         assert_eq!(err.kind(), ErrorKind::Config, "{err}");
         consumer.close().await.expect("close");
+    }
+
+    /// A partitioned entity with duplicate detection refuses a batch whose
+    /// messages belong to different partitions (400). Before the fix a
+    /// batch of several keys was sent whole and every event in it failed
+    /// (with requests split on refusal, they arrive, after refusals).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partitioned_entity_gets_one_partition_per_request_emulator() {
+        let emulator = ServiceBusEmulator::start().await.expect("emulator");
+        emulator.create_queue(
+            "partitioned",
+            QueueOptions {
+                partitioned: true,
+                ..queue_options()
+            },
+        );
+        let mut declared = config(&emulator, emulator.url());
+        declared.partitioned = true;
+        declared.publish.key_property = causeway_servicebus::KeyProperty::PartitionKey;
+        // One lane: every key (and the keyless events) meet in its requests.
+        declared.publish.in_flight = 1;
+        let sb = ServiceBusClient::connect(declared).expect("client");
+        let mut sent = events("partitioned", 12, 3);
+        sent[4].key = None;
+        sent[9].key = None;
+        let out = sb
+            .publisher()
+            .publish("partitioned", &sent)
+            .await
+            .expect("publish");
+        assert!(
+            out.iter().all(Result::is_ok),
+            "servicebus (REST emulator): {out:?}"
+        );
+        let mut consumer = sb
+            .consumer(Some(&receive_config("partitioned", false)))
+            .expect("consumer");
+        let got = receive_and_ack(&mut consumer, 12, Duration::from_secs(30)).await;
+        assert_eq!(got.len(), 12, "servicebus (REST emulator): events missing");
+        // Splitting refused requests would get there too, at a request's cost each.
+        assert_eq!(
+            emulator.partition_refusals(),
+            0,
+            "servicebus (REST emulator): requests mixed partitions"
+        );
     }
 
     /// Least privilege: a publisher's key has only Send, a consumer's only

@@ -285,6 +285,25 @@ fn send(shared: &Shared, entity: &str, headers: &HeaderMap, body: Bytes) -> Resp
         Target::Receiver(q, _) => q.options.max_message_bytes,
         Target::Topic(t) => t.options.max_message_bytes,
     };
+    let (partitioned, dedup) = match &target {
+        Target::Receiver(q, _) => (q.options.partitioned, q.options.duplicate_detection),
+        Target::Topic(t) => (t.options.partitioned, t.options.duplicate_detection),
+    };
+    if partitioned
+        && let Some(first) = messages.first()
+        && messages
+            .iter()
+            .any(|m| m.partition(dedup.is_some()) != first.partition(dedup.is_some()))
+    {
+        shared
+            .partition_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "a batch to a partitioned entity must hold messages of one partition key \
+             (PartitionKey, SessionId, or MessageId where duplicate detection is on)",
+        );
+    }
     if let Target::Receiver(q, _) = &target
         && q.options.requires_session
         && messages

@@ -31,10 +31,12 @@
 //!   `SessionId` is refused, and REST cannot receive from them (`405`).
 //! - A busy namespace ([`ServiceBusEmulator::busy_for`]): sends are answered
 //!   `503` for a while, as Service Bus throttles.
+//! - Partitioned entities (`partitioned`): a batch whose messages would go
+//!   to different partitions is refused (`400`).
 //!
 //! Not modelled: receiving from sessions, message deferral, forwarding,
 //! filters on subscriptions, entity management over HTTP (entities are
-//! created through this handle), partitioned entities' behaviour, AMQP.
+//! created through this handle), partitions' own order and quotas, AMQP.
 
 mod auth;
 mod http;
@@ -106,6 +108,8 @@ pub(crate) struct Shared {
     pub policies: Mutex<HashMap<String, Policy>>,
     /// Until when sends are answered "server busy".
     pub busy_until: Mutex<Option<tokio::time::Instant>>,
+    /// Batches refused for mixing partitions.
+    pub partition_refusals: std::sync::atomic::AtomicUsize,
     pub entities: Mutex<HashMap<String, Entity>>,
     /// Queues that do not exist are created on first use with these options.
     pub auto_create: Mutex<Option<QueueOptions>>,
@@ -189,6 +193,7 @@ impl ServiceBusEmulator {
                     .collect(),
             ),
             busy_until: Mutex::default(),
+            partition_refusals: std::sync::atomic::AtomicUsize::new(0),
             entities: Mutex::default(),
             auto_create: Mutex::default(),
             changed: Notify::new(),
@@ -266,6 +271,13 @@ impl ServiceBusEmulator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.to_owned(), policy);
         key
+    }
+
+    /// How many batches a partitioned entity refused for mixing partitions.
+    pub fn partition_refusals(&self) -> usize {
+        self.shared
+            .partition_refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Answers sends with `503 Server Busy` for `period`, as a throttled

@@ -30,6 +30,8 @@ pub struct QueueOptions {
     /// `RequiresSession`: every message needs a `SessionId`, and only
     /// session receivers (AMQP) can receive.
     pub requires_session: bool,
+    /// `EnablePartitioning`: a batch must hold messages of one partition.
+    pub partitioned: bool,
 }
 
 impl Default for QueueOptions {
@@ -42,6 +44,7 @@ impl Default for QueueOptions {
             dead_letter_on_expiration: false,
             max_message_bytes: 256 * 1024,
             requires_session: false,
+            partitioned: false,
         }
     }
 }
@@ -53,6 +56,8 @@ pub struct TopicOptions {
     pub duplicate_detection: Option<Duration>,
     /// Largest message, and largest send request.
     pub max_message_bytes: usize,
+    /// `EnablePartitioning`: a batch must hold messages of one partition.
+    pub partitioned: bool,
 }
 
 impl Default for TopicOptions {
@@ -60,6 +65,7 @@ impl Default for TopicOptions {
         TopicOptions {
             duplicate_detection: None,
             max_message_bytes: 256 * 1024,
+            partitioned: false,
         }
     }
 }
@@ -85,6 +91,20 @@ pub(crate) struct Incoming {
 }
 
 impl Incoming {
+    /// The partition a partitioned entity puts this message in, by what
+    /// Service Bus hashes: `PartitionKey`, else `SessionId`, else (with
+    /// duplicate detection) `MessageId`; `None`: any partition.
+    pub fn partition(&self, duplicate_detection: bool) -> Option<&str> {
+        ["PartitionKey", "SessionId"]
+            .iter()
+            .find_map(|name| self.properties.get(*name).and_then(Value::as_str))
+            .or(if duplicate_detection {
+                self.message_id.as_deref()
+            } else {
+                None
+            })
+    }
+
     /// Size as the service counts it: the body and every property, system
     /// ones (message id, content type) included.
     pub fn size(&self) -> usize {
