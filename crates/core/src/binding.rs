@@ -19,6 +19,9 @@ const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 /// Characters the HTTP binding (§3.1.3.2) percent-encodes in header values:
 /// space, `"`, `%` and anything outside printable ASCII.
 const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+/// Service Bus also returns custom properties as JSON-quoted header values
+/// without escaping backslashes (docs/headers.md): they are encoded too.
+const SERVICEBUS_VALUE: &AsciiSet = &HEADER_VALUE.add(b'\\');
 
 /// A CloudEvents protocol binding: how attributes travel as message headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,10 +106,10 @@ impl Binding {
     }
 
     fn value<'a>(self, v: &'a str) -> Cow<'a, str> {
-        if self.percent_encodes() {
-            utf8_percent_encode(v, HEADER_VALUE).into()
-        } else {
-            Cow::Borrowed(v)
+        match self {
+            Binding::Nats => utf8_percent_encode(v, HEADER_VALUE).into(),
+            Binding::ServiceBus => utf8_percent_encode(v, SERVICEBUS_VALUE).into(),
+            Binding::Kafka | Binding::Amqp => Cow::Borrowed(v),
         }
     }
 

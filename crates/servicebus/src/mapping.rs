@@ -51,8 +51,9 @@ pub(crate) fn encode(event: &Event, key: KeyProperty) -> BatchMessage {
     broker.insert("MessageId".into(), Value::String(event.dedup_id()));
     if let Some(ct) = &event.content_type {
         let (name, value) = Binding::ServiceBus.extension_header(CONTENT_TYPE, ct);
+        // Not BrokerProperties.ContentType: the service ignores it on a
+        // message of a JSON batch.
         user.insert(name, Value::String(value));
-        broker.insert("ContentType".into(), Value::String(ct.clone()));
     }
     match (key, &event.key) {
         (KeyProperty::None, _) | (KeyProperty::PartitionKey, None) => {}

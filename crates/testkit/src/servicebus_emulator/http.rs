@@ -226,12 +226,10 @@ fn send(shared: &Shared, entity: &str, headers: &HeaderMap, body: Bytes) -> Resp
         };
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            match incoming(
-                Bytes::from(item.body),
-                None,
-                item.broker_properties,
-                item.user_properties,
-            ) {
+            // The service ignores a batch message's ContentType.
+            let mut broker = item.broker_properties;
+            broker.remove("ContentType");
+            match incoming(Bytes::from(item.body), None, broker, item.user_properties) {
                 Ok(m) => out.push(m),
                 Err(e) => return fail(StatusCode::BAD_REQUEST, e),
             }
@@ -542,9 +540,13 @@ fn delivered(shared: &Shared, entity: &str, m: &Message, deleted: bool) -> Respo
             ),
         );
     }
-    // Custom properties: one header each, strings in quotes (as the service).
+    // Custom properties: one header each, strings in quotes without any
+    // escaping (the service's form, as far as documented: docs/headers.md).
     for (name, value) in &m.user {
-        put(name, &value.to_string());
+        match value {
+            Value::String(s) => put(name, &format!("\"{s}\"")),
+            other => put(name, &other.to_string()),
+        }
     }
     let status = if deleted {
         StatusCode::OK
