@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_core::{HttpClient, Request, Response, Url};
-use azure_messaging_servicebus::service_bus::{QueueClient, SubscriptionReceiver, TopicClient};
+use azure_messaging_servicebus::service_bus::QueueClient;
 use causeway_core::{Capabilities, ErrorKind, Ordering};
 
 use crate::config::{
@@ -233,24 +233,6 @@ impl Shared {
         Ok(client)
     }
 
-    /// A peek-lock receiver of a queue or a subscription.
-    pub fn receiver(&self, receive: &ReceiveConfig) -> Result<Receiver, Error> {
-        Ok(match &receive.subscription {
-            None => Receiver::Queue(self.sender(&receive.entity)?),
-            Some(sub) => Receiver::Subscription(
-                TopicClient::new(
-                    self.http.clone(),
-                    self.namespace.clone(),
-                    receive.entity.clone(),
-                    self.policy.clone(),
-                    self.key.clone(),
-                )
-                .map_err(|e| Error::azure("client", e))?
-                .subscription_receiver(sub),
-            ),
-        })
-    }
-
     /// Completes a lock no message has: needs the Listen right only.
     async fn probe_listen(&self, entity: &str) -> Result<(), Error> {
         let (status, body) = self
@@ -296,11 +278,31 @@ impl Shared {
         path: &str,
         batch: Option<&str>,
     ) -> Result<(u16, String), Error> {
+        let url = self.url(path)?;
+        let call = self.request(operation, method, &url, batch);
+        let reply = bounded(operation, self.config.call_timeout, call).await?;
+        Ok((reply.status, reply.text()))
+    }
+
+    /// The URL of `path` in the namespace.
+    pub fn url(&self, path: &str) -> Result<Url, Error> {
         let url = format!("https://{}.servicebus.windows.net/{path}", self.namespace);
-        let url =
-            Url::parse(&url).map_err(|e| Error::config(format!("entity path `{path}`: {e}")))?;
+        Url::parse(&url).map_err(|e| Error::config(format!("entity path `{path}`: {e}")))
+    }
+
+    /// One signed request (a JSON batch as its body, or none), through the
+    /// transport: what came back, read by causeway rather than the client
+    /// library, which cannot parse every message the service returns (a
+    /// body that is not UTF-8, 64-bit sequence numbers).
+    pub async fn request(
+        &self,
+        operation: &'static str,
+        method: azure_core::Method,
+        url: &Url,
+        batch: Option<&str>,
+    ) -> Result<Reply, Error> {
         let mut request = Request::new(url.clone(), method);
-        request.insert_header("authorization", sas_token(&url, &self.policy, &self.key)?);
+        request.insert_header("authorization", sas_token(url, &self.policy, &self.key)?);
         match batch {
             Some(body) => {
                 request.insert_header("content-type", BATCH_CONTENT_TYPE);
@@ -308,21 +310,47 @@ impl Shared {
             }
             None => request.insert_header("content-length", "0"),
         }
-        let call = async {
-            let response = self
-                .http
-                .execute_request(&request)
-                .await
-                .map_err(|e| Error::azure(operation, e))?;
-            let status = u16::from(response.status());
-            let body = response
-                .into_body()
-                .collect_string()
-                .await
-                .unwrap_or_default();
-            Ok((status, body))
-        };
-        bounded(operation, self.config.call_timeout, call).await
+        let response = self
+            .http
+            .execute_request(&request)
+            .await
+            .map_err(|e| Error::azure(operation, e))?;
+        let (status, headers, body) = response.deconstruct();
+        let headers = headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned()))
+            .collect();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| Error::azure(operation, e))?;
+        Ok(Reply {
+            status: u16::from(status),
+            headers,
+            body,
+        })
+    }
+}
+
+/// A response, as it came.
+pub(crate) struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+}
+
+impl Reply {
+    /// The header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text, for error messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
@@ -345,25 +373,6 @@ fn sas_token(url: &Url, policy: &str, key: &str) -> Result<String, Error> {
     Ok(format!(
         "SharedAccessSignature sr={sr}&sig={sig}&se={expiry}&skn={policy}"
     ))
-}
-
-/// Receives from a queue or from a topic's subscription.
-#[derive(Debug, Clone)]
-pub(crate) enum Receiver {
-    Queue(QueueClient),
-    Subscription(SubscriptionReceiver),
-}
-
-impl Receiver {
-    pub async fn peek_lock(
-        &self,
-        wait: Duration,
-    ) -> azure_core::Result<azure_messaging_servicebus::service_bus::PeekLockResponse> {
-        match self {
-            Receiver::Queue(q) => q.peek_lock_message2(Some(wait)).await,
-            Receiver::Subscription(s) => s.peek_lock_message2(Some(wait)).await,
-        }
-    }
 }
 
 /// What a Service Bus entity can do over REST:

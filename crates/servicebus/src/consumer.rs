@@ -4,18 +4,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use azure_core::headers::Headers;
-use azure_messaging_servicebus::service_bus::{PeekLockResponse, SendMessageOptions};
+use azure_core::{Method, Url};
+use azure_messaging_servicebus::service_bus::SendMessageOptions;
+use bytes::Bytes;
 use causeway_core::{
     Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement, Settler,
     Ticket, dead_letter,
 };
 use futures_util::StreamExt;
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{Receiver, Shared, capabilities};
+use crate::client::{Reply, Shared, capabilities};
 use crate::config::ReceiveConfig;
 use crate::error::{Error, bounded};
 use crate::mapping::{custom_properties, dead_letter_copy, decode};
@@ -27,6 +29,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(250);
 /// Completions, unlocks and renewals in flight at once (one request each).
 const SETTLES_IN_FLIGHT: usize = 16;
+/// The lock's length where the service did not say (its default is 1 minute).
+const LOCK_FALLBACK: Duration = Duration::from_secs(30);
 
 /// Consumes one queue or subscription with peek-lock: several long-polling
 /// requests run in background tasks into a bounded buffer; `next_batch`
@@ -49,11 +53,12 @@ impl std::fmt::Debug for ServiceBusConsumer {
 
 /// A locked message not yet settled.
 struct Held {
-    /// The library settles through the lock URL it keeps inside.
-    lock: Arc<PeekLockResponse>,
+    /// Where the message is settled: completed (DELETE), unlocked (PUT)
+    /// and renewed (POST).
+    lock: Arc<Url>,
     message_id: String,
     sequence: i64,
-    body: String,
+    body: Bytes,
     properties: Vec<(String, String)>,
     attempt: u32,
     /// The lock duration the service granted.
@@ -79,27 +84,16 @@ struct ServiceBusSettler {
     failed: Mutex<Option<CoreError>>,
 }
 
-/// Every response header, for the custom properties among them.
-struct ResponseHeaders(Vec<(String, String)>);
-
-// The library asks for `TryFrom<Headers>`; `From` gives it, infallibly.
-impl From<Headers> for ResponseHeaders {
-    fn from(headers: Headers) -> Self {
-        ResponseHeaders(
-            headers
-                .iter()
-                .map(|(n, v)| (n.as_str().to_owned(), v.as_str().to_owned()))
-                .collect(),
-        )
-    }
-}
-
 impl ServiceBusConsumer {
     pub(crate) fn start(shared: Arc<Shared>, receive: ReceiveConfig) -> Result<Self, Error> {
         if receive.long_poll < Duration::from_secs(1) {
             return Err(Error::config("receive.long_poll must be at least 1s"));
         }
-        let receiver = shared.receiver(&receive)?;
+        let head = shared.url(&format!(
+            "{}/messages/head?timeout={}",
+            receive.path(),
+            receive.long_poll.as_secs()
+        ))?;
         let capabilities = capabilities(&shared.config, receive.dead_letter_entity.is_some());
         let receives = receive.receives_in_flight.max(1);
         let settler = Arc::new(ServiceBusSettler {
@@ -116,7 +110,7 @@ impl ServiceBusConsumer {
         for _ in 0..receives {
             tasks.push(tokio::spawn(receive_loop(
                 settler.clone(),
-                receiver.clone(),
+                head.clone(),
                 tx.clone(),
             )));
         }
@@ -136,7 +130,7 @@ impl ServiceBusConsumer {
 /// so no message is locked that cannot be buffered.
 async fn receive_loop(
     settler: Arc<ServiceBusSettler>,
-    receiver: Receiver,
+    head: Url,
     tx: mpsc::Sender<(u64, Delivery)>,
 ) {
     let mut backoff = MIN_BACKOFF;
@@ -147,17 +141,14 @@ async fn receive_loop(
             return;
         };
         let asked = Instant::now();
-        let call = async {
-            receiver
-                .peek_lock(wait)
-                .await
-                .map_err(|e| Error::azure("peek-lock", e))
-        };
+        let call = settler
+            .shared
+            .request("peek-lock", Method::Post, &head, None);
         let outcome = match bounded("peek-lock", config.call_timeout + wait, call).await {
-            Ok(response) => match u16::from(*response.status()) {
-                201 => Ok(Some(response)),
+            Ok(reply) => match reply.status {
+                201 => Ok(Some(reply)),
                 204 => Ok(None),
-                status => Err(Error::http("peek-lock", status, &response.body())),
+                status => Err(Error::http("peek-lock", status, &reply.text())),
             },
             Err(e) => Err(e),
         };
@@ -177,7 +168,15 @@ async fn receive_loop(
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, entity = %settler.path, ?backoff, "servicebus receive failed");
+                // hyper (under reqwest) reads at most 100 response headers:
+                // a message with more custom properties cannot be received
+                // over REST, and goes to $DeadLetterQueue after MaxDeliveryCount.
+                let hint = if e.to_string().contains("too large") {
+                    "a message with more properties than an HTTP response can carry (100 headers) cannot be received over REST; Service Bus dead-letters it after MaxDeliveryCount"
+                } else {
+                    ""
+                };
+                tracing::warn!(error = %e, entity = %settler.path, ?backoff, hint, "servicebus receive failed");
                 drop(permit);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -272,55 +271,86 @@ impl ServiceBusSettler {
     }
 
     /// Tracks a locked message and makes its delivery; a message that is
-    /// not a CloudEvent is dead-lettered instead of handed out.
-    fn admit(
-        self: &Arc<Self>,
-        response: PeekLockResponse,
-        asked: Instant,
-    ) -> Option<(u64, Delivery)> {
-        let Some(broker) = response.broker_properties() else {
-            tracing::warn!(entity = %self.path, "servicebus returned a message without BrokerProperties");
+    /// not a CloudEvent, or that causeway cannot read (a body that is not
+    /// UTF-8, broker properties it cannot parse), is handed out as
+    /// undecodable, to be dead-lettered with the reason.
+    fn admit(self: &Arc<Self>, reply: Reply, asked: Instant) -> Option<(u64, Delivery)> {
+        let broker: Map<String, Value> = reply
+            .header("brokerproperties")
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or_default();
+        let text = |name: &str| broker.get(name).and_then(Value::as_str);
+        let sequence = broker
+            .get("SequenceNumber")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        // The lock URL: the Location header, else built from the lock token.
+        let lock = reply
+            .header("location")
+            .and_then(|l| Url::parse(l).ok())
+            .or_else(|| {
+                let token = text("LockToken")?;
+                self.shared
+                    .url(&format!("{}/messages/{sequence}/{token}", self.path))
+                    .ok()
+            });
+        let Some(lock) = lock else {
+            tracing::error!(entity = %self.path, "servicebus returned a message without a lock: it cannot be settled and comes back when its lock runs out");
             return None;
         };
-        let headers = response
-            .custom_properties::<ResponseHeaders>()
-            .map_or_else(|never| match never {}, |h| h.0);
         // The lock's length by the service's clock: LockedUntilUtc - Date.
-        let server_now = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("date"))
-            .and_then(|(_, d)| azure_core::date::parse_rfc1123(d).ok())
-            .map_or_else(
-                || {
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs() as i64)
-                },
-                |d| d.unix_timestamp(),
-            );
-        let span_secs = broker.locked_until_utc.unix_timestamp() - server_now;
-        let span = Duration::from_secs(u64::try_from(span_secs).unwrap_or(0).max(1));
-        let properties = custom_properties(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        let body = response.body();
-        let decoded = decode(&body, &properties).map_err(|e| {
+        let parse = |d: &str| {
+            azure_core::date::parse_rfc1123(d)
+                .ok()
+                .map(|t| t.unix_timestamp())
+        };
+        let server_now = reply.header("date").and_then(parse).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        });
+        let span = text("LockedUntilUtc")
+            .and_then(parse)
+            .map_or(LOCK_FALLBACK, |until| {
+                Duration::from_secs(u64::try_from(until - server_now).unwrap_or(0).max(1))
+            });
+        let message_id = text("MessageId").unwrap_or_default().to_owned();
+        let properties =
+            custom_properties(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let body = reply.body;
+        let decoded = match std::str::from_utf8(&body) {
+            _ if broker.is_empty() => Err(causeway_core::Error::invalid_event(
+                "BrokerProperties",
+                "missing or not a JSON object",
+            )),
+            Ok(text) => decode(text, &properties),
+            Err(_) => Err(causeway_core::Error::invalid_event(
+                "body",
+                "not UTF-8 text, and not marked as base64",
+            )),
+        }
+        .map_err(|e| {
             tracing::warn!(error = %e, entity = %self.path, "a message that is not a CloudEvent: handed on as undecodable");
             let stand_in = dead_letter::stand_in(
                 &format!("servicebus://{}", self.path),
-                &broker.message_id,
-                bytes::Bytes::from(body.clone().into_bytes()),
+                &message_id,
+                body.clone(),
                 None,
                 properties.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
             );
             (stand_in, e.to_string())
         });
         let tag = self.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
-        let attempt = u32::try_from(broker.delivery_count).unwrap_or(1).max(1);
+        let attempt = broker
+            .get("DeliveryCount")
+            .and_then(Value::as_u64)
+            .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX).max(1));
         self.lock().insert(
             tag,
             Held {
-                lock: Arc::new(response),
-                message_id: broker.message_id,
-                sequence: broker.sequence_number,
+                lock: Arc::new(lock),
+                message_id,
+                sequence,
                 body,
                 properties,
                 attempt,
@@ -341,34 +371,36 @@ impl ServiceBusSettler {
         ))
     }
 
-    async fn renew(&self, lock: &PeekLockResponse) -> std::result::Result<(), Error> {
-        let call = async {
-            lock.renew_message_lock()
-                .await
-                .map_err(|e| Error::azure("renew lock", e))
-        };
-        bounded("renew lock", self.shared.config.call_timeout, call).await
+    async fn renew(&self, lock: &Url) -> std::result::Result<(), Error> {
+        self.at_lock("renew lock", Method::Post, lock).await
     }
 
-    /// Runs `call` on each lock, `SETTLES_IN_FLIGHT` at a time (the REST
-    /// API settles one message per request); the first failure is returned.
-    async fn each<F, Fut>(
+    /// One request to a message's lock URL; 200 is done, 404 the lock is
+    /// lost (the message was settled, or its lock ran out).
+    async fn at_lock(
         &self,
         operation: &'static str,
-        locks: Vec<Arc<PeekLockResponse>>,
-        call: F,
-    ) -> Result<()>
-    where
-        F: Fn(Arc<PeekLockResponse>) -> Fut,
-        Fut: std::future::Future<Output = azure_core::Result<()>>,
-    {
-        let timeout = self.shared.config.call_timeout;
-        let call = &call;
+        method: Method,
+        lock: &Url,
+    ) -> std::result::Result<(), Error> {
+        let call = self.shared.request(operation, method, lock, None);
+        let reply = bounded(operation, self.shared.config.call_timeout, call).await?;
+        match reply.status {
+            200..=299 => Ok(()),
+            status => Err(Error::http(operation, status, &reply.text())),
+        }
+    }
+
+    /// Sends `method` to each lock, `SETTLES_IN_FLIGHT` at a time (the REST
+    /// API settles one message per request); the first failure is returned.
+    async fn each(
+        &self,
+        operation: &'static str,
+        method: Method,
+        locks: Vec<Arc<Url>>,
+    ) -> Result<()> {
         let results: Vec<std::result::Result<(), Error>> = futures_util::stream::iter(locks)
-            .map(|lock| async move {
-                let request = async { call(lock).await.map_err(|e| Error::azure(operation, e)) };
-                bounded(operation, timeout, request).await
-            })
+            .map(|lock| async move { self.at_lock(operation, method, &lock).await })
             .buffer_unordered(SETTLES_IN_FLIGHT)
             .collect()
             .await;
@@ -379,19 +411,13 @@ impl ServiceBusSettler {
     }
 
     /// Completes: the messages are gone.
-    async fn complete(&self, locks: Vec<Arc<PeekLockResponse>>) -> Result<()> {
-        self.each("complete", locks, |lock| async move {
-            lock.delete_message().await.map(drop)
-        })
-        .await
+    async fn complete(&self, locks: Vec<Arc<Url>>) -> Result<()> {
+        self.each("complete", Method::Delete, locks).await
     }
 
     /// Unlocks (abandons): the messages are available again at once.
-    async fn unlock(&self, locks: Vec<Arc<PeekLockResponse>>) -> Result<()> {
-        self.each("unlock", locks, |lock| async move {
-            lock.unlock_message().await
-        })
-        .await
+    async fn unlock(&self, locks: Vec<Arc<Url>>) -> Result<()> {
+        self.each("unlock", Method::Put, locks).await
     }
 
     /// A copy with the reason goes to the dead-letter entity, then the
@@ -442,7 +468,7 @@ impl ServiceBusSettler {
     /// Unlocks every message still held, delayed nacks included: closing
     /// hands them back.
     async fn release_all(&self) -> Result<()> {
-        let locks: Vec<Arc<PeekLockResponse>> = self.lock().drain().map(|(_, m)| m.lock).collect();
+        let locks: Vec<Arc<Url>> = self.lock().drain().map(|(_, m)| m.lock).collect();
         self.unlock(locks).await
     }
 }

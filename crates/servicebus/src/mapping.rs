@@ -144,7 +144,7 @@ pub(crate) fn decode(body: &str, properties: &[(String, String)]) -> Result<Even
 /// sent twice is dropped where the dead-letter entity detects duplicates.
 pub(crate) fn dead_letter_copy(
     message_id: &str,
-    body: &str,
+    body: &[u8],
     properties: &[(String, String)],
     extensions: &[(&str, String)],
 ) -> BatchMessage {
@@ -152,6 +152,15 @@ pub(crate) fn dead_letter_copy(
         .iter()
         .map(|(n, v)| (n.clone(), Value::String(v.clone())))
         .collect();
+    // A JSON batch carries text: a body that is not UTF-8 goes as base64,
+    // marked as the publisher marks it.
+    let body = match std::str::from_utf8(body) {
+        Ok(text) => text.to_owned(),
+        Err(_) => {
+            user.insert(BODY_ENCODING.into(), Value::String(BASE64_ENCODING.into()));
+            BASE64.encode(body)
+        }
+    };
     for (name, value) in extensions {
         let (name, value) = Binding::ServiceBus.extension_header(name, value);
         user.insert(name, Value::String(value));
@@ -159,7 +168,7 @@ pub(crate) fn dead_letter_copy(
     let mut broker = Map::new();
     broker.insert("MessageId".into(), Value::String(message_id.to_owned()));
     BatchMessage {
-        body: body.to_owned(),
+        body,
         broker_properties: broker,
         user_properties: user,
     }
@@ -235,7 +244,7 @@ mod tests {
         let m = encode(&e, KeyProperty::None);
         let copy = dead_letter_copy(
             "id",
-            &m.body,
+            m.body.as_bytes(),
             &as_received(&m),
             &[(causeway_core::dead_letter::REASON, "bad amount".into())],
         );

@@ -526,6 +526,49 @@ mod servicebus_specific {
         assert_eq!(got, sent, "servicebus (REST emulator): backslashes changed");
     }
 
+    /// Another producer's message whose body is not UTF-8 (and, as on real
+    /// namespaces, a sequence number past 32 bits): the client library
+    /// could not read either, so the message was never seen and ended in
+    /// the service's own dead-letter queue without a reason. Now it is
+    /// handed out as undecodable and dead-lettered with the reason.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_that_is_not_utf8_is_dead_lettered_with_its_reason_emulator() {
+        let (emulator, sb) = emulated().await;
+        emulator.create_queue("raw-body", queue_options());
+        emulator.create_queue(&dead_letter_entity("raw-body"), queue_options());
+        let token = emulator.sas_token(ROOT_POLICY).expect("token");
+        let sent = reqwest::Client::new()
+            .post(format!("{}/raw-body/messages", emulator.url()))
+            .header("authorization", token)
+            .header("content-type", "application/octet-stream")
+            .body(vec![0xffu8, 0xfe, 0x00, 0x80])
+            .send()
+            .await
+            .expect("raw send");
+        assert_eq!(sent.status().as_u16(), 201);
+        sb.publisher()
+            .publish("raw-body", &events("raw-body", 2, 0))
+            .await
+            .expect("publish");
+        let mut consumer = sb
+            .consumer(Some(&receive_config("raw-body", false)))
+            .expect("consumer");
+        let ids = causeway_testkit::reject_undecodable_ack_rest(
+            &mut consumer,
+            3,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(ids, ["raw-body-0", "raw-body-1"]);
+        consumer.close().await.expect("close");
+        assert_eq!(emulator.message_count("raw-body"), Some(0));
+        assert_eq!(
+            emulator.message_count(&dead_letter_entity("raw-body")),
+            Some(1),
+            "servicebus (REST emulator): the unreadable message was not dead-lettered"
+        );
+    }
+
     /// Least privilege: a publisher's key has only Send, a consumer's only
     /// Listen. `check` asks each entity only for what its role needs.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -673,17 +716,11 @@ mod servicebus_specific {
         .await;
         assert_eq!(ids, ["poison-0", "poison-1"]);
         // The dead letter is still not a CloudEvent: read it raw.
-        let dead = raw_queue(&emulator, "poison-dlq")
-            .peek_lock_message2(Some(Duration::from_secs(10)))
-            .await
-            .expect("peek dlq");
-        assert_eq!(
-            u16::from(*dead.status()),
-            201,
-            "poison message not dead-lettered"
-        );
-        assert_eq!(dead.body(), "{\"amount\": \"not a cloudevent\"}");
-        dead.delete_message().await.expect("complete");
+        let rest = causeway_testkit::servicebus_emulator::Rest::new(&emulator);
+        let dead = rest.peek_lock("poison-dlq", 10).await;
+        assert_eq!(dead.status, 201, "poison message not dead-lettered");
+        assert_eq!(dead.text(), "{\"amount\": \"not a cloudevent\"}");
+        assert_eq!(rest.complete(&dead).await, 200);
         assert_eq!(emulator.message_count("poison"), Some(0));
     }
 

@@ -507,7 +507,7 @@ fn http_date(t: DateTime<Utc>) -> String {
 fn delivered(shared: &Shared, entity: &str, m: &Message, deleted: bool) -> Response {
     let mut broker = m.properties.clone();
     broker.insert("DeliveryCount".into(), m.delivery_count.into());
-    broker.insert("EnqueuedSequenceNumber".into(), 0.into());
+    broker.insert("EnqueuedSequenceNumber".into(), m.sequence.into());
     broker.insert("EnqueuedTimeUtc".into(), http_date(m.enqueued).into());
     broker.insert("MessageId".into(), m.message_id.clone().into());
     broker.insert("SequenceNumber".into(), m.sequence.into());

@@ -31,6 +31,7 @@
 //!   `SessionId` is refused, and REST cannot receive from them (`405`).
 //! - A busy namespace ([`ServiceBusEmulator::busy_for`]): sends are answered
 //!   `503` for a while, as Service Bus throttles.
+//! - Sequence numbers past 32 bits (from 2^40), as real namespaces have.
 //! - Partitioned entities (`partitioned`): a batch whose messages would go
 //!   to different partitions is refused (`400`).
 //!
@@ -40,6 +41,7 @@
 
 mod auth;
 mod http;
+mod rest;
 mod store;
 
 use std::collections::HashMap;
@@ -50,6 +52,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub use rest::{Peeked, Rest};
 use store::{Entity, Queue, Topic};
 pub use store::{QueueOptions, TopicOptions};
 

@@ -148,6 +148,9 @@ pub(crate) struct Lock {
     pub until: DateTime<Utc>,
 }
 
+/// Where sequence numbers start: beyond 32 bits, as on real namespaces.
+pub(crate) const FIRST_SEQUENCE: i64 = 1 << 40;
+
 /// A queue of messages in sequence order.
 #[derive(Debug, Default)]
 pub(crate) struct Store {
@@ -161,7 +164,9 @@ impl Store {
     }
 
     fn push(&mut self, mut m: Message) {
-        self.next_sequence += 1;
+        // Real namespaces number past 32 bits (partitioned entities keep
+        // the partition in the top bits): so does the emulator.
+        self.next_sequence = self.next_sequence.max(FIRST_SEQUENCE) + 1;
         m.sequence = self.next_sequence;
         self.messages.insert(m.sequence, m);
     }
