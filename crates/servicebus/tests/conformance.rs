@@ -386,6 +386,63 @@ mod servicebus_specific {
         );
     }
 
+    /// 403 is also the entity's quota: a full queue refuses everything,
+    /// which is the sink's state, not the events' fault. The publisher
+    /// reports it as temporary (the route waits; nothing is dead-lettered)
+    /// and sends again once there is room.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_entity_is_waited_for_not_dead_lettered_emulator() {
+        let (emulator, sb) = emulated().await;
+        emulator.create_queue(
+            "full",
+            QueueOptions {
+                max_size_bytes: Some(4 * 1024),
+                ..queue_options()
+            },
+        );
+        let filler = Event::new("filler", "s", "t").with_payload(vec![b'x'; 3 * 1024]);
+        let out = sb
+            .publisher()
+            .publish("full", &[filler])
+            .await
+            .expect("publish");
+        assert!(out[0].is_ok(), "{out:?}");
+        // Each too big for the room left, each small enough for any tier.
+        let more: Vec<Event> = (0..5)
+            .map(|i| Event::new(format!("more-{i}"), "s", "t").with_payload(vec![b'y'; 2048]))
+            .collect();
+        let out = sb
+            .publisher()
+            .publish("full", &more)
+            .await
+            .expect("publish");
+        for o in &out {
+            let err = o.as_ref().expect_err("a full entity took more");
+            assert_eq!(
+                (err.kind(), err.status()),
+                (ErrorKind::Unavailable, Status::Temporary),
+                "servicebus (REST emulator): a quota refusal must not be an event's fault: {err}"
+            );
+        }
+        // Room again: the same events go through.
+        let mut consumer = sb
+            .consumer(Some(&receive_config("full", false)))
+            .expect("consumer");
+        assert_eq!(
+            receive_and_ack(&mut consumer, 1, Duration::from_secs(30))
+                .await
+                .len(),
+            1
+        );
+        let out = sb
+            .publisher()
+            .publish("full", &more[..1])
+            .await
+            .expect("publish");
+        assert!(out[0].is_ok(), "{out:?}");
+        assert_eq!(emulator.message_count("full"), Some(1));
+    }
+
     /// Standard namespaces throttle with "server busy" and ask for about
     /// 2 s; the publisher's retries used to give up within 0.4 s.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

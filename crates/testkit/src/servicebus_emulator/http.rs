@@ -332,6 +332,17 @@ fn send(shared: &Shared, entity: &str, headers: &HeaderMap, body: Bytes) -> Resp
     }
     match target {
         Target::Receiver(q, _) => {
+            let incoming: usize = messages.iter().map(Incoming::size).sum();
+            if let Some(max) = q.options.max_size_bytes
+                && q.main.bytes() + incoming > max
+            {
+                return fail(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "QuotaExceeded: the maximum entity size of {max} bytes has been reached or exceeded"
+                    ),
+                );
+            }
             for m in &messages {
                 q.enqueue(m, true, now);
             }

@@ -31,6 +31,7 @@
 //!   `SessionId` is refused, and REST cannot receive from them (`405`).
 //! - A busy namespace ([`ServiceBusEmulator::busy_for`]): sends are answered
 //!   `503` for a while, as Service Bus throttles.
+//! - An entity's size quota (`max_size_bytes`): a send past it is `403`.
 //! - Sequence numbers past 32 bits (from 2^40), as real namespaces have.
 //! - Partitioned entities (`partitioned`): a batch whose messages would go
 //!   to different partitions is refused (`400`).

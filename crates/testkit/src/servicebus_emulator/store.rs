@@ -32,6 +32,9 @@ pub struct QueueOptions {
     pub requires_session: bool,
     /// `EnablePartitioning`: a batch must hold messages of one partition.
     pub partitioned: bool,
+    /// `MaxSizeInMegabytes`, in bytes: a send that would pass it is refused
+    /// with 403 (quota exceeded) until messages are taken. `None`: no limit.
+    pub max_size_bytes: Option<usize>,
 }
 
 impl Default for QueueOptions {
@@ -45,6 +48,7 @@ impl Default for QueueOptions {
             max_message_bytes: 256 * 1024,
             requires_session: false,
             partitioned: false,
+            max_size_bytes: None,
         }
     }
 }
@@ -161,6 +165,21 @@ pub(crate) struct Store {
 impl Store {
     pub fn len(&self) -> usize {
         self.messages.len()
+    }
+
+    /// Bytes held, bodies and properties, as the entity's size counts them.
+    pub fn bytes(&self) -> usize {
+        self.messages
+            .values()
+            .map(|m| {
+                m.body.len()
+                    + m.user
+                        .iter()
+                        .chain(&m.properties)
+                        .map(|(k, v)| k.len() + v.to_string().len())
+                        .sum::<usize>()
+            })
+            .sum()
     }
 
     fn push(&mut self, mut m: Message) {
