@@ -15,16 +15,22 @@ use causeway_testkit::{events, receive_and_ack, unique_name};
 const CONNECTION: &str = "CAUSEWAY_SERVICEBUS_CONNECTION_STRING";
 const QUEUE: &str = "CAUSEWAY_SERVICEBUS_QUEUE";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "live Azure Service Bus: runs when CAUSEWAY_SERVICEBUS_CONNECTION_STRING is set"]
-async fn live_round_trip_against_azure() {
+/// The queue of the live tests; fails saying what to set when the
+/// namespace is not given.
+fn live_queue() -> String {
     if std::env::var(CONNECTION).is_err() {
         panic!(
             "{CONNECTION} is not set. Set it to a namespace's connection string (and {QUEUE} \
              to an existing queue, default `causeway-live`) to run this against Azure."
         );
     }
-    let queue = std::env::var(QUEUE).unwrap_or_else(|_| "causeway-live".into());
+    std::env::var(QUEUE).unwrap_or_else(|_| "causeway-live".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "live Azure Service Bus: runs when CAUSEWAY_SERVICEBUS_CONNECTION_STRING is set"]
+async fn live_round_trip_against_azure() {
+    let queue = live_queue();
     let sb = ServiceBusClient::connect(ServiceBusConfig {
         connection_string_env: Some(CONNECTION.into()),
         receive: Some(ReceiveConfig {
@@ -48,17 +54,7 @@ async fn live_round_trip_against_azure() {
         .expect("publish");
     assert!(out.iter().all(Result::is_ok), "{out:?}");
     let mut consumer = sb.consumer(None).expect("consumer");
-    // Earlier runs may have left messages: keep only this run's.
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while got.len() < sent.len() && tokio::time::Instant::now() < deadline {
-        got.extend(
-            receive_and_ack(&mut consumer, sent.len(), Duration::from_secs(10))
-                .await
-                .into_iter()
-                .filter(|e| e.id.starts_with(&run)),
-        );
-    }
+    let mut got = this_run(&mut consumer, &run, sent.len()).await;
     got.sort_by(|a, b| a.id.cmp(&b.id));
     sent.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(got, sent, "servicebus (Azure): events changed or missing");
@@ -66,6 +62,22 @@ async fn live_round_trip_against_azure() {
         "servicebus (Azure, live): {} events round-tripped",
         got.len()
     );
+}
+
+/// Receives and acks until `n` events of this run arrived or 90 s passed;
+/// earlier runs may have left messages: they are acked and left out.
+async fn this_run(consumer: &mut dyn causeway_core::Consumer, run: &str, n: usize) -> Vec<Event> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while got.len() < n && tokio::time::Instant::now() < deadline {
+        got.extend(
+            receive_and_ack(consumer, n, Duration::from_secs(10))
+                .await
+                .into_iter()
+                .filter(|e| e.id.starts_with(run)),
+        );
+    }
+    got
 }
 
 const SEND_ONLY: &str = "CAUSEWAY_SERVICEBUS_SEND_ONLY_CONNECTION_STRING";
@@ -78,10 +90,7 @@ const SESSION_QUEUE: &str = "CAUSEWAY_SERVICEBUS_SESSION_QUEUE";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "live Azure Service Bus: runs when CAUSEWAY_SERVICEBUS_CONNECTION_STRING is set"]
 async fn live_batching_send_only_key_and_sessions_against_azure() {
-    if std::env::var(CONNECTION).is_err() {
-        panic!("{CONNECTION} is not set (see live_round_trip_against_azure)");
-    }
-    let queue = std::env::var(QUEUE).unwrap_or_else(|_| "causeway-live".into());
+    let queue = live_queue();
     let with = |connection: &str| ServiceBusConfig {
         connection_string_env: Some(connection.into()),
         ..ServiceBusConfig::new("unused", "unused")
@@ -107,15 +116,7 @@ async fn live_batching_send_only_key_and_sessions_against_azure() {
             ..ReceiveConfig::entity(&queue)
         }))
         .expect("consumer");
-    let mut got = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while got < sent.len() && tokio::time::Instant::now() < deadline {
-        got += receive_and_ack(&mut consumer, sent.len(), Duration::from_secs(10))
-            .await
-            .iter()
-            .filter(|e| e.id.starts_with(&run))
-            .count();
-    }
+    let got = this_run(&mut consumer, &run, sent.len()).await.len();
     assert_eq!(got, sent.len(), "servicebus (Azure): large events missing");
     println!("servicebus (Azure, live): 10 events of 150 KB sent in requests under the limit");
 

@@ -174,17 +174,22 @@ mod sqs_specific {
             .expect("sqs client")
     }
 
+    /// Publishes one event `<prefix>-0` to queue `name`, asserting it was taken.
+    pub(super) async fn publish_one(sqs: &SqsClient, name: &str, prefix: &str) {
+        sqs.publisher()
+            .publish(name, &events(prefix, 1, 0))
+            .await
+            .expect("publish")[0]
+            .as_ref()
+            .expect("published");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn visibility_extender_hides_a_message_while_it_is_processed_moto_emulator() {
         let sqs = client().await;
         let name = queue_name("extend", false);
         sqs.queue_url(&name).await.expect("queue");
-        sqs.publisher()
-            .publish(&name, &events("extend", 1, 0))
-            .await
-            .expect("publish")[0]
-            .as_ref()
-            .expect("published");
+        publish_one(&sqs, &name, "extend").await;
         // 2 s: the extender renews with 1 s to spare, room for a slow moto under load.
         let short = QueueConfig {
             visibility_timeout: Duration::from_secs(2),
@@ -207,12 +212,7 @@ mod sqs_specific {
         holder.close().await.expect("close");
         other.close().await.expect("close");
         // With the extender off, an unsettled message comes back after the timeout.
-        sqs.publisher()
-            .publish(&name, &events("lapse", 1, 0))
-            .await
-            .expect("publish")[0]
-            .as_ref()
-            .expect("published");
+        publish_one(&sqs, &name, "lapse").await;
         let no_extender = QueueConfig {
             max_processing: Duration::ZERO,
             ..short
@@ -274,12 +274,7 @@ mod sqs_specific {
             causeway_core::Consumer::capabilities(&consumer).dead_letter,
             "a queue with a redrive policy has a dead-letter destination"
         );
-        sqs.publisher()
-            .publish(&name, &events("redrive", 1, 0))
-            .await
-            .expect("publish")[0]
-            .as_ref()
-            .expect("published");
+        publish_one(&sqs, &name, "redrive").await;
         let got = collect(&mut consumer, 1, Duration::from_secs(30)).await;
         assert_eq!(got.len(), 1);
         for d in got {
@@ -377,7 +372,7 @@ mod strict {
     use causeway_core::{ErrorKind, Event};
     use causeway_testkit::collect;
 
-    use super::sqs_specific::client;
+    use super::sqs_specific::{client, publish_one};
 
     /// The tag the strictness layer reads: entries with these
     /// MessageDeduplicationIds fail once with InternalError.
@@ -612,12 +607,7 @@ mod strict {
         let sqs = client().await;
         let name = queue_name("late-ack", false);
         sqs.queue_url(&name).await.expect("queue");
-        sqs.publisher()
-            .publish(&name, &causeway_testkit::events("late", 1, 0))
-            .await
-            .expect("publish")[0]
-            .as_ref()
-            .expect("published");
+        publish_one(&sqs, &name, "late").await;
         // The extender gives up 1 s after hand-out; visible again 2 s later.
         let short = QueueConfig {
             visibility_timeout: Duration::from_secs(2),
