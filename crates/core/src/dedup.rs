@@ -4,7 +4,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+
+/// The dedup key of `event` within `scope` (a route, a handler): the
+/// event's (source, id), the pair CloudEvents makes unique. Unit separators
+/// keep ("a", "b:c") and ("a:b", "c") apart.
+pub fn key(scope: &str, event: &Event) -> String {
+    format!("{scope}\u{1f}{}\u{1f}{}", event.source, event.id)
+}
 
 /// Proof of a claim. The fence increases with every claim of a key, so a
 /// stale owner (whose lease ran out and was taken over) cannot commit.
@@ -33,13 +41,16 @@ pub enum Claim {
 /// and only the current owner can commit.
 #[async_trait]
 pub trait DedupStore: Send + Sync {
-    /// Claims `key` for `lease` unless it is done or claimed by a live lease.
-    /// A claim whose lease ran out may be taken over.
-    async fn claim(&self, key: &str, lease: Duration) -> Result<Claim>;
+    /// Claims each key for `lease` unless it is done or claimed by a live
+    /// lease, one answer per key, in order; a key twice in `keys` is
+    /// [`Claim::Busy`] the second time. A claim whose lease ran out may be
+    /// taken over. This is what a store implements, in one round trip.
+    async fn claim_many(&self, keys: &[&str], lease: Duration) -> Result<Vec<Claim>>;
 
-    /// Marks the claimed key done for `ttl`. Fails with
-    /// [`crate::ErrorKind::Fenced`] if another owner claimed it since.
-    async fn commit(&self, token: &ClaimToken, ttl: Duration) -> Result<()>;
+    /// Marks each claimed key done for `ttl`, one result per token, in
+    /// order: a token fails with [`crate::ErrorKind::Fenced`] if another
+    /// owner claimed its key since.
+    async fn commit_many(&self, tokens: &[ClaimToken], ttl: Duration) -> Result<Vec<Result<()>>>;
 
     /// Gives the claim up so a retry can claim at once. Fails with
     /// [`crate::ErrorKind::Fenced`] if another owner claimed it since.
@@ -51,22 +62,24 @@ pub trait DedupStore: Send + Sync {
     /// its lease renews before it acts, so a zombie learns it lost the key.
     async fn renew_many(&self, tokens: &[ClaimToken], lease: Duration) -> Result<Vec<Result<()>>>;
 
-    /// Claims many keys; stores override this to use one round trip.
-    async fn claim_many(&self, keys: &[&str], lease: Duration) -> Result<Vec<Claim>> {
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            out.push(self.claim(key, lease).await?);
-        }
-        Ok(out)
+    /// Claims one key: [`DedupStore::claim_many`] with one key.
+    async fn claim(&self, key: &str, lease: Duration) -> Result<Claim> {
+        self.claim_many(&[key], lease).await?.pop().ok_or_else(|| {
+            Error::temporary(ErrorKind::Internal, "the dedup store answered no claim")
+        })
     }
 
-    /// Commits many claims; one result per token, in order.
-    async fn commit_many(&self, tokens: &[ClaimToken], ttl: Duration) -> Result<Vec<Result<()>>> {
-        let mut out = Vec::with_capacity(tokens.len());
-        for token in tokens {
-            out.push(self.commit(token, ttl).await);
-        }
-        Ok(out)
+    /// Commits one claim: [`DedupStore::commit_many`] with one token.
+    async fn commit(&self, token: &ClaimToken, ttl: Duration) -> Result<()> {
+        self.commit_many(std::slice::from_ref(token), ttl)
+            .await?
+            .pop()
+            .unwrap_or_else(|| {
+                Err(Error::temporary(
+                    ErrorKind::Internal,
+                    "the dedup store answered no commit",
+                ))
+            })
     }
 
     /// Deletes done keys whose TTL ran out; returns how many.

@@ -83,8 +83,7 @@ where
 
     /// The dedup key of `event` in this handler's scope.
     pub fn key_of(&self, event: &Event) -> String {
-        // Unit separators keep ("a", "b:c") and ("a:b", "c") apart.
-        format!("{}\u{1f}{}\u{1f}{}", self.scope, event.source, event.id)
+        crate::dedup::key(&self.scope, event)
     }
 
     /// Runs the handler unless the event was handled or is being handled.

@@ -455,19 +455,6 @@ impl PostgresStore {
 
 #[async_trait]
 impl DedupStore for PostgresStore {
-    async fn claim(&self, key: &str, lease: Duration) -> Result<Claim> {
-        let mut claims = self.claim_many(&[key], lease).await?;
-        claims
-            .pop()
-            .ok_or_else(|| Error::Corrupt("claim returned nothing".into()).into())
-    }
-
-    async fn commit(&self, token: &ClaimToken, ttl: Duration) -> Result<()> {
-        let mut out = self.commit_many(std::slice::from_ref(token), ttl).await?;
-        out.pop()
-            .unwrap_or_else(|| Err(Error::Corrupt("commit returned nothing".into()).into()))
-    }
-
     async fn release(&self, token: &ClaimToken) -> Result<()> {
         let conn = self.conn().await?;
         let n = conn

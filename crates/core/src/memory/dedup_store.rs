@@ -35,6 +35,39 @@ impl Entry {
     }
 }
 
+impl State {
+    fn claim(&mut self, key: &str, now: Instant, lease: Duration) -> Claim {
+        match self.keys.get(key) {
+            Some(Entry::Done { until }) if *until > now => return Claim::Done,
+            Some(Entry::Claimed { until, .. }) if *until > now => return Claim::Busy,
+            _ => {}
+        }
+        self.last_fence += 1;
+        let fence = self.last_fence;
+        self.keys.insert(
+            key.to_owned(),
+            Entry::Claimed {
+                fence,
+                until: now + lease,
+            },
+        );
+        Claim::Claimed(ClaimToken {
+            key: key.to_owned(),
+            fence,
+        })
+    }
+
+    fn commit(&mut self, token: &ClaimToken, until: Instant) -> Result<()> {
+        match self.keys.get_mut(&token.key) {
+            Some(entry @ Entry::Claimed { .. }) if entry.fence() == Some(token.fence) => {
+                *entry = Entry::Done { until };
+                Ok(())
+            }
+            _ => Err(fenced(token)),
+        }
+    }
+}
+
 impl MemoryDedupStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -61,40 +94,19 @@ fn fenced(token: &ClaimToken) -> Error {
 
 #[async_trait]
 impl DedupStore for MemoryDedupStore {
-    async fn claim(&self, key: &str, lease: Duration) -> Result<Claim> {
+    async fn claim_many(&self, keys: &[&str], lease: Duration) -> Result<Vec<Claim>> {
         let now = Instant::now();
         let mut state = self.lock();
-        match state.keys.get(key) {
-            Some(Entry::Done { until }) if *until > now => return Ok(Claim::Done),
-            Some(Entry::Claimed { until, .. }) if *until > now => return Ok(Claim::Busy),
-            _ => {}
-        }
-        state.last_fence += 1;
-        let fence = state.last_fence;
-        state.keys.insert(
-            key.to_owned(),
-            Entry::Claimed {
-                fence,
-                until: now + lease,
-            },
-        );
-        Ok(Claim::Claimed(ClaimToken {
-            key: key.to_owned(),
-            fence,
-        }))
+        Ok(keys
+            .iter()
+            .map(|key| state.claim(key, now, lease))
+            .collect())
     }
 
-    async fn commit(&self, token: &ClaimToken, ttl: Duration) -> Result<()> {
+    async fn commit_many(&self, tokens: &[ClaimToken], ttl: Duration) -> Result<Vec<Result<()>>> {
+        let until = Instant::now() + ttl;
         let mut state = self.lock();
-        match state.keys.get_mut(&token.key) {
-            Some(entry @ Entry::Claimed { .. }) if entry.fence() == Some(token.fence) => {
-                *entry = Entry::Done {
-                    until: Instant::now() + ttl,
-                };
-                Ok(())
-            }
-            _ => Err(fenced(token)),
-        }
+        Ok(tokens.iter().map(|t| state.commit(t, until)).collect())
     }
 
     async fn renew_many(&self, tokens: &[ClaimToken], lease: Duration) -> Result<Vec<Result<()>>> {
