@@ -11,23 +11,20 @@ pub mod config;
 pub mod endpoint;
 pub mod metrics;
 pub mod pipeline;
+pub mod sink;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use causeway_core::{
-    DedupStore, EventStore, ReadFrom, ReadQuery, Retention, RetryPolicy, RetryingPublisher,
-    Template,
-};
+use causeway_core::{DedupStore, EventStore, ReadFrom, ReadQuery, Retention, Template};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Breaker, Breaking};
 use crate::config::Config;
 use crate::endpoint::Endpoints;
 use crate::metrics::Metrics;
-use crate::pipeline::Route;
+use crate::pipeline::{Fate, Route};
 
 /// Where the SQLite store goes when the config names none.
 pub const DEFAULT_SQLITE: &str = "causeway-data/causeway.db";
@@ -118,7 +115,7 @@ impl Bridge {
         })
     }
 
-    /// A route ready to run: its sink wrapped in retries and a breaker.
+    /// A route ready to run: its sink in its stack of layers ([`sink::for_route`]).
     pub async fn route(&self, name: &str) -> Result<Arc<Route>> {
         self.route_with(name, None, None).await
     }
@@ -135,28 +132,11 @@ impl Bridge {
             .get(name)
             .with_context(|| format!("no route `{name}`"))?
             .clone();
-        let r = &config.retry;
-        let policy = RetryPolicy {
-            max_attempts: r.max_attempts,
-            initial_delay: r.initial_delay,
-            max_delay: r.max_delay,
-            ..RetryPolicy::default()
-        };
-        let breaker = Arc::new(Breaker::new(
-            config.breaker.failures,
-            config.breaker.cooldown,
-        ));
         let raw = self
             .endpoints
             .publisher(sink.unwrap_or(&config.sink))
             .await?;
-        let sink = Arc::new(RetryingPublisher::new(
-            Breaking {
-                inner: raw,
-                breaker,
-            },
-            policy,
-        ));
+        let sink = sink::for_route(raw, &config);
         let dead_letter = match &config.dead_letter {
             Some(dl) => Some((
                 self.endpoints.publisher(&dl.endpoint).await?,
@@ -263,12 +243,12 @@ impl Bridge {
             let Some(last) = page.last() else { break };
             let next = last.position + 1;
             let events: Vec<_> = page.iter().map(|s| s.event.clone()).collect();
-            let fates = route.forward_report(&events).await;
+            let fates = route.forward(&events).await;
             for (stored, fate) in page.iter().zip(fates) {
                 match fate {
-                    Ok(true) => report.published += 1,
-                    Ok(false) => report.dead_lettered += 1,
-                    Err(e) => bail!(
+                    Fate::Sent => report.published += 1,
+                    Fate::DeadLettered => report.dead_lettered += 1,
+                    Fate::Failed(e) => bail!(
                         "stopped at position {} ({e}); {} published so far; resume with --from-position {}",
                         stored.position,
                         report.published,

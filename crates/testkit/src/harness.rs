@@ -67,3 +67,62 @@ pub trait DedupStoreHarness: Send + Sync {
     /// A fresh, empty store.
     async fn store(&self) -> Result<Arc<dyn DedupStore>>;
 }
+
+/// Another harness's backend with every publisher it makes wrapped (in
+/// retries, a breaker, …), so that wrappers run the same scenarios as the
+/// adapters they wrap.
+pub struct Decorated<H> {
+    inner: H,
+    name: String,
+    wrap: Box<dyn Fn(Box<dyn Publisher>) -> Box<dyn Publisher> + Send + Sync>,
+}
+
+impl<H: BrokerHarness> Decorated<H> {
+    /// `inner` with `wrap` around each of its publishers; `what` names the
+    /// wrapping in test output.
+    pub fn new(
+        inner: H,
+        what: &str,
+        wrap: impl Fn(Box<dyn Publisher>) -> Box<dyn Publisher> + Send + Sync + 'static,
+    ) -> Self {
+        Decorated {
+            name: format!("{} behind {what}", inner.name()),
+            inner,
+            wrap: Box::new(wrap),
+        }
+    }
+}
+
+#[async_trait]
+impl<H: BrokerHarness> BrokerHarness for Decorated<H> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn ack_timeout(&self) -> Duration {
+        self.inner.ack_timeout()
+    }
+    fn shallow_queue(&self) -> Option<usize> {
+        self.inner.shallow_queue()
+    }
+    async fn destination(&self, scenario: &str) -> Result<String> {
+        self.inner.destination(scenario).await
+    }
+    async fn publisher(&self) -> Result<Box<dyn Publisher>> {
+        Ok((self.wrap)(self.inner.publisher().await?))
+    }
+    async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>> {
+        self.inner.consumer(destination, group).await
+    }
+    async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
+        self.inner.dead_letters(destination).await
+    }
+    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
+        self.inner.publish_foreign(destination, payload).await
+    }
+    async fn cut_connections(&self, outage: Duration) -> bool {
+        self.inner.cut_connections(outage).await
+    }
+}

@@ -27,7 +27,7 @@ mod macros;
 mod support;
 
 pub use fault_proxy::FaultProxy;
-pub use harness::{BrokerHarness, DedupStoreHarness, EventStoreHarness};
+pub use harness::{BrokerHarness, Decorated, DedupStoreHarness, EventStoreHarness};
 pub use support::{
     collect, events, not_applicable, receive_and_ack, reject_undecodable_ack_rest, unique_name,
 };

@@ -1,0 +1,397 @@
+//! Direct mode: poll → claim → shard → publish → commit → ack.
+//!
+//! The source is acked only after the sink confirmed. Events are split
+//! into key shards: same key, same shard, so source order holds per key
+//! while different keys publish in parallel; each shard keeps up to
+//! `in_flight` batches queued. A shard that cannot publish keeps retrying
+//! (with the breaker failing fast) rather than skipping an event, so order
+//! holds and the window fills up: the source stops being read, and nothing
+//! is acked that the sink has not confirmed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use causeway_core::{Claim, ClaimToken, Consumer, Delivery, Event, Settlement, Ticket, settle_all};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Fate, InFlight, RETRY_PAUSE, Route};
+
+/// Events of one poll queued for a shard.
+struct Queued {
+    items: Vec<InFlight>,
+    /// When their claims were requested: the lease runs from about then.
+    claimed_at: Instant,
+}
+
+impl Route {
+    pub(super) async fn run_direct(
+        self: Arc<Self>,
+        mut source: Box<dyn Consumer>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let shards: Vec<_> = (0..self.config.shards)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel::<Queued>(self.config.in_flight);
+                let route = self.clone();
+                let shutdown = shutdown.clone();
+                (
+                    tx,
+                    tokio::spawn(async move { route.shard(rx, shutdown).await }),
+                )
+            })
+            .collect();
+        let mut behind = KeysBehind::default();
+        while !shutdown.is_cancelled() {
+            let batch = self.poll(source.as_mut()).await;
+            if batch.is_empty() {
+                continue;
+            }
+            let claimed_at = Instant::now();
+            let claimed = self.claim(batch, &mut behind).await;
+            let mut per_shard: Vec<Vec<InFlight>> = (0..shards.len()).map(|_| Vec::new()).collect();
+            for item in claimed {
+                per_shard[shard_of(&item.event, shards.len())].push(item);
+            }
+            for (items, (tx, _)) in per_shard.into_iter().zip(&shards) {
+                // A full shard queue is the in-flight window: waiting here is backpressure.
+                if !items.is_empty() && tx.send(Queued { items, claimed_at }).await.is_err() {
+                    anyhow::bail!("route {}: a shard stopped", self.name);
+                }
+            }
+            // Let the shards just woken run: a task woken by this one waits in
+            // this worker's LIFO slot, which no other worker steals from, and
+            // this loop may not yield otherwise until the next poll waits.
+            tokio::task::yield_now().await;
+        }
+        // Stop consuming; let the shards finish what they hold.
+        let mut failed = None;
+        for (tx, handle) in shards {
+            drop(tx);
+            if let Err(e) = handle.await {
+                failed = Some(e);
+            }
+        }
+        source.close().await?;
+        if let Some(e) = failed {
+            anyhow::bail!("route {}: a shard panicked: {e}", self.name);
+        }
+        Ok(())
+    }
+
+    /// Dedup claims for a batch: duplicates are acked and dropped, events
+    /// being handled elsewhere come back later, the rest go on with their claim.
+    async fn claim(&self, batch: Vec<Delivery>, behind: &mut KeysBehind) -> Vec<InFlight> {
+        for d in &batch {
+            if d.ticket.attempt() > 1 {
+                self.metrics.redeliveries.inc();
+            }
+        }
+        if !self.config.dedup {
+            return batch
+                .into_iter()
+                .map(|d| InFlight {
+                    event: d.event,
+                    ticket: d.ticket,
+                    claim: None,
+                })
+                .collect();
+        }
+        let keys: Vec<String> = batch
+            .iter()
+            .map(|d| causeway_core::dedup::key(&self.name, &d.event))
+            .collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let claims = loop {
+            match self.dedup.claim_many(&refs, self.config.claim_lease).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(route = %self.name, error = %e, "dedup store unavailable; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(batch.len());
+        let mut settle = Vec::new();
+        let busy = Settlement::Nack {
+            delay: Duration::from_secs(1),
+        };
+        // The dedup keys computed for the claims, reused: no second string per event.
+        for ((d, dedup_key), claim) in batch.into_iter().zip(&keys).zip(claims) {
+            let waits = d
+                .event
+                .key
+                .as_deref()
+                .is_some_and(|k| behind.waits(k, dedup_key, self.config.claim_lease));
+            match claim {
+                Claim::Done => {
+                    self.metrics.duplicates.inc();
+                    if let Some(k) = d.event.key.as_deref() {
+                        behind.release(k, dedup_key);
+                    }
+                    settle.push((d.ticket, Settlement::Ack));
+                }
+                Claim::Claimed(token) if waits => {
+                    if let Err(e) = self.dedup.release(&token).await {
+                        tracing::debug!(route = %self.name, error = %e, "releasing a held-back claim failed; it lapses");
+                    }
+                    settle.push((d.ticket, busy.clone()));
+                }
+                Claim::Claimed(token) => {
+                    if let Some(k) = d.event.key.as_deref() {
+                        behind.release(k, dedup_key);
+                    }
+                    out.push(InFlight {
+                        event: d.event,
+                        ticket: d.ticket,
+                        claim: Some(token),
+                    });
+                }
+                Claim::Busy => {
+                    if let Some(k) = &d.event.key {
+                        behind.hold(k.clone(), dedup_key.clone());
+                    }
+                    settle.push((d.ticket, busy.clone()));
+                }
+            }
+        }
+        if let Err(e) = settle_all(settle).await {
+            tracing::warn!(route = %self.name, error = %e, "settling duplicates failed; they come back and are dropped again");
+        }
+        out
+    }
+
+    /// A key shard: publishes its batches in order, retrying what failed
+    /// temporarily until it is confirmed or the bridge shuts down.
+    async fn shard(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>, shutdown: CancellationToken) {
+        while let Some(Queued {
+            items,
+            mut claimed_at,
+        }) = rx.recv().await
+        {
+            let mut pending = Pending::new(items);
+            loop {
+                // Queued, retrying or paused past half the lease: renew
+                // before publishing, and stand down where another took over.
+                if claimed_at.elapsed() >= self.config.claim_lease / 2 {
+                    claimed_at = Instant::now();
+                    pending = self.renew(pending, &shutdown).await;
+                    if pending.events.is_empty() {
+                        break;
+                    }
+                }
+                let (fates, renewed) = self
+                    .forward_leased(&pending.events, &pending.claims())
+                    .await;
+                claimed_at = renewed.unwrap_or(claimed_at);
+                let (done, again) = pending.sort(fates);
+                self.finish(done).await;
+                if again.events.is_empty() {
+                    break;
+                }
+                if shutdown.is_cancelled() {
+                    // Not confirmed: hand back to the source, release the claims.
+                    self.give_back(again.held).await;
+                    break;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+                pending = again;
+            }
+        }
+    }
+
+    /// Renews a batch's claims. Events another instance took over are
+    /// handed back to the source unacked (their new owner settles them; a
+    /// redelivery finds them done) and dropped from the batch.
+    async fn renew(&self, pending: Pending, shutdown: &CancellationToken) -> Pending {
+        let tokens = pending.claims();
+        if tokens.is_empty() {
+            return pending;
+        }
+        let renewed = loop {
+            match self
+                .dedup
+                .renew_many(&tokens, self.config.claim_lease)
+                .await
+            {
+                Ok(r) => break r,
+                Err(_) if shutdown.is_cancelled() => {
+                    self.give_back(pending.held).await;
+                    return Pending::default();
+                }
+                Err(e) => {
+                    tracing::warn!(route = %self.name, error = %e, "dedup store unavailable for a renewal; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        };
+        // One answer per claim, in order; events without a claim keep going.
+        let mut renewed = renewed.into_iter();
+        let (kept, lost) =
+            pending.keep(|h| h.claim.is_none() || renewed.next().is_some_and(|r| r.is_ok()));
+        if !lost.is_empty() {
+            self.metrics.fenced.inc_by(lost.len() as u64);
+            tracing::warn!(route = %self.name, events = lost.len(), "another instance took these over after this one's lease ran out; standing down");
+            let lost = lost
+                .into_iter()
+                .map(|h| (h.ticket, Settlement::Nack { delay: RETRY_PAUSE }));
+            if let Err(e) = settle_all(lost).await {
+                tracing::warn!(route = %self.name, error = %e, "handing back failed; the source redelivers anyway");
+            }
+        }
+        kept
+    }
+
+    /// Confirmed (or dead-lettered): commit the dedup claims, then ack.
+    async fn finish(&self, done: Vec<Held>) {
+        if done.is_empty() {
+            return;
+        }
+        let tokens: Vec<ClaimToken> = done.iter().filter_map(|h| h.claim.clone()).collect();
+        if !tokens.is_empty() {
+            match self.dedup.commit_many(&tokens, self.config.dedup_ttl).await {
+                Ok(r) if r.iter().all(Result::is_ok) => {}
+                Ok(r) => {
+                    let fenced = r.iter().filter(|r| r.is_err()).count();
+                    self.metrics.fenced.inc_by(fenced as u64);
+                    tracing::warn!(route = %self.name, events = fenced, "published after another instance took the claims over (this one was paused past its lease): the sink may see these twice");
+                }
+                other => {
+                    tracing::warn!(route = %self.name, ?other, "dedup commit incomplete; a redelivery may publish again")
+                }
+            }
+        }
+        if let Err(e) = settle_all(done.into_iter().map(|h| (h.ticket, Settlement::Ack))).await {
+            tracing::warn!(route = %self.name, error = %e, "ack failed; the source redelivers and dedup drops the copy");
+        }
+    }
+
+    /// Not confirmed and not to be retried here (shutdown, a lost lease):
+    /// the claims are released and the source redelivers at once.
+    async fn give_back(&self, held: Vec<Held>) {
+        for claim in held.iter().filter_map(|h| h.claim.as_ref()) {
+            let _ = self.dedup.release(claim).await;
+        }
+        let now = Settlement::Nack {
+            delay: Duration::ZERO,
+        };
+        let _ = settle_all(held.into_iter().map(|h| (h.ticket, now.clone()))).await;
+    }
+}
+
+/// The shard an event goes to: same key, same shard; an event without a
+/// key has no order to keep and spreads by id.
+fn shard_of(event: &Event, shards: usize) -> usize {
+    let basis = event.key.as_deref().unwrap_or(&event.id);
+    (causeway_core::template::key_hash(basis.as_bytes()) % shards as u64) as usize
+}
+
+/// How to finish an event at the source: its ticket and its dedup claim.
+struct Held {
+    ticket: Ticket,
+    claim: Option<ClaimToken>,
+}
+
+/// A shard's batch while it is published: the events in one vector,
+/// because the sink takes them as one slice (no clone per call), and
+/// beside them, at the same index, how to finish each.
+#[derive(Default)]
+struct Pending {
+    events: Vec<Event>,
+    held: Vec<Held>,
+}
+
+impl Pending {
+    fn new(items: Vec<InFlight>) -> Self {
+        let mut pending = Pending {
+            events: Vec::with_capacity(items.len()),
+            held: Vec::with_capacity(items.len()),
+        };
+        for InFlight {
+            event,
+            ticket,
+            claim,
+        } in items
+        {
+            pending.push(event, Held { ticket, claim });
+        }
+        pending
+    }
+
+    fn push(&mut self, event: Event, held: Held) {
+        self.events.push(event);
+        self.held.push(held);
+    }
+
+    /// The live claims, in order.
+    fn claims(&self) -> Vec<ClaimToken> {
+        self.held.iter().filter_map(|h| h.claim.clone()).collect()
+    }
+
+    /// Splits by fate: what is finished (sent or dead-lettered) and what is
+    /// to be tried again.
+    fn sort(self, fates: Vec<Fate>) -> (Vec<Held>, Pending) {
+        let mut done = Vec::new();
+        let mut again = Pending::default();
+        for ((event, held), fate) in self.events.into_iter().zip(self.held).zip(fates) {
+            match fate {
+                Fate::Sent | Fate::DeadLettered => done.push(held),
+                Fate::Failed(_) => again.push(event, held),
+            }
+        }
+        (done, again)
+    }
+
+    /// Keeps the events `live` says yes to (asked in order), and returns
+    /// how to finish the others.
+    fn keep(self, mut live: impl FnMut(&Held) -> bool) -> (Pending, Vec<Held>) {
+        let mut kept = Pending::default();
+        let mut lost = Vec::new();
+        for (event, held) in self.events.into_iter().zip(self.held) {
+            if live(&held) {
+                kept.push(event, held);
+            } else {
+                lost.push(held);
+            }
+        }
+        (kept, lost)
+    }
+}
+
+/// Keys whose next event is busy at another instance (nacked with a
+/// delay), each with that event's dedup key: until it comes back and is
+/// claimed (or found done), later events of the key are handed back too,
+/// behind it, so that the key's order holds across polls. A hold lapses
+/// after two claim leases, in case the busy event never comes back here.
+#[derive(Default)]
+struct KeysBehind(HashMap<String, (String, Instant)>);
+
+impl KeysBehind {
+    /// Whether an event of `key` (with `dedup_key`) must wait behind another.
+    fn waits(&mut self, key: &str, dedup_key: &str, lease: Duration) -> bool {
+        match self.0.get(key) {
+            Some((_, since)) if since.elapsed() > lease * 2 => {
+                self.0.remove(key);
+                false
+            }
+            Some((blocking, _)) => blocking != dedup_key,
+            None => false,
+        }
+    }
+
+    /// The event `dedup_key` of `key` is busy elsewhere: later ones wait.
+    fn hold(&mut self, key: String, dedup_key: String) {
+        self.0
+            .entry(key)
+            .or_insert_with(|| (dedup_key, Instant::now()));
+    }
+
+    /// The blocking event went on (or was a duplicate): the key is free.
+    fn release(&mut self, key: &str, dedup_key: &str) {
+        if self.0.get(key).is_some_and(|(b, _)| b == dedup_key) {
+            self.0.remove(key);
+        }
+    }
+}

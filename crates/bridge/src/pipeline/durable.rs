@@ -1,0 +1,348 @@
+//! Durable mode: append → ack, and a forwarder that drains the store.
+//!
+//! The source is acked once the event is in the store. The forwarder
+//! drains the store to the sink in position order and never moves its
+//! cursor past an event the sink has not confirmed: a sink outage only
+//! grows the backlog. With a shared store, only the instance holding the
+//! route's [`ForwarderLease`] forwards.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use causeway_core::{
+    AppendOutcome, Claim, ClaimToken, Consumer, Event, ReadFrom, ReadQuery, Settlement,
+    StoredEvent, Ticket, settle_all,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{Fate, RETRY_PAUSE, Route};
+
+/// The forwarder's name for its cursor and its lease.
+const FORWARDER: &str = "forwarder";
+
+impl Route {
+    pub(super) async fn run_durable(
+        self: Arc<Self>,
+        mut source: Box<dyn Consumer>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let forwarder = {
+            let route = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { route.forwarder(shutdown).await })
+        };
+        while !shutdown.is_cancelled() {
+            if forwarder.is_finished() {
+                // Nothing drains the store any more: stop taking events in.
+                source.close().await?;
+                return match forwarder.await {
+                    Ok(Ok(())) => Err(anyhow::anyhow!(
+                        "route {}: the forwarder stopped before shutdown",
+                        self.name
+                    )),
+                    Ok(Err(e)) => {
+                        Err(e.context(format!("route {}: the forwarder failed", self.name)))
+                    }
+                    Err(e) => Err(anyhow::anyhow!(
+                        "route {}: the forwarder panicked: {e}",
+                        self.name
+                    )),
+                };
+            }
+            let batch = self.poll(source.as_mut()).await;
+            if batch.is_empty() {
+                continue;
+            }
+            let (events, tickets): (Vec<Event>, Vec<Ticket>) =
+                batch.into_iter().map(|d| (d.event, d.ticket)).unzip();
+            self.append(&events, tickets).await;
+        }
+        source.close().await?;
+        forwarder.await??;
+        Ok(())
+    }
+
+    /// Stores a batch, then acks it at the source; a batch the store
+    /// refused is handed back to come again.
+    async fn append(&self, events: &[Event], tickets: Vec<Ticket>) {
+        match self.store.append(&self.name, events).await {
+            Ok(outcomes) => {
+                let dups = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, AppendOutcome::Duplicate(_)))
+                    .count();
+                self.metrics.duplicates.inc_by(dups as u64);
+                // Durable now: the source may forget them.
+                if let Err(e) = settle_all(tickets.into_iter().map(|t| (t, Settlement::Ack))).await
+                {
+                    tracing::warn!(route = %self.name, error = %e, "ack failed; the redelivery is a duplicate the store drops");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(route = %self.name, error = %e, "store append failed; handing the batch back");
+                let again = Settlement::Nack { delay: RETRY_PAUSE };
+                let _ = settle_all(tickets.into_iter().map(|t| (t, again.clone()))).await;
+            }
+        }
+    }
+
+    /// Drains the store to the sink. With a shared store, only the instance
+    /// holding the route's forwarder lease does; the others stand by.
+    async fn forwarder(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
+        if !self.shared_store {
+            return self.forward_stored(&mut None, &shutdown).await;
+        }
+        while let Some(lease) = ForwarderLease::acquire(&self, &shutdown).await {
+            let mut lease = Some(lease);
+            self.forward_stored(&mut lease, &shutdown).await?;
+            if shutdown.is_cancelled() {
+                // Hand over at once rather than after the lease.
+                if let Some(lease) = lease {
+                    let _ = self.dedup.release(&lease.token).await;
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains the store to the sink in position order, while `lease` (if
+    /// any) is renewed. On shutdown it stops between batches; the rest stays
+    /// in the store for the next start. Returns when the lease is lost.
+    async fn forward_stored(
+        &self,
+        lease: &mut Option<ForwarderLease>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let Some(cursor) = self
+            .retry_store("read the forwarder's cursor", shutdown, || {
+                self.store.cursor(&self.name, FORWARDER)
+            })
+            .await
+        else {
+            return Ok(());
+        };
+        let mut cursor = cursor.unwrap_or(0);
+        let mut confirmed_ahead = BTreeSet::new();
+        while !shutdown.is_cancelled() {
+            if let Some(l) = lease.as_mut() {
+                match l.renew_if_due(self).await {
+                    Some(true) => {}
+                    Some(false) => return Ok(()),
+                    // Not knowing whether it still leads, it does not forward.
+                    None => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                }
+            }
+            let page = match self
+                .store
+                .read(&ReadQuery::new(
+                    &self.name,
+                    ReadFrom::Position(cursor + 1),
+                    self.config.batch_size,
+                ))
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(route = %self.name, error = %e, "store read failed; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            };
+            if let Ok(stats) = self.store.stats(Some(&self.name)).await {
+                let last = stats.last_position.unwrap_or(cursor);
+                self.metrics.backlog.set(last.saturating_sub(cursor) as i64);
+            }
+            if page.is_empty() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(self.config.linger) => continue,
+                }
+            }
+            // Events confirmed in an earlier round, beyond a failed one, are
+            // not sent again: the sink would get them twice.
+            let todo: Vec<&StoredEvent> = page
+                .iter()
+                .filter(|s| !confirmed_ahead.contains(&s.position))
+                .collect();
+            let events: Vec<Event> = todo.iter().map(|s| s.event.clone()).collect();
+            let claims = lease.as_ref().map(|l| std::slice::from_ref(&l.token));
+            let (fates, renewed) = self
+                .forward_leased(&events, claims.unwrap_or_default())
+                .await;
+            if let (Some(l), Some(at)) = (lease.as_mut(), renewed) {
+                l.renewed_at = at;
+            }
+            for (s, fate) in todo.iter().zip(&fates) {
+                if !matches!(fate, Fate::Failed(_)) {
+                    confirmed_ahead.insert(s.position);
+                }
+            }
+            // Advance over the confirmed prefix only: order holds, nothing is skipped.
+            let mut confirmed = 0;
+            for s in &page {
+                if !confirmed_ahead.remove(&s.position) {
+                    break;
+                }
+                cursor = s.position;
+                confirmed += 1;
+            }
+            // Not moved: after a restart these are sent again and the
+            // sink's dedup (or the reader's) drops the copies.
+            // Fenced: only the lease holder moves the cursor. One that lost
+            // its lease while publishing stands down; the new holder sends
+            // these again and the sink's dedup drops the copies.
+            if confirmed > 0
+                && let Some(l) = lease.as_mut()
+                && !l.still_holds(self).await
+            {
+                return Ok(());
+            }
+            if confirmed > 0
+                && self
+                    .retry_store("move the forwarder's cursor", shutdown, || {
+                        self.store.set_cursor(&self.name, FORWARDER, cursor)
+                    })
+                    .await
+                    .is_none()
+            {
+                break;
+            }
+            if confirmed < page.len() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a store operation until it succeeds, pausing between tries (a
+    /// store that failed once usually answers again: a lock, a restart, a
+    /// full disk freed). None on shutdown. A forwarder that gave up here
+    /// would leave the source acked into a store nobody drains.
+    async fn retry_store<T, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &CancellationToken,
+        mut op: F,
+    ) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = causeway_core::Result<T>>,
+    {
+        let mut pause = RETRY_PAUSE;
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    self.metrics.errors.inc();
+                    tracing::warn!(route = %self.name, error = %e, "could not {what}; retrying in {pause:?}");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+/// The route's forwarder lease in a shared store: a claim on the key
+/// `<route>\u{1f}forwarder`, renewed every third of the lease while held.
+struct ForwarderLease {
+    token: ClaimToken,
+    renewed_at: Instant,
+}
+
+impl ForwarderLease {
+    /// Waits until this instance holds the lease; None on shutdown.
+    async fn acquire(route: &Route, shutdown: &CancellationToken) -> Option<Self> {
+        let key = format!("{}\u{1f}{FORWARDER}", route.name);
+        let mut told = false;
+        loop {
+            let at = Instant::now();
+            match route.dedup.claim(&key, route.config.claim_lease).await {
+                Ok(Claim::Claimed(token)) => {
+                    tracing::info!(route = %route.name, "this instance forwards the route");
+                    return Some(ForwarderLease {
+                        token,
+                        renewed_at: at,
+                    });
+                }
+                Ok(_) if !told => {
+                    told = true;
+                    tracing::info!(route = %route.name, "another instance forwards the route; standing by");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(route = %route.name, error = %e, "dedup store unavailable for the forwarder lease; retrying")
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(route.config.claim_lease / 4) => {}
+            }
+        }
+    }
+
+    /// Renews the lease once a third of it has run: Some(true) still held,
+    /// Some(false) another instance took it over, None the store cannot say.
+    async fn renew_if_due(&mut self, route: &Route) -> Option<bool> {
+        if self.renewed_at.elapsed() < route.config.claim_lease / 3 {
+            return Some(true);
+        }
+        match self.renew(route).await {
+            Ok(held) => {
+                if !held {
+                    tracing::warn!(route = %route.name, "another instance took over forwarding after this one's lease ran out; standing by");
+                }
+                Some(held)
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "cannot renew the forwarder lease; retrying");
+                None
+            }
+        }
+    }
+
+    /// Whether this instance still holds the lease (renewing it), before it
+    /// moves the cursor: false when another took it over, or when the store
+    /// cannot say.
+    async fn still_holds(&mut self, route: &Route) -> bool {
+        match self.renew(route).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(route = %route.name, "another instance took over forwarding while this one published; standing by");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "cannot renew the forwarder lease before moving the cursor; standing by");
+                false
+            }
+        }
+    }
+
+    /// One renewal: whether it is still held; a lost lease is counted as fenced.
+    async fn renew(&mut self, route: &Route) -> causeway_core::Result<bool> {
+        let at = Instant::now();
+        let renewed = route
+            .dedup
+            .renew_many(std::slice::from_ref(&self.token), route.config.claim_lease)
+            .await?;
+        let held = renewed.first().is_some_and(Result::is_ok);
+        if held {
+            self.renewed_at = at;
+        } else {
+            route.metrics.fenced.inc();
+        }
+        Ok(held)
+    }
+}

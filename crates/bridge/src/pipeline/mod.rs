@@ -1,0 +1,161 @@
+//! One route: source → dedup → [store] → sink → commit → ack.
+//!
+//! The files read in the order an event travels:
+//! - here: the [`Route`], [`Route::run`], and the source side both modes
+//!   share ([`Route::run`] → `poll` → `admit`);
+//! - [`direct`]: claim → shard → publish → commit → ack. The source is
+//!   acked only after the sink confirmed;
+//! - [`durable`]: append → ack, and the forwarder that drains the store to
+//!   the sink. The source is acked once the event is in the store;
+//! - [`sink`]: the publish both modes end in (waves, one call per
+//!   destination), and dead letters.
+//!
+//! Instances sharing a store (PostgreSQL) share the work through leases in
+//! the dedup store: a claim per event in direct mode, one claim on the
+//! route's forwarder in durable mode. Whoever acts on a claim older than half
+//! its lease renews it first, so an instance that was paused (a "zombie")
+//! learns that another took over and stands down instead of acting.
+
+mod direct;
+mod durable;
+mod sink;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use causeway_core::{
+    ClaimToken, Consumer, DedupStore, Delivery, Error, Event, EventStore, Publisher, Settlement,
+    Template, Ticket, settle_all,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Mode, RouteConfig};
+use crate::metrics::RouteMetrics;
+
+pub use sink::dead_letter_stream;
+
+/// Everything a running route needs.
+pub struct Route {
+    /// Route name; also its store stream.
+    pub name: String,
+    /// Its config.
+    pub config: RouteConfig,
+    /// The parsed destination template.
+    pub template: Template,
+    /// The sink, in its stack of layers (retries, breaker): see [`crate::sink`].
+    pub sink: Arc<dyn Publisher>,
+    /// The dead-letter publisher and destination, if configured.
+    pub dead_letter: Option<(Arc<dyn Publisher>, String)>,
+    /// The store (durable mode, dead letters, replay).
+    pub store: Arc<dyn EventStore>,
+    /// Direct-mode dedup, and the forwarder's lease.
+    pub dedup: Arc<dyn DedupStore>,
+    /// Whether other instances may share the store: durable forwarding then
+    /// takes turns under a lease.
+    pub shared_store: bool,
+    /// Metrics.
+    pub metrics: RouteMetrics,
+}
+
+/// Where an event ended up after the sink was asked to take it.
+#[derive(Debug)]
+pub enum Fate {
+    /// The sink confirmed it (or already had this very event).
+    Sent,
+    /// It can never be carried: it is kept as a dead letter instead.
+    DeadLettered,
+    /// Not confirmed, and retried: a temporary failure the retries did not
+    /// overcome, or a sink that refuses everything (the route pauses).
+    Failed(Error),
+}
+
+/// An event between its poll and its ack: the event, how to settle it at
+/// the source, and its dedup claim (none with dedup off).
+#[derive(Debug)]
+pub struct InFlight {
+    /// The event.
+    pub event: Event,
+    /// Settles it at the source.
+    pub ticket: Ticket,
+    /// Its dedup claim, committed once the sink confirmed.
+    pub claim: Option<ClaimToken>,
+}
+
+/// The pause before a failed step is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+impl Route {
+    /// Runs until `shutdown`, then finishes in-flight work, commits and closes the source.
+    pub async fn run(
+        self: Arc<Self>,
+        source: Box<dyn Consumer>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        tracing::info!(route = %self.name, mode = ?self.config.mode, "route started");
+        let result = match self.config.mode {
+            Mode::Direct => self.clone().run_direct(source, shutdown).await,
+            Mode::Durable => self.clone().run_durable(source, shutdown).await,
+        };
+        tracing::info!(route = %self.name, "route stopped");
+        result
+    }
+
+    /// The next batch from the source; a failing source is logged and
+    /// polled again after a pause (the adapter reconnects by itself).
+    /// Events that are not valid CloudEvents never go further: each becomes
+    /// a dead letter on its own.
+    async fn poll(&self, source: &mut dyn Consumer) -> Vec<Delivery> {
+        match source
+            .next_batch(self.config.batch_size, self.config.linger)
+            .await
+        {
+            Ok(batch) => {
+                self.metrics.received.inc_by(batch.len() as u64);
+                self.admit(batch).await
+            }
+            Err(e) => {
+                tracing::warn!(route = %self.name, error = %e, "source failed; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Keeps the deliveries that are valid events. A message the source
+    /// could not decode, or an invalid event (a control character in an
+    /// id, an empty source), would be lost, fail at the store or the sink,
+    /// or worse, take its whole batch or group commit with it: each is
+    /// dead-lettered here, alone, and acked once the dead letter is kept.
+    async fn admit(&self, batch: Vec<Delivery>) -> Vec<Delivery> {
+        let refusal = |d: &Delivery| match &d.undecodable {
+            Some(reason) => Some(format!("undecodable message: {reason}")),
+            None => d.event.validate().err().map(|e| e.to_string()),
+        };
+        if batch.iter().all(|d| refusal(d).is_none()) {
+            return batch;
+        }
+        let mut valid = Vec::with_capacity(batch.len());
+        let mut settle = Vec::new();
+        for d in batch {
+            match refusal(&d) {
+                None => valid.push(d),
+                Some(reason) => {
+                    let kept = self
+                        .dead_letter(&d.event, &reason, d.ticket.attempt())
+                        .await;
+                    let settlement = if kept {
+                        Settlement::Ack
+                    } else {
+                        Settlement::Nack { delay: RETRY_PAUSE }
+                    };
+                    settle.push((d.ticket, settlement));
+                }
+            }
+        }
+        if let Err(e) = settle_all(settle).await {
+            tracing::warn!(route = %self.name, error = %e, "settling invalid events failed; they come back and are dead-lettered again");
+        }
+        valid
+    }
+}

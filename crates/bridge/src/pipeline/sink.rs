@@ -1,0 +1,256 @@
+//! The sink side both modes end in: publish a batch in waves, one call per
+//! destination, and dead-letter what can never be carried.
+//!
+//! Within a batch, a key's events go to the sink in waves, one per call: a
+//! sink can fail k:1 and deliver k:2 of the same call, so k:2 waits for
+//! k:1's outcome, and a key whose event failed sends no more of that batch.
+//! Keys seen once per batch make a single call; a batch of few keys pays a
+//! round trip per event of its busiest key.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use causeway_core::{ClaimToken, Error, ErrorKind, Event, dead_letter};
+
+use super::{Fate, Route};
+
+/// The store stream holding a route's dead letters.
+pub fn dead_letter_stream(route: &str) -> String {
+    format!("dlq.{route}")
+}
+
+impl Route {
+    /// Publishes `events` in order, grouped by destination, one [`Fate`] per
+    /// event, in order (replays call this too). Permanent
+    /// failures that are the event's own fault are dead-lettered; the rest
+    /// come back as [`Fate::Failed`] (after the retry layer gave up).
+    ///
+    /// After a wave, a key whose event failed sends nothing more from this
+    /// batch; the rest of it fails with it, unsent, and is retried behind
+    /// it. Keys seen once in a batch (the usual case) make one wave: one
+    /// call per destination.
+    pub async fn forward(&self, events: &[Event]) -> Vec<Fate> {
+        // Fail closed: an event the sink returned no outcome for is not sent.
+        let mut fates: Vec<Fate> = events
+            .iter()
+            .map(|_| {
+                Fate::Failed(Error::temporary(
+                    ErrorKind::Internal,
+                    "the sink returned no outcome for this event",
+                ))
+            })
+            .collect();
+        let mut blocked: HashSet<&str> = HashSet::new();
+        let mut paused_said = false;
+        let mut latencies = Vec::with_capacity(events.len());
+        for wave in waves(events) {
+            let (send, held): (Vec<usize>, Vec<usize>) = wave.into_iter().partition(|&i| {
+                events[i]
+                    .key
+                    .as_deref()
+                    .is_none_or(|k| !blocked.contains(k))
+            });
+            for i in held {
+                fates[i] = Fate::Failed(Error::temporary(
+                    ErrorKind::Unavailable,
+                    "not sent: an earlier event of its key in this batch failed",
+                ));
+            }
+            self.publish_wave(events, &send, &mut fates).await;
+            for &i in &send {
+                self.resolve(&events[i], &mut fates[i], &mut paused_said, &mut latencies)
+                    .await;
+                if let (Fate::Failed(_), Some(key)) = (&fates[i], events[i].key.as_deref()) {
+                    blocked.insert(key);
+                }
+            }
+        }
+        self.metrics.observe_latencies(latencies);
+        fates
+    }
+
+    /// One wave: its events grouped by destination, one call per group, in
+    /// order of first appearance; each outcome goes to its event's fate.
+    async fn publish_wave(&self, events: &[Event], wave: &[usize], fates: &mut [Fate]) {
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for &i in wave {
+            let d = self.template.render(&events[i]);
+            match groups.iter_mut().find(|(dest, _)| *dest == d) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((d.into_owned(), vec![i])),
+            }
+        }
+        for (dest, idx) in groups {
+            let owned;
+            let batch: &[Event] = if idx.len() == events.len() {
+                events
+            } else {
+                owned = idx.iter().map(|&i| events[i].clone()).collect::<Vec<_>>();
+                &owned
+            };
+            match self.sink.publish(&dest, batch).await {
+                Ok(outcomes) => {
+                    if outcomes.len() != idx.len() {
+                        tracing::error!(route = %self.name, events = idx.len(), outcomes = outcomes.len(), "the sink broke its contract: not one outcome per event; those without one are retried");
+                    }
+                    for (&i, o) in idx.iter().zip(outcomes) {
+                        fates[i] = match o {
+                            // The sink dropped a copy of this very (source,
+                            // id): it is there already, so this one is done.
+                            Ok(receipt) if receipt.duplicate => {
+                                self.metrics.sink_duplicates.inc();
+                                Fate::Sent
+                            }
+                            Ok(_) => Fate::Sent,
+                            Err(e) => Fate::Failed(e),
+                        };
+                    }
+                }
+                Err(e) => {
+                    for &i in &idx {
+                        fates[i] = Fate::Failed(e.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a published event's fate, and dead-letters it where the
+    /// failure is its own fault.
+    async fn resolve(
+        &self,
+        event: &Event,
+        fate: &mut Fate,
+        paused_said: &mut bool,
+        latencies: &mut Vec<f64>,
+    ) {
+        match fate {
+            Fate::Sent => {
+                self.metrics.published.inc();
+                if let Some(t) = event.time {
+                    let age = chrono::Utc::now() - t;
+                    latencies.push(age.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                }
+            }
+            // Only the event's own fault makes a dead letter.
+            Fate::Failed(e) if !e.is_temporary() && self.event_fault(e) => {
+                let reason = e.to_string();
+                if self.dead_letter(event, &reason, 1).await {
+                    *fate = Fate::DeadLettered;
+                }
+            }
+            // A broken sink (credentials, a missing entity, a quota): the
+            // event stays where it is and the route retries, paused,
+            // until the sink recovers. Said once per batch.
+            Fate::Failed(e) if !e.is_temporary() => {
+                self.metrics.errors.inc();
+                self.metrics.sink_refusals.inc();
+                if !*paused_said {
+                    *paused_said = true;
+                    tracing::error!(route = %self.name, error = %e, "the sink refuses everything; the route is paused and retries until it recovers (nothing is dead-lettered)");
+                }
+            }
+            Fate::Failed(_) => {
+                self.metrics.errors.inc();
+            }
+            Fate::DeadLettered => {}
+        }
+    }
+
+    /// Whether a permanent error is the event's own fault (dead letter) or
+    /// the sink's (pause). A destination that does not exist is the sink's
+    /// when the route names it, but the event's when the event chose it
+    /// through the template (a key or header that routes nowhere).
+    fn event_fault(&self, e: &Error) -> bool {
+        e.kind().is_event_fault()
+            || (e.kind() == ErrorKind::NotFound && self.template.is_chosen_by_event())
+    }
+
+    /// `forward`, keeping `claims` alive while it runs: a publish with
+    /// retries can outlast a lease (5 attempts of up to 30 s against a 30 s
+    /// lease), and another instance must not take the events over while
+    /// they are still being sent. A claim lost anyway shows when it is
+    /// committed (fenced, counted). Also returns when the claims were last
+    /// renewed, if they were.
+    pub(super) async fn forward_leased(
+        &self,
+        events: &[Event],
+        claims: &[ClaimToken],
+    ) -> (Vec<Fate>, Option<Instant>) {
+        let forward = self.forward(events);
+        if claims.is_empty() {
+            return (forward.await, None);
+        }
+        tokio::pin!(forward);
+        let mut renewed_at = None;
+        loop {
+            tokio::select! {
+                fates = &mut forward => return (fates, renewed_at),
+                () = tokio::time::sleep(self.config.claim_lease / 3) => {
+                    let at = Instant::now();
+                    match self.dedup.renew_many(claims, self.config.claim_lease).await {
+                        Ok(renewed) => {
+                            renewed_at = Some(at);
+                            let lost = renewed.iter().filter(|r| r.is_err()).count();
+                            if lost > 0 {
+                                tracing::warn!(route = %self.name, claims = lost, "claims taken over while publishing; their commit will be fenced");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(route = %self.name, error = %e, "could not renew claims while publishing");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a dead letter in the store (always) and at the dead-letter
+    /// destination (when configured). False if it could not be kept anywhere:
+    /// the caller must not drop the event then.
+    pub(super) async fn dead_letter(&self, event: &Event, reason: &str, attempts: u32) -> bool {
+        let copy =
+            dead_letter::storable_copy(event, reason, attempts, &format!("route {}", self.name));
+        tracing::warn!(route = %self.name, id = %copy.id, reason = %dead_letter::escape(reason), "dead-lettering");
+        if let Err(e) = self
+            .store
+            .append(&dead_letter_stream(&self.name), std::slice::from_ref(&copy))
+            .await
+        {
+            tracing::error!(route = %self.name, error = %e, "could not store a dead letter");
+            return false;
+        }
+        if let Some((publisher, destination)) = &self.dead_letter {
+            match publisher
+                .publish(destination, std::slice::from_ref(&copy))
+                .await
+            {
+                Ok(o) if o.iter().all(Result::is_ok) => {}
+                other => {
+                    tracing::error!(route = %self.name, ?other, "dead-letter destination refused; kept in the store")
+                }
+            }
+        }
+        self.metrics.dead_lettered.inc();
+        true
+    }
+}
+
+/// A batch's indices in waves: the n-th event of each key goes in wave n,
+/// events without a key (no order to keep) in the first.
+fn waves(events: &[Event]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let wave = e.key.as_deref().map_or(0, |k| {
+            let n = seen.entry(k).or_default();
+            *n += 1;
+            *n - 1
+        });
+        if waves.len() <= wave {
+            waves.push(Vec::new());
+        }
+        waves[wave].push(i);
+    }
+    waves
+}
