@@ -11,6 +11,7 @@ pub mod consume;
 pub mod dead_letter;
 pub mod dedup;
 pub mod duration;
+pub mod endpoint;
 pub mod error;
 pub mod event;
 pub mod idempotent;
@@ -29,6 +30,7 @@ pub use consume::{
     unknown_tags,
 };
 pub use dedup::{Claim, ClaimToken, DedupStore};
+pub use endpoint::{Connect, Endpoint};
 pub use error::{Error, ErrorKind, Result, Status};
 pub use event::Event;
 pub use idempotent::{Handled, IdempotentHandler};
