@@ -1,12 +1,18 @@
 //! librdkafka configuration from [`KafkaConfig`], and the entry point.
 
-use causeway_core::{Capabilities, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use causeway_core::{Capabilities, Connect, Consumer, Endpoint, Ordering, Publisher};
 use rdkafka::ClientConfig;
 
 use crate::config::{ConsumerConfig, KafkaConfig, StartFrom};
 use crate::consumer::KafkaConsumer;
 use crate::error::Error;
-use crate::producer::KafkaPublisher;
+use crate::publisher::KafkaPublisher;
+
+/// How long `ping` waits for the cluster's metadata.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A Kafka endpoint: makes publishers and consumers.
 #[derive(Clone, Debug)]
@@ -46,7 +52,11 @@ impl KafkaClient {
 
     /// An idempotent, `acks=all` producer with the configured tuning.
     pub fn publisher(&self) -> Result<KafkaPublisher, Error> {
-        KafkaPublisher::new(self, self.producer_config())
+        KafkaPublisher::new(
+            self.producer_config(),
+            self.capabilities(),
+            self.config.producer.default_topic.clone(),
+        )
     }
 
     /// A consumer as configured in `consumer` (the config's own when `None`).
@@ -68,7 +78,11 @@ impl KafkaClient {
             )
             .set("enable.partition.eof", "false");
         self.passthrough(&mut cc);
-        KafkaConsumer::new(self, cc, c)
+        let dead_letters = match &c.dead_letter_topic {
+            Some(topic) => Some((self.publisher()?, topic.clone())),
+            None => None,
+        };
+        KafkaConsumer::new(cc, c, self.capabilities(), dead_letters)
     }
 
     pub(crate) fn producer_config(&self) -> ClientConfig {
@@ -120,9 +134,45 @@ impl KafkaClient {
         cc
     }
 
+    /// librdkafka's own settings, last: they win over causeway's.
     fn passthrough(&self, cc: &mut ClientConfig) {
         for (k, v) in &self.config.librdkafka {
             cc.set(k, v);
         }
+    }
+}
+
+#[async_trait]
+impl Endpoint for KafkaClient {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        KafkaClient::capabilities(self)
+    }
+
+    async fn publisher(&self) -> causeway_core::Result<Box<dyn Publisher>> {
+        Ok(Box::new(KafkaClient::publisher(self)?))
+    }
+
+    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
+        Ok(Box::new(KafkaClient::consumer(self, None)?))
+    }
+
+    /// Creating a producer contacts no broker: this asks for metadata.
+    async fn ping(&self) -> causeway_core::Result<()> {
+        KafkaClient::publisher(self)?.ping(PING_TIMEOUT).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Connect for KafkaClient {
+    type Config = KafkaConfig;
+
+    /// [`KafkaClient::new`]: nothing connects until a publisher or consumer does.
+    async fn connect(config: KafkaConfig) -> causeway_core::Result<Self> {
+        Ok(KafkaClient::new(config))
     }
 }

@@ -16,10 +16,9 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
-use crate::client::KafkaClient;
 use crate::config::ConsumerConfig;
 use crate::error::Error;
-use crate::producer::{KafkaPublisher, headers_of};
+use crate::publisher::{KafkaPublisher, headers_of};
 
 /// A consumer group member. Acks may come in any order: only the
 /// contiguous acked watermark of each partition is ever committed.
@@ -401,10 +400,13 @@ impl Settler for KafkaSettler {
 }
 
 impl KafkaConsumer {
+    /// A consumer subscribed as `c` says; dead letters go through
+    /// `dead_letters` (a publisher and its topic) when `c` names a topic.
     pub(crate) fn new(
-        client: &KafkaClient,
         config: ClientConfig,
         c: ConsumerConfig,
+        mut capabilities: Capabilities,
+        dead_letters: Option<(KafkaPublisher, String)>,
     ) -> Result<Self, Error> {
         let shared = Arc::new(Shared::default());
         let consumer: StreamConsumer<Context> = config
@@ -416,11 +418,6 @@ impl KafkaConsumer {
         consumer
             .subscribe(&topics)
             .map_err(|e| Error::kafka("subscribe", e))?;
-        let dead_letters = match &c.dead_letter_topic {
-            Some(topic) => Some((client.publisher()?, topic.clone())),
-            None => None,
-        };
-        let mut capabilities = client.capabilities();
         capabilities.dead_letter = dead_letters.is_some();
         Ok(KafkaConsumer {
             consumer: Arc::new(consumer),

@@ -24,10 +24,10 @@ mod client;
 mod config;
 mod consumer;
 mod error;
-mod producer;
+mod publisher;
 
 pub use client::KafkaClient;
 pub use config::{ConsumerConfig, KafkaConfig, ProducerConfig, Security, StartFrom};
 pub use consumer::KafkaConsumer;
 pub use error::Error;
-pub use producer::KafkaPublisher;
+pub use publisher::KafkaPublisher;

@@ -8,7 +8,6 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
-use crate::client::KafkaClient;
 use crate::error::Error;
 
 /// Produces to Kafka: the batch is enqueued whole (librdkafka batches and
@@ -41,13 +40,17 @@ pub(crate) fn headers_of(event: &Event) -> OwnedHeaders {
 }
 
 impl KafkaPublisher {
-    pub(crate) fn new(client: &KafkaClient, config: ClientConfig) -> Result<Self, Error> {
+    pub(crate) fn new(
+        config: ClientConfig,
+        capabilities: Capabilities,
+        default_topic: Option<String>,
+    ) -> Result<Self, Error> {
         Ok(KafkaPublisher {
             producer: config
                 .create()
                 .map_err(|e| Error::kafka("create producer", e))?,
-            capabilities: client.capabilities(),
-            default_topic: client.config.producer.default_topic.clone(),
+            capabilities,
+            default_topic,
         })
     }
 
