@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use causeway_core::{Capabilities, ErrorKind, Ordering};
+use async_trait::async_trait;
+use causeway_core::{Capabilities, Connect, Consumer, Endpoint, ErrorKind, Ordering, Publisher};
 
 use crate::config::{Auth, ConsumerConfig, NatsConfig, Start};
 use crate::consumer::NatsConsumer;
@@ -71,7 +72,10 @@ impl NatsClient {
         // together pass the limit would wait for each other forever. Callers
         // bound what they have in flight (the bridge: shards × batch size),
         // so the library's bound is lifted.
+        // publish.ack_timeout bounds each awaited PubAck (and JetStream API
+        // replies, which async-nats bounds with the same setting).
         let jetstream = jetstream::ContextBuilder::new()
+            .timeout(config.publish.ack_timeout)
             .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
             .build(client.clone());
         let this = NatsClient {
@@ -109,7 +113,11 @@ impl NatsClient {
 
     /// A publisher on this connection.
     pub fn publisher(&self) -> NatsPublisher {
-        NatsPublisher::new(self.clone())
+        NatsPublisher::new(
+            self.jetstream.clone(),
+            self.config.publish.default_subject.clone(),
+            self.capabilities(),
+        )
     }
 
     /// A consumer as configured in `consumer` (the config's own when `None`).
@@ -123,7 +131,7 @@ impl NatsClient {
             }
         };
         let pull = self.ensure_consumer(&config).await?;
-        NatsConsumer::start(self.clone(), config, pull).await
+        NatsConsumer::start(self.jetstream.clone(), config, pull, self.capabilities()).await
     }
 
     async fn ensure_stream(&self) -> Result<(), Error> {
@@ -219,8 +227,12 @@ impl NatsClient {
             .get_stream_no_info(&self.config.stream.name)
             .await
             .map_err(|e| Error::request("get stream", e))?;
-        match stream
-            .get_consumer::<consumer::pull::Config>(&c.durable)
+        match self
+            .jetstream
+            .get_consumer_from_stream::<consumer::pull::Config, _, _>(
+                &c.durable,
+                &self.config.stream.name,
+            )
             .await
         {
             Ok(existing) => {
@@ -246,10 +258,57 @@ impl NatsClient {
                 }
                 Ok(existing)
             }
-            Err(_) => stream
-                .create_consumer(config)
-                .await
-                .map_err(|e| Error::request("create consumer", e)),
+            // Only a consumer that is not there is created: a timeout or a
+            // refused lookup is an error, not a reason to make a second one.
+            Err(e)
+                if matches!(e.kind(), jetstream::stream::ConsumerErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) =>
+            {
+                stream
+                    .create_consumer(config)
+                    .await
+                    .map_err(|e| Error::request("create consumer", e))
+            }
+            Err(e) => Err(Error::request("get consumer", e)),
         }
+    }
+}
+
+#[async_trait]
+impl Endpoint for NatsClient {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        NatsClient::capabilities(self)
+    }
+
+    async fn publisher(&self) -> causeway_core::Result<Box<dyn Publisher>> {
+        Ok(Box::new(NatsClient::publisher(self)))
+    }
+
+    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
+        Ok(Box::new(NatsClient::consumer(self, None).await?))
+    }
+
+    /// `connect` made or verified the stream; this asks the server again
+    /// (one request, bounded by `publish.ack_timeout`).
+    async fn ping(&self) -> causeway_core::Result<()> {
+        self.jetstream
+            .get_stream(&self.config.stream.name)
+            .await
+            .map_err(|e| Error::request("get stream", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Connect for NatsClient {
+    type Config = NatsConfig;
+
+    /// [`NatsClient::connect`].
+    async fn connect(config: NatsConfig) -> causeway_core::Result<Self> {
+        Ok(NatsClient::connect(config).await?)
     }
 }

@@ -140,7 +140,7 @@ pub struct PublishConfig {
     /// Subject used when a route gives no destination.
     #[serde(default)]
     pub default_subject: Option<String>,
-    /// How long to wait for a PubAck.
+    /// How long to wait for a PubAck (and for a JetStream API reply).
     #[serde(
         default = "default_ack_timeout",
         with = "causeway_core::duration::positive"

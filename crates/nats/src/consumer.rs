@@ -16,7 +16,6 @@ use causeway_core::{
 use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
-use crate::client::NatsClient;
 use crate::config::ConsumerConfig;
 use crate::error::Error;
 
@@ -76,15 +75,15 @@ struct State {
 
 impl NatsConsumer {
     pub(crate) async fn start(
-        client: NatsClient,
+        jetstream: async_nats::jetstream::Context,
         config: ConsumerConfig,
         consumer: PullConsumer,
+        capabilities: Capabilities,
     ) -> Result<Self, Error> {
-        let capabilities = client.capabilities();
         let settler = Arc::new(NatsSettler {
             state: Mutex::default(),
             next_tag: AtomicU64::new(1),
-            jetstream: client.jetstream.clone(),
+            jetstream,
             dead_letter_subject: config.dead_letter_subject.clone(),
             ack_wait: config.ack_wait,
             max_processing: config.max_processing,

@@ -1,3 +1,4 @@
+use async_nats::jetstream;
 use causeway_core::ErrorKind;
 
 causeway_core::adapter_error!(
@@ -45,27 +46,85 @@ impl Error {
     /// A request to the server (stream or consumer management, pulls),
     /// classified by async-nats's own error kind: timeouts and missing
     /// responders are temporary; an error answered by JetStream is not.
-    pub(crate) fn request<K>(operation: &'static str, e: async_nats::error::Error<K>) -> Self
-    where
-        K: Clone + std::fmt::Debug + std::fmt::Display + PartialEq + Send + Sync + 'static,
-    {
-        // The kind enums differ per call but share variant names.
-        let variant = format!("{:?}", e.kind());
-        let kind = match variant.split('(').next().unwrap_or_default() {
-            "TimedOut" => ErrorKind::Timeout,
-            "Request"
-            | "NoResponders"
-            | "JetStreamUnavailable"
-            | "MissingHeartbeat"
-            | "ConsumerDeleted" => ErrorKind::Connection,
-            "JetStream" => ErrorKind::Rejected,
-            _ => ErrorKind::Internal,
-        };
-        Error::new(operation, kind, e)
+    pub(crate) fn request<K: Classify>(
+        operation: &'static str,
+        e: async_nats::error::Error<K>,
+    ) -> Self {
+        Error::new(operation, e.kind().classify(), e)
     }
 
     /// An ack, nak or term could not be sent: the connection is the problem.
     pub(crate) fn ack(e: async_nats::Error) -> Self {
         Error::new("ack", ErrorKind::Connection, e)
+    }
+}
+
+/// How one of async-nats's request error kinds maps onto causeway's: each
+/// call has its own kind enum, matched here variant by variant.
+pub(crate) trait Classify:
+    Clone + std::fmt::Debug + std::fmt::Display + PartialEq + Send + Sync + 'static
+{
+    /// The causeway kind of this async-nats kind.
+    fn classify(&self) -> ErrorKind;
+}
+
+impl Classify for jetstream::context::RequestErrorKind {
+    fn classify(&self) -> ErrorKind {
+        use jetstream::context::RequestErrorKind as K;
+        match self {
+            K::TimedOut => ErrorKind::Timeout,
+            K::NoResponders => ErrorKind::Connection,
+            K::InvalidSubject | K::Other => ErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for jetstream::context::CreateStreamErrorKind {
+    fn classify(&self) -> ErrorKind {
+        use jetstream::context::CreateStreamErrorKind as K;
+        match self {
+            K::TimedOut => ErrorKind::Timeout,
+            K::JetStreamUnavailable => ErrorKind::Connection,
+            K::JetStream(_) => ErrorKind::Rejected,
+            K::EmptyStreamName
+            | K::InvalidStreamName
+            | K::DomainAndExternalSet
+            | K::Response
+            | K::NotFound
+            | K::ResponseParse => ErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for jetstream::context::GetStreamErrorKind {
+    fn classify(&self) -> ErrorKind {
+        use jetstream::context::GetStreamErrorKind as K;
+        match self {
+            K::Request => ErrorKind::Connection,
+            K::JetStream(_) => ErrorKind::Rejected,
+            K::EmptyName | K::InvalidStreamName => ErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for jetstream::stream::ConsumerErrorKind {
+    fn classify(&self) -> ErrorKind {
+        use jetstream::stream::ConsumerErrorKind as K;
+        match self {
+            K::TimedOut => ErrorKind::Timeout,
+            K::Request => ErrorKind::Connection,
+            K::JetStream(_) => ErrorKind::Rejected,
+            K::InvalidConsumerType | K::InvalidName | K::Other => ErrorKind::Internal,
+        }
+    }
+}
+
+impl Classify for jetstream::consumer::StreamErrorKind {
+    fn classify(&self) -> ErrorKind {
+        use jetstream::consumer::StreamErrorKind as K;
+        match self {
+            K::TimedOut => ErrorKind::Timeout,
+            K::Other => ErrorKind::Internal,
+        }
     }
 }

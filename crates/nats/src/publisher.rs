@@ -8,14 +8,15 @@ use causeway_core::{
 };
 use futures_util::future::join_all;
 
-use crate::client::NatsClient;
 use crate::error::Error;
 
 /// Publishes to JetStream, pipelined: the whole batch is sent, then the
 /// PubAcks are awaited together.
 #[derive(Clone, Debug)]
 pub struct NatsPublisher {
-    client: NatsClient,
+    jetstream: async_nats::jetstream::Context,
+    /// Where an event goes when the route names no subject.
+    default_subject: Option<String>,
     capabilities: Capabilities,
 }
 
@@ -82,10 +83,14 @@ fn valid_subject(subject: &str) -> Result<&str> {
 }
 
 impl NatsPublisher {
-    pub(crate) fn new(client: NatsClient) -> Self {
-        let capabilities = client.capabilities();
+    pub(crate) fn new(
+        jetstream: async_nats::jetstream::Context,
+        default_subject: Option<String>,
+        capabilities: Capabilities,
+    ) -> Self {
         NatsPublisher {
-            client,
+            jetstream,
+            default_subject,
             capabilities,
         }
     }
@@ -94,17 +99,12 @@ impl NatsPublisher {
         if !destination.is_empty() {
             return valid_subject(destination);
         }
-        self.client
-            .config
-            .publish
-            .default_subject
-            .as_deref()
-            .ok_or_else(|| {
-                CoreError::new(
-                    ErrorKind::Config,
-                    "no destination given and no publish.default_subject",
-                )
-            })
+        self.default_subject.as_deref().ok_or_else(|| {
+            CoreError::new(
+                ErrorKind::Config,
+                "no destination given and no publish.default_subject",
+            )
+        })
     }
 
     /// Sends one event; the returned future resolves with its PubAck.
@@ -126,7 +126,6 @@ impl NatsPublisher {
             .payload(event.payload.clone())
             .headers(headers);
         Ok(self
-            .client
             .jetstream
             .send_publish(subject.to_owned(), message)
             .await
