@@ -17,6 +17,7 @@
 //! [`Publisher`]: causeway_core::Publisher
 //! [`Consumer`]: causeway_core::Consumer
 
+mod client;
 mod config;
 mod consumer;
 mod error;
@@ -24,8 +25,8 @@ mod mapping;
 mod publisher;
 mod session;
 
+pub use client::RabbitClient;
 pub use config::{ExchangeKind, PublishConfig, QueueConfig, QueueKind, RabbitConfig, StreamOffset};
 pub use consumer::RabbitConsumer;
 pub use error::Error;
 pub use publisher::RabbitPublisher;
-pub use session::RabbitClient;

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use causeway_core::{Capabilities, Ordering};
 use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -13,70 +12,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::config::{ExchangeKind, QueueConfig, QueueKind, RabbitConfig};
-use crate::consumer::RabbitConsumer;
 use crate::error::{Error, bounded};
-use crate::publisher::RabbitPublisher;
-
-/// A RabbitMQ endpoint: makes publishers and consumers, each with its own
-/// connection, so a slow consumer never holds up a publisher's confirms.
-#[derive(Clone, Debug)]
-pub struct RabbitClient {
-    config: Arc<RabbitConfig>,
-}
-
-impl RabbitClient {
-    /// Connects once to check the endpoint and declare its topology: a
-    /// conflicting existing queue or exchange is an error here.
-    pub async fn connect(config: RabbitConfig) -> Result<RabbitClient, Error> {
-        let config = Arc::new(config);
-        let session = Session::new(config.clone(), config.queue.clone());
-        let link = session.link().await?;
-        session.invalidate(&link).await;
-        Ok(RabbitClient { config })
-    }
-
-    /// What this endpoint can do; stream queues keep messages for every
-    /// consumer and cannot requeue one.
-    pub fn capabilities(&self) -> Capabilities {
-        capabilities(&self.config, self.config.queue.as_ref())
-    }
-
-    /// A publisher with its own connection.
-    pub fn publisher(&self) -> RabbitPublisher {
-        RabbitPublisher::new(Session::new(self.config.clone(), None), self.capabilities())
-    }
-
-    /// A consumer of `queue` (the config's own when `None`), with its own connection.
-    pub async fn consumer(&self, queue: Option<&QueueConfig>) -> Result<RabbitConsumer, Error> {
-        let queue = match queue.or(self.config.queue.as_ref()) {
-            Some(q) => q.clone(),
-            None => {
-                return Err(Error::config(
-                    "no [queue] configured for this RabbitMQ endpoint",
-                ));
-            }
-        };
-        let capabilities = capabilities(&self.config, Some(&queue));
-        RabbitConsumer::start(Session::new(self.config.clone(), Some(queue)), capabilities).await
-    }
-}
-
-pub(crate) fn capabilities(config: &RabbitConfig, queue: Option<&QueueConfig>) -> Capabilities {
-    let stream = queue.is_some_and(|q| q.kind == QueueKind::Stream);
-    Capabilities {
-        per_message_nack: !stream,
-        delayed_redelivery: !stream,
-        // Unacked messages return when the channel closes, not after a timeout.
-        ack_timeout_redelivery: false,
-        dead_letter: queue.is_some_and(|q| q.dead_letter_queue.is_some()),
-        native_dedup: false,
-        ordering: Ordering::None,
-        consumer_groups: !stream,
-        durable_resume: !stream,
-        max_message_bytes: config.max_message_bytes,
-        max_batch: 1000,
-    }
-}
 
 /// An open connection and its confirm-mode channel.
 #[derive(Debug)]
