@@ -17,11 +17,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{Reply, Shared, capabilities};
 use crate::config::ReceiveConfig;
+use crate::connection::{BATCH_CONTENT_TYPE, Reply, Shared, capabilities};
 use crate::error::{Error, bounded};
 use crate::mapping::{custom_properties, dead_letter_copy, decode};
-use crate::publisher::BATCH_CONTENT_TYPE;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

@@ -27,6 +27,7 @@
 
 mod client;
 mod config;
+mod connection;
 mod consumer;
 mod error;
 mod mapping;

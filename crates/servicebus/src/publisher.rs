@@ -9,13 +9,11 @@ use causeway_core::{
 };
 use futures_util::StreamExt;
 
-use crate::client::{Shared, capabilities};
 use crate::config::KeyProperty;
+use crate::connection::{BATCH_CONTENT_TYPE, Shared, capabilities};
 use crate::error::{Error, bounded};
 use crate::mapping::{BatchMessage, encode};
 
-/// Content type of a Send Message Batch request.
-pub(crate) const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
 /// Most messages in one batch request.
 const MAX_MESSAGES: usize = 100;
 

@@ -1,15 +1,16 @@
-//! The SDK client, queue URL resolution, and what a queue can do.
+//! The endpoint: the SDK client built from the config and the AWS chain,
+//! making publishers and consumers that share its [`Shared`] state.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sqs::config::Credentials;
-use aws_sdk_sqs::types::QueueAttributeName;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use causeway_core::{Capabilities, ErrorKind, Ordering};
+use causeway_core::{Capabilities, Connect, Consumer, Endpoint, Publisher};
 
 use crate::config::{QueueConfig, SqsConfig, is_fifo};
+use crate::connection::{Shared, capabilities};
 use crate::consumer::SqsConsumer;
 use crate::error::{Error, bounded};
 use crate::publisher::SqsPublisher;
@@ -28,12 +29,6 @@ impl std::fmt::Debug for SqsClient {
             .field("endpoint", &self.shared.config.endpoint)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) struct Shared {
-    pub sqs: aws_sdk_sqs::Client,
-    pub config: SqsConfig,
-    urls: Mutex<HashMap<String, String>>,
 }
 
 impl SqsClient {
@@ -70,11 +65,7 @@ impl SqsClient {
             return Err(Error::config("publish.in_flight must be at least 1"));
         }
         Ok(SqsClient {
-            shared: Arc::new(Shared {
-                sqs: aws_sdk_sqs::Client::new(&sdk_config),
-                config,
-                urls: Mutex::default(),
-            }),
+            shared: Arc::new(Shared::new(aws_sdk_sqs::Client::new(&sdk_config), config)),
         })
     }
 
@@ -152,139 +143,36 @@ impl SqsClient {
     }
 }
 
-impl Shared {
-    /// A queue's URL: given, cached, or asked for (and created where
-    /// `create_queues` is set).
-    pub async fn queue_url(&self, name_or_url: &str) -> Result<String, Error> {
-        if name_or_url.contains("://") {
-            return Ok(name_or_url.to_owned());
-        }
-        if let Some(url) = self.cached(name_or_url) {
-            return Ok(url);
-        }
-        let found = self.lookup(name_or_url, None).await;
-        let url = match found {
-            Err(e) if e.kind() == ErrorKind::NotFound && self.config.create_queues => {
-                self.create(name_or_url).await?
-            }
-            other => other?,
-        };
-        let mut urls = self
-            .urls
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Destinations rendered from events are unbounded in number; the
-        // cache is not (a URL is cheap to look up again).
-        if urls.len() >= causeway_core::template::CACHE_LIMIT {
-            urls.clear();
-        }
-        urls.insert(name_or_url.to_owned(), url.clone());
-        Ok(url)
+#[async_trait]
+impl Endpoint for SqsClient {
+    fn kind(&self) -> &'static str {
+        "sqs"
     }
 
-    fn cached(&self, name: &str) -> Option<String> {
-        self.urls
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .cloned()
+    fn capabilities(&self) -> Capabilities {
+        SqsClient::capabilities(self)
     }
 
-    async fn lookup(&self, name: &str, owner: Option<&str>) -> Result<String, Error> {
-        let call = async {
-            let out = self
-                .sqs
-                .get_queue_url()
-                .queue_name(name)
-                .set_queue_owner_aws_account_id(owner.map(str::to_owned))
-                .send()
-                .await
-                .map_err(|e| Error::sdk("get queue url", e))?;
-            out.queue_url
-                .ok_or_else(|| Error::new("get queue url", ErrorKind::NotFound, name.to_owned()))
-        };
-        bounded("get queue url", self.config.call_timeout, call).await
+    async fn publisher(&self) -> causeway_core::Result<Box<dyn Publisher>> {
+        Ok(Box::new(SqsClient::publisher(self)))
     }
 
-    async fn create(&self, name: &str) -> Result<String, Error> {
-        let mut request = self.sqs.create_queue().queue_name(name);
-        if is_fifo(name) {
-            request = request.attributes(QueueAttributeName::FifoQueue, "true");
-        }
-        let call = async {
-            let out = request
-                .send()
-                .await
-                .map_err(|e| Error::sdk("create queue", e))?;
-            out.queue_url
-                .ok_or_else(|| Error::new("create queue", ErrorKind::Internal, "no queue URL"))
-        };
-        let url = bounded("create queue", self.config.call_timeout, call).await?;
-        tracing::info!(queue = name, "created SQS queue");
-        Ok(url)
+    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
+        Ok(Box::new(SqsClient::consumer(self, None).await?))
     }
 
-    /// The dead-letter queue of the queue's redrive policy, if it has one.
-    pub async fn redrive_target(&self, queue_url: &str) -> Result<Option<String>, Error> {
-        let call = async {
-            self.sqs
-                .get_queue_attributes()
-                .queue_url(queue_url)
-                .attribute_names(QueueAttributeName::RedrivePolicy)
-                .send()
-                .await
-                .map_err(|e| Error::sdk("get queue attributes", e))
-        };
-        let out = bounded("get queue attributes", self.config.call_timeout, call).await?;
-        let Some(policy) = out
-            .attributes
-            .as_ref()
-            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
-        else {
-            return Ok(None);
-        };
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Redrive {
-            dead_letter_target_arn: String,
-        }
-        let redrive: Redrive = serde_json::from_str(policy).map_err(|e| {
-            Error::new(
-                "get queue attributes",
-                ErrorKind::Internal,
-                format!("unreadable RedrivePolicy {policy}: {e}"),
-            )
-        })?;
-        // arn:aws:sqs:<region>:<account>:<name>
-        let parts: Vec<&str> = redrive.dead_letter_target_arn.split(':').collect();
-        let (Some(name), Some(account)) = (parts.last(), parts.get(4)) else {
-            return Err(Error::config(format!(
-                "redrive target `{}` is not a queue ARN",
-                redrive.dead_letter_target_arn
-            )));
-        };
-        self.lookup(name, Some(account)).await.map(Some)
+    /// [`SqsClient::ping`]: building the client contacted no server.
+    async fn ping(&self) -> causeway_core::Result<()> {
+        Ok(SqsClient::ping(self).await?)
     }
 }
 
-/// What an SQS queue can do.
-pub(crate) fn capabilities(fifo: bool, dead_letter: bool, config: &SqsConfig) -> Capabilities {
-    Capabilities {
-        per_message_nack: true,
-        delayed_redelivery: true,
-        ack_timeout_redelivery: true,
-        dead_letter,
-        native_dedup: fifo,
-        ordering: if fifo {
-            Ordering::PerKey
-        } else {
-            Ordering::None
-        },
-        consumer_groups: true,
-        durable_resume: true,
-        // Any payload fits once base64-encoded (a binary payload grows by 4/3),
-        // with room left for the attributes.
-        max_message_bytes: (config.max_message_bytes * 3 / 4).saturating_sub(256),
-        max_batch: 10 * config.publish.in_flight,
+#[async_trait]
+impl Connect for SqsClient {
+    type Config = SqsConfig;
+
+    /// [`SqsClient::connect`].
+    async fn connect(config: SqsConfig) -> causeway_core::Result<Self> {
+        Ok(SqsClient::connect(config).await?)
     }
 }

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{Shared, capabilities};
 use crate::config::{QueueConfig, is_fifo};
+use crate::connection::{Shared, capabilities};
 use crate::error::{Error, bounded};
 use crate::mapping::{decode, fifo_token, with_extensions};
 use crate::publisher::SQS_BATCH;

@@ -9,8 +9,8 @@ use causeway_core::{
 };
 use futures_util::StreamExt;
 
-use crate::client::{Shared, capabilities};
 use crate::config::is_fifo;
+use crate::connection::{Shared, capabilities};
 use crate::error::{Error, bounded};
 use crate::mapping::{encode, fifo_token};
 
