@@ -51,6 +51,26 @@ pub enum EndpointConfig {
     Servicebus(causeway_servicebus::ServiceBusConfig),
 }
 
+impl EndpointConfig {
+    /// The broker's name, as the config's table names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EndpointConfig::Memory(_) => "memory",
+            EndpointConfig::Generator(_) => "generator",
+            #[cfg(feature = "kafka")]
+            EndpointConfig::Kafka(_) => "kafka",
+            #[cfg(feature = "nats")]
+            EndpointConfig::Nats(_) => "nats",
+            #[cfg(feature = "rabbitmq")]
+            EndpointConfig::Rabbitmq(_) => "rabbitmq",
+            #[cfg(feature = "sqs")]
+            EndpointConfig::Sqs(_) => "sqs",
+            #[cfg(feature = "servicebus")]
+            EndpointConfig::Servicebus(_) => "servicebus",
+        }
+    }
+}
+
 /// The in-process broker.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

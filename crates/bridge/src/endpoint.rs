@@ -1,19 +1,17 @@
-//! Publishers and consumers for the configured endpoints, by name.
+//! The configured endpoints, by name: each opens as a [`causeway_core::Endpoint`],
+//! whichever broker it is, and the bridge asks it for publishers,
+//! consumers and checks the same way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use async_trait::async_trait;
 use causeway_core::memory::{ConsumerOptions, MemoryBroker};
-use causeway_core::{
-    Capabilities, Consumer, Delivery, Event, Publisher, Settlement, Settler, Ticket,
-};
-use tokio::time::Instant;
+use causeway_core::{Capabilities, Connect, Consumer, Endpoint, Publisher};
 
-use crate::config::{EndpointConfig, GeneratorEndpoint};
+use crate::config::{EndpointConfig, MemoryEndpoint};
+use crate::generator::GeneratorSource;
 
 /// The configured endpoints. Memory endpoints share one in-process broker.
 #[derive(Debug, Clone)]
@@ -50,226 +48,102 @@ impl Endpoints {
             .with_context(|| format!("no endpoint `{name}`"))
     }
 
-    /// A publisher to endpoint `name`, connected.
-    pub async fn publisher(&self, name: &str) -> Result<Arc<dyn Publisher>> {
-        Ok(match self.config(name)? {
-            EndpointConfig::Memory(_) => Arc::new(self.memory.publisher()),
-            EndpointConfig::Generator(_) => {
-                bail!("endpoint `{name}` is a generator: it can only be a source")
-            }
+    /// Endpoint `name`, connected as its adapter connects (some only on
+    /// first use).
+    pub async fn open(&self, name: &str) -> Result<Box<dyn Endpoint>> {
+        /// An adapter's endpoint from its config.
+        async fn connect<E: Connect + 'static>(config: &E::Config) -> Result<Box<dyn Endpoint>>
+        where
+            E::Config: Clone,
+        {
+            Ok(Box::new(E::connect(config.clone()).await?))
+        }
+        match self.config(name)? {
+            EndpointConfig::Memory(m) => Ok(Box::new(InProcess {
+                name: name.to_owned(),
+                config: m.clone(),
+                broker: self.memory.clone(),
+            })),
+            EndpointConfig::Generator(g) => Ok(Box::new(GeneratorSource(g.clone()))),
             #[cfg(feature = "kafka")]
-            EndpointConfig::Kafka(c) => {
-                Arc::new(causeway_kafka::KafkaClient::new(c.clone()).publisher()?)
-            }
+            EndpointConfig::Kafka(c) => connect::<causeway_kafka::KafkaClient>(c).await,
             #[cfg(feature = "nats")]
-            EndpointConfig::Nats(c) => Arc::new(
-                causeway_nats::NatsClient::connect(c.clone())
-                    .await?
-                    .publisher(),
-            ),
+            EndpointConfig::Nats(c) => connect::<causeway_nats::NatsClient>(c).await,
             #[cfg(feature = "rabbitmq")]
-            EndpointConfig::Rabbitmq(c) => Arc::new(
-                causeway_rabbitmq::RabbitClient::connect(c.clone())
-                    .await?
-                    .publisher(),
-            ),
+            EndpointConfig::Rabbitmq(c) => connect::<causeway_rabbitmq::RabbitClient>(c).await,
             #[cfg(feature = "sqs")]
-            EndpointConfig::Sqs(c) => Arc::new(
-                causeway_sqs::SqsClient::connect(c.clone())
-                    .await?
-                    .publisher(),
-            ),
+            EndpointConfig::Sqs(c) => connect::<causeway_sqs::SqsClient>(c).await,
             #[cfg(feature = "servicebus")]
             EndpointConfig::Servicebus(c) => {
-                Arc::new(causeway_servicebus::ServiceBusClient::connect(c.clone())?.publisher())
+                connect::<causeway_servicebus::ServiceBusClient>(c).await
             }
-        })
+        }
+    }
+
+    /// A publisher to endpoint `name`, connected.
+    pub async fn publisher(&self, name: &str) -> Result<Arc<dyn Publisher>> {
+        Ok(Arc::from(self.open(name).await?.publisher().await?))
     }
 
     /// A consumer of endpoint `name`, as its config says.
     pub async fn consumer(&self, name: &str) -> Result<Box<dyn Consumer>> {
-        Ok(match self.config(name)? {
-            EndpointConfig::Memory(m) => {
-                let topic = m
-                    .topic
-                    .as_deref()
-                    .with_context(|| format!("endpoint `{name}` has no topic to consume"))?;
-                Box::new(
-                    self.memory
-                        .consumer(topic, &m.group, ConsumerOptions::default()),
-                )
-            }
-            EndpointConfig::Generator(g) => Box::new(Generator::new(g.clone())),
-            #[cfg(feature = "kafka")]
-            EndpointConfig::Kafka(c) => {
-                Box::new(causeway_kafka::KafkaClient::new(c.clone()).consumer(None)?)
-            }
-            #[cfg(feature = "nats")]
-            EndpointConfig::Nats(c) => Box::new(
-                causeway_nats::NatsClient::connect(c.clone())
-                    .await?
-                    .consumer(None)
-                    .await?,
-            ),
-            #[cfg(feature = "rabbitmq")]
-            EndpointConfig::Rabbitmq(c) => Box::new(
-                causeway_rabbitmq::RabbitClient::connect(c.clone())
-                    .await?
-                    .consumer(None)
-                    .await?,
-            ),
-            #[cfg(feature = "sqs")]
-            EndpointConfig::Sqs(c) => Box::new(
-                causeway_sqs::SqsClient::connect(c.clone())
-                    .await?
-                    .consumer(None)
-                    .await?,
-            ),
-            #[cfg(feature = "servicebus")]
-            EndpointConfig::Servicebus(c) => {
-                Box::new(causeway_servicebus::ServiceBusClient::connect(c.clone())?.consumer(None)?)
-            }
-        })
+        Ok(self.open(name).await?.consumer().await?)
     }
 
-    /// Connects to endpoint `name` and returns what it can do.
+    /// Connects to endpoint `name`, proves it answers ([`Endpoint::ping`]),
+    /// and returns what it can do.
     pub async fn check(&self, name: &str) -> Result<Capabilities> {
-        Ok(match self.config(name)? {
-            EndpointConfig::Generator(g) => Generator::new(g.clone()).capabilities(),
-            // Creating a producer contacts no broker: ask for metadata.
-            #[cfg(feature = "kafka")]
-            EndpointConfig::Kafka(c) => {
-                let publisher = causeway_kafka::KafkaClient::new(c.clone()).publisher()?;
-                publisher.ping(Duration::from_secs(10)).await?;
-                causeway_core::Publisher::capabilities(&publisher)
-            }
-            // Building a client contacts no server: list queues, resolve the configured ones.
-            #[cfg(feature = "sqs")]
-            EndpointConfig::Sqs(c) => {
-                let client = causeway_sqs::SqsClient::connect(c.clone()).await?;
-                client.ping().await?;
-                client.capabilities()
-            }
-            // Probes the key and each configured entity without changing anything.
-            #[cfg(feature = "servicebus")]
-            EndpointConfig::Servicebus(c) => {
-                let client = causeway_servicebus::ServiceBusClient::connect(c.clone())?;
-                client.ping().await?;
-                client.capabilities()
-            }
-            _ => self.publisher(name).await?.capabilities(),
-        })
+        let endpoint = self.open(name).await?;
+        endpoint.ping().await?;
+        Ok(endpoint.capabilities())
     }
 
     /// Endpoint names and their types.
     pub fn describe(&self) -> Vec<(String, &'static str)> {
         self.configs
             .iter()
-            .map(|(name, c)| {
-                let kind = match c {
-                    EndpointConfig::Memory(_) => "memory",
-                    EndpointConfig::Generator(_) => "generator",
-                    #[cfg(feature = "kafka")]
-                    EndpointConfig::Kafka(_) => "kafka",
-                    #[cfg(feature = "nats")]
-                    EndpointConfig::Nats(_) => "nats",
-                    #[cfg(feature = "rabbitmq")]
-                    EndpointConfig::Rabbitmq(_) => "rabbitmq",
-                    #[cfg(feature = "sqs")]
-                    EndpointConfig::Sqs(_) => "sqs",
-                    #[cfg(feature = "servicebus")]
-                    EndpointConfig::Servicebus(_) => "servicebus",
-                };
-                (name.clone(), kind)
-            })
+            .map(|(name, c)| (name.clone(), c.kind()))
             .collect()
     }
 }
 
-/// Synthetic FinBank transactions at a fixed rate; acks are accepted and forgotten.
-struct Generator {
-    config: GeneratorEndpoint,
-    run: String,
-    next: u64,
-    started: Instant,
-    settler: Arc<dyn Settler>,
-}
-
-struct Forget;
-
-#[async_trait]
-impl Settler for Forget {
-    async fn settle(&self, _items: Vec<(u64, Settlement)>) -> causeway_core::Result<()> {
-        Ok(())
-    }
-}
-
-static RUNS: AtomicU64 = AtomicU64::new(0);
-
-impl Generator {
-    fn new(config: GeneratorEndpoint) -> Self {
-        Generator {
-            config,
-            // Ids are unique per run, so a restarted bridge is not taken for a replay.
-            run: format!(
-                "{:x}-{}",
-                chrono::Utc::now().timestamp_millis(),
-                RUNS.fetch_add(1, AtomicOrdering::Relaxed)
-            ),
-            next: 0,
-            started: Instant::now(),
-            settler: Arc::new(Forget),
-        }
-    }
-
-    fn event(&self, n: u64) -> Event {
-        let account = n % u64::from(self.config.keys.max(1));
-        let amount = (n * 7919) % 100_000;
-        let mut payload =
-            format!(r#"{{"account":"acct-{account}","amount_cents":{amount},"currency":"EUR"}}"#)
-                .into_bytes();
-        payload.resize(payload.len().max(self.config.payload_bytes), b' ');
-        Event::new(
-            format!("{}-{n}", self.run),
-            "causeway://generator/finbank",
-            "finbank.transaction.created",
-        )
-        .with_key(format!("acct-{account}"))
-        .with_content_type("application/json")
-        .with_payload(payload)
-    }
+/// A `memory` endpoint: a topic and group on the bridge's in-process broker.
+#[derive(Debug)]
+struct InProcess {
+    name: String,
+    config: MemoryEndpoint,
+    broker: MemoryBroker,
 }
 
 #[async_trait]
-impl Consumer for Generator {
+impl Endpoint for InProcess {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_message_bytes: usize::MAX,
-            max_batch: usize::MAX,
-            ..Capabilities::default()
-        }
+        self.broker.capabilities()
     }
 
-    async fn next_batch(
-        &mut self,
-        max: usize,
-        wait: Duration,
-    ) -> causeway_core::Result<Vec<Delivery>> {
-        let rate = f64::from(self.config.rate.max(1));
-        let due = |started: Instant| (started.elapsed().as_secs_f64() * rate) as u64;
-        if due(self.started) <= self.next {
-            let until_next = Duration::from_secs_f64((self.next + 1) as f64 / rate)
-                .saturating_sub(self.started.elapsed());
-            tokio::time::sleep(until_next.min(wait)).await;
-        }
-        let available = due(self.started).saturating_sub(self.next).min(max as u64);
-        let batch = (0..available)
-            .map(|i| {
-                let n = self.next + i;
-                Delivery::new(self.event(n), Ticket::new(self.settler.clone(), n, None, 1))
-            })
-            .collect();
-        self.next += available;
-        Ok(batch)
+    async fn publisher(&self) -> causeway_core::Result<Box<dyn Publisher>> {
+        Ok(Box::new(self.broker.publisher()))
+    }
+
+    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
+        let Some(topic) = self.config.topic.as_deref() else {
+            return Err(causeway_core::Error::new(
+                causeway_core::ErrorKind::Config,
+                format!("endpoint `{}` has no topic to consume", self.name),
+            ));
+        };
+        Ok(Box::new(self.broker.consumer(
+            topic,
+            &self.config.group,
+            ConsumerOptions::default(),
+        )))
+    }
+
+    async fn ping(&self) -> causeway_core::Result<()> {
+        Ok(())
     }
 }

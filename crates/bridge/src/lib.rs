@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod endpoint;
+mod generator;
 pub mod metrics;
 pub mod pipeline;
 pub mod sink;

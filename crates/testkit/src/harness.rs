@@ -68,13 +68,16 @@ pub trait DedupStoreHarness: Send + Sync {
     async fn store(&self) -> Result<Arc<dyn DedupStore>>;
 }
 
+/// Puts a publisher inside wrappers.
+type Wrap = Box<dyn Fn(Box<dyn Publisher>) -> Box<dyn Publisher> + Send + Sync>;
+
 /// Another harness's backend with every publisher it makes wrapped (in
 /// retries, a breaker, …), so that wrappers run the same scenarios as the
 /// adapters they wrap.
 pub struct Decorated<H> {
     inner: H,
     name: String,
-    wrap: Box<dyn Fn(Box<dyn Publisher>) -> Box<dyn Publisher> + Send + Sync>,
+    wrap: Wrap,
 }
 
 impl<H: BrokerHarness> Decorated<H> {
