@@ -325,7 +325,7 @@ fn deny() -> Result<()> {
         cmd::run("cargo", &["install", "--locked", "cargo-deny@0.20.2"], &[])?;
     }
     // The advisory database lives on GitHub, which these machines cannot
-    // reach; check it only where it can be fetched (see docs/ops.md).
+    // reach; check it only where it can be fetched, and say so where not.
     if cmd::succeeds(
         "git",
         &[

@@ -2,8 +2,10 @@
 //! dedup, durable store-and-forward, retries, a circuit breaker, dead
 //! letters, replay and metrics. The `causeway` binary is its command line.
 //!
-//! Adapters are cargo features (`kafka`, `nats`, `rabbitmq`, `postgres`),
-//! all on by default; `memory` and `generator` endpoints are always there.
+//! Adapters are cargo features (`kafka`, `nats`, `rabbitmq`, `sqs`,
+//! `servicebus`, and the `postgres` store), all on by default; `memory` and
+//! `generator` endpoints are always there. docs/architecture.md walks
+//! through the modules.
 
 pub mod breaker;
 pub mod cli;

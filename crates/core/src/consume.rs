@@ -57,6 +57,62 @@ pub fn unknown_tags(count: usize) -> Result<()> {
     ))
 }
 
+/// What a settler holds for each delivery handed out and not settled yet,
+/// by tag: the tag counter, the table, and taking entries out to settle
+/// them (counting tags no longer known). The lock recovers from poisoning:
+/// an entry is inserted or removed whole, so a panic cannot leave half of one.
+#[derive(Debug)]
+pub struct Unsettled<T> {
+    next_tag: std::sync::atomic::AtomicU64,
+    held: std::sync::Mutex<std::collections::HashMap<u64, T>>,
+}
+
+impl<T> Default for Unsettled<T> {
+    fn default() -> Self {
+        Unsettled {
+            next_tag: std::sync::atomic::AtomicU64::new(1),
+            held: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl<T> Unsettled<T> {
+    /// A tag no delivery of this table had.
+    pub fn next_tag(&self) -> u64 {
+        self.next_tag
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Holds `item` under a new tag, returned.
+    pub fn insert(&self, item: T) -> u64 {
+        let tag = self.next_tag();
+        self.lock().insert(tag, item);
+        tag
+    }
+
+    /// The table, for what settling does not cover (renewals, close).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, T>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes out the entries of `items`' tags, each with what goes with it
+    /// (a settlement), and how many tags were unknown (see [`unknown_tags`]).
+    pub fn take<S>(&self, items: impl IntoIterator<Item = (u64, S)>) -> (Vec<(T, S)>, usize) {
+        let mut held = self.lock();
+        let mut taken = Vec::new();
+        let mut unknown = 0;
+        for (tag, s) in items {
+            match held.remove(&tag) {
+                Some(item) => taken.push((item, s)),
+                None => unknown += 1,
+            }
+        }
+        (taken, unknown)
+    }
+}
+
 /// The right to settle one delivery, consumed on use.
 ///
 /// Dropping a ticket unsettled is allowed: the broker redelivers the message

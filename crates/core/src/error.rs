@@ -226,6 +226,9 @@ impl std::error::Error for Error {
     }
 }
 
+#[doc(hidden)]
+pub use tokio::time::timeout as __timeout;
+
 /// Defines an adapter crate's own error type: the failed operation, a
 /// [`ErrorKind`], a [`Status`] and the client's error as source, converting
 /// into [`Error`]. Each adapter adds the constructors that classify its
@@ -257,6 +260,24 @@ macro_rules! adapter_error {
             pub(crate) fn with_status(mut self, status: $crate::Status) -> Self {
                 self.status = status;
                 self
+            }
+
+            /// `call`, or a `Timeout` error of `operation` when it takes
+            /// longer than `limit`: no call to a broker waits forever.
+            #[allow(dead_code)]
+            pub(crate) async fn bounded<T>(
+                operation: &'static str,
+                limit: std::time::Duration,
+                call: impl std::future::Future<Output = Result<T, Self>>,
+            ) -> Result<T, Self> {
+                match $crate::error::__timeout(limit, call).await {
+                    Ok(result) => result,
+                    Err(_) => Err($name::new(
+                        operation,
+                        $crate::ErrorKind::Timeout,
+                        format!("no answer within {limit:?}"),
+                    )),
+                }
             }
 
             /// What went wrong.

@@ -26,8 +26,8 @@ pub use ack_tracker::AckTracker;
 pub use binding::Binding;
 pub use capabilities::{Capabilities, Ordering};
 pub use consume::{
-    Consumer, Delivery, Position, Settlement, Settler, Ticket, next_buffered, settle_all,
-    unknown_tags,
+    Consumer, Delivery, Position, Settlement, Settler, Ticket, Unsettled, next_buffered,
+    settle_all, unknown_tags,
 };
 pub use dedup::{Claim, ClaimToken, DedupStore};
 pub use endpoint::{Connect, Endpoint};

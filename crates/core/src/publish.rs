@@ -9,6 +9,24 @@ use crate::consume::Position;
 use crate::error::Result;
 use crate::event::Event;
 
+/// The destination a publish goes to: `destination`, or where it is empty
+/// (a route that names none), the endpoint's configured `default`; with
+/// neither, a `Config` error naming the `setting` that would give one.
+pub fn destination_or_default<'a>(
+    destination: &'a str,
+    default: Option<&'a str>,
+    setting: &str,
+) -> Result<&'a str> {
+    match (destination, default) {
+        ("", Some(default)) => Ok(default),
+        ("", None) => Err(crate::Error::new(
+            crate::ErrorKind::Config,
+            format!("no destination given and no {setting}"),
+        )),
+        (destination, _) => Ok(destination),
+    }
+}
+
 /// The broker's confirmation that one event is durably stored.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Receipt {

@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use causeway_core::publish::destination_or_default;
 use causeway_core::{
     Binding, Capabilities, Error as CoreError, ErrorKind, Event, Position, Publisher, Receipt,
     Result,
@@ -99,16 +100,11 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
-        let topic = if destination.is_empty() {
-            self.default_topic.as_deref().ok_or_else(|| {
-                CoreError::new(
-                    ErrorKind::Config,
-                    "no destination given and no producer.default_topic",
-                )
-            })?
-        } else {
-            destination
-        };
+        let topic = destination_or_default(
+            destination,
+            self.default_topic.as_deref(),
+            "producer.default_topic",
+        )?;
         // Enqueue everything first; librdkafka sends while we enqueue.
         let enqueued: Vec<Result<_>> = events
             .iter()

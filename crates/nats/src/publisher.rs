@@ -2,6 +2,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use async_trait::async_trait;
+use causeway_core::publish::destination_or_default;
 use causeway_core::{
     Binding, Capabilities, Error as CoreError, ErrorKind, Event, Position, Publisher, Receipt,
     Result,
@@ -99,12 +100,11 @@ impl NatsPublisher {
         if !destination.is_empty() {
             return valid_subject(destination);
         }
-        self.default_subject.as_deref().ok_or_else(|| {
-            CoreError::new(
-                ErrorKind::Config,
-                "no destination given and no publish.default_subject",
-            )
-        })
+        destination_or_default(
+            destination,
+            self.default_subject.as_deref(),
+            "publish.default_subject",
+        )
     }
 
     /// Sends one event; the returned future resolves with its PubAck.

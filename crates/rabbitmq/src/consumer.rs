@@ -1,13 +1,11 @@
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use causeway_core::{
     Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement,
-    Settler, Ticket, dead_letter,
+    Settler, Ticket, Unsettled, dead_letter,
 };
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
@@ -55,8 +53,7 @@ struct InFlight {
 
 struct RabbitSettler {
     session: Arc<Session>,
-    in_flight: Mutex<HashMap<u64, InFlight>>,
-    next_tag: AtomicU64,
+    in_flight: Unsettled<InFlight>,
     queue: QueueConfig,
 }
 
@@ -77,8 +74,7 @@ impl RabbitConsumer {
             consuming: None,
             settler: Arc::new(RabbitSettler {
                 session,
-                in_flight: Mutex::default(),
-                next_tag: AtomicU64::new(1),
+                in_flight: Unsettled::default(),
                 queue,
             }),
             capabilities,
@@ -131,7 +127,6 @@ impl RabbitConsumer {
         let payload = Bytes::from(d.data);
         let attempt = attempt(&d.properties, d.redelivered);
         let origin = format!("rabbitmq://{}#{}", self.settler.queue.name, d.delivery_tag);
-        let tag = self.settler.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
         let stand_in = |reason: &CoreError| {
             tracing::warn!(error = %reason, queue = %self.settler.queue.name, "a message that is not a CloudEvent: handed on as undecodable");
             let headers: Vec<(String, Vec<u8>)> = d
@@ -158,17 +153,14 @@ impl RabbitConsumer {
         };
         let decoded =
             decode(&d.properties, payload.clone()).map_err(|e| (stand_in(&e), e.to_string()));
-        self.settler.lock().insert(
-            tag,
-            InFlight {
-                acker: d.acker,
-                link: link.clone(),
-                properties: d.properties,
-                payload,
-                attempt,
-                origin,
-            },
-        );
+        let tag = self.settler.in_flight.insert(InFlight {
+            acker: d.acker,
+            link: link.clone(),
+            properties: d.properties,
+            payload,
+            attempt,
+            origin,
+        });
         let settler: Arc<dyn Settler> = self.settler.clone();
         let ticket = Ticket::new(settler, tag, None, attempt);
         match decoded {
@@ -179,12 +171,6 @@ impl RabbitConsumer {
 }
 
 impl RabbitSettler {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Publishes a copy on the delivery's channel and waits for its confirm.
     async fn publish_copy(
         &self,
@@ -288,20 +274,9 @@ impl Settler for RabbitSettler {
     /// `prefetch` of them consumption stops. A failed settlement gives its
     /// message back instead (see `give_back`); the first error is returned.
     async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
-        let taken: Vec<(Option<InFlight>, Settlement)> = {
-            let mut in_flight = self.lock();
-            items
-                .into_iter()
-                .map(|(tag, s)| (in_flight.remove(&tag), s))
-                .collect()
-        };
-        let mut unknown = 0;
+        let (taken, unknown) = self.in_flight.take(items);
         let mut first_error = None;
         for (m, settlement) in taken {
-            let Some(m) = m else {
-                unknown += 1;
-                continue;
-            };
             if !m.link.channel.status().connected() {
                 // Its channel is gone: the broker already requeued the message.
                 first_error.get_or_insert_with(|| {
@@ -445,7 +420,7 @@ impl Consumer for RabbitConsumer {
     /// Closes the channel: the broker requeues every unacked delivery.
     async fn close(&mut self) -> Result<()> {
         self.consuming = None;
-        self.settler.lock().clear();
+        self.settler.in_flight.lock().clear();
         self.session.close().await;
         Ok(())
     }

@@ -13,14 +13,10 @@ pub(crate) async fn bounded<T>(
     operation: &'static str,
     op: impl Future<Output = lapin::Result<T>>,
 ) -> Result<T, Error> {
-    match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
-        Ok(result) => result.map_err(|e| Error::lapin(operation, e)),
-        Err(_) => Err(Error::new(
-            operation,
-            ErrorKind::Timeout,
-            format!("no answer within {OPERATION_TIMEOUT:?}"),
-        )),
-    }
+    Error::bounded(operation, OPERATION_TIMEOUT, async {
+        op.await.map_err(|e| Error::lapin(operation, e))
+    })
+    .await
 }
 
 causeway_core::adapter_error!(

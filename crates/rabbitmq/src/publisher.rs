@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use causeway_core::publish::destination_or_default;
 use causeway_core::{
     Capabilities, Error as CoreError, ErrorKind, Event, Publisher, Receipt, Result,
 };
@@ -43,20 +44,11 @@ impl RabbitPublisher {
     }
 
     fn routing_key<'a>(&'a self, destination: &'a str) -> Result<&'a str> {
-        if !destination.is_empty() {
-            return Ok(destination);
-        }
-        self.session
-            .config
-            .publish
-            .default_routing_key
-            .as_deref()
-            .ok_or_else(|| {
-                CoreError::new(
-                    ErrorKind::Config,
-                    "no destination given and no publish.default_routing_key",
-                )
-            })
+        destination_or_default(
+            destination,
+            self.session.config.publish.default_routing_key.as_deref(),
+            "publish.default_routing_key",
+        )
     }
 }
 

@@ -11,7 +11,7 @@ use azure_messaging_servicebus::service_bus::QueueClient;
 use causeway_core::{Capabilities, Ordering};
 
 use crate::config::ServiceBusConfig;
-use crate::error::{Error, bounded};
+use crate::error::Error;
 
 /// Content type of a Send Message Batch request.
 pub(crate) const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
@@ -155,7 +155,7 @@ impl Shared {
     ) -> Result<(u16, String), Error> {
         let url = self.url(path)?;
         let call = self.request(operation, method, &url, batch);
-        let reply = bounded(operation, self.config.call_timeout, call).await?;
+        let reply = Error::bounded(operation, self.config.call_timeout, call).await?;
         Ok((reply.status, reply.text()))
     }
 

@@ -1,5 +1,4 @@
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use azure_messaging_servicebus::service_bus::SendMessageOptions;
 use bytes::Bytes;
 use causeway_core::{
     Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement, Settler,
-    Ticket, dead_letter,
+    Ticket, Unsettled, dead_letter,
 };
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
@@ -19,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::ReceiveConfig;
 use crate::connection::{BATCH_CONTENT_TYPE, Reply, Shared, capabilities};
-use crate::error::{Error, bounded};
+use crate::error::Error;
 use crate::mapping::{custom_properties, dead_letter_copy, decode};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -73,8 +72,7 @@ struct ServiceBusSettler {
     shared: Arc<Shared>,
     receive: ReceiveConfig,
     path: String,
-    held: Mutex<HashMap<u64, Held>>,
-    next_tag: AtomicU64,
+    held: Unsettled<Held>,
     /// False once the consumer is closed or dropped: buffered messages are
     /// no longer renewed (their deliveries are gone); handed-out ones and
     /// delayed nacks still are, as their tickets may outlive the consumer.
@@ -99,8 +97,7 @@ impl ServiceBusConsumer {
             shared,
             path: receive.path(),
             receive,
-            held: Mutex::default(),
-            next_tag: AtomicU64::new(1),
+            held: Unsettled::default(),
             open: AtomicBool::new(true),
             failed: Mutex::default(),
         });
@@ -143,7 +140,7 @@ async fn receive_loop(
         let call = settler
             .shared
             .request("peek-lock", Method::Post, &head, None);
-        let outcome = match bounded("peek-lock", config.call_timeout + wait, call).await {
+        let outcome = match Error::bounded("peek-lock", config.call_timeout + wait, call).await {
             Ok(reply) => match reply.status {
                 201 => Ok(Some(reply)),
                 204 => Ok(None),
@@ -199,7 +196,7 @@ async fn lock_loop(settler: std::sync::Weak<ServiceBusSettler>) {
         let mut release = Vec::new();
         let mut renew = Vec::new();
         {
-            let mut held = settler.lock();
+            let mut held = settler.held.lock();
             let due: Vec<u64> = held
                 .iter()
                 .filter(|(_, m)| m.release_at.is_some_and(|at| at <= now))
@@ -233,7 +230,7 @@ async fn lock_loop(settler: std::sync::Weak<ServiceBusSettler>) {
             .buffer_unordered(SETTLES_IN_FLIGHT)
             .collect()
             .await;
-        let mut held = settler.lock();
+        let mut held = settler.held.lock();
         for (tag, result) in renewed {
             match result {
                 Ok(()) => {
@@ -249,12 +246,6 @@ async fn lock_loop(settler: std::sync::Weak<ServiceBusSettler>) {
 }
 
 impl ServiceBusSettler {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Held>> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn failed(&self) -> MutexGuard<'_, Option<CoreError>> {
         self.failed
             .lock()
@@ -339,26 +330,22 @@ impl ServiceBusSettler {
             );
             (stand_in, e.to_string())
         });
-        let tag = self.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
         let attempt = broker
             .get("DeliveryCount")
             .and_then(Value::as_u64)
             .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX).max(1));
-        self.lock().insert(
-            tag,
-            Held {
-                lock: Arc::new(lock),
-                message_id,
-                sequence,
-                body,
-                properties,
-                attempt,
-                span,
-                renew_at: asked + span / 2,
-                handed_out: None,
-                release_at: None,
-            },
-        );
+        let tag = self.held.insert(Held {
+            lock: Arc::new(lock),
+            message_id,
+            sequence,
+            body,
+            properties,
+            attempt,
+            span,
+            renew_at: asked + span / 2,
+            handed_out: None,
+            release_at: None,
+        });
         let settler: Arc<dyn Settler> = self.clone();
         let ticket = Ticket::new(settler, tag, None, attempt);
         Some((
@@ -383,7 +370,7 @@ impl ServiceBusSettler {
         lock: &Url,
     ) -> std::result::Result<(), Error> {
         let call = self.shared.request(operation, method, lock, None);
-        let reply = bounded(operation, self.shared.config.call_timeout, call).await?;
+        let reply = Error::bounded(operation, self.shared.config.call_timeout, call).await?;
         match reply.status {
             200..=299 => Ok(()),
             status => Err(Error::http(operation, status, &reply.text())),
@@ -460,14 +447,14 @@ impl ServiceBusSettler {
                 .await
                 .map_err(|e| Error::azure("send dead letter", e))
         };
-        bounded("send dead letter", self.shared.config.call_timeout, call).await?;
+        Error::bounded("send dead letter", self.shared.config.call_timeout, call).await?;
         self.complete(vec![m.lock]).await
     }
 
     /// Unlocks every message still held, delayed nacks included: closing
     /// hands them back.
     async fn release_all(&self) -> Result<()> {
-        let locks: Vec<Arc<Url>> = self.lock().drain().map(|(_, m)| m.lock).collect();
+        let locks: Vec<Arc<Url>> = self.held.lock().drain().map(|(_, m)| m.lock).collect();
         self.unlock(locks).await
     }
 }
@@ -480,7 +467,7 @@ impl Settler for ServiceBusSettler {
         let mut rejects = Vec::new();
         let mut unknown = 0;
         {
-            let mut held = self.lock();
+            let mut held = self.held.lock();
             let now = Instant::now();
             for (tag, settlement) in items {
                 // A delayed nack is settled already, though still held.
@@ -541,7 +528,7 @@ impl Consumer for ServiceBusConsumer {
             return Err(e);
         }
         let now = Instant::now();
-        let mut held = self.settler.lock();
+        let mut held = self.settler.held.lock();
         Ok(batch
             .into_iter()
             .map(|(tag, delivery)| {

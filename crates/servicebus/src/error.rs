@@ -1,6 +1,3 @@
-use std::future::Future;
-use std::time::Duration;
-
 use causeway_core::ErrorKind;
 
 causeway_core::adapter_error!(
@@ -71,23 +68,6 @@ pub(crate) fn classify(status: u16) -> ErrorKind {
         410 => ErrorKind::NotFound,
         400..=499 => ErrorKind::Rejected,
         _ => ErrorKind::Internal,
-    }
-}
-
-/// The longest a call may take beyond its own long-poll wait: a dead
-/// connection can hang a request; bounded, that becomes a temporary error.
-pub(crate) async fn bounded<T>(
-    operation: &'static str,
-    limit: Duration,
-    call: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::new(
-            operation,
-            ErrorKind::Timeout,
-            format!("no answer within {limit:?}"),
-        )),
     }
 }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use azure_messaging_servicebus::service_bus::SendMessageOptions;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use causeway_core::publish::destination_or_default;
 use causeway_core::{
     Capabilities, Error as CoreError, ErrorKind, Event, Publisher, Receipt, Result, Status,
 };
@@ -11,7 +12,7 @@ use futures_util::StreamExt;
 
 use crate::config::KeyProperty;
 use crate::connection::{BATCH_CONTENT_TYPE, Shared, capabilities};
-use crate::error::{Error, bounded};
+use crate::error::Error;
 use crate::mapping::{BatchMessage, encode};
 
 /// Most messages in one batch request.
@@ -292,7 +293,7 @@ impl ServiceBusPublisher {
                     None => Error::azure("send message batch", e),
                 })
         };
-        bounded(
+        Error::bounded(
             "send message batch",
             self.shared.config.call_timeout,
             request,
@@ -346,13 +347,11 @@ impl Publisher for ServiceBusPublisher {
 
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         let config = &self.shared.config;
-        let entity = match (destination, &config.publish.default_entity) {
-            ("", Some(default)) => default.as_str(),
-            ("", None) => {
-                return Err(Error::config("no destination and no publish.default_entity").into());
-            }
-            (entity, _) => entity,
-        };
+        let entity = destination_or_default(
+            destination,
+            config.publish.default_entity.as_deref(),
+            "publish.default_entity",
+        )?;
         let capabilities = self.capabilities();
         let mut outcomes: Vec<Option<Result<Receipt>>> = (0..events.len()).map(|_| None).collect();
         let mut ready = Vec::with_capacity(events.len());

@@ -12,7 +12,7 @@ use causeway_core::{Capabilities, Connect, Consumer, Endpoint, Publisher};
 use crate::config::{QueueConfig, SqsConfig, is_fifo};
 use crate::connection::{Shared, capabilities};
 use crate::consumer::SqsConsumer;
-use crate::error::{Error, bounded};
+use crate::error::Error;
 use crate::publisher::SqsPublisher;
 
 /// A connection to SQS in one account and region. Cheap to clone; publishers
@@ -123,7 +123,7 @@ impl SqsClient {
                 .await
                 .map_err(|e| Error::sdk("list queues", e))
         };
-        bounded("list queues", shared.config.call_timeout, call).await?;
+        Error::bounded("list queues", shared.config.call_timeout, call).await?;
         let config = &shared.config;
         for queue in [
             config.queue.as_ref().map(|q| q.name.as_str()),

@@ -8,7 +8,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use causeway_core::{Capabilities, ErrorKind, Ordering};
 
 use crate::config::{SqsConfig, is_fifo};
-use crate::error::{Error, bounded};
+use crate::error::Error;
 
 /// The connection state of an endpoint, shared by its publishers and consumers.
 pub(crate) struct Shared {
@@ -78,7 +78,7 @@ impl Shared {
             out.queue_url
                 .ok_or_else(|| Error::new("get queue url", ErrorKind::NotFound, name.to_owned()))
         };
-        bounded("get queue url", self.config.call_timeout, call).await
+        Error::bounded("get queue url", self.config.call_timeout, call).await
     }
 
     async fn create(&self, name: &str) -> Result<String, Error> {
@@ -94,7 +94,7 @@ impl Shared {
             out.queue_url
                 .ok_or_else(|| Error::new("create queue", ErrorKind::Internal, "no queue URL"))
         };
-        let url = bounded("create queue", self.config.call_timeout, call).await?;
+        let url = Error::bounded("create queue", self.config.call_timeout, call).await?;
         tracing::info!(queue = name, "created SQS queue");
         Ok(url)
     }
@@ -110,7 +110,7 @@ impl Shared {
                 .await
                 .map_err(|e| Error::sdk("get queue attributes", e))
         };
-        let out = bounded("get queue attributes", self.config.call_timeout, call).await?;
+        let out = Error::bounded("get queue attributes", self.config.call_timeout, call).await?;
         let Some(policy) = out
             .attributes
             .as_ref()

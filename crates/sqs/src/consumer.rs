@@ -1,6 +1,6 @@
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::{
 };
 use causeway_core::{
     Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement, Settler,
-    Ticket, dead_letter,
+    Ticket, Unsettled, dead_letter,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::{QueueConfig, is_fifo};
 use crate::connection::{Shared, capabilities};
-use crate::error::{Error, bounded};
+use crate::error::Error;
 use crate::mapping::{decode, fifo_token, with_extensions};
 use crate::publisher::SQS_BATCH;
 
@@ -67,8 +67,7 @@ struct SqsSettler {
     queue: QueueConfig,
     queue_url: String,
     dead_letter_url: Option<String>,
-    in_flight: Mutex<HashMap<u64, InFlight>>,
-    next_tag: AtomicU64,
+    in_flight: Unsettled<InFlight>,
     deletes: mpsc::UnboundedSender<DeleteRequest>,
     /// Acks of messages whose visibility had lapsed: see [`SqsConsumer::late_acks`].
     late_acks: AtomicU64,
@@ -124,8 +123,7 @@ impl SqsConsumer {
             queue,
             queue_url: queue_url.clone(),
             dead_letter_url,
-            in_flight: Mutex::default(),
-            next_tag: AtomicU64::new(1),
+            in_flight: Unsettled::default(),
             deletes,
             late_acks: AtomicU64::new(0),
         });
@@ -191,6 +189,7 @@ async fn extend_loop(settler: Arc<SqsSettler>) {
         tokio::time::sleep(tick).await;
         let now = Instant::now();
         let due: Vec<(u64, String)> = settler
+            .in_flight
             .lock()
             .iter()
             .filter(|(_, m)| {
@@ -206,7 +205,7 @@ async fn extend_loop(settler: Arc<SqsSettler>) {
         let handles: Vec<String> = due.iter().map(|(_, h)| h.clone()).collect();
         match settler.change_visibility(&handles, visibility).await {
             Ok(()) => {
-                let mut in_flight = settler.lock();
+                let mut in_flight = settler.in_flight.lock();
                 for (tag, _) in &due {
                     if let Some(m) = in_flight.get_mut(tag) {
                         m.visible_until = now + visibility;
@@ -286,7 +285,7 @@ async fn delete_batch(
             .await
             .map_err(|e| Error::sdk("delete message batch", e))
     };
-    match bounded("delete message batch", shared.config.call_timeout, call).await {
+    match Error::bounded("delete message batch", shared.config.call_timeout, call).await {
         Ok(out) => out
             .failed
             .iter()
@@ -309,12 +308,6 @@ async fn delete_batch(
 }
 
 impl SqsSettler {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, InFlight>> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     async fn receive(&self) -> Result<Vec<Message>, Error> {
         let q = &self.queue;
         let call = async {
@@ -333,7 +326,7 @@ impl SqsSettler {
                 .map_err(|e| Error::sdk("receive message", e))
         };
         let limit = self.shared.config.call_timeout + q.long_poll;
-        let out = bounded("receive message", limit, call).await?;
+        let out = Error::bounded("receive message", limit, call).await?;
         Ok(out.messages.unwrap_or_default())
     }
 
@@ -376,7 +369,7 @@ impl SqsSettler {
                 );
                 (stand_in, e.to_string())
             });
-            let tag = self.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
+            let tag = self.in_flight.next_tag();
             let in_flight = InFlight {
                 receipt_handle,
                 message_id,
@@ -392,7 +385,7 @@ impl SqsSettler {
             tracked.push((tag, in_flight, decoded));
         }
         let mut out = Vec::with_capacity(tracked.len());
-        let mut in_flight = self.lock();
+        let mut in_flight = self.in_flight.lock();
         for (tag, m, decoded) in tracked {
             let attempt = m.attempt;
             in_flight.insert(tag, m);
@@ -446,7 +439,7 @@ impl SqsSettler {
                     .await
                     .map_err(|e| Error::sdk("change message visibility batch", e))
             };
-            let out = bounded(
+            let out = Error::bounded(
                 "change message visibility",
                 self.shared.config.call_timeout,
                 call,
@@ -509,13 +502,18 @@ impl SqsSettler {
                 .await
                 .map_err(|e| Error::sdk("send dead letter", e))
         };
-        bounded("send dead letter", self.shared.config.call_timeout, call).await?;
+        Error::bounded("send dead letter", self.shared.config.call_timeout, call).await?;
         self.delete(vec![m.receipt_handle.clone()]).await
     }
 
     /// Makes every message still held visible again: closing hands them back.
     async fn release_all(&self) -> Result<()> {
-        let handles: Vec<String> = self.lock().drain().map(|(_, m)| m.receipt_handle).collect();
+        let handles: Vec<String> = self
+            .in_flight
+            .lock()
+            .drain()
+            .map(|(_, m)| m.receipt_handle)
+            .collect();
         self.change_visibility(&handles, Duration::ZERO).await
     }
 }
@@ -526,27 +524,20 @@ impl Settler for SqsSettler {
         let mut acks = Vec::new();
         let mut nacks: HashMap<i32, Vec<String>> = HashMap::new();
         let mut rejects = Vec::new();
-        let mut unknown = 0;
         let mut late = 0;
-        {
-            let now = Instant::now();
-            let mut in_flight = self.lock();
-            for (tag, settlement) in items {
-                let Some(m) = in_flight.remove(&tag) else {
-                    unknown += 1;
-                    continue;
-                };
-                match settlement {
-                    Settlement::Ack => {
-                        late += u64::from(m.visible_until <= now);
-                        acks.push(m.receipt_handle);
-                    }
-                    Settlement::Nack { delay } => nacks
-                        .entry(seconds(delay))
-                        .or_default()
-                        .push(m.receipt_handle),
-                    Settlement::Reject { reason } => rejects.push((m, reason)),
+        let now = Instant::now();
+        let (taken, unknown) = self.in_flight.take(items);
+        for (m, settlement) in taken {
+            match settlement {
+                Settlement::Ack => {
+                    late += u64::from(m.visible_until <= now);
+                    acks.push(m.receipt_handle);
                 }
+                Settlement::Nack { delay } => nacks
+                    .entry(seconds(delay))
+                    .or_default()
+                    .push(m.receipt_handle),
+                Settlement::Reject { reason } => rejects.push((m, reason)),
             }
         }
         if late > 0 {
@@ -588,7 +579,7 @@ impl Consumer for SqsConsumer {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         let batch = causeway_core::next_buffered(&mut self.buffered, max, wait).await?;
         let now = Instant::now();
-        let mut in_flight = self.settler.lock();
+        let mut in_flight = self.settler.in_flight.lock();
         Ok(batch
             .into_iter()
             .map(|(tag, delivery)| {

@@ -1,6 +1,3 @@
-use std::future::Future;
-use std::time::Duration;
-
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use causeway_core::{ErrorKind, Status};
@@ -119,24 +116,6 @@ fn classify(code: &str, http: Option<u16>) -> (ErrorKind, Status) {
         },
     };
     (kind, kind.default_status())
-}
-
-/// The longest a call may take beyond its own long-poll wait: the SDK can
-/// wait on a dead connection for a long time; bounded, that becomes a
-/// temporary error the caller retries.
-pub(crate) async fn bounded<T>(
-    operation: &'static str,
-    limit: Duration,
-    call: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::new(
-            operation,
-            ErrorKind::Timeout,
-            format!("no answer within {limit:?}"),
-        )),
-    }
 }
 
 #[cfg(test)]

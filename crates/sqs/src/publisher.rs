@@ -4,6 +4,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use causeway_core::publish::destination_or_default;
 use causeway_core::{
     Capabilities, Error as CoreError, ErrorKind, Event, Publisher, Receipt, Result, Status,
 };
@@ -11,7 +12,7 @@ use futures_util::StreamExt;
 
 use crate::config::is_fifo;
 use crate::connection::{Shared, capabilities};
-use crate::error::{Error, bounded};
+use crate::error::Error;
 use crate::mapping::{encode, fifo_token};
 
 /// Most messages in one `SendMessageBatch` call.
@@ -170,7 +171,7 @@ impl SqsPublisher {
                 .await
                 .map_err(|e| Error::sdk("send message batch", e))
         };
-        match bounded("send message batch", shared.config.call_timeout, call).await {
+        match Error::bounded("send message batch", shared.config.call_timeout, call).await {
             Ok(out) => Ok({
                 let mut failed: Vec<_> = out
                     .failed
@@ -265,13 +266,11 @@ impl Publisher for SqsPublisher {
 
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         let config = &self.shared.config;
-        let queue = match (destination, &config.publish.default_queue) {
-            ("", Some(default)) => default.as_str(),
-            ("", None) => {
-                return Err(Error::config("no destination and no publish.default_queue").into());
-            }
-            (queue, _) => queue,
-        };
+        let queue = destination_or_default(
+            destination,
+            config.publish.default_queue.as_deref(),
+            "publish.default_queue",
+        )?;
         let url = self.shared.queue_url(queue).await?;
         let fifo = is_fifo(&url);
         let mut outcomes: Vec<Option<Result<Receipt>>> = (0..events.len()).map(|_| None).collect();
