@@ -21,6 +21,7 @@ pub mod redact;
 pub mod retry;
 pub mod store;
 pub mod template;
+pub mod text_body;
 
 pub use ack_tracker::AckTracker;
 pub use binding::Binding;

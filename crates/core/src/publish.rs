@@ -27,6 +27,22 @@ pub fn destination_or_default<'a>(
     }
 }
 
+/// The outcomes of a publish that sends in parts: where a part never went
+/// out (a bug, a loop cut short), the event failed — never a silent success.
+pub fn unsent_failed(outcomes: Vec<Option<Result<Receipt>>>) -> Vec<Result<Receipt>> {
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                Err(crate::Error::new(
+                    crate::ErrorKind::Internal,
+                    "message was never sent",
+                ))
+            })
+        })
+        .collect()
+}
+
 /// The broker's confirmation that one event is durably stored.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Receipt {

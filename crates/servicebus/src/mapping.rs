@@ -3,10 +3,7 @@
 //! percent-encoded (they come back as HTTP headers), `MessageId` = the
 //! event's (source, id) key, `Event::dedup_id`.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
-use causeway_core::{Binding, Event, Result};
+use causeway_core::{Binding, Event, Result, text_body};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -15,7 +12,6 @@ use crate::config::KeyProperty;
 /// Custom property saying how the body encodes the payload, when it is not
 /// the payload's own UTF-8 text.
 pub(crate) const BODY_ENCODING: &str = "causeway_bodyencoding";
-const BASE64_ENCODING: &str = "base64";
 /// The content type travels as a custom property as well: a message of a
 /// JSON batch has no `Content-Type` of its own.
 const CONTENT_TYPE: &str = "datacontenttype";
@@ -67,13 +63,7 @@ pub(crate) fn encode(event: &Event, key: KeyProperty) -> BatchMessage {
             broker.insert("SessionId".into(), Value::String(session));
         }
     }
-    let body = match std::str::from_utf8(&event.payload) {
-        Ok(text) => text.to_owned(),
-        Err(_) => {
-            user.insert(BODY_ENCODING.into(), Value::String(BASE64_ENCODING.into()));
-            BASE64.encode(&event.payload)
-        }
-    };
+    let body = text_body_of(&event.payload, &mut user);
     BatchMessage {
         body,
         broker_properties: broker,
@@ -112,6 +102,16 @@ pub(crate) fn custom_properties<'a>(
         .collect()
 }
 
+/// A JSON batch carries text: a payload that is not UTF-8 goes as base64,
+/// marked in the user properties.
+fn text_body_of(payload: &[u8], user: &mut Map<String, Value>) -> String {
+    let (body, marker) = text_body::encode(payload, |_| true);
+    if let Some(marker) = marker {
+        user.insert(BODY_ENCODING.into(), Value::String(marker.into()));
+    }
+    body
+}
+
 /// Rebuilds the event of a received message. `datacontenttype` comes from
 /// its `cloudEvents_datacontenttype` property only: the HTTP content type of
 /// a message sent in a JSON batch is the service's default, not the event's.
@@ -120,18 +120,7 @@ pub(crate) fn decode(body: &str, properties: &[(String, String)]) -> Result<Even
         .iter()
         .find(|(n, _)| n == BODY_ENCODING)
         .map(|(_, v)| v.as_str());
-    let payload = match encoding {
-        None => Bytes::copy_from_slice(body.as_bytes()),
-        Some(BASE64_ENCODING) => Bytes::from(BASE64.decode(body).map_err(|e| {
-            causeway_core::Error::invalid_event(BODY_ENCODING, format!("body is not base64: {e}"))
-        })?),
-        Some(other) => {
-            return Err(causeway_core::Error::invalid_event(
-                BODY_ENCODING,
-                format!("unknown body encoding `{other}`"),
-            ));
-        }
-    };
+    let payload = text_body::decode(body, encoding, BODY_ENCODING)?;
     Binding::ServiceBus.decode(
         properties.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
         None,
@@ -154,13 +143,7 @@ pub(crate) fn dead_letter_copy(
         .collect();
     // A JSON batch carries text: a body that is not UTF-8 goes as base64,
     // marked as the publisher marks it.
-    let body = match std::str::from_utf8(body) {
-        Ok(text) => text.to_owned(),
-        Err(_) => {
-            user.insert(BODY_ENCODING.into(), Value::String(BASE64_ENCODING.into()));
-            BASE64.encode(body)
-        }
-    };
+    let body = text_body_of(body, &mut user);
     for (name, value) in extensions {
         let (name, value) = Binding::ServiceBus.extension_header(name, value);
         user.insert(name, Value::String(value));
@@ -229,7 +212,7 @@ mod tests {
             &Event::new("id", "s", "t").with_payload(vec![0xffu8, 0xfe]),
             KeyProperty::None,
         );
-        assert_eq!(binary.user_properties[BODY_ENCODING], BASE64_ENCODING);
+        assert_eq!(binary.user_properties[BODY_ENCODING], text_body::BASE64);
     }
 
     #[test]

@@ -5,8 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
-use causeway_core::{Binding, Event, Result};
+use causeway_core::{Binding, Event, Result, text_body};
 
 use aws_sdk_sqs::types::MessageAttributeValue;
 
@@ -25,9 +24,7 @@ const OWN: [&str; 7] = [
 pub(crate) const FOLDED: &str = "ce_attributes";
 /// How the body encodes the payload, when it is not the payload's text.
 pub(crate) const BODY_ENCODING: &str = "ce_bodyencoding";
-const BASE64_ENCODING: &str = "base64";
 /// SQS refuses an empty body: an empty payload travels as this one character.
-const EMPTY_ENCODING: &str = "empty";
 const EMPTY_BODY: &str = "-";
 
 /// An event ready to send.
@@ -99,20 +96,14 @@ pub(crate) fn encode(event: &Event) -> Encoded {
         let json = serde_json::to_string(&folded).expect("a map of strings serializes");
         attributes.insert(FOLDED.to_owned(), string_attribute(json));
     }
-    let text = std::str::from_utf8(&event.payload)
-        .ok()
-        .filter(|t| !t.is_empty() && sqs_text(t));
-    let body = match text {
-        Some(text) => text.to_owned(),
-        None if event.payload.is_empty() => {
-            attributes.insert(BODY_ENCODING.to_owned(), string_attribute(EMPTY_ENCODING));
-            EMPTY_BODY.to_owned()
+    // SQS refuses an empty body, so an empty payload sends a stand-in.
+    let (mut body, marker) = text_body::encode(&event.payload, |t| !t.is_empty() && sqs_text(t));
+    if let Some(marker) = marker {
+        attributes.insert(BODY_ENCODING.to_owned(), string_attribute(marker));
+        if marker == text_body::EMPTY {
+            body = EMPTY_BODY.to_owned();
         }
-        None => {
-            attributes.insert(BODY_ENCODING.to_owned(), string_attribute(BASE64_ENCODING));
-            BASE64.encode(&event.payload)
-        }
-    };
+    }
     Encoded { body, attributes }
 }
 
@@ -147,20 +138,7 @@ pub(crate) fn decode(
             _ => headers.push((name.clone(), text.to_owned())),
         }
     }
-    let body = body.unwrap_or("");
-    let payload = match encoding {
-        None => Bytes::copy_from_slice(body.as_bytes()),
-        Some(EMPTY_ENCODING) => Bytes::new(),
-        Some(BASE64_ENCODING) => Bytes::from(BASE64.decode(body).map_err(|e| {
-            causeway_core::Error::invalid_event(BODY_ENCODING, format!("body is not base64: {e}"))
-        })?),
-        Some(other) => {
-            return Err(causeway_core::Error::invalid_event(
-                BODY_ENCODING,
-                format!("unknown body encoding `{other}`"),
-            ));
-        }
-    };
+    let payload = text_body::decode(body.unwrap_or(""), encoding, BODY_ENCODING)?;
     Binding::Kafka.decode(
         headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
         None,

@@ -4,7 +4,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use causeway_core::publish::destination_or_default;
+use causeway_core::publish::{destination_or_default, unsent_failed};
 use causeway_core::{
     Capabilities, Error as CoreError, ErrorKind, Event, Publisher, Receipt, Result, Status,
 };
@@ -320,16 +320,6 @@ impl Publisher for SqsPublisher {
                 tokio::time::sleep(delay).await;
             }
         }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Err(CoreError::new(
-                        ErrorKind::Internal,
-                        "message was never sent",
-                    ))
-                })
-            })
-            .collect())
+        Ok(unsent_failed(outcomes))
     }
 }
