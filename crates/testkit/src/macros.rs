@@ -14,6 +14,7 @@ macro_rules! broker_conformance {
             batch_publish_1000,
             ack_removes,
             nack_redelivers,
+            nack_holds_back_nothing_else,
             reject_dead_letters,
             no_ack_redelivers_after_timeout,
             per_key_order,

@@ -35,10 +35,31 @@ pub fn events(prefix: &str, n: usize, keys: usize) -> Vec<Event> {
         .collect()
 }
 
-/// Prints that a scenario does not apply to this backend and why (a
-/// capability it does not declare). The test passes: there is nothing to test.
+/// The file `not_applicable` appends to, when set (`cargo xtask test`
+/// sets it and lists the skipped scenarios at the end of the run).
+pub const SKIPPED_FILE_VAR: &str = "CAUSEWAY_SKIPPED_FILE";
+
+/// Says that a scenario does not apply to this backend and why (a
+/// capability it does not declare). The test harness can only pass such a
+/// test, so it is also recorded in [`SKIPPED_FILE_VAR`]'s file, and the
+/// run reports it as skipped, not as tested.
 pub fn not_applicable(backend: &str, scenario: &str, why: &str) {
-    println!("{backend}: {scenario}: not applicable: {why}");
+    let line = format!("{backend}: {scenario}: not applicable: {why}");
+    println!("{line}");
+    if let Some(path) = std::env::var_os(SKIPPED_FILE_VAR) {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            panic!(
+                "cannot record a skipped scenario in {}: {e}",
+                path.to_string_lossy()
+            );
+        }
+    }
 }
 
 /// Receives until `n` deliveries arrived or `timeout` passed.
