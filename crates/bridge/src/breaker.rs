@@ -81,6 +81,14 @@ pub struct Breaking<P> {
     pub breaker: std::sync::Arc<Breaker>,
 }
 
+impl<P> std::fmt::Debug for Breaking<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaking")
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
 #[async_trait]
 impl<P: Publisher> Publisher for Breaking<P> {
     fn capabilities(&self) -> Capabilities {

@@ -46,6 +46,15 @@ pub struct Bridge {
     pub metrics: Arc<Metrics>,
 }
 
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("config", &self.config)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What to replay.
 #[derive(Debug, Clone)]
 pub struct Replay {

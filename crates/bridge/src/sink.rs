@@ -49,6 +49,14 @@ impl Layer for RetryLayer {
 /// A publisher and the layers put around it so far.
 pub struct Stack(Arc<dyn Publisher>);
 
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("capabilities", &self.0.capabilities())
+            .finish()
+    }
+}
+
 impl Stack {
     /// The bare publisher.
     pub fn new(publisher: Arc<dyn Publisher>) -> Self {

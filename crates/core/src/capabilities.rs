@@ -1,5 +1,7 @@
-//! What a backend can do. The conformance suite and the bridge read these
-//! instead of matching on adapter names.
+//! What a backend can do. The conformance suite reads these to choose the
+//! scenarios that apply, instead of matching on adapter names; publishers
+//! enforce the sizes ([`Capabilities::admit`]); `causeway check` prints
+//! them. The bridge's pipeline does not change course on them.
 
 /// Ordering a backend guarantees to consumers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

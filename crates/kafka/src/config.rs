@@ -1,5 +1,5 @@
-//! Configuration, as it appears in the bridge's TOML (`[endpoints.<name>]`
-//! with `type = "kafka"`). Unknown keys are errors.
+//! Configuration, as it appears in the bridge's TOML under
+//! `[endpoints.<name>.kafka]`. Unknown keys are errors.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

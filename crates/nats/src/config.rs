@@ -1,5 +1,5 @@
-//! Configuration, as it appears in the bridge's TOML (`[endpoints.<name>]`
-//! with `type = "nats"`). Unknown keys are errors.
+//! Configuration, as it appears in the bridge's TOML under
+//! `[endpoints.<name>.nats]`. Unknown keys are errors.
 
 use std::path::PathBuf;
 use std::time::Duration;

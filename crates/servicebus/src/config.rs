@@ -1,5 +1,5 @@
-//! Configuration, as it appears in the bridge's TOML (`[endpoints.<name>]`
-//! with `type = "servicebus"`). Unknown keys are errors. The SAS key is
+//! Configuration, as it appears in the bridge's TOML under
+//! `[endpoints.<name>.servicebus]`. Unknown keys are errors. The SAS key is
 //! never in the file: it is read from an environment variable.
 
 use std::time::Duration;

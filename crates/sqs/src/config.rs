@@ -1,5 +1,5 @@
-//! Configuration, as it appears in the bridge's TOML (`[endpoints.<name>]`
-//! with `type = "sqs"`). Unknown keys are errors.
+//! Configuration, as it appears in the bridge's TOML under
+//! `[endpoints.<name>.sqs]`. Unknown keys are errors.
 
 use std::time::Duration;
 

@@ -58,6 +58,16 @@ pub struct Route {
     pub metrics: RouteMetrics,
 }
 
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("shared_store", &self.shared_store)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where an event ended up after the sink was asked to take it.
 #[derive(Debug)]
 pub enum Fate {
