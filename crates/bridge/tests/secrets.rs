@@ -108,8 +108,7 @@ async fn errors_of_a_failing_connect_hide_every_secret() {
     // The store first: PostgreSQL refuses the connection.
     let e = Bridge::new(config.clone())
         .await
-        .err()
-        .expect("no PostgreSQL on port 1");
+        .expect_err("no PostgreSQL on port 1");
     assert_clean("PostgreSQL connect error", &format!("{e:#} / {e:?}"));
     // Then every endpoint against closed ports, on a store that works.
     let dir = tempfile::tempdir().expect("dir");
