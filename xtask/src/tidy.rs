@@ -90,10 +90,9 @@ fn config_keys(source: &str) -> BTreeSet<String> {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             && !t.starts_with("//")
+            && !std::mem::take(&mut skip_next)
         {
-            if !std::mem::take(&mut skip_next) {
-                keys.insert(name.to_owned());
-            }
+            keys.insert(name.to_owned());
         }
     }
     keys
