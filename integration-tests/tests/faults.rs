@@ -28,8 +28,8 @@ use causeway_bridge::Bridge;
 use causeway_bridge::metrics::RouteMetrics;
 use causeway_bridge::pipeline::dead_letter_stream;
 use causeway_core::{Event, ReadFrom, ReadQuery, dead_letter};
+use causeway_servicebus_emulator::ServiceBusEmulator;
 use causeway_testkit::fault_proxy::FaultProxy;
-use causeway_testkit::servicebus_emulator::ServiceBusEmulator;
 use common::{BridgeProcess, Broker, Kafka, Nats, Rabbit, ServiceBus, Setup, Sqs};
 
 /// Short leases (a restarted instance takes over within seconds) and small

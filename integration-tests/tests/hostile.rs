@@ -30,7 +30,7 @@ use std::time::Duration;
 use causeway_bridge::Bridge;
 use causeway_bridge::pipeline::dead_letter_stream;
 use causeway_core::{Binding, ReadFrom, ReadQuery, dead_letter};
-use causeway_testkit::servicebus_emulator::ServiceBusEmulator;
+use causeway_servicebus_emulator::ServiceBusEmulator;
 use common::{Broker, Kafka, Nats, Rabbit, ServiceBus, Setup, Sqs};
 
 /// What must become of a hostile message.
@@ -324,7 +324,7 @@ async fn write_raw(from: Broker, destination: &str, raws: &[Raw], emulator: &Ser
 /// would: the properties as `UserProperties`, signed with a SAS token.
 async fn write_servicebus(emulator: &ServiceBusEmulator, queue: &str, raws: &[Raw]) {
     let token = emulator
-        .sas_token(causeway_testkit::servicebus_emulator::ROOT_POLICY)
+        .sas_token(causeway_servicebus_emulator::ROOT_POLICY)
         .expect("the emulator's root policy");
     let http = reqwest::Client::new();
     for raw in raws {

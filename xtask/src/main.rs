@@ -126,8 +126,8 @@ fn main() -> Result<()> {
     }
 }
 
-/// The Service Bus emulator's well-known dev key (causeway-testkit's
-/// `servicebus_emulator::DEV_KEY`; local demos only).
+/// The Service Bus emulator's well-known dev key (causeway-servicebus-emulator's
+/// `DEV_KEY`; local demos only).
 const EMULATOR_DEV_KEY: &str = "Y2F1c2V3YXktZW11bGF0b3ItZGV2LWtleS1ub3Qtc2VjcmV0";
 
 /// Runs examples/demo.toml for `seconds`, stops it as an operator would

@@ -410,10 +410,15 @@ fn start_moto(cache: &Cache) -> Result<()> {
     )
 }
 
-/// causeway-testkit's Service Bus REST emulator, built from this workspace,
+/// causeway-servicebus-emulator's REST emulator, built from this workspace,
 /// with the well-known dev key (its output says how to export it).
 fn start_servicebus_emulator(cache: &Cache) -> Result<()> {
-    let args = ["-p", "causeway-testkit", "--bin", "servicebus-emulator"];
+    let args = [
+        "-p",
+        "causeway-servicebus-emulator",
+        "--bin",
+        "servicebus-emulator",
+    ];
     cmd::run("cargo", &[&["build", "-q"][..], &args].concat(), &[])?;
     let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
     let workspace = std::env::current_dir()?;

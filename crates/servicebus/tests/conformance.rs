@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use causeway_core::{Capabilities, Consumer, Publisher, Result};
 use causeway_servicebus::{ReceiveConfig, ServiceBusClient, ServiceBusConfig};
-use causeway_testkit::servicebus_emulator::{
+use causeway_servicebus_emulator::{
     QueueOptions, ROOT_POLICY, Right, ServiceBusEmulator, TopicOptions,
 };
 use causeway_testkit::{BrokerHarness, FaultProxy};
@@ -681,7 +681,7 @@ mod servicebus_specific {
         let (emulator, _) = emulated().await;
         emulator.create_queue("guarded", queue_options());
         let wrong = ServiceBusConfig {
-            sas_key: Some(causeway_testkit::servicebus_emulator::random_key()),
+            sas_key: Some(causeway_servicebus_emulator::random_key()),
             receive: Some(receive_config("guarded", false)),
             ..config(&emulator, emulator.url())
         };
@@ -773,7 +773,7 @@ mod servicebus_specific {
         .await;
         assert_eq!(ids, ["poison-0", "poison-1"]);
         // The dead letter is still not a CloudEvent: read it raw.
-        let rest = causeway_testkit::servicebus_emulator::Rest::new(&emulator);
+        let rest = causeway_servicebus_emulator::Rest::new(&emulator);
         let dead = rest.peek_lock("poison-dlq", 10).await;
         assert_eq!(dead.status, 201, "poison message not dead-lettered");
         assert_eq!(dead.text(), "{\"amount\": \"not a cloudevent\"}");

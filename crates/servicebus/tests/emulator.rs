@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use causeway_testkit::servicebus_emulator::{QueueOptions, Rest, ServiceBusEmulator, TopicOptions};
+use causeway_servicebus_emulator::{QueueOptions, Rest, ServiceBusEmulator, TopicOptions};
 
 fn rfc1123(after: Duration) -> String {
     (chrono::Utc::now() + chrono::Duration::from_std(after).expect("duration"))

@@ -20,7 +20,6 @@ pub mod env;
 pub mod fault_proxy;
 pub mod harness;
 pub mod memory;
-pub mod servicebus_emulator;
 pub mod store;
 
 mod macros;

@@ -16,7 +16,7 @@ use causeway_bridge::Bridge;
 use causeway_bridge::config::{Config, EndpointConfig};
 use causeway_core::memory::MemoryDedupStore;
 use causeway_core::{Consumer, Event, Handled, IdempotentHandler};
-use causeway_testkit::servicebus_emulator::{self, QueueOptions, ServiceBusEmulator};
+use causeway_servicebus_emulator::{self as servicebus_emulator, QueueOptions, ServiceBusEmulator};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

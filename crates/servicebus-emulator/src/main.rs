@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use causeway_testkit::servicebus_emulator::{
+use causeway_servicebus_emulator::{
     DEV_KEY, NAMESPACE, QueueOptions, ROOT_POLICY, ServiceBusEmulator,
 };
 use clap::Parser;
@@ -12,7 +12,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(
     name = "servicebus-emulator",
-    about = "An Azure Service Bus REST-protocol emulator (causeway-testkit); not Azure"
+    about = "An Azure Service Bus REST-protocol emulator (causeway-servicebus-emulator); not Azure"
 )]
 struct Args {
     /// Port on 127.0.0.1.
