@@ -11,6 +11,10 @@ pub enum Status {
     Temporary,
     /// Don't retry: dead-letter the event or report the fault.
     Permanent,
+    /// Temporary, and retried until the retry policy gave up: retries are
+    /// exhausted for now. Still worth trying again later
+    /// ([`Error::is_temporary`] is true), but no longer a blip.
+    Persistent,
 }
 
 /// What went wrong, independent of the backend.
@@ -123,6 +127,10 @@ pub struct Error {
     kind: ErrorKind,
     status: Status,
     message: Cow<'static, str>,
+    /// The operation that failed (`kafka publish`, `sqs receive`), when known.
+    operation: Option<Cow<'static, str>>,
+    /// What it was working on: (what, which), e.g. ("destination", "orders").
+    context: Vec<(&'static str, String)>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -136,6 +144,8 @@ impl Error {
             kind,
             status: kind.default_status(),
             message: message.into(),
+            operation: None,
+            context: Vec::new(),
             source: None,
         }
     }
@@ -172,6 +182,38 @@ impl Error {
         self
     }
 
+    /// Attaches the underlying error, already boxed (as adapters hold it).
+    #[must_use]
+    pub fn with_boxed_source(mut self, source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        self.source = Some(Arc::from(source));
+        self
+    }
+
+    /// Names the operation that failed.
+    #[must_use]
+    pub fn with_operation(mut self, operation: impl Into<Cow<'static, str>>) -> Self {
+        self.operation = Some(operation.into());
+        self
+    }
+
+    /// Adds what the operation was working on, shown after the message:
+    /// `with_context("destination", "orders")`.
+    #[must_use]
+    pub fn with_context(mut self, what: &'static str, which: impl Into<String>) -> Self {
+        self.context.push((what, which.into()));
+        self
+    }
+
+    /// The operation that failed, when known.
+    pub fn operation(&self) -> Option<&str> {
+        self.operation.as_deref()
+    }
+
+    /// What the operation was working on.
+    pub fn context(&self) -> &[(&'static str, String)] {
+        &self.context
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -182,9 +224,15 @@ impl Error {
         self.status
     }
 
-    /// Shorthand for `status() == Status::Temporary`.
+    /// Whether trying again later may help: [`Status::Temporary`], or
+    /// [`Status::Persistent`] (temporary, with the retries spent).
     pub fn is_temporary(&self) -> bool {
-        self.status == Status::Temporary
+        matches!(self.status, Status::Temporary | Status::Persistent)
+    }
+
+    /// Whether the retry policy gave up on it ([`Status::Persistent`]).
+    pub fn retries_exhausted(&self) -> bool {
+        self.status == Status::Persistent
     }
 
     /// The message without kind or source.
@@ -198,8 +246,17 @@ impl fmt::Display for Error {
         let status = match self.status {
             Status::Temporary => "temporary",
             Status::Permanent => "permanent",
+            Status::Persistent => "temporary, retries exhausted",
         };
         write!(f, "{} error ({status}): {}", self.kind, self.message)?;
+        if !self.context.is_empty() {
+            let context: Vec<String> = self
+                .context
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            write!(f, " ({})", context.join(", "))?;
+        }
         if let Some(source) = &self.source {
             write!(f, ": {source}")?;
         }
@@ -213,6 +270,8 @@ impl fmt::Debug for Error {
             .field("kind", &self.kind)
             .field("status", &self.status)
             .field("message", &self.message)
+            .field("operation", &self.operation)
+            .field("context", &self.context)
             .field("source", &self.source)
             .finish()
     }
@@ -303,9 +362,15 @@ macro_rules! adapter_error {
             }
         }
 
+        /// The operation, prefixed with the adapter, becomes the message and
+        /// the client's error the source: said once, not once per layer.
         impl From<$name> for $crate::Error {
             fn from(e: $name) -> Self {
-                $crate::Error::new(e.kind, e.operation).with_status(e.status).with_source(e)
+                let operation = format!(concat!($prefix, " {}"), e.operation);
+                $crate::Error::new(e.kind, operation.clone())
+                    .with_status(e.status)
+                    .with_operation(operation)
+                    .with_boxed_source(e.source)
             }
         }
     };
@@ -324,6 +389,16 @@ mod tests {
         assert_eq!(
             Error::new(ErrorKind::TooLarge, "x").status(),
             Status::Permanent
+        );
+    }
+
+    #[test]
+    fn exhausted_retries_are_their_own_status_and_still_temporary() {
+        let e = Error::new(ErrorKind::Timeout, "no answer").with_status(Status::Persistent);
+        assert!(e.is_temporary() && e.retries_exhausted());
+        assert_eq!(
+            e.with_context("destination", "orders").to_string(),
+            "timeout error (temporary, retries exhausted): no answer (destination orders)"
         );
     }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::capabilities::Capabilities;
-use crate::error::Result;
+use crate::error::{Error, Result, Status};
 use crate::event::Event;
 use crate::publish::{Publisher, Receipt};
 
@@ -91,7 +91,7 @@ impl<P: Publisher> Publisher for RetryingPublisher<P> {
                         tracing::warn!(error = %e, ?delay, destination, "publish failed, retrying batch");
                         tokio::time::sleep(delay).await;
                     }
-                    None => return Err(e),
+                    None => return Err(exhausted(e, destination)),
                 },
                 Err(e) => return Err(e),
             }
@@ -107,6 +107,11 @@ impl<P: Publisher> Publisher for RetryingPublisher<P> {
                 return Ok(outcomes);
             }
             let Some(delay) = delays.next() else {
+                for i in retry {
+                    if let Err(e) = &mut outcomes[i] {
+                        *e = exhausted(e.clone(), destination);
+                    }
+                }
                 return Ok(outcomes);
             };
             tracing::warn!(
@@ -137,13 +142,20 @@ impl<P: Publisher> Publisher for RetryingPublisher<P> {
     }
 }
 
+/// A temporary error the policy gave up on: [`Status::Persistent`], with
+/// the destination it was publishing to.
+fn exhausted(e: Error, destination: &str) -> Error {
+    e.with_status(Status::Persistent)
+        .with_context("destination", destination)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::error::{Error, ErrorKind};
+    use crate::error::ErrorKind;
 
     /// Fails each event's first `fail_times` attempts with the given error.
     struct Flaky {
@@ -221,6 +233,12 @@ mod tests {
         let out = p.publish("t", &events(2)).await.unwrap();
         assert!(out[0].is_ok() && out[1].is_err());
         assert_eq!(p.inner().calls.load(Ordering::SeqCst), 3);
+        let given_up = out[1].as_ref().unwrap_err();
+        assert!(
+            given_up.retries_exhausted() && given_up.is_temporary(),
+            "{given_up}"
+        );
+        assert_eq!(given_up.context(), [("destination", "t".to_owned())]);
 
         let flaky = Flaky {
             fail_times: 10,
