@@ -7,8 +7,9 @@ use std::time::Duration;
 use causeway_core::binding::format_time;
 use causeway_core::{AppendOutcome, Event};
 use chrono::Utc;
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Statement;
 
 use crate::error::Error;
 
@@ -59,127 +60,258 @@ async fn append_batch(
     let tx = conn.transaction().await?;
     let now = Utc::now();
     let window_start = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    let statements = Statements::prepare(&tx).await?;
     let mut outcomes: Vec<Vec<AppendOutcome>> = batch
         .iter()
         .map(|r| Vec::with_capacity(r.events.len()))
         .collect();
-
     // Streams in name order, so two processes lock them in the same order.
     let mut by_stream: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, r) in batch.iter().enumerate() {
         by_stream.entry(r.stream.as_str()).or_default().push(i);
     }
-    let lock = tx
-        .prepare_cached(
-            "INSERT INTO streams (name) VALUES ($1)
-             ON CONFLICT (name) DO UPDATE SET name = excluded.name
-             RETURNING sid, next_position",
-        )
-        .await?;
-    // Inserting the ids is the duplicate check: the primary key finds the
-    // conflicts, and RETURNING names the rows that are new (or whose old
-    // copy left the dedup window).
-    let claim_ids = tx
-        .prepare_cached(
-            "INSERT INTO event_ids (sid, source, id, position, stored_at)
-             SELECT $1, t.s, t.i, t.p, $5 FROM unnest($2::text[], $3::text[], $4::int8[]) AS t(s, i, p)
-             ON CONFLICT (sid, source, id) DO UPDATE SET position = excluded.position, stored_at = excluded.stored_at
-             WHERE event_ids.stored_at < $6
-             RETURNING source, id",
-        )
-        .await?;
-    let existing = tx
-        .prepare_cached(
-            "SELECT t.source, t.id, e.position FROM unnest($2::text[], $3::text[]) AS t(source, id)
-             JOIN event_ids e ON e.sid = $1 AND e.source = t.source AND e.id = t.id",
-        )
-        .await?;
-    let insert_events = tx
-        .prepare_cached(
-            "INSERT INTO events (sid, position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, size, payload)
-             SELECT $1, t.p, $2, t.s, t.i, t.k, t.tm, t.ct, t.ds, t.sj, t.ky, t.h::jsonb, t.sz, t.pl
-             FROM unnest($3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int4[], $14::bytea[])
-               AS t(p, s, i, k, tm, ct, ds, sj, ky, h, sz, pl)",
-        )
-        .await?;
-    let bump = tx
-        .prepare_cached("UPDATE streams SET next_position = $2, events = events + $3, bytes = bytes + $4 WHERE sid = $1")
-        .await?;
-
     for (stream, requests) in by_stream {
-        // Holds the stream's row lock to commit: appends to it are ordered.
-        let row = tx.query_one(&lock, &[&stream]).await?;
-        let (sid, mut next): (i64, i64) = (row.get(0), row.get(1));
         let events: Vec<(usize, &Event)> = requests
             .iter()
             .flat_map(|&i| batch[i].events.iter().map(move |e| (i, e)))
             .collect();
-        // Copies within this batch: the first one stands for the rest.
-        let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
-        let mut unique: Vec<(i64, &Event)> = Vec::with_capacity(events.len());
-        let mut copy_of: Vec<Option<usize>> = Vec::with_capacity(events.len());
-        for (_, e) in &events {
-            match first_of.get(&(e.source.as_str(), e.id.as_str())) {
-                Some(&u) => copy_of.push(Some(u)),
+        let append = StreamAppend {
+            tx: &tx,
+            statements: &statements,
+            now,
+            window_start,
+        };
+        for (i, outcome) in append.run(stream, &events).await? {
+            outcomes[i].push(outcome);
+        }
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// The statements of an append transaction, prepared once per connection.
+struct Statements {
+    /// Locks a stream's row (creating it) and reads its next position.
+    lock: Statement,
+    /// Inserting the ids is the duplicate check: the primary key finds the
+    /// conflicts, and RETURNING names the rows that are new (or whose old
+    /// copy left the dedup window).
+    claim_ids: Statement,
+    /// Where ids stored before (within the window) are.
+    existing: Statement,
+    insert_events: Statement,
+    /// Moves a stream's next position and counts what it holds.
+    bump: Statement,
+}
+
+impl Statements {
+    async fn prepare(tx: &Transaction<'_>) -> Result<Self, Error> {
+        Ok(Statements {
+            lock: tx
+                .prepare_cached(
+                    "INSERT INTO streams (name) VALUES ($1)
+                     ON CONFLICT (name) DO UPDATE SET name = excluded.name
+                     RETURNING sid, next_position",
+                )
+                .await?,
+            claim_ids: tx
+                .prepare_cached(
+                    "INSERT INTO event_ids (sid, source, id, position, stored_at)
+                     SELECT $1, t.s, t.i, t.p, $5 FROM unnest($2::text[], $3::text[], $4::int8[]) AS t(s, i, p)
+                     ON CONFLICT (sid, source, id) DO UPDATE SET position = excluded.position, stored_at = excluded.stored_at
+                     WHERE event_ids.stored_at < $6
+                     RETURNING source, id",
+                )
+                .await?,
+            existing: tx
+                .prepare_cached(
+                    "SELECT t.source, t.id, e.position FROM unnest($2::text[], $3::text[]) AS t(source, id)
+                     JOIN event_ids e ON e.sid = $1 AND e.source = t.source AND e.id = t.id",
+                )
+                .await?,
+            insert_events: tx
+                .prepare_cached(
+                    "INSERT INTO events (sid, position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, size, payload)
+                     SELECT $1, t.p, $2, t.s, t.i, t.k, t.tm, t.ct, t.ds, t.sj, t.ky, t.h::jsonb, t.sz, t.pl
+                     FROM unnest($3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int4[], $14::bytea[])
+                       AS t(p, s, i, k, tm, ct, ds, sj, ky, h, sz, pl)",
+                )
+                .await?,
+            bump: tx
+                .prepare_cached("UPDATE streams SET next_position = $2, events = events + $3, bytes = bytes + $4 WHERE sid = $1")
+                .await?,
+        })
+    }
+}
+
+/// One stream's part of an append transaction.
+struct StreamAppend<'a> {
+    tx: &'a Transaction<'a>,
+    statements: &'a Statements,
+    now: chrono::DateTime<Utc>,
+    window_start: chrono::DateTime<Utc>,
+}
+
+/// A stream's events with copies within the batch folded: the first copy
+/// of a (source, id) stands for the rest.
+struct Folded<'e> {
+    /// Each distinct event with the position it would take.
+    unique: Vec<(i64, &'e Event)>,
+    /// Per event of the batch, in order: the index in `unique` of the
+    /// first copy it repeats, or None for a first copy.
+    copy_of: Vec<Option<usize>>,
+    /// (source, id) → its index in `unique`.
+    first_of: HashMap<(&'e str, &'e str), usize>,
+}
+
+impl<'e> Folded<'e> {
+    fn new(events: &[(usize, &'e Event)], next: i64) -> Self {
+        let mut folded = Folded {
+            unique: Vec::with_capacity(events.len()),
+            copy_of: Vec::with_capacity(events.len()),
+            first_of: HashMap::new(),
+        };
+        for (_, e) in events {
+            let key = (e.source.as_str(), e.id.as_str());
+            match folded.first_of.get(&key) {
+                Some(&u) => folded.copy_of.push(Some(u)),
                 None => {
-                    first_of.insert((e.source.as_str(), e.id.as_str()), unique.len());
-                    copy_of.push(None);
-                    unique.push((next + unique.len() as i64, *e));
+                    folded.first_of.insert(key, folded.unique.len());
+                    folded.copy_of.push(None);
+                    folded.unique.push((next + folded.unique.len() as i64, *e));
                 }
             }
         }
-        let positions: Vec<i64> = unique.iter().map(|(p, _)| *p).collect();
-        let sources: Vec<&str> = unique.iter().map(|(_, e)| e.source.as_str()).collect();
-        let ids: Vec<&str> = unique.iter().map(|(_, e)| e.id.as_str()).collect();
-        let mut is_new = vec![false; unique.len()];
-        for r in tx
-            .query(
-                &claim_ids,
-                &[&sid, &sources, &ids, &positions, &now, &window_start],
-            )
-            .await?
-        {
-            if let Some(&u) = first_of.get(&(r.get::<_, &str>(0), r.get::<_, &str>(1))) {
-                is_new[u] = true;
-            }
-        }
-        // Ids stored before, within the window: where their first copy is.
-        let old: Vec<usize> = (0..unique.len()).filter(|&u| !is_new[u]).collect();
-        let mut old_position: HashMap<usize, i64> = HashMap::new();
-        if !old.is_empty() {
-            let old_sources: Vec<&str> = old.iter().map(|&u| sources[u]).collect();
-            let old_ids: Vec<&str> = old.iter().map(|&u| ids[u]).collect();
-            for r in tx.query(&existing, &[&sid, &old_sources, &old_ids]).await? {
-                if let Some(&u) = first_of.get(&(r.get::<_, &str>(0), r.get::<_, &str>(1))) {
-                    old_position.insert(u, r.get(2));
-                }
-            }
-        }
-        for ((i, e), copy) in events.iter().zip(&copy_of) {
-            let u = copy.unwrap_or_else(|| first_of[&(e.source.as_str(), e.id.as_str())]);
-            let position = if is_new[u] {
-                unique[u].0
-            } else {
-                old_position.get(&u).copied().unwrap_or(unique[u].0)
-            };
-            outcomes[*i].push(if copy.is_none() && is_new[u] {
-                AppendOutcome::Stored(position as u64)
-            } else {
-                AppendOutcome::Duplicate(position as u64)
-            });
-        }
+        folded
+    }
+
+    /// The index in `unique` of a row's (source, id).
+    fn index_of(&self, row: &tokio_postgres::Row) -> Option<usize> {
+        self.first_of
+            .get(&(row.get::<_, &str>(0), row.get::<_, &str>(1)))
+            .copied()
+    }
+}
+
+impl StreamAppend<'_> {
+    /// Appends `events` (each with its request's index) to `stream` under
+    /// the stream's row lock: the outcome of each, in order.
+    async fn run(
+        &self,
+        stream: &str,
+        events: &[(usize, &Event)],
+    ) -> Result<Vec<(usize, AppendOutcome)>, Error> {
+        // Holds the stream's row lock to commit: appends to it are ordered.
+        let row = self.tx.query_one(&self.statements.lock, &[&stream]).await?;
+        let (sid, next): (i64, i64) = (row.get(0), row.get(1));
+        let folded = Folded::new(events, next);
+        let is_new = self.claim_ids(sid, &folded).await?;
+        let old_position = self.old_positions(sid, &folded, &is_new).await?;
+        let outcomes = events
+            .iter()
+            .zip(&folded.copy_of)
+            .map(|((i, e), copy)| {
+                let u =
+                    copy.unwrap_or_else(|| folded.first_of[&(e.source.as_str(), e.id.as_str())]);
+                let position = if is_new[u] {
+                    folded.unique[u].0
+                } else {
+                    old_position.get(&u).copied().unwrap_or(folded.unique[u].0)
+                };
+                let outcome = if copy.is_none() && is_new[u] {
+                    AppendOutcome::Stored(position as u64)
+                } else {
+                    AppendOutcome::Duplicate(position as u64)
+                };
+                (*i, outcome)
+            })
+            .collect();
         // Positions of duplicates stay unused: positions increase, with gaps
         // only where a duplicate was refused.
-        next += unique.len() as i64;
-        let new: Vec<(i64, &Event)> = unique
+        let next = next + folded.unique.len() as i64;
+        let new: Vec<(i64, &Event)> = folded
+            .unique
             .iter()
             .zip(&is_new)
             .filter(|(_, n)| **n)
             .map(|(u, _)| *u)
             .collect();
+        let bytes = self.insert(sid, &new).await?;
+        self.tx
+            .execute(
+                &self.statements.bump,
+                &[&sid, &next, &(new.len() as i64), &bytes],
+            )
+            .await?;
+        Ok(outcomes)
+    }
+
+    /// Records the ids: which of the distinct events are new here.
+    async fn claim_ids(&self, sid: i64, folded: &Folded<'_>) -> Result<Vec<bool>, Error> {
+        let positions: Vec<i64> = folded.unique.iter().map(|(p, _)| *p).collect();
+        let sources: Vec<&str> = folded
+            .unique
+            .iter()
+            .map(|(_, e)| e.source.as_str())
+            .collect();
+        let ids: Vec<&str> = folded.unique.iter().map(|(_, e)| e.id.as_str()).collect();
+        let mut is_new = vec![false; folded.unique.len()];
+        let rows = self
+            .tx
+            .query(
+                &self.statements.claim_ids,
+                &[
+                    &sid,
+                    &sources,
+                    &ids,
+                    &positions,
+                    &self.now,
+                    &self.window_start,
+                ],
+            )
+            .await?;
+        for u in rows.iter().filter_map(|r| folded.index_of(r)) {
+            is_new[u] = true;
+        }
+        Ok(is_new)
+    }
+
+    /// Ids stored before, within the window: where their first copy is.
+    async fn old_positions(
+        &self,
+        sid: i64,
+        folded: &Folded<'_>,
+        is_new: &[bool],
+    ) -> Result<HashMap<usize, i64>, Error> {
+        let old: Vec<usize> = (0..folded.unique.len()).filter(|&u| !is_new[u]).collect();
+        let mut positions = HashMap::new();
+        if old.is_empty() {
+            return Ok(positions);
+        }
+        let sources: Vec<&str> = old
+            .iter()
+            .map(|&u| folded.unique[u].1.source.as_str())
+            .collect();
+        let ids: Vec<&str> = old
+            .iter()
+            .map(|&u| folded.unique[u].1.id.as_str())
+            .collect();
+        for r in self
+            .tx
+            .query(&self.statements.existing, &[&sid, &sources, &ids])
+            .await?
+        {
+            if let Some(u) = folded.index_of(&r) {
+                positions.insert(u, r.get(2));
+            }
+        }
+        Ok(positions)
+    }
+
+    /// Inserts the new events; returns their payload bytes.
+    async fn insert(&self, sid: i64, new: &[(i64, &Event)]) -> Result<i64, Error> {
         if new.is_empty() {
-            tx.execute(&bump, &[&sid, &next, &0i64, &0i64]).await?;
-            continue;
+            return Ok(0);
         }
         let positions: Vec<i64> = new.iter().map(|(p, _)| *p).collect();
         let sources: Vec<&str> = new.iter().map(|(_, e)| e.source.as_str()).collect();
@@ -203,30 +335,27 @@ async fn append_batch(
             .map_err(|e| Error::Corrupt(format!("headers: {e}")))?;
         let sizes: Vec<i32> = new.iter().map(|(_, e)| e.payload.len() as i32).collect();
         let payloads: Vec<&[u8]> = new.iter().map(|(_, e)| &e.payload[..]).collect();
-        tx.execute(
-            &insert_events,
-            &[
-                &sid,
-                &now,
-                &positions,
-                &sources,
-                &ids,
-                &kinds,
-                &times,
-                &content_types,
-                &schemas,
-                &subjects,
-                &keys,
-                &headers,
-                &sizes,
-                &payloads,
-            ],
-        )
-        .await?;
-        let bytes: i64 = sizes.iter().map(|&s| i64::from(s)).sum();
-        tx.execute(&bump, &[&sid, &next, &(new.len() as i64), &bytes])
+        self.tx
+            .execute(
+                &self.statements.insert_events,
+                &[
+                    &sid,
+                    &self.now,
+                    &positions,
+                    &sources,
+                    &ids,
+                    &kinds,
+                    &times,
+                    &content_types,
+                    &schemas,
+                    &subjects,
+                    &keys,
+                    &headers,
+                    &sizes,
+                    &payloads,
+                ],
+            )
             .await?;
+        Ok(sizes.iter().map(|&s| i64::from(s)).sum())
     }
-    tx.commit().await?;
-    Ok(outcomes)
 }

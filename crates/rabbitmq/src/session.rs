@@ -249,73 +249,22 @@ async fn declare(
     config: &RabbitConfig,
     queue: Option<&QueueConfig>,
 ) -> Result<(), Error> {
+    if !config.exchange.is_empty() {
+        declare_exchange(channel, config).await?;
+    }
+    let Some(q) = queue else { return Ok(()) };
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    if !config.exchange.is_empty() {
-        let kind = match config.exchange_kind {
-            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
-            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
-            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
-        };
-        channel
-            .exchange_declare(
-                config.exchange.as_str().into(),
-                kind,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| Error::lapin("declare exchange", e))?;
-    }
-    let Some(q) = queue else { return Ok(()) };
     if let Some(dlq) = &q.dead_letter_queue {
         channel
             .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
             .await
             .map_err(|e| Error::lapin("declare dead-letter queue", e))?;
     }
-    let mut args = FieldTable::default();
-    match q.kind {
-        QueueKind::Classic => {}
-        QueueKind::Quorum => {
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString(LongString::from("quorum")),
-            );
-        }
-        QueueKind::Stream => {
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString(LongString::from("stream")),
-            );
-        }
-    }
-    if q.kind != QueueKind::Stream
-        && let Some(dlq) = &q.dead_letter_queue
-    {
-        // The broker's own dead-lettering (delivery limit, expiry) lands there too.
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(LongString::from("")),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(LongString::from(dlq.as_str())),
-        );
-    }
-    if let (QueueKind::Quorum, Some(limit)) = (q.kind, q.delivery_limit) {
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(limit)),
-        );
-    }
     channel
-        .queue_declare(q.name.as_str().into(), durable, args)
+        .queue_declare(q.name.as_str().into(), durable, queue_arguments(q))
         .await
         .map_err(|e| Error::lapin("declare queue", e))?;
     if !config.exchange.is_empty() {
@@ -333,4 +282,54 @@ async fn declare(
         }
     }
     Ok(())
+}
+
+/// The endpoint's exchange, durable, of its configured kind.
+async fn declare_exchange(channel: &Channel, config: &RabbitConfig) -> Result<(), Error> {
+    let kind = match config.exchange_kind {
+        ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+    };
+    channel
+        .exchange_declare(
+            config.exchange.as_str().into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| Error::lapin("declare exchange", e))
+}
+
+/// A queue's `x-` arguments: its type, where the broker dead-letters
+/// (delivery limit, expiry), and a quorum queue's delivery limit.
+fn queue_arguments(q: &QueueConfig) -> FieldTable {
+    let text = |v: &str| AMQPValue::LongString(LongString::from(v));
+    let mut args = FieldTable::default();
+    let queue_type = match q.kind {
+        QueueKind::Classic => None,
+        QueueKind::Quorum => Some("quorum"),
+        QueueKind::Stream => Some("stream"),
+    };
+    if let Some(t) = queue_type {
+        args.insert("x-queue-type".into(), text(t));
+    }
+    if q.kind != QueueKind::Stream
+        && let Some(dlq) = &q.dead_letter_queue
+    {
+        // The broker's own dead-lettering (delivery limit, expiry) lands there too.
+        args.insert("x-dead-letter-exchange".into(), text(""));
+        args.insert("x-dead-letter-routing-key".into(), text(dlq));
+    }
+    if let (QueueKind::Quorum, Some(limit)) = (q.kind, q.delivery_limit) {
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(limit)),
+        );
+    }
+    args
 }
