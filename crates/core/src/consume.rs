@@ -90,6 +90,17 @@ impl<T> Unsettled<T> {
         tag
     }
 
+    /// Applies `f` to the entries of `tags` still held (to note when each
+    /// was handed out, say).
+    pub fn update(&self, tags: impl IntoIterator<Item = u64>, mut f: impl FnMut(&mut T)) {
+        let mut held = self.lock();
+        for tag in tags {
+            if let Some(item) = held.get_mut(&tag) {
+                f(item);
+            }
+        }
+    }
+
     /// The table, for what settling does not cover (renewals, close).
     pub fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, T>> {
         self.held
@@ -236,6 +247,49 @@ pub async fn next_buffered(
         }
     }
     Ok(out)
+}
+
+/// Deliveries received ahead by background tasks (receives in flight) into
+/// a bounded channel of (tag, delivery), for a consumer to hand out. The
+/// tasks stop when it is stopped or dropped.
+#[derive(Debug)]
+pub struct Prefetch {
+    buffered: tokio::sync::mpsc::Receiver<(u64, Delivery)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Prefetch {
+    /// The receiving end of `tasks`' channel.
+    pub fn new(
+        buffered: tokio::sync::mpsc::Receiver<(u64, Delivery)>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) -> Self {
+        Prefetch { buffered, tasks }
+    }
+
+    /// Up to `max` deliveries, with their tags ([`next_buffered`]).
+    pub async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<(u64, Delivery)>> {
+        next_buffered(&mut self.buffered, max, wait).await
+    }
+
+    /// Stops the tasks and drops what they received and nobody took: the
+    /// caller releases those messages at the broker (they are still in its
+    /// settler's table).
+    pub fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.buffered.close();
+        while self.buffered.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 /// One received event and the ticket to settle it.

@@ -27,7 +27,7 @@ pub use ack_tracker::AckTracker;
 pub use binding::Binding;
 pub use capabilities::{Capabilities, Ordering};
 pub use consume::{
-    Consumer, Delivery, Position, Settlement, Settler, Ticket, Unsettled, next_buffered,
+    Consumer, Delivery, Position, Prefetch, Settlement, Settler, Ticket, Unsettled, next_buffered,
     settle_all, unknown_tags,
 };
 pub use dedup::{Claim, ClaimToken, DedupStore};

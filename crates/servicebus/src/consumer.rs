@@ -7,13 +7,12 @@ use azure_core::{Method, Url};
 use azure_messaging_servicebus::service_bus::SendMessageOptions;
 use bytes::Bytes;
 use causeway_core::{
-    Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement, Settler,
-    Ticket, Unsettled, dead_letter,
+    Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Prefetch, Result, Settlement,
+    Settler, Ticket, Unsettled, dead_letter,
 };
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::ReceiveConfig;
@@ -35,8 +34,7 @@ const LOCK_FALLBACK: Duration = Duration::from_secs(30);
 /// takes from it.
 pub struct ServiceBusConsumer {
     settler: Arc<ServiceBusSettler>,
-    buffered: mpsc::Receiver<(u64, Delivery)>,
-    tasks: Vec<JoinHandle<()>>,
+    prefetch: Prefetch,
     capabilities: Capabilities,
 }
 
@@ -115,8 +113,7 @@ impl ServiceBusConsumer {
         tokio::spawn(lock_loop(Arc::downgrade(&settler)));
         Ok(ServiceBusConsumer {
             settler,
-            buffered,
-            tasks,
+            prefetch: Prefetch::new(buffered, tasks),
             capabilities,
         })
     }
@@ -521,43 +518,32 @@ impl Consumer for ServiceBusConsumer {
 
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         // Once receiving has stopped for good, say why instead of "closed" or nothing.
-        let batch = causeway_core::next_buffered(&mut self.buffered, max, wait)
+        let batch = self
+            .prefetch
+            .next(max, wait)
             .await
             .map_err(|e| self.settler.failure().unwrap_or(e))?;
         if let (true, Some(e)) = (batch.is_empty(), self.settler.failure()) {
             return Err(e);
         }
         let now = Instant::now();
-        let mut held = self.settler.held.lock();
-        Ok(batch
-            .into_iter()
-            .map(|(tag, delivery)| {
-                if let Some(m) = held.get_mut(&tag) {
-                    m.handed_out = Some(now);
-                }
-                delivery
-            })
-            .collect())
+        let tags = batch.iter().map(|(tag, _)| *tag);
+        self.settler.held.update(tags, |m| m.handed_out = Some(now));
+        Ok(batch.into_iter().map(|(_, delivery)| delivery).collect())
     }
 
     /// Stops receiving and unlocks every message not yet settled, so another
     /// consumer gets it at once.
     async fn close(&mut self) -> Result<()> {
         self.settler.open.store(false, AtomicOrdering::Relaxed);
-        for task in self.tasks.drain(..) {
-            task.abort();
-        }
-        self.buffered.close();
-        while self.buffered.try_recv().is_ok() {}
+        self.prefetch.stop();
         self.settler.release_all().await
     }
 }
 
 impl Drop for ServiceBusConsumer {
     fn drop(&mut self) {
+        // The prefetch's tasks stop with it; renewals of buffered messages too.
         self.settler.open.store(false, AtomicOrdering::Relaxed);
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }

@@ -9,12 +9,11 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName,
 };
 use causeway_core::{
-    Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement, Settler,
-    Ticket, Unsettled, dead_letter,
+    Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Prefetch, Result, Settlement,
+    Settler, Ticket, Unsettled, dead_letter,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{QueueConfig, is_fifo};
@@ -34,8 +33,7 @@ const DELETES_IN_FLIGHT: usize = 8;
 /// buffer; `next_batch` takes from it.
 pub struct SqsConsumer {
     settler: Arc<SqsSettler>,
-    buffered: mpsc::Receiver<(u64, Delivery)>,
-    tasks: Vec<JoinHandle<()>>,
+    prefetch: Prefetch,
     capabilities: Capabilities,
 }
 
@@ -140,8 +138,7 @@ impl SqsConsumer {
         }
         Ok(SqsConsumer {
             settler,
-            buffered,
-            tasks,
+            prefetch: Prefetch::new(buffered, tasks),
             capabilities,
         })
     }
@@ -577,36 +574,19 @@ impl Consumer for SqsConsumer {
     }
 
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        let batch = causeway_core::next_buffered(&mut self.buffered, max, wait).await?;
+        let batch = self.prefetch.next(max, wait).await?;
         let now = Instant::now();
-        let mut in_flight = self.settler.in_flight.lock();
-        Ok(batch
-            .into_iter()
-            .map(|(tag, delivery)| {
-                if let Some(m) = in_flight.get_mut(&tag) {
-                    m.handed_out = Some(now);
-                }
-                delivery
-            })
-            .collect())
+        let tags = batch.iter().map(|(tag, _)| *tag);
+        self.settler
+            .in_flight
+            .update(tags, |m| m.handed_out = Some(now));
+        Ok(batch.into_iter().map(|(_, delivery)| delivery).collect())
     }
 
     /// Stops receiving and makes every message not yet settled visible
     /// again, so another consumer gets it at once.
     async fn close(&mut self) -> Result<()> {
-        for task in self.tasks.drain(..) {
-            task.abort();
-        }
-        self.buffered.close();
-        while self.buffered.try_recv().is_ok() {}
+        self.prefetch.stop();
         self.settler.release_all().await
-    }
-}
-
-impl Drop for SqsConsumer {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }
