@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use causeway_core::{Binding, Consumer, Event, Publisher, Settlement, settle_all};
 use causeway_kafka::{ConsumerConfig, KafkaClient, KafkaConfig, ProducerConfig, StartFrom};
-use causeway_testkit::bench::{events_1kib, runtime};
+use causeway_testkit::bench::{consume_and_ack, events_1kib, runtime};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
@@ -240,19 +240,12 @@ fn consume(c: &mut Criterion) {
                     .await
                     .expect("first");
                 let start = Instant::now();
-                let mut got = first.len();
+                let got = first.len();
                 settle_all(first.into_iter().map(|d| (d.ticket, Settlement::Ack)))
                     .await
                     .expect("ack");
-                while got < CONSUME {
-                    let batch = consumer
-                        .next_batch(500, Duration::from_secs(5))
-                        .await
-                        .expect("next");
-                    got += batch.len();
-                    settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
-                        .await
-                        .expect("ack");
+                if got < CONSUME {
+                    consume_and_ack(&mut consumer, CONSUME - got, 500).await;
                 }
                 total += start.elapsed();
                 consumer.close().await.expect("close");

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer};
-use causeway_core::{Binding, Consumer, Event, Publisher, Settlement, settle_all};
+use causeway_core::{Binding, Event, Publisher};
 use causeway_nats::{ConsumerConfig, NatsClient, NatsConfig, PublishConfig, Start, StreamConfig};
-use causeway_testkit::bench::{events_1kib, runtime};
+use causeway_testkit::bench::{consume_and_ack, events_1kib, runtime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -164,17 +164,7 @@ fn consume(c: &mut Criterion) {
                         .await
                         .expect("consumer");
                     let start = Instant::now();
-                    let mut got = 0;
-                    while got < CONSUME {
-                        let batch = consumer
-                            .next_batch(500, Duration::from_secs(5))
-                            .await
-                            .expect("next");
-                        got += batch.len();
-                        settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
-                            .await
-                            .expect("ack");
-                    }
+                    consume_and_ack(&mut consumer, CONSUME, 500).await;
                     total += start.elapsed();
                 }
                 total

@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use causeway_core::{Binding, Consumer, Event, Publisher, Settlement, settle_all};
+use causeway_core::{Binding, Consumer, Event, Publisher};
 use causeway_rabbitmq::{
     ExchangeKind, PublishConfig, QueueConfig, QueueKind, RabbitClient, RabbitConfig,
 };
-use causeway_testkit::bench::{events_1kib, runtime};
+use causeway_testkit::bench::{consume_and_ack, events_1kib, runtime};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -194,17 +194,7 @@ fn consume(c: &mut Criterion) {
                 let client = fill(q.clone()).await;
                 let mut consumer = client.consumer(None).await.expect("consumer");
                 let start = Instant::now();
-                let mut got = 0;
-                while got < CONSUME {
-                    let batch = consumer
-                        .next_batch(500, Duration::from_secs(5))
-                        .await
-                        .expect("next");
-                    got += batch.len();
-                    settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
-                        .await
-                        .expect("ack");
-                }
+                consume_and_ack(&mut consumer, CONSUME, 500).await;
                 total += start.elapsed();
                 consumer.close().await.expect("close");
             }

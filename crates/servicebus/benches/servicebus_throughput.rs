@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use azure_messaging_servicebus::service_bus::{QueueClient, SendMessageOptions};
-use causeway_core::{Binding, Event, Publisher, Settlement, settle_all};
+use causeway_core::{Binding, Event, Publisher};
 use causeway_servicebus::{ReceiveConfig, ServiceBusClient, ServiceBusConfig};
 use causeway_servicebus_emulator::{QueueOptions, ROOT_POLICY, Rest, ServiceBusEmulator};
-use causeway_testkit::bench::runtime;
+use causeway_testkit::bench::{consume_and_ack, runtime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
@@ -195,20 +195,7 @@ fn consume(c: &mut Criterion) {
         b.iter_custom(|iters| {
             timed_drains(&rt, &filler, iters, || {
                 rt.block_on(async {
-                    let mut got = 0;
-                    while got < PER_ITER {
-                        let batch = causeway_core::Consumer::next_batch(
-                            &mut consumer,
-                            100,
-                            Duration::from_secs(5),
-                        )
-                        .await
-                        .expect("next");
-                        got += batch.len();
-                        settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
-                            .await
-                            .expect("ack");
-                    }
+                    consume_and_ack(&mut consumer, PER_ITER, 100).await;
                 })
             })
         });

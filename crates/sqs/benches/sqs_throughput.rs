@@ -14,9 +14,9 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, SendMessageBatchRequestEntry,
 };
 use base64::Engine;
-use causeway_core::{Event, Publisher, Settlement, settle_all};
+use causeway_core::{Event, Publisher};
 use causeway_sqs::{QueueConfig, SqsClient, SqsConfig, StaticCredentials};
-use causeway_testkit::bench::{events_1kib, runtime};
+use causeway_testkit::bench::{consume_and_ack, events_1kib, runtime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt;
 
@@ -220,20 +220,7 @@ fn consume(c: &mut Criterion) {
         b.iter_custom(|iters| {
             timed_drains(&rt, &sdk, &url, iters, || {
                 rt.block_on(async {
-                    let mut got = 0;
-                    while got < PER_ITER {
-                        let batch = causeway_core::Consumer::next_batch(
-                            &mut consumer,
-                            100,
-                            Duration::from_secs(5),
-                        )
-                        .await
-                        .expect("next");
-                        got += batch.len();
-                        settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
-                            .await
-                            .expect("ack");
-                    }
+                    consume_and_ack(&mut consumer, PER_ITER, 100).await;
                 })
             })
         });

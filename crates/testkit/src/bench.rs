@@ -166,3 +166,26 @@ pub fn dedup_claim_commit(
         });
     });
 }
+
+/// Receives until `n` deliveries arrived, acking each batch of up to `max`
+/// as it comes: the consume loop every adapter's bench times. Returns how
+/// many arrived (at least `n`).
+pub async fn consume_and_ack(
+    consumer: &mut dyn causeway_core::Consumer,
+    n: usize,
+    max: usize,
+) -> usize {
+    use causeway_core::{Settlement, settle_all};
+    let mut got = 0;
+    while got < n {
+        let batch = consumer
+            .next_batch(max, std::time::Duration::from_secs(5))
+            .await
+            .expect("next_batch");
+        got += batch.len();
+        settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
+            .await
+            .expect("ack");
+    }
+    got
+}
