@@ -106,6 +106,9 @@ impl BrokerHarness for Tansu {
             .map_err(|(e, _)| failed(e.to_string()))?;
         Ok(true)
     }
+    fn can_cut(&self) -> bool {
+        false
+    }
     async fn cut_connections(&self, _outage: Duration) -> bool {
         // See the module comment: the mock-cluster tests cover broker outages.
         false

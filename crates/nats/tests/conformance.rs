@@ -145,11 +145,6 @@ async fn publish(
     outcomes.into_iter().map(|o| o.expect("stored")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_all_connections_mid_stream_of_10000() {
-    causeway_testkit::broker::cut_mid_stream_10000(&Nats::new().await).await;
-}
-
 /// Ordered replay: a new consumer that starts at a stream sequence gets the
 /// messages from there on, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

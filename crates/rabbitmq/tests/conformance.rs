@@ -388,12 +388,6 @@ mod classic {
         }
         panic!("`{id}` was not delivered within 10 s");
     }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cut_all_connections_mid_stream_of_10000() {
-        causeway_testkit::broker::cut_mid_stream_10000(&Rabbit::new(QueueKind::Classic).await)
-            .await;
-    }
 }
 
 mod quorum {

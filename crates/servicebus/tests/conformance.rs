@@ -155,11 +155,6 @@ impl BrokerHarness for Emulated {
 mod queue {
     use super::*;
     causeway_testkit::broker_conformance!(Emulated::new(false));
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cut_mid_stream_10000() {
-        causeway_testkit::broker::cut_mid_stream_10000(&Emulated::new(false).await).await;
-    }
 }
 
 mod topic_subscription {

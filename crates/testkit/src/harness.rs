@@ -42,6 +42,12 @@ pub trait BrokerHarness: Send + Sync {
     /// False where the backend has no foreign producers (in-process ones).
     async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool>;
 
+    /// Whether [`BrokerHarness::cut_connections`] can cut anything here;
+    /// where not, the scenarios that need a cut are reported as skipped.
+    fn can_cut(&self) -> bool {
+        true
+    }
+
     /// Cuts every connection between the adapter and the broker, as a network
     /// failure would, and keeps new connections failing for `outage`. Returns
     /// false where the backend has no connection to cut (in-process backends).
@@ -124,6 +130,9 @@ impl<H: BrokerHarness> BrokerHarness for Decorated<H> {
     }
     async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
         self.inner.publish_foreign(destination, payload).await
+    }
+    fn can_cut(&self) -> bool {
+        self.inner.can_cut()
     }
     async fn cut_connections(&self, outage: Duration) -> bool {
         self.inner.cut_connections(outage).await

@@ -26,6 +26,8 @@ macro_rules! broker_conformance {
             oversize_event_is_rejected_permanently,
             invalid_event_is_rejected,
             reconnect_after_cut,
+            cut_mid_stream,
+            concurrent_batches,
         );
     };
 }

@@ -72,6 +72,9 @@ impl BrokerHarness for MemoryBrokerHarness {
         // Every message in the in-memory broker is an event.
         Ok(false)
     }
+    fn can_cut(&self) -> bool {
+        false
+    }
     async fn cut_connections(&self, _outage: Duration) -> bool {
         false
     }
