@@ -1,16 +1,18 @@
 use causeway_core::{ErrorKind, Status};
 
-/// The error of causeway-postgres, classified into a kind and a retry status.
+/// The error of causeway-postgres, classified into a kind and a retry
+/// status. An enum (callers may match on it), shown without a prefix: the
+/// conversion into `causeway_core::Error` names the store once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// PostgreSQL refused or failed, or the connection broke.
-    #[error("postgres: {0}")]
+    #[error("{0}")]
     Postgres(#[from] tokio_postgres::Error),
     /// No connection could be had from the pool.
-    #[error("postgres pool: {0}")]
+    #[error("no connection from the pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     /// The options are invalid.
-    #[error("postgres config: {0}")]
+    #[error("config: {0}")]
     Config(String),
     /// A dedup claim was taken over by another owner, or is gone.
     #[error("{0}")]
@@ -60,6 +62,7 @@ impl From<Error> for causeway_core::Error {
     fn from(e: Error) -> Self {
         causeway_core::Error::new(e.kind(), "postgres store")
             .with_status(e.status())
+            .with_operation("postgres store")
             .with_source(e)
     }
 }

@@ -1,10 +1,12 @@
 use causeway_core::{ErrorKind, Status};
 
-/// The error of causeway-sqlite, classified into a kind and a retry status.
+/// The error of causeway-sqlite, classified into a kind and a retry
+/// status. An enum (callers may match on it), shown without a prefix: the
+/// conversion into `causeway_core::Error` names the store once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// SQLite refused or failed.
-    #[error("sqlite: {0}")]
+    #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The writer thread is gone (the store was dropped or crashed).
     #[error("the store's writer has stopped")]
@@ -56,6 +58,7 @@ impl From<Error> for causeway_core::Error {
     fn from(e: Error) -> Self {
         causeway_core::Error::new(e.kind(), "sqlite store")
             .with_status(e.status())
+            .with_operation("sqlite store")
             .with_source(e)
     }
 }
