@@ -71,8 +71,9 @@ enum ServicesAction {
 
 #[derive(clap::Args, Clone)]
 struct TestArgs {
-    /// The long mode: CAUSEWAY_FULL=1 for suites that read it, and the soak
-    /// for 30 minutes instead of 5.
+    /// The long mode: CAUSEWAY_FULL=1 (the conformance suite's
+    /// cut_mid_stream then streams 10,000 events through emulators too), and
+    /// the soak for 30 minutes instead of 5.
     #[arg(long)]
     full: bool,
     /// Extra arguments for the test runner.

@@ -28,6 +28,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// Every metric the bridge exports.
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     received: Family<RouteLabel, Counter>,

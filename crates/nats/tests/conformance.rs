@@ -25,6 +25,10 @@ struct Nats {
 
 impl Nats {
     async fn new() -> Nats {
+        Nats::with_publish(PublishConfig::default()).await
+    }
+
+    async fn with_publish(publish: PublishConfig) -> Nats {
         let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
         let upstream = url
             .trim_start_matches("nats://")
@@ -43,7 +47,7 @@ impl Nats {
                 max_age: Duration::from_secs(3600),
                 memory_storage: false,
             },
-            publish: PublishConfig::default(),
+            publish,
             consumer: Some(consumer_config("template", &prefix)),
         };
         let client = match tokio::time::timeout(
@@ -224,4 +228,39 @@ async fn nacks_do_not_use_up_max_deliver() {
             d.ack().await.expect("ack");
         }
     }
+}
+
+/// `publish.ack_timeout` bounds the wait for a PubAck: behind a link slower
+/// than it, a publish fails with a temporary timeout instead of waiting.
+/// Before the fix the setting was never read (async-nats waited 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_ack_timeout_bounds_the_wait_for_a_puback() {
+    let h = Nats::with_publish(PublishConfig {
+        default_subject: None,
+        ack_timeout: Duration::from_millis(300),
+    })
+    .await;
+    let subject = format!("{}.ack-timeout", h.prefix);
+    let publisher = h.client.publisher();
+    h.proxy
+        .set_latency(Duration::from_millis(400), Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    let outcome = publisher
+        .publish(&subject, &causeway_testkit::events("slow", 1, 0))
+        .await
+        .map(|mut o| o.remove(0));
+    let waited = started.elapsed();
+    h.proxy.set_latency(Duration::ZERO, Duration::ZERO);
+    let error = match outcome {
+        Ok(Err(e)) | Err(e) => e,
+        Ok(Ok(receipt)) => panic!(
+            "published after {waited:?} behind an 800 ms round trip with a 300 ms ack timeout: {receipt:?}"
+        ),
+    };
+    assert_eq!(
+        error.kind(),
+        causeway_core::ErrorKind::Timeout,
+        "after {waited:?}: {error}"
+    );
+    assert!(error.is_temporary(), "{error}");
 }

@@ -35,6 +35,12 @@ pub fn events(prefix: &str, n: usize, keys: usize) -> Vec<Event> {
         .collect()
 }
 
+/// Whether the suite runs in its long mode (`cargo xtask test --full` sets
+/// `CAUSEWAY_FULL=1`): scenarios sized down for CI run at full size.
+pub fn full() -> bool {
+    std::env::var_os("CAUSEWAY_FULL").is_some_and(|v| v == "1")
+}
+
 /// The file `not_applicable` appends to, when set (`cargo xtask test`
 /// sets it and lists the skipped scenarios at the end of the run).
 pub const SKIPPED_FILE_VAR: &str = "CAUSEWAY_SKIPPED_FILE";
