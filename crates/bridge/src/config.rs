@@ -300,6 +300,37 @@ pub struct RouteConfig {
     /// Where poison events and permanent failures go.
     #[serde(default)]
     pub dead_letter: Option<DeadLetterConfig>,
+    /// Which messages are read as CloudEvents: `auto` (those that are
+    /// one), `cloudevents` (others are dead letters) or `raw` (none: every
+    /// message carried byte for byte).
+    #[serde(default)]
+    pub format: causeway_core::InputFormat,
+    /// How a raw message is known for dedup and the sink's own dedup:
+    /// `auto`, `position`, `message-id`, `content` or `header:<name>`
+    /// (docs/headers.md says what each guarantees).
+    #[serde(default)]
+    pub identity: causeway_core::Identity,
+    /// Turns raw messages into CloudEvents on the way to the sink.
+    #[serde(default)]
+    pub wrap: Option<WrapConfig>,
+    /// Writes CloudEvents to the sink as plain messages: payload, key and
+    /// headers, no CloudEvents attribute.
+    #[serde(default)]
+    pub unwrap: bool,
+}
+
+/// How raw messages become CloudEvents: templates over the message (the
+/// destination template's placeholders, `{header.NAME}` reading its headers).
+/// The id is the message's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrapConfig {
+    /// The CloudEvents `type`, e.g. `finbank.transaction`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The CloudEvents `source`; the message's origin (`kafka://topic`) when unset.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 fn default_batch() -> usize {
@@ -482,12 +513,27 @@ impl Config {
                     dl.endpoint
                 )));
             }
-            causeway_core::Template::parse(&r.destination).map_err(|e| {
-                ConfigError(format!(
-                    "{origin}: routes.{name}.destination: {}",
-                    e.message()
-                ))
-            })?;
+            let templates =
+                [("destination", Some(&r.destination))]
+                    .into_iter()
+                    .chain(r.wrap.iter().flat_map(|w| {
+                        [
+                            ("wrap.type", Some(&w.kind)),
+                            ("wrap.source", w.source.as_ref()),
+                        ]
+                    }));
+            for (key, template) in templates {
+                if let Some(template) = template {
+                    causeway_core::Template::parse(template).map_err(|e| {
+                        ConfigError(format!("{origin}: routes.{name}.{key}: {}", e.message()))
+                    })?;
+                }
+            }
+            if r.wrap.is_some() && r.unwrap {
+                return Err(ConfigError(format!(
+                    "{origin}: routes.{name}: `wrap` and `unwrap` together would undo each other"
+                )));
+            }
             if r.batch_size == 0 || r.shards == 0 || r.in_flight == 0 {
                 return Err(ConfigError(format!(
                     "{origin}: routes.{name}: batch_size, shards and in_flight must be at least 1"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use causeway_core::memory::{ConsumerOptions, MemoryBroker};
-use causeway_core::{Capabilities, Connect, Consumer, Endpoint, Publisher};
+use causeway_core::{Capabilities, Connect, Consumer, Endpoint, InputFormat, Publisher};
 
 use crate::config::{EndpointConfig, MemoryEndpoint};
 use crate::generator::GeneratorSource;
@@ -85,9 +85,19 @@ impl Endpoints {
         Ok(Arc::from(self.open(name).await?.publisher().await?))
     }
 
-    /// A consumer of endpoint `name`, as its config says.
+    /// A consumer of endpoint `name`, as its config says, reading
+    /// CloudEvents as such and other messages raw.
     pub async fn consumer(&self, name: &str) -> Result<Box<dyn Consumer>> {
-        Ok(self.open(name).await?.consumer().await?)
+        self.consumer_reading(name, InputFormat::Auto).await
+    }
+
+    /// [`Self::consumer`], reading messages as `format` says (a route's `format`).
+    pub async fn consumer_reading(
+        &self,
+        name: &str,
+        format: InputFormat,
+    ) -> Result<Box<dyn Consumer>> {
+        Ok(self.open(name).await?.consumer(format).await?)
     }
 
     /// Connects to endpoint `name`, proves it answers ([`Endpoint::ping`]),
@@ -129,7 +139,9 @@ impl Endpoint for InProcess {
         Ok(Box::new(self.broker.publisher()))
     }
 
-    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
+    /// The in-process broker carries events as they are: `format` has
+    /// nothing to read.
+    async fn consumer(&self, _format: InputFormat) -> causeway_core::Result<Box<dyn Consumer>> {
         let Some(topic) = self.config.topic.as_deref() else {
             return Err(causeway_core::Error::new(
                 causeway_core::ErrorKind::Config,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use causeway_core::{
-    Capabilities, Consumer, Delivery, Endpoint, Error, ErrorKind, Event, Publisher, Settlement,
-    Settler, Ticket,
+    Capabilities, Consumer, Delivery, Endpoint, Error, ErrorKind, Event, InputFormat, Publisher,
+    Settlement, Settler, Ticket,
 };
 use tokio::time::Instant;
 
@@ -35,7 +35,8 @@ impl Endpoint for GeneratorSource {
         ))
     }
 
-    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
+    /// Generated events are CloudEvents whatever `format` says.
+    async fn consumer(&self, _format: InputFormat) -> causeway_core::Result<Box<dyn Consumer>> {
         Ok(Box::new(Generator::new(self.0.clone())))
     }
 

@@ -14,6 +14,7 @@ pub mod endpoint;
 mod generator;
 pub mod metrics;
 pub mod pipeline;
+pub mod shape;
 pub mod sink;
 
 use std::sync::Arc;
@@ -160,6 +161,7 @@ impl Bridge {
         Ok(Arc::new(Route {
             name: name.to_owned(),
             template,
+            shape: shape::Shape::new(&config)?,
             sink,
             dead_letter,
             store: self.store.clone(),
@@ -184,7 +186,10 @@ impl Bridge {
         let mut tasks = tokio::task::JoinSet::new();
         for name in self.config.routes.keys() {
             let route = self.route(name).await?;
-            let source = self.endpoints.consumer(&route.config.source).await?;
+            let source = self
+                .endpoints
+                .consumer_reading(&route.config.source, route.config.format)
+                .await?;
             let stop = stop.clone();
             let name = name.clone();
             tasks.spawn(async move { (name, route.run(source, stop).await) });

@@ -206,6 +206,7 @@ fn parts_of(base: &Route) -> Route {
         name: base.name.clone(),
         config: base.config.clone(),
         template: base.template.clone(),
+        shape: base.shape.clone(),
         sink: base.sink.clone(),
         dead_letter: None,
         store: base.store.clone(),

@@ -11,6 +11,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 
 use crate::error::{Error, Result};
 use crate::event::{Event, SPEC_VERSION, validate_extension_name};
+use crate::message::{Format, Header, Incoming, InputFormat, Native, ordering_key};
 
 /// W3C trace context headers, also accepted without a prefix on decode,
 /// because tracing libraries write them that way.
@@ -163,14 +164,15 @@ impl Binding {
     /// Headers without the binding's prefix are not CloudEvents attributes and
     /// are ignored, except W3C `traceparent`/`tracestate`. A header name that
     /// is not UTF-8, or a missing or malformed attribute, is an error naming it.
-    pub fn decode<'a, I>(
+    pub fn decode<'a, I, V>(
         self,
         headers: I,
         content_type: Option<&str>,
         payload: Bytes,
     ) -> Result<Event>
     where
-        I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        I: IntoIterator<Item = (&'a [u8], V)>,
+        V: AsRef<[u8]>,
     {
         let mut event = Event::new(String::new(), String::new(), String::new()).with_time(None);
         event.payload = payload;
@@ -178,6 +180,7 @@ impl Binding {
         let mut spec_version = None;
         let prefix = self.prefix();
         for (raw_name, raw_value) in headers {
+            let raw_value = raw_value.as_ref();
             let name = std::str::from_utf8(raw_name).map_err(|_| {
                 Error::invalid_event(
                     "header name",
@@ -235,6 +238,101 @@ impl Binding {
         }
         event.validate()?;
         Ok(event)
+    }
+
+    /// Reads a message as `format` asks: a CloudEvent (binary mode, by
+    /// the binding's headers) or a raw message. Headers that are not
+    /// CloudEvents attributes stay on the event as native headers, with
+    /// their types; so do the key (when it is not the ordering key already)
+    /// and the broker properties.
+    pub fn read(self, format: InputFormat, message: Incoming) -> Result<Event> {
+        let cloudevent = match format {
+            InputFormat::Raw => false,
+            InputFormat::CloudEvents => true,
+            InputFormat::Auto => message.headers.iter().any(|h| {
+                strip_prefix_ignore_case(&h.name, self.prefix())
+                    .is_some_and(|a| a.eq_ignore_ascii_case("specversion"))
+            }),
+        };
+        if !cloudevent {
+            return message.into_raw();
+        }
+        let (attributes, foreign): (Vec<Header>, Vec<Header>) = message
+            .headers
+            .into_iter()
+            .partition(|h| self.is_attribute(&h.name));
+        let mut event = self.decode(
+            attributes
+                .iter()
+                .map(|h| (h.name.as_bytes(), h.value.to_bytes())),
+            message.content_type.as_deref(),
+            message.payload,
+        )?;
+        // Only Kafka's binding makes the record key the partitionkey; an
+        // SQS group or Service Bus session is the sink's derived value.
+        let record_key = message.key.filter(|_| self == Binding::Kafka);
+        let key = match (&event.key, record_key) {
+            (None, Some(k)) => {
+                event.key = Some(ordering_key(&k));
+                (event.key.as_deref() != std::str::from_utf8(&k).ok()).then_some(k)
+            }
+            (Some(partition_key), Some(k)) if partition_key.as_bytes() != k => Some(k),
+            _ => None,
+        };
+        // A CloudEvent is known by its id: a broker message id beside it
+        // is most often a sink's dedup key, not something to carry on.
+        let mut properties = message.properties;
+        properties.retain(|p| p.name != crate::message::property::MESSAGE_ID);
+        event.native = Native {
+            key,
+            headers: foreign,
+            properties,
+            position: None,
+        };
+        Ok(event)
+    }
+
+    /// True for a header this binding reads as a CloudEvents attribute.
+    fn is_attribute(self, name: &str) -> bool {
+        strip_prefix_ignore_case(name, self.prefix()).is_some()
+            || self
+                .content_type_header()
+                .is_some_and(|h| h.eq_ignore_ascii_case(name))
+            || TRACE_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+    }
+
+    /// The native headers to write for `event` beside what [`Self::encode`]
+    /// gives: its headers as they arrived (for a CloudEvent, those that do
+    /// not collide with an attribute header), then the properties the sink
+    /// has no place for (`sink_properties` lists those it has), then, for a
+    /// raw message with a content type and a binding whose content type is
+    /// a header, that header.
+    pub fn native_headers<'a>(
+        self,
+        event: &'a Event,
+        sink_properties: &'a [&str],
+    ) -> impl Iterator<Item = Cow<'a, Header>> + 'a {
+        let raw = event.format == Format::Raw;
+        let headers = event
+            .native
+            .headers
+            .iter()
+            .filter(move |h| raw || !self.is_attribute(&h.name));
+        let properties = event
+            .native
+            .properties
+            .iter()
+            .filter(|p| !sink_properties.contains(&p.name.as_str()));
+        let content_type = match (raw, self.content_type_header(), &event.content_type) {
+            (true, Some(name), Some(ct)) if event.native.header(name).is_none() => {
+                Some(Header::text(name, ct.as_str()))
+            }
+            _ => None,
+        };
+        headers
+            .chain(properties)
+            .map(Cow::Borrowed)
+            .chain(content_type.map(Cow::Owned))
     }
 
     fn decode_value(self, attr: &str, raw: &[u8]) -> Result<String> {
@@ -395,5 +493,60 @@ mod tests {
             .unwrap();
         assert_eq!(event.headers.len(), 1);
         assert_eq!(event.header("traceparent"), Some("00-a-b-01"));
+    }
+
+    #[test]
+    fn read_keeps_foreign_headers_and_takes_plain_messages_raw() {
+        use crate::message::{Value, property};
+        let mut headers: Vec<Header> = Binding::Kafka
+            .encode(&full_event())
+            .into_iter()
+            .map(|(k, v)| Header::new(k, Value::Bytes(Bytes::from(v))))
+            .collect();
+        headers.push(Header::new(
+            "X-Foreign",
+            Value::Bytes(Bytes::from_static(b"\xff")),
+        ));
+        let incoming = Incoming {
+            origin: "kafka://t".into(),
+            headers,
+            key: Some(Bytes::from_static(b"acct-42")),
+            properties: vec![Header::text(property::CORRELATION_ID, "c")],
+            payload: full_event().payload,
+            ..Incoming::default()
+        };
+        let event = Binding::Kafka
+            .read(InputFormat::Auto, incoming.clone())
+            .unwrap();
+        assert_eq!(event.format, Format::CloudEvents);
+        assert_eq!(event.id, "id-1");
+        assert_eq!(event.native.headers.len(), 1);
+        assert_eq!(event.native.key, None, "the key is the partitionkey");
+        assert_eq!(event.native.properties.len(), 1);
+        let written: Vec<_> = Binding::Kafka.native_headers(&event, &[]).collect();
+        assert_eq!(written.len(), 2, "{written:?}");
+
+        let raw = Binding::Kafka
+            .read(InputFormat::Raw, incoming.clone())
+            .unwrap();
+        assert_eq!(raw.format, Format::Raw);
+        assert_eq!(raw.native.headers.len(), incoming.headers.len());
+        assert_eq!(raw.native.key.as_deref(), Some(&b"acct-42"[..]));
+
+        let plain = Incoming {
+            headers: vec![Header::text("content-type", "application/json")],
+            ..incoming.clone()
+        };
+        assert_eq!(
+            Binding::Kafka
+                .read(InputFormat::Auto, plain.clone())
+                .unwrap()
+                .format,
+            Format::Raw
+        );
+        let err = Binding::Kafka
+            .read(InputFormat::CloudEvents, plain)
+            .unwrap_err();
+        assert!(err.to_string().contains("specversion"), "{err}");
     }
 }

@@ -14,8 +14,24 @@ pub const ORIGIN: &str = "deadletterorigin";
 /// escaped `name=value` pairs separated by `; `.
 pub const INVALID_HEADERS: &str = "deadletterinvalidheaders";
 
-/// Marks `event` as dead-lettered from `origin` after `attempts` deliveries.
+/// Marks `event` as dead-lettered from `origin` after `attempts` deliveries:
+/// extension attributes on a CloudEvent, native headers on a raw message
+/// (whose sinks write no attributes).
 pub fn mark(event: &mut Event, reason: &str, attempts: u32, origin: &str) {
+    if event.is_raw() {
+        for (name, value) in [
+            (REASON, reason.to_owned()),
+            (ATTEMPTS, attempts.to_string()),
+            (ORIGIN, origin.to_owned()),
+        ] {
+            event.native.headers.retain(|h| h.name != name);
+            event
+                .native
+                .headers
+                .push(crate::message::Header::text(name, value));
+        }
+        return;
+    }
     event.headers.insert(REASON.to_owned(), reason.to_owned());
     event
         .headers

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use crate::capabilities::Capabilities;
 use crate::consume::Consumer;
 use crate::error::Result;
+use crate::message::InputFormat;
 use crate::publish::Publisher;
 
 /// A broker endpoint, connected and ready to make publishers and consumers.
@@ -23,8 +24,8 @@ pub trait Endpoint: Send + Sync + std::fmt::Debug {
     async fn publisher(&self) -> Result<Box<dyn Publisher>>;
 
     /// A consumer of what its config names to consume (a `Config` error
-    /// when it names nothing).
-    async fn consumer(&self) -> Result<Box<dyn Consumer>>;
+    /// when it names nothing), reading messages as `format` says.
+    async fn consumer(&self, format: InputFormat) -> Result<Box<dyn Consumer>>;
 
     /// Proves the broker answers and accepts the credentials, and that the
     /// configured entities exist, changing nothing. An endpoint whose

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
+use crate::message::{Format, Native};
 
 /// The CloudEvents specification version causeway speaks.
 pub const SPEC_VERSION: &str = "1.0";
@@ -53,6 +54,11 @@ pub struct Event {
     pub headers: BTreeMap<String, String>,
     /// `data`: the payload, never parsed.
     pub payload: Bytes,
+    /// Whether sinks write this as a CloudEvent or as the plain message it was.
+    pub format: Format,
+    /// What the source broker carried besides the attributes: the key as
+    /// bytes, headers with their types, properties, position.
+    pub native: Native,
 }
 
 impl Event {
@@ -69,6 +75,8 @@ impl Event {
             key: None,
             headers: BTreeMap::new(),
             payload: Bytes::new(),
+            format: Format::CloudEvents,
+            native: Native::default(),
         }
     }
 
@@ -142,7 +150,13 @@ impl Event {
             + self.kind.len()
             + optional
             + headers
+            + self.native.encoded_len()
             + 64
+    }
+
+    /// True for a raw message (not a CloudEvent).
+    pub fn is_raw(&self) -> bool {
+        self.format == Format::Raw
     }
 
     /// Checks the event against CloudEvents 1.0: required attributes present
@@ -152,10 +166,16 @@ impl Event {
     /// Control characters are refused because brokers and stores cannot all
     /// carry them: CR/LF cannot be in a NATS header, NUL cannot be in a
     /// PostgreSQL text column. One such event must fail alone, here.
+    ///
+    /// A raw message needs only an id and a source (causeway gives it
+    /// both); its type may be empty and its native headers are the sinks'
+    /// to judge.
     pub fn validate(&self) -> Result<()> {
         require_non_empty("id", &self.id)?;
         require_non_empty("source", &self.source)?;
-        require_non_empty("type", &self.kind)?;
+        if !self.is_raw() {
+            require_non_empty("type", &self.kind)?;
+        }
         for (field, value) in self.string_attributes() {
             require_no_control(field, value)?;
         }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod event;
 pub mod idempotent;
 pub mod memory;
+pub mod message;
 pub mod publish;
 pub mod redact;
 pub mod retry;
@@ -35,6 +36,7 @@ pub use endpoint::{Connect, Endpoint};
 pub use error::{Error, ErrorKind, Result, Status};
 pub use event::Event;
 pub use idempotent::{Handled, IdempotentHandler};
+pub use message::{Format, Header, Identity, Incoming, InputFormat, Native, Value};
 pub use publish::{Publisher, Receipt};
 pub use retry::{RetryPolicy, RetryingPublisher};
 pub use store::{

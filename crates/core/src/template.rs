@@ -2,7 +2,7 @@
 //! (the seed's `transactions-{AccountId % 10}`). Parsed once, rendered per event.
 //!
 //! Placeholders: `{key}`, `{key_hash % N}`, `{type}`, `{subject}`,
-//! `{source}`, `{header.NAME}`. `key_hash` is FNV-1a (64 bit) of the key, or
+//! `{source}`, `{header.NAME}` (an extension attribute, else a native header). `key_hash` is FNV-1a (64 bit) of the key, or
 //! of the id when the event has no key: stable across processes and versions.
 
 use std::borrow::Cow;
@@ -126,11 +126,19 @@ impl Template {
                     out.push_str(&(key_hash(basis.as_bytes()) % n).to_string());
                     continue;
                 }
-                Part::Key => event.key.as_deref().unwrap_or_default(),
-                Part::Type => event.kind.as_str(),
-                Part::Subject => event.subject.as_deref().unwrap_or_default(),
-                Part::Source => event.source.as_str(),
-                Part::Header(h) => event.header(h).unwrap_or_default(),
+                Part::Key => Cow::Borrowed(event.key.as_deref().unwrap_or_default()),
+                Part::Type => Cow::Borrowed(event.kind.as_str()),
+                Part::Subject => Cow::Borrowed(event.subject.as_deref().unwrap_or_default()),
+                Part::Source => Cow::Borrowed(event.source.as_str()),
+                // An extension attribute, else a native header (a raw message's).
+                Part::Header(h) => match event.header(h) {
+                    Some(v) => Cow::Borrowed(v),
+                    None => event
+                        .native
+                        .header(h)
+                        .and_then(crate::message::Value::to_text)
+                        .unwrap_or_default(),
+                },
             };
             out.extend(value.chars().map(|c| {
                 if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Connect, Consumer, Endpoint, Ordering, Publisher};
+use causeway_core::{Capabilities, Connect, Consumer, Endpoint, InputFormat, Ordering, Publisher};
 use rdkafka::ClientConfig;
 
 use crate::config::{ConsumerConfig, KafkaConfig, StartFrom};
@@ -156,8 +156,8 @@ impl Endpoint for KafkaClient {
         Ok(Box::new(KafkaClient::publisher(self)?))
     }
 
-    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
-        Ok(Box::new(KafkaClient::consumer(self, None)?))
+    async fn consumer(&self, format: InputFormat) -> causeway_core::Result<Box<dyn Consumer>> {
+        Ok(Box::new(KafkaClient::consumer(self, None)?.reading(format)))
     }
 
     /// Creating a producer contacts no broker: this asks for metadata.

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use causeway_core::{
     AckTracker, Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Event,
-    Position, Result, Settlement, Settler, Ticket, dead_letter,
+    Header, Incoming, InputFormat, Position, Result, Settlement, Settler, Ticket, Value,
+    dead_letter,
 };
 use futures_util::FutureExt;
 use rdkafka::consumer::{
@@ -30,6 +31,7 @@ pub struct KafkaConsumer {
     commit_interval: Duration,
     last_commit: Instant,
     max_held_back: usize,
+    format: InputFormat,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -430,7 +432,15 @@ impl KafkaConsumer {
             commit_interval: c.commit_interval,
             last_commit: Instant::now(),
             max_held_back: c.max_held_back.max(1),
+            format: InputFormat::Auto,
         })
+    }
+
+    /// Reads records as `format` says (CloudEvents, raw, or by their headers).
+    #[must_use]
+    pub fn reading(mut self, format: InputFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Commits the acked watermark of every partition that moved.
@@ -573,35 +583,43 @@ impl KafkaConsumer {
         state.retry.keys().next().map(|(due, _)| *due)
     }
 
-    /// Takes a record in. One that is not an event (not a CloudEvent, a
-    /// header name or key that is not UTF-8) is handed out as undecodable,
-    /// with a stand-in event, through the same per-key order and offset
-    /// tracking: its consumer dead-letters it, and only its ack commits it.
+    /// Takes a record in. One that cannot be read (a header name that is
+    /// not UTF-8; under `format = "cloudevents"`, a record that is not a
+    /// CloudEvent) is handed out as undecodable, with a stand-in event,
+    /// through the same per-key order and offset tracking: its consumer
+    /// dead-letters it, and only its ack commits it.
     fn arrive(&self, message: OwnedMessage, out: &mut Vec<Delivery>) {
         let (headers, bad_header) = read_headers(&message);
         let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-        let key = match message.key().map(std::str::from_utf8) {
-            None => Ok(None),
-            Some(Ok(k)) => Ok(Some(k.to_owned())),
-            Some(Err(e)) => Err(format!("the record key is not UTF-8 ({e})")),
-        };
-        let decoded = match (bad_header, &key) {
-            (Some(reason), _) => Err(reason),
-            (None, Err(reason)) => Err(reason.clone()),
-            (None, Ok(key)) => Binding::Kafka
-                .decode(
-                    headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
-                    None,
-                    payload.clone(),
-                )
-                .map(|mut e| {
-                    // The binding maps the record key to partitionkey.
-                    if e.key.is_none() {
-                        e.key.clone_from(key);
-                    }
-                    e
-                })
-                .map_err(|e| e.to_string()),
+        let decoded = match bad_header {
+            Some(reason) => Err(reason),
+            None => {
+                let incoming = Incoming {
+                    origin: format!("kafka://{}", message.topic()),
+                    headers: headers
+                        .iter()
+                        .map(|(n, v)| {
+                            Header::new(
+                                String::from_utf8_lossy(n),
+                                Value::Bytes(Bytes::copy_from_slice(v)),
+                            )
+                        })
+                        .collect(),
+                    properties: Vec::new(),
+                    key: message.key().map(Bytes::copy_from_slice),
+                    content_type: None,
+                    position: Some(format!(
+                        "{}/{}/{}",
+                        message.topic(),
+                        message.partition(),
+                        message.offset()
+                    )),
+                    payload: payload.clone(),
+                };
+                Binding::Kafka
+                    .read(self.format, incoming)
+                    .map_err(|e| e.to_string())
+            }
         };
         let (event, undecodable) = match decoded {
             Ok(event) => (event, None),

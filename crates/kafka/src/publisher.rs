@@ -28,16 +28,36 @@ impl std::fmt::Debug for KafkaPublisher {
     }
 }
 
-/// The Kafka headers of `event` (CloudEvents Kafka binding).
+/// The Kafka headers of `event`: its CloudEvents attributes (Kafka
+/// binding) unless it is raw, then its native headers and properties, every
+/// value as bytes (docs/headers.md).
 pub(crate) fn headers_of(event: &Event) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new_with_capacity(8 + event.headers.len());
-    for (key, value) in Binding::Kafka.encode(event) {
+    let mut headers =
+        OwnedHeaders::new_with_capacity(8 + event.headers.len() + event.native.headers.len());
+    if !event.is_raw() {
+        for (key, value) in Binding::Kafka.encode(event) {
+            headers = headers.insert(Header {
+                key: key.as_ref(),
+                value: Some(value.as_bytes()),
+            });
+        }
+    }
+    for header in Binding::Kafka.native_headers(event, &[]) {
         headers = headers.insert(Header {
-            key: key.as_ref(),
-            value: Some(value.as_bytes()),
+            key: header.name.as_str(),
+            value: Some(header.value.to_bytes().as_ref()),
         });
     }
     headers
+}
+
+/// The record key of `event`: the key as it arrived, else the ordering key.
+pub(crate) fn key_of(event: &Event) -> Option<&[u8]> {
+    event
+        .native
+        .key
+        .as_deref()
+        .or(event.key.as_deref().map(str::as_bytes))
 }
 
 impl KafkaPublisher {
@@ -113,8 +133,8 @@ impl Publisher for KafkaPublisher {
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
                     .payload(&event.payload[..])
                     .headers(headers_of(event));
-                if let Some(key) = &event.key {
-                    record = record.key(key.as_bytes());
+                if let Some(key) = key_of(event) {
+                    record = record.key(key);
                 }
                 self.producer
                     .send_result(record)

@@ -206,9 +206,9 @@ fn consume(c: &mut Criterion) {
                         // A raw client decodes the attributes too.
                         let headers = m.headers.as_ref().expect("headers");
                         let _ = Binding::Nats.decode(
-                            headers
-                                .iter()
-                                .filter_map(|(n, v)| v.first().map(|v| (n.as_ref(), v.as_ref()))),
+                            headers.iter().filter_map(|(n, v)| {
+                                v.first().map(|v| (n.as_ref(), AsRef::<[u8]>::as_ref(v)))
+                            }),
                             None,
                             m.payload.clone(),
                         );

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Connect, Consumer, Endpoint, ErrorKind, Ordering, Publisher};
+use causeway_core::{
+    Capabilities, Connect, Consumer, Endpoint, ErrorKind, InputFormat, Ordering, Publisher,
+};
 
 use crate::config::{Auth, ConsumerConfig, NatsConfig, Start};
 use crate::consumer::NatsConsumer;
@@ -288,8 +290,10 @@ impl Endpoint for NatsClient {
         Ok(Box::new(NatsClient::publisher(self)))
     }
 
-    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
-        Ok(Box::new(NatsClient::consumer(self, None).await?))
+    async fn consumer(&self, format: InputFormat) -> causeway_core::Result<Box<dyn Consumer>> {
+        Ok(Box::new(
+            NatsClient::consumer(self, None).await?.reading(format),
+        ))
     }
 
     /// `connect` made or verified the stream; this asks the server again

@@ -10,8 +10,9 @@ use async_nats::jetstream::message::{AckKind, PublishMessage};
 use async_nats::jetstream::{self, Message};
 use async_trait::async_trait;
 use causeway_core::{
-    Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Event, Position,
-    Result, Settlement, Settler, Ticket, dead_letter,
+    Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Event, Header,
+    Incoming, InputFormat, Position, Result, Settlement, Settler, Ticket, Value, dead_letter,
+    message::property,
 };
 use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
@@ -33,6 +34,7 @@ pub struct NatsConsumer {
     settler: Arc<NatsSettler>,
     capabilities: Capabilities,
     prefetch: usize,
+    format: InputFormat,
 }
 
 impl std::fmt::Debug for NatsConsumer {
@@ -95,7 +97,15 @@ impl NatsConsumer {
             settler,
             capabilities,
             prefetch: config.prefetch.max(1),
+            format: InputFormat::Auto,
         })
+    }
+
+    /// Reads messages as `format` says (CloudEvents, raw, or by their headers).
+    #[must_use]
+    pub fn reading(mut self, format: InputFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Pulls at most `batch` messages ahead: prefetched messages count
@@ -135,7 +145,7 @@ impl NatsConsumer {
     /// CloudEvent goes out as undecodable, with a stand-in event.
     fn deliver(&self, held: Held) -> Delivery {
         let message = &held.message;
-        let reason = match decode(message) {
+        let reason = match decode(message, self.format) {
             Ok(event) => return Delivery::new(event, self.hand_out(held)),
             Err(e) => e.to_string(),
         };
@@ -242,16 +252,32 @@ async fn progress_loop(settler: Weak<NatsSettler>) {
     }
 }
 
-fn decode(message: &Message) -> Result<Event> {
-    let empty = HeaderMap::new();
-    let headers = message.headers.as_ref().unwrap_or(&empty);
-    Binding::Nats.decode(
-        headers
-            .iter()
-            .filter_map(|(name, values)| values.first().map(|v| (name.as_ref(), v.as_ref()))),
-        None,
-        message.payload.clone(),
-    )
+/// Reads a message as `format` says. Every value of a repeated header is
+/// kept; `Nats-Msg-Id` is the message id property, not a header (the sink
+/// writes its own).
+fn decode(message: &Message, format: InputFormat) -> Result<Event> {
+    let mut incoming = Incoming {
+        origin: format!("nats://{}", message.subject),
+        payload: message.payload.clone(),
+        ..Incoming::default()
+    };
+    if let Ok(info) = message.info() {
+        incoming.position = Some(format!("{}/{}", info.stream, info.stream_sequence));
+    }
+    for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
+        let name: &str = name.as_ref();
+        for value in values {
+            let value = Value::Text(value.as_str().to_owned());
+            if name.eq_ignore_ascii_case(async_nats::header::NATS_MESSAGE_ID.as_ref()) {
+                incoming
+                    .properties
+                    .push(Header::new(property::MESSAGE_ID, value));
+            } else {
+                incoming.headers.push(Header::new(name, value));
+            }
+        }
+    }
+    Binding::Nats.read(format, incoming)
 }
 
 impl NatsSettler {

@@ -21,19 +21,51 @@ pub struct NatsPublisher {
     capabilities: Capabilities,
 }
 
-/// The NATS headers of `event`: CloudEvents attributes per the NATS binding,
-/// and the event's (source, id) key as `Nats-Msg-Id` for the stream's
-/// duplicate window.
-pub(crate) fn headers_of(event: &Event) -> HeaderMap {
+/// The NATS headers of `event`: CloudEvents attributes per the NATS binding
+/// (unless it is raw), its native headers and properties as text (a name
+/// may repeat), and the event's (source, id) key as `Nats-Msg-Id` for the
+/// stream's duplicate window. A native header NATS cannot carry (bytes
+/// that are not UTF-8, a control character, a name with `:` or a space)
+/// fails this event alone.
+pub(crate) fn headers_of(event: &Event) -> Result<HeaderMap> {
     let mut headers = HeaderMap::new();
-    for (name, value) in Binding::Nats.encode(event) {
-        headers.insert(name.as_ref(), value.as_str());
+    if !event.is_raw() {
+        for (name, value) in Binding::Nats.encode(event) {
+            headers.insert(name.as_ref(), value.as_str());
+        }
+    }
+    for header in Binding::Nats.native_headers(event, &[]) {
+        let bad = |why: &str| {
+            CoreError::invalid_event(
+                &header.name,
+                format!(
+                    "a NATS header cannot carry this {} value: {why}",
+                    header.value.type_name()
+                ),
+            )
+        };
+        if header.name.is_empty()
+            || header
+                .name
+                .chars()
+                .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+        {
+            return Err(bad("the name is not a NATS header name"));
+        }
+        let text = header
+            .value
+            .to_text()
+            .ok_or_else(|| bad("it is not UTF-8"))?;
+        if text.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(bad("it holds a control character"));
+        }
+        headers.append(header.name.as_str(), text.as_ref());
     }
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
         event.dedup_id().as_str(),
     );
-    headers
+    Ok(headers)
 }
 
 /// The largest header block JetStream stores (the server refuses a longer
@@ -110,7 +142,7 @@ impl NatsPublisher {
     /// Sends one event; the returned future resolves with its PubAck.
     async fn send(&self, subject: &str, event: &Event) -> Result<PublishAckFuture> {
         self.capabilities.admit(event)?;
-        let headers = headers_of(event);
+        let headers = headers_of(event)?;
         let size = header_block_len(&headers);
         if size > MAX_HEADER_BLOCK {
             // JetStream refuses it whatever its payload (error 10097): the
@@ -168,10 +200,10 @@ mod tests {
     #[test]
     fn attributes_over_jetstreams_header_limit_are_too_large() {
         let e = Event::new("big", "test://nats", "t").with_header("bigext", "x".repeat(70_000));
-        let size = header_block_len(&headers_of(&e));
+        let size = header_block_len(&headers_of(&e).unwrap());
         assert!(size > MAX_HEADER_BLOCK, "{size}");
         let small = Event::new("small", "test://nats", "t").with_header("ext", "x".repeat(16_384));
-        assert!(header_block_len(&headers_of(&small)) < MAX_HEADER_BLOCK);
+        assert!(header_block_len(&headers_of(&small).unwrap()) < MAX_HEADER_BLOCK);
     }
 
     #[test]

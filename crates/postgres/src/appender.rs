@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use causeway_core::binding::format_time;
+use causeway_core::message::encode_carried;
 use causeway_core::{AppendOutcome, Event};
 use chrono::Utc;
 use deadpool_postgres::{Pool, Transaction};
@@ -131,10 +132,10 @@ impl Statements {
                 .await?,
             insert_events: tx
                 .prepare_cached(
-                    "INSERT INTO events (sid, position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, size, payload)
-                     SELECT $1, t.p, $2, t.s, t.i, t.k, t.tm, t.ct, t.ds, t.sj, t.ky, t.h::jsonb, t.sz, t.pl
-                     FROM unnest($3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int4[], $14::bytea[])
-                       AS t(p, s, i, k, tm, ct, ds, sj, ky, h, sz, pl)",
+                    "INSERT INTO events (sid, position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, size, payload, native)
+                     SELECT $1, t.p, $2, t.s, t.i, t.k, t.tm, t.ct, t.ds, t.sj, t.ky, t.h::jsonb, t.sz, t.pl, t.n
+                     FROM unnest($3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int4[], $14::bytea[], $15::bytea[])
+                       AS t(p, s, i, k, tm, ct, ds, sj, ky, h, sz, pl, n)",
                 )
                 .await?,
             bump: tx
@@ -335,6 +336,7 @@ impl StreamAppend<'_> {
             .map_err(|e| Error::Corrupt(format!("headers: {e}")))?;
         let sizes: Vec<i32> = new.iter().map(|(_, e)| e.payload.len() as i32).collect();
         let payloads: Vec<&[u8]> = new.iter().map(|(_, e)| &e.payload[..]).collect();
+        let natives: Vec<Option<Vec<u8>>> = new.iter().map(|(_, e)| encode_carried(e)).collect();
         self.tx
             .execute(
                 &self.statements.insert_events,
@@ -353,6 +355,7 @@ impl StreamAppend<'_> {
                     &headers,
                     &sizes,
                     &payloads,
+                    &natives,
                 ],
             )
             .await?;

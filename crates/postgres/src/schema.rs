@@ -5,7 +5,8 @@ use deadpool_postgres::Object;
 
 use crate::error::Error;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE streams (
     sid           BIGSERIAL PRIMARY KEY,
     name          TEXT NOT NULL UNIQUE,
@@ -52,7 +53,13 @@ CREATE TABLE dedup (
     until TIMESTAMPTZ NOT NULL
 );
 CREATE SEQUENCE fences;
-"#];
+"#,
+    // What an event carried besides its attributes (a raw message's format,
+    // key bytes, typed headers, properties), CBOR; NULL for a plain CloudEvent.
+    r#"
+ALTER TABLE events ADD COLUMN native BYTEA;
+"#,
+];
 
 /// Creates the schema if needed and applies missing migrations.
 pub(crate) async fn migrate(conn: &mut Object, schema: &str) -> Result<(), Error> {

@@ -5,9 +5,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use causeway_core::binding::parse_time;
+use causeway_core::message::decode_carried;
 use causeway_core::{
-    AppendOutcome, Claim, ClaimToken, DedupStore, Event, EventStore, ReadFrom, ReadQuery, Result,
-    Retention, StoreStats, StoredEvent,
+    AppendOutcome, Claim, ClaimToken, DedupStore, Event, EventStore, Format, Native, ReadFrom,
+    ReadQuery, Result, Retention, StoreStats, StoredEvent,
 };
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -88,7 +89,7 @@ fn valid_identifier(name: &str) -> bool {
         && name.len() <= 63
 }
 
-const COLUMNS: &str = "position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers::text, payload";
+const COLUMNS: &str = "position, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers::text, payload, native";
 
 fn from_row(row: &Row) -> Result<StoredEvent, Error> {
     let headers: Option<String> = row.try_get(10)?;
@@ -101,24 +102,31 @@ fn from_row(row: &Row) -> Result<StoredEvent, Error> {
     let time: Option<String> = row.try_get(5)?;
     let payload: Vec<u8> = row.try_get(11)?;
     let position: i64 = row.try_get(0)?;
+    let native: Option<Vec<u8>> = row.try_get(12)?;
+    let mut event = Event {
+        source: row.try_get(2)?,
+        id: row.try_get(3)?,
+        kind: row.try_get(4)?,
+        time: time
+            .map(|t| parse_time(&t))
+            .transpose()
+            .map_err(|e| Error::Corrupt(e.to_string()))?,
+        content_type: row.try_get(6)?,
+        data_schema: row.try_get(7)?,
+        subject: row.try_get(8)?,
+        key: row.try_get(9)?,
+        headers,
+        payload: Bytes::from(payload),
+        format: Format::CloudEvents,
+        native: Native::default(),
+    };
+    if let Some(native) = native {
+        decode_carried(&native, &mut event).map_err(|e| Error::Corrupt(e.to_string()))?;
+    }
     Ok(StoredEvent {
         position: position as u64,
         stored_at: row.try_get(1)?,
-        event: Event {
-            source: row.try_get(2)?,
-            id: row.try_get(3)?,
-            kind: row.try_get(4)?,
-            time: time
-                .map(|t| parse_time(&t))
-                .transpose()
-                .map_err(|e| Error::Corrupt(e.to_string()))?,
-            content_type: row.try_get(6)?,
-            data_schema: row.try_get(7)?,
-            subject: row.try_get(8)?,
-            key: row.try_get(9)?,
-            headers,
-            payload: Bytes::from(payload),
-        },
+        event,
     })
 }
 

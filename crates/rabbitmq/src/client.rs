@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Connect, Consumer, Endpoint, Ordering, Publisher};
+use causeway_core::{Capabilities, Connect, Consumer, Endpoint, InputFormat, Ordering, Publisher};
 
 use crate::config::{QueueConfig, QueueKind, RabbitConfig};
 use crate::consumer::RabbitConsumer;
@@ -96,8 +96,10 @@ impl Endpoint for RabbitClient {
         Ok(Box::new(RabbitClient::publisher(self)))
     }
 
-    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
-        Ok(Box::new(RabbitClient::consumer(self, None).await?))
+    async fn consumer(&self, format: InputFormat) -> causeway_core::Result<Box<dyn Consumer>> {
+        Ok(Box::new(
+            RabbitClient::consumer(self, None).await?.reading(format),
+        ))
     }
 
     /// Connects and declares the topology again, as `connect` did.

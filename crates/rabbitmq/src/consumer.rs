@@ -4,8 +4,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use causeway_core::{
-    Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Result, Settlement,
-    Settler, Ticket, Unsettled, dead_letter,
+    Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, InputFormat, Result,
+    Settlement, Settler, Ticket, Unsettled, dead_letter,
 };
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
@@ -30,6 +30,7 @@ pub struct RabbitConsumer {
     settler: Arc<RabbitSettler>,
     capabilities: Capabilities,
     backoff: Duration,
+    format: InputFormat,
 }
 
 impl std::fmt::Debug for RabbitConsumer {
@@ -79,10 +80,18 @@ impl RabbitConsumer {
             }),
             capabilities,
             backoff: MIN_BACKOFF,
+            format: InputFormat::Auto,
         };
         // Fail now on a bad endpoint or topology rather than on the first poll.
         this.consume().await?;
         Ok(this)
+    }
+
+    /// Reads deliveries as `format` says (CloudEvents, raw, or by their headers).
+    #[must_use]
+    pub fn reading(mut self, format: InputFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Starts consuming on the live link (reconnecting if needed).
@@ -151,8 +160,13 @@ impl RabbitConsumer {
                 headers.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())),
             )
         };
-        let decoded =
-            decode(&d.properties, payload.clone()).map_err(|e| (stand_in(&e), e.to_string()));
+        let decoded = decode(
+            &d.properties,
+            payload.clone(),
+            format!("rabbitmq://{}", self.settler.queue.name),
+            self.format,
+        )
+        .map_err(|e| (stand_in(&e), e.to_string()));
         let tag = self.settler.in_flight.insert(InFlight {
             acker: d.acker,
             link: link.clone(),

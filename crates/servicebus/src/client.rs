@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use azure_core::Url;
 use azure_messaging_servicebus::service_bus::QueueClient;
-use causeway_core::{Capabilities, Connect, Consumer, Endpoint, ErrorKind, Publisher};
+use causeway_core::{Capabilities, Connect, Consumer, Endpoint, ErrorKind, InputFormat, Publisher};
 
 use crate::config::{
     ConnectionString, DEFAULT_KEY_ENV, REST_MAX_MESSAGE_BYTES, ReceiveConfig, ServiceBusConfig,
@@ -116,11 +116,20 @@ impl ServiceBusClient {
 
     /// A consumer of `receive`, or of the configured one when `None`.
     pub fn consumer(&self, receive: Option<&ReceiveConfig>) -> Result<ServiceBusConsumer, Error> {
+        self.consumer_reading(receive, InputFormat::Auto)
+    }
+
+    /// [`Self::consumer`], reading messages as `format` says.
+    pub fn consumer_reading(
+        &self,
+        receive: Option<&ReceiveConfig>,
+        format: InputFormat,
+    ) -> Result<ServiceBusConsumer, Error> {
         let receive = receive
             .or(self.shared.config.receive.as_ref())
             .cloned()
             .ok_or_else(|| Error::config("consumer without a `receive` entity"))?;
-        ServiceBusConsumer::start(self.shared.clone(), receive)
+        ServiceBusConsumer::start(self.shared.clone(), receive, format)
     }
 
     /// The library's client for queue or topic `entity`, sending through this
@@ -170,8 +179,8 @@ impl Endpoint for ServiceBusClient {
         Ok(Box::new(ServiceBusClient::publisher(self)))
     }
 
-    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
-        Ok(Box::new(ServiceBusClient::consumer(self, None)?))
+    async fn consumer(&self, format: InputFormat) -> causeway_core::Result<Box<dyn Consumer>> {
+        Ok(Box::new(self.consumer_reading(None, format)?))
     }
 
     /// [`ServiceBusClient::ping`]: building the client contacted no server.

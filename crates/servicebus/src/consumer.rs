@@ -7,8 +7,8 @@ use azure_core::{Method, Url};
 use azure_messaging_servicebus::service_bus::SendMessageOptions;
 use bytes::Bytes;
 use causeway_core::{
-    Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Prefetch, Result, Settlement,
-    Settler, Ticket, Unsettled, dead_letter,
+    Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, InputFormat, Prefetch, Result,
+    Settlement, Settler, Ticket, Unsettled, dead_letter,
 };
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::config::ReceiveConfig;
 use crate::connection::{BATCH_CONTENT_TYPE, Reply, Shared, capabilities};
 use crate::error::Error;
-use crate::mapping::{custom_properties, dead_letter_copy, decode};
+use crate::mapping::{Received, custom_properties, dead_letter_copy, decode, property_text};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -55,7 +55,7 @@ struct Held {
     message_id: String,
     sequence: i64,
     body: Bytes,
-    properties: Vec<(String, String)>,
+    properties: Vec<(String, Value)>,
     attempt: u32,
     /// The lock duration the service granted.
     span: Duration,
@@ -77,10 +77,15 @@ struct ServiceBusSettler {
     open: AtomicBool,
     /// Why receiving stopped for good, for `next_batch` to report.
     failed: Mutex<Option<CoreError>>,
+    format: InputFormat,
 }
 
 impl ServiceBusConsumer {
-    pub(crate) fn start(shared: Arc<Shared>, receive: ReceiveConfig) -> Result<Self, Error> {
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        receive: ReceiveConfig,
+        format: InputFormat,
+    ) -> Result<Self, Error> {
         if receive.long_poll < Duration::from_secs(1) {
             return Err(Error::config("receive.long_poll must be at least 1s"));
         }
@@ -98,6 +103,7 @@ impl ServiceBusConsumer {
             held: Unsettled::default(),
             open: AtomicBool::new(true),
             failed: Mutex::default(),
+            format,
         });
         let (tx, buffered) = mpsc::channel(receives * 2);
         let mut tasks = Vec::with_capacity(receives + 1);
@@ -310,7 +316,16 @@ impl ServiceBusSettler {
                 "BrokerProperties",
                 "missing or not a JSON object",
             )),
-            Ok(text) => decode(text, &properties),
+            Ok(text) => decode(
+                text,
+                &properties,
+                Received {
+                    origin: format!("servicebus://{}", self.path),
+                    broker: Some(&broker),
+                    key: Some(self.shared.config.publish.key_property),
+                },
+                self.format,
+            ),
             Err(_) => Err(causeway_core::Error::invalid_event(
                 "body",
                 "not UTF-8 text, and not marked as base64",
@@ -323,7 +338,12 @@ impl ServiceBusSettler {
                 &message_id,
                 body.clone(),
                 None,
-                properties.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+                properties
+                    .iter()
+                    .map(|(n, v)| (n.as_bytes(), property_text(v)))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(|(n, v)| (*n, v.as_bytes())),
             );
             (stand_in, e.to_string())
         });

@@ -139,7 +139,7 @@ impl ServiceBusPublisher {
     fn prepare(&self, capabilities: &Capabilities, index: usize, event: &Event) -> Result<Ready> {
         let config = &self.shared.config;
         capabilities.admit(event)?;
-        let message = encode(event, config.publish.key_property);
+        let message = encode(event, config.publish.key_property)?;
         check_property_sizes(event, &message)?;
         let properties = message.user_properties.len();
         if properties > MAX_PROPERTIES {

@@ -4,14 +4,15 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use causeway_core::binding::{format_time, parse_time};
-use causeway_core::{Event, StoredEvent};
+use causeway_core::message::decode_carried;
+use causeway_core::{Event, Format, Native, StoredEvent};
 use chrono::{DateTime, Utc};
 use rusqlite::Row;
 
 use crate::error::Error;
 
 /// The columns `from_row` reads, in order.
-pub(crate) const COLUMNS: &str = "rowid & 1099511627775, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, payload";
+pub(crate) const COLUMNS: &str = "rowid & 1099511627775, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, payload, native";
 
 pub(crate) fn headers_json(event: &Event) -> Option<String> {
     if event.headers.is_empty() {
@@ -46,7 +47,8 @@ pub(crate) fn from_row(row: &Row<'_>) -> Result<StoredEvent, Error> {
         None => BTreeMap::new(),
     };
     let payload: Vec<u8> = row.get(11)?;
-    let event = Event {
+    let native: Option<Vec<u8>> = row.get(12)?;
+    let mut event = Event {
         source: row.get(2)?,
         id: row.get(3)?,
         kind: row.get(4)?,
@@ -60,7 +62,12 @@ pub(crate) fn from_row(row: &Row<'_>) -> Result<StoredEvent, Error> {
         key: row.get(9)?,
         headers,
         payload: Bytes::from(payload),
+        format: Format::CloudEvents,
+        native: Native::default(),
     };
+    if let Some(native) = native {
+        decode_carried(&native, &mut event).map_err(|e| Error::Corrupt(e.to_string()))?;
+    }
     Ok(StoredEvent {
         position: position as u64,
         stored_at,

@@ -5,7 +5,8 @@ use rusqlite::Connection;
 
 use crate::error::Error;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE streams (
     sid           INTEGER PRIMARY KEY,
     name          TEXT NOT NULL UNIQUE,
@@ -62,7 +63,13 @@ CREATE TABLE meta (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT INTO meta (name, value) VALUES ('last_fence', 0);
-"#];
+"#,
+    // What an event carried besides its attributes (a raw message's format,
+    // key bytes, typed headers, properties), CBOR; NULL for a plain CloudEvent.
+    r#"
+ALTER TABLE events ADD COLUMN native BLOB;
+"#,
+];
 
 /// Applies the migrations this file has not seen, in one transaction.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {

@@ -10,6 +10,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
 use crate::error::Error;
+use causeway_core::message::encode_carried;
+
 use crate::row::{headers_json, last_rowid, micros, rowid, time_text};
 
 type Reply<T> = oneshot::Sender<Result<T, causeway_core::Error>>;
@@ -224,8 +226,8 @@ fn append(
         "SELECT position FROM event_ids WHERE sid = ?1 AND source = ?2 AND id = ?3",
     )?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO events (rowid, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, size, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        "INSERT INTO events (rowid, stored_at, source, id, kind, time, content_type, data_schema, subject, key, headers, size, payload, native)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?;
     let first = next;
     let mut out = Vec::with_capacity(events.len());
@@ -251,6 +253,7 @@ fn append(
             headers_json(e),
             size,
             &e.payload[..],
+            encode_carried(e),
         ])?;
         out.push(AppendOutcome::Stored(next as u64));
         next += 1;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sqs::config::Credentials;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use causeway_core::{Capabilities, Connect, Consumer, Endpoint, Publisher};
+use causeway_core::{Capabilities, Connect, Consumer, Endpoint, InputFormat, Publisher};
 
 use crate::config::{QueueConfig, SqsConfig, is_fifo};
 use crate::connection::{Shared, capabilities};
@@ -103,11 +103,20 @@ impl SqsClient {
     /// Resolves the queue and its dead-letter queue first, so a missing
     /// queue fails here rather than on the first poll.
     pub async fn consumer(&self, queue: Option<&QueueConfig>) -> Result<SqsConsumer, Error> {
+        self.consumer_reading(queue, InputFormat::Auto).await
+    }
+
+    /// [`Self::consumer`], reading messages as `format` says.
+    pub async fn consumer_reading(
+        &self,
+        queue: Option<&QueueConfig>,
+        format: InputFormat,
+    ) -> Result<SqsConsumer, Error> {
         let queue = queue
             .or(self.shared.config.queue.as_ref())
             .cloned()
             .ok_or_else(|| Error::config("consumer without a queue"))?;
-        SqsConsumer::start(self.shared.clone(), queue).await
+        SqsConsumer::start(self.shared.clone(), queue, format).await
     }
 
     /// Checks that the endpoint answers and accepts the credentials (one
@@ -157,8 +166,8 @@ impl Endpoint for SqsClient {
         Ok(Box::new(SqsClient::publisher(self)))
     }
 
-    async fn consumer(&self) -> causeway_core::Result<Box<dyn Consumer>> {
-        Ok(Box::new(SqsClient::consumer(self, None).await?))
+    async fn consumer(&self, format: InputFormat) -> causeway_core::Result<Box<dyn Consumer>> {
+        Ok(Box::new(self.consumer_reading(None, format).await?))
     }
 
     /// [`SqsClient::ping`]: building the client contacted no server.

@@ -9,8 +9,8 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName,
 };
 use causeway_core::{
-    Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Prefetch, Result, Settlement,
-    Settler, Ticket, Unsettled, dead_letter,
+    Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, InputFormat, Prefetch, Result,
+    Settlement, Settler, Ticket, Unsettled, dead_letter,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::config::{QueueConfig, is_fifo};
 use crate::connection::{Shared, capabilities};
 use crate::error::Error;
-use crate::mapping::{decode, fifo_token, with_extensions};
+use crate::mapping::{Received, decode, fifo_token, with_extensions};
 use crate::publisher::SQS_BATCH;
 
 /// Longest visibility SQS allows (12 hours).
@@ -69,6 +69,7 @@ struct SqsSettler {
     deletes: mpsc::UnboundedSender<DeleteRequest>,
     /// Acks of messages whose visibility had lapsed: see [`SqsConsumer::late_acks`].
     late_acks: AtomicU64,
+    format: InputFormat,
 }
 
 /// Receipt handles to delete, and where to report the outcome. Requests
@@ -95,7 +96,11 @@ impl SqsConsumer {
         self.settler.late_acks.load(AtomicOrdering::Relaxed)
     }
 
-    pub(crate) async fn start(shared: Arc<Shared>, queue: QueueConfig) -> Result<Self, Error> {
+    pub(crate) async fn start(
+        shared: Arc<Shared>,
+        queue: QueueConfig,
+        format: InputFormat,
+    ) -> Result<Self, Error> {
         if queue.visibility_timeout < Duration::from_secs(1) {
             return Err(Error::config(
                 "queue.visibility_timeout must be at least 1s",
@@ -124,6 +129,7 @@ impl SqsConsumer {
             in_flight: Unsettled::default(),
             deletes,
             late_acks: AtomicU64::new(0),
+            format,
         });
         let (tx, buffered) = mpsc::channel(receives * SQS_BATCH);
         // Ends by itself once the settler is gone: tickets outliving the
@@ -344,7 +350,13 @@ impl SqsSettler {
                 .unwrap_or(1);
             let body = m.body.unwrap_or_default();
             let attributes = m.message_attributes.unwrap_or_default();
-            let decoded = decode(Some(&body), Some(&attributes)).map_err(|e| {
+            let group_id = system.get(&MessageSystemAttributeName::MessageGroupId);
+            let received = Received {
+                origin: format!("sqs://{}", self.queue.name),
+                message_id: Some(&message_id),
+                group_id: group_id.map(String::as_str),
+            };
+            let decoded = decode(Some(&body), Some(&attributes), received, self.format).map_err(|e| {
                 tracing::warn!(error = %e, queue = %self.queue.name, "a message that is not a CloudEvent: handed on as undecodable");
                 let values: Vec<(&str, Vec<u8>)> = attributes
                     .iter()

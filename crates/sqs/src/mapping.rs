@@ -5,8 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use causeway_core::{Binding, Event, Result, text_body};
+use bytes::Bytes;
+use causeway_core::message::property;
+use causeway_core::{
+    Binding, Error, Event, Header, Incoming, InputFormat, Result, Value, text_body,
+};
 
+use aws_sdk_sqs::primitives::Blob;
 use aws_sdk_sqs::types::MessageAttributeValue;
 
 /// Attributes sent as SQS attributes of their own; every other CloudEvents
@@ -26,6 +31,10 @@ pub(crate) const FOLDED: &str = "ce_attributes";
 pub(crate) const BODY_ENCODING: &str = "ce_bodyencoding";
 /// SQS refuses an empty body: an empty payload travels as this one character.
 const EMPTY_BODY: &str = "-";
+/// Native headers that cannot be attributes of their own (a name SQS
+/// refuses or repeats, more than fit): a JSON array of
+/// `[name, type, value]`, bytes in base64, read back as they were.
+pub(crate) const HEADERS: &str = "causeway.headers";
 
 /// An event ready to send.
 pub(crate) struct Encoded {
@@ -78,9 +87,129 @@ fn sqs_text(text: &str) -> bool {
     })
 }
 
-/// Encodes `event`; `admit` has already validated it.
+/// Encodes `event`; `admit` has already validated it. A CloudEvent's
+/// attributes come first (those that do not fit are folded into one JSON
+/// attribute), then the native headers take what SQS's 10 attributes leave.
 pub(crate) fn encode(event: &Event) -> Encoded {
     let mut attributes = HashMap::with_capacity(9);
+    if !event.is_raw() {
+        encode_attributes(event, &mut attributes);
+    }
+    // SQS refuses an empty body, so an empty payload sends a stand-in.
+    let (mut body, marker) = text_body::encode(&event.payload, |t| !t.is_empty() && sqs_text(t));
+    if let Some(marker) = marker {
+        attributes.insert(BODY_ENCODING.to_owned(), string_attribute(marker));
+        if marker == text_body::EMPTY {
+            body = EMPTY_BODY.to_owned();
+        }
+    }
+    encode_native(event, &mut attributes);
+    Encoded { body, attributes }
+}
+
+/// The native headers as typed attributes while they fit (one is kept for
+/// [`HEADERS`]); the rest, in order, in [`HEADERS`].
+fn encode_native(event: &Event, attributes: &mut HashMap<String, MessageAttributeValue>) {
+    let mut rest: Vec<(String, &'static str, String)> = Vec::new();
+    let headers: Vec<_> = Binding::Kafka.native_headers(event, &[]).collect();
+    // A repeated name is folded whole, so its values keep their order.
+    let repeated = |name: &str| headers.iter().filter(|h| h.name == name).count() > 1;
+    for header in &headers {
+        let own = valid_name(&header.name)
+            && !repeated(&header.name)
+            && !attributes.contains_key(&header.name)
+            && attributes.len() + 1 < MAX_ATTRIBUTES;
+        match attribute_of(&header.value) {
+            Some(value) if own => {
+                attributes.insert(header.name.clone(), value);
+            }
+            _ => rest.push(folded_header(header)),
+        }
+    }
+    if !rest.is_empty() {
+        let json = serde_json::to_string(&rest).expect("a list of strings serializes");
+        attributes.insert(HEADERS.to_owned(), string_attribute(json));
+    }
+}
+
+/// A typed value as an SQS attribute: `String`, `Number` or `Binary`;
+/// `None` where SQS would refuse it as its own attribute (empty, or text
+/// with characters SQS does not allow), so it is folded instead.
+fn attribute_of(value: &Value) -> Option<MessageAttributeValue> {
+    let typed = |data_type: &str, text: String| {
+        MessageAttributeValue::builder()
+            .data_type(data_type)
+            .string_value(text)
+            .build()
+            .ok()
+    };
+    match value {
+        Value::Bytes(b) if !b.is_empty() => MessageAttributeValue::builder()
+            .data_type("Binary")
+            .binary_value(Blob::new(b.to_vec()))
+            .build()
+            .ok(),
+        Value::Int(_) | Value::Float(_) | Value::Decimal(_) => {
+            let text = value.to_text()?.into_owned();
+            let number = text.parse::<f64>().is_ok_and(f64::is_finite);
+            typed(if number { "Number" } else { "String" }, text)
+        }
+        Value::Bytes(_) => None,
+        other => {
+            let text = other.to_text()?;
+            (!text.is_empty() && sqs_text(&text)).then(|| typed("String", text.into_owned()))?
+        }
+    }
+}
+
+fn folded_header(header: &Header) -> (String, &'static str, String) {
+    let text = match &header.value {
+        Value::Bytes(b) => BASE64.encode(b),
+        other => other.to_text().unwrap_or_default().into_owned(),
+    };
+    (header.name.clone(), header.value.type_name(), text)
+}
+
+fn unfolded_header((name, kind, text): (String, String, String)) -> Result<Header> {
+    let bad = |why: String| Error::invalid_event(HEADERS, why);
+    let value = match kind.as_str() {
+        "bytes" => Value::Bytes(Bytes::from(
+            BASE64
+                .decode(&text)
+                .map_err(|e| bad(format!("{name}: not base64: {e}")))?,
+        )),
+        "bool" => Value::Bool(text == "true"),
+        "int" => Value::Int(text.parse().map_err(|e| bad(format!("{name}: {e}")))?),
+        "float" => Value::Float(text.parse().map_err(|e| bad(format!("{name}: {e}")))?),
+        "decimal" => Value::Decimal(text),
+        "time" => Value::Time(causeway_core::binding::parse_time(&text)?),
+        _ => Value::Text(text),
+    };
+    Ok(Header::new(name, value))
+}
+
+/// SQS attribute names: 1–256 of `A-Za-z0-9_-.`, no `..`, not starting or
+/// ending with `.`, not starting with `AWS.` or `Amazon.`.
+fn valid_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !name.contains("..")
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !lower.starts_with("aws.")
+        && !lower.starts_with("amazon.")
+        && name != BODY_ENCODING
+        && name != FOLDED
+        && name != HEADERS
+}
+
+/// A CloudEvent's attributes as SQS attributes (the Kafka binding's names),
+/// those without a place of their own folded into [`FOLDED`].
+fn encode_attributes(event: &Event, attributes: &mut HashMap<String, MessageAttributeValue>) {
     let mut folded = BTreeMap::new();
     for (name, value) in Binding::Kafka.encode(event) {
         if value.is_empty() {
@@ -96,54 +225,89 @@ pub(crate) fn encode(event: &Event) -> Encoded {
         let json = serde_json::to_string(&folded).expect("a map of strings serializes");
         attributes.insert(FOLDED.to_owned(), string_attribute(json));
     }
-    // SQS refuses an empty body, so an empty payload sends a stand-in.
-    let (mut body, marker) = text_body::encode(&event.payload, |t| !t.is_empty() && sqs_text(t));
-    if let Some(marker) = marker {
-        attributes.insert(BODY_ENCODING.to_owned(), string_attribute(marker));
-        if marker == text_body::EMPTY {
-            body = EMPTY_BODY.to_owned();
-        }
-    }
-    Encoded { body, attributes }
 }
 
 fn strip(name: &str) -> &str {
     name.strip_prefix("ce_").unwrap_or(name)
 }
 
-/// Rebuilds the event of a received message.
+/// What SQS says about a received message beside its body and attributes.
+#[derive(Debug, Default)]
+pub(crate) struct Received<'a> {
+    /// `sqs://queue`.
+    pub origin: String,
+    /// SQS's `MessageId`.
+    pub message_id: Option<&'a str>,
+    /// The FIFO `MessageGroupId`: the key.
+    pub group_id: Option<&'a str>,
+}
+
+/// Reads a received message as `format` says: attributes with their types
+/// (`String` as text, `Number` as a decimal, `Binary` as bytes), folded
+/// attributes and headers unfolded, the body decoded where causeway
+/// encoded it.
 pub(crate) fn decode(
     body: Option<&str>,
     attributes: Option<&HashMap<String, MessageAttributeValue>>,
+    received: Received<'_>,
+    format: InputFormat,
 ) -> Result<Event> {
     let empty = HashMap::new();
     let attributes = attributes.unwrap_or(&empty);
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(attributes.len() + 4);
+    let mut incoming = Incoming {
+        origin: received.origin,
+        key: received
+            .group_id
+            .map(|g| Bytes::copy_from_slice(g.as_bytes())),
+        properties: received
+            .message_id
+            .map(|id| vec![Header::text(property::MESSAGE_ID, id)])
+            .unwrap_or_default(),
+        ..Incoming::default()
+    };
     let mut encoding = None;
-    for (name, value) in attributes {
-        let Some(text) = value.string_value() else {
-            continue;
-        };
-        match name.as_str() {
-            FOLDED => {
+    let mut names: Vec<&String> = attributes.keys().collect();
+    names.sort_unstable();
+    for name in names {
+        let value = &attributes[name];
+        let text = value.string_value();
+        match (name.as_str(), text) {
+            (FOLDED, Some(text)) => {
                 let folded: BTreeMap<String, String> = serde_json::from_str(text).map_err(|e| {
-                    causeway_core::Error::invalid_event(
-                        FOLDED,
-                        format!("not a JSON object of strings: {e}"),
-                    )
+                    Error::invalid_event(FOLDED, format!("not a JSON object of strings: {e}"))
                 })?;
-                headers.extend(folded.into_iter().map(|(k, v)| (format!("ce_{k}"), v)));
+                incoming.headers.extend(
+                    folded
+                        .into_iter()
+                        .map(|(k, v)| Header::text(format!("ce_{k}"), v)),
+                );
             }
-            BODY_ENCODING => encoding = Some(text),
-            _ => headers.push((name.clone(), text.to_owned())),
+            (HEADERS, Some(text)) => {
+                let folded: Vec<(String, String, String)> =
+                    serde_json::from_str(text).map_err(|e| {
+                        Error::invalid_event(HEADERS, format!("not a list of headers: {e}"))
+                    })?;
+                for header in folded {
+                    incoming.headers.push(unfolded_header(header)?);
+                }
+            }
+            (BODY_ENCODING, Some(text)) => encoding = Some(text),
+            (_, Some(text)) if value.data_type().starts_with("Number") => incoming
+                .headers
+                .push(Header::new(name, Value::Decimal(text.to_owned()))),
+            (_, Some(text)) => incoming.headers.push(Header::text(name, text)),
+            (_, None) => {
+                if let Some(blob) = value.binary_value() {
+                    incoming.headers.push(Header::new(
+                        name,
+                        Value::Bytes(Bytes::copy_from_slice(blob.as_ref())),
+                    ));
+                }
+            }
         }
     }
-    let payload = text_body::decode(body.unwrap_or(""), encoding, BODY_ENCODING)?;
-    Binding::Kafka.decode(
-        headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
-        None,
-        payload,
-    )
+    incoming.payload = text_body::decode(body.unwrap_or(""), encoding, BODY_ENCODING)?;
+    Binding::Kafka.read(format, incoming)
 }
 
 /// Most message attributes SQS takes on one message.
@@ -212,7 +376,13 @@ mod tests {
             "{:?}",
             encoded.attributes.keys()
         );
-        decode(Some(&encoded.body), Some(&encoded.attributes)).expect("decode")
+        decode(
+            Some(&encoded.body),
+            Some(&encoded.attributes),
+            Received::default(),
+            InputFormat::Auto,
+        )
+        .expect("decode")
     }
 
     #[test]
@@ -251,7 +421,13 @@ mod tests {
 
     #[test]
     fn not_a_cloudevent_is_an_error() {
-        let err = decode(Some("hello"), None).expect_err("no attributes");
+        let err = decode(
+            Some("hello"),
+            None,
+            Received::default(),
+            InputFormat::CloudEvents,
+        )
+        .expect_err("no attributes");
         assert!(err.to_string().contains("specversion"), "{err}");
     }
 
@@ -260,7 +436,13 @@ mod tests {
         let e = Event::new("id", "s", "t").with_header("x", "1");
         let encoded = encode(&e);
         let copy = with_extensions(&encoded.attributes, &[("deadletterreason", "bad".into())]);
-        let back = decode(Some(&encoded.body), Some(&copy)).expect("decode");
+        let back = decode(
+            Some(&encoded.body),
+            Some(&copy),
+            Received::default(),
+            InputFormat::Auto,
+        )
+        .expect("decode");
         assert_eq!(
             back.headers.get("deadletterreason").map(String::as_str),
             Some("bad")
@@ -288,6 +470,52 @@ mod tests {
             serde_json::from_str(copy[FOLDED].string_value().expect("json")).expect("object");
         assert_eq!(folded["deadletterreason"], "bad");
         assert_eq!(folded["a9"], BASE64.encode([0xff, 0]));
+    }
+
+    #[test]
+    fn raw_messages_keep_typed_headers_repeats_and_overflow() {
+        let mut e = Event::new("p", "kafka://t", "").with_payload(&b"plain \x00 text"[..]);
+        e.format = causeway_core::Format::Raw;
+        e.native.headers = vec![
+            Header::new("bin", Value::Bytes(Bytes::from_static(b"\x00\xff"))),
+            Header::new("amount", Value::Decimal("1.50".into())),
+            Header::new("n", Value::Int(-3)),
+            Header::text("dup", "1"),
+            Header::text("dup", "2"),
+            Header::text("bad name", "x"),
+        ];
+        for i in 0..10 {
+            e.native
+                .headers
+                .push(Header::text(format!("h{i}"), i.to_string()));
+        }
+        let encoded = encode(&e);
+        assert!(
+            encoded.attributes.len() <= MAX_ATTRIBUTES,
+            "{:?}",
+            encoded.attributes.keys()
+        );
+        let back = decode(
+            Some(&encoded.body),
+            Some(&encoded.attributes),
+            Received::default(),
+            InputFormat::Auto,
+        )
+        .unwrap();
+        assert!(back.is_raw());
+        assert_eq!(back.payload, e.payload);
+        let mut want = e.native.headers.clone();
+        // Attributes of their own come back in name order, then the folded ones in theirs.
+        want.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut got = back.native.headers.clone();
+        got.sort_by(|a, b| a.name.cmp(&b.name));
+        // SQS has no integer type: an int comes back as a decimal of the same text.
+        for h in &mut want {
+            if let Value::Int(n) = h.value {
+                h.value = Value::Decimal(n.to_string());
+            }
+        }
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -342,7 +342,7 @@ pub async fn start_route(bridge: &Bridge) -> Running {
     let route = bridge.route("r").await.expect("route");
     let source = bridge
         .endpoints
-        .consumer(&route.config.source)
+        .consumer_reading(&route.config.source, route.config.format)
         .await
         .expect("source");
     let shutdown = CancellationToken::new();

@@ -43,6 +43,8 @@ pub struct Route {
     pub config: RouteConfig,
     /// The parsed destination template.
     pub template: Template,
+    /// Identity, wrap and unwrap of what the source delivers.
+    pub shape: crate::shape::Shape,
     /// The sink, in its stack of layers (retries, breaker): see [`crate::sink`].
     pub sink: Arc<dyn Publisher>,
     /// The dead-letter publisher and destination, if configured.
@@ -137,18 +139,27 @@ impl Route {
     /// id, an empty source), would be lost, fail at the store or the sink,
     /// or worse, take its whole batch or group commit with it: each is
     /// dead-lettered here, alone, and acked once the dead letter is kept.
-    async fn admit(&self, batch: Vec<Delivery>) -> Vec<Delivery> {
-        let refusal = |d: &Delivery| match &d.undecodable {
-            Some(reason) => Some(format!("undecodable message: {reason}")),
-            None => d.event.validate().err().map(|e| e.to_string()),
-        };
-        if batch.iter().all(|d| refusal(d).is_none()) {
+    /// Each kept delivery is shaped for the sink first (`crate::shape`).
+    async fn admit(&self, mut batch: Vec<Delivery>) -> Vec<Delivery> {
+        let mut refusals: Vec<Option<String>> = batch
+            .iter_mut()
+            .map(|d| match &d.undecodable {
+                Some(reason) => Some(format!("undecodable message: {reason}")),
+                None => self
+                    .shape
+                    .apply(&mut d.event)
+                    .and_then(|()| d.event.validate())
+                    .err()
+                    .map(|e| e.to_string()),
+            })
+            .collect();
+        if refusals.iter().all(Option::is_none) {
             return batch;
         }
         let mut valid = Vec::with_capacity(batch.len());
         let mut settle = Vec::new();
-        for d in batch {
-            match refusal(&d) {
+        for (d, refusal) in batch.into_iter().zip(refusals.drain(..)) {
+            match refusal {
                 None => valid.push(d),
                 Some(reason) => {
                     let kept = self
