@@ -6,6 +6,12 @@
 //! every CloudEvents attribute and header intact, in order per key where the
 //! source keeps one (SQS standard queues and Service Bus do not: their
 //! events get a key each).
+//!
+//! The same 25 routes run once more with `format = "raw"` (direct mode):
+//! plain messages, no CloudEvents attribute, with a key and headers,
+//! written to the source with its adapter; at the sink the payload must be
+//! byte for byte what was sent, the key kept and every header there with
+//! its value.
 
 mod common;
 
@@ -38,6 +44,31 @@ async fn route(from: Broker, to: Broker, mode: &'static str) {
     );
 }
 
+/// Plain messages from `from` to `to` through a route reading them raw.
+async fn raw_route(from: Broker, to: Broker) {
+    let what = format!("{} -> {} (raw)", from.name(), to.name());
+    let dir = tempfile::tempdir().expect("dir");
+    let prefix = causeway_testkit::unique_name("mxr");
+    let emulator = common::prepare(&prefix, from, to).await;
+    let mut setup = Setup::new(dir.path(), &prefix, from, to, "direct").with_servicebus(&emulator);
+    setup.route_extra = "format = \"raw\"".into();
+    let bridge = Bridge::new(setup.config(&emulator)).await.expect("bridge");
+    let mut sink = common::sink_reader(&bridge, from, to).await;
+    let n = Broker::events(from, to);
+    let ordered = from.keeps_order();
+    let keys = if ordered { 10 } else { n };
+    let sent = common::raw_messages(&prefix, n, keys);
+    common::publish_to_source(&bridge, from, &prefix, &sent).await;
+    common::run_route(&bridge, n as u64).await;
+    let got = common::read(sink.as_mut(), n, &what).await;
+    sink.close().await.expect("close the sink consumer");
+    common::check_raw(&sent, &got, ordered, &what);
+    println!(
+        "{what}: {n} of {n}, once each, payload, key and headers intact{}",
+        if ordered { ", in order per key" } else { "" }
+    );
+}
+
 macro_rules! matrix {
     ($mode:ident: $($test:ident: $from:expr => $to:expr;)*) => {
         mod $mode {
@@ -52,14 +83,29 @@ macro_rules! matrix {
     };
 }
 
-macro_rules! both_modes {
-    ($($rest:tt)*) => {
-        matrix!(direct: $($rest)*);
-        matrix!(durable: $($rest)*);
+macro_rules! raw_matrix {
+    ($($test:ident: $from:expr => $to:expr;)*) => {
+        mod raw {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    raw_route($from, $to).await;
+                }
+            )*
+        }
     };
 }
 
-both_modes! {
+macro_rules! every_route {
+    ($($rest:tt)*) => {
+        matrix!(direct: $($rest)*);
+        matrix!(durable: $($rest)*);
+        raw_matrix!($($rest)*);
+    };
+}
+
+every_route! {
     kafka_to_kafka: Kafka => Kafka;
     kafka_to_nats: Kafka => Nats;
     kafka_to_rabbitmq: Kafka => Rabbit;

@@ -248,16 +248,30 @@ pub enum Mode {
     Durable,
 }
 
-/// One source → one sink.
+/// One source → one sink (`sink`, `destination`) or several (`sinks`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Source endpoint name.
     pub source: String,
-    /// Sink endpoint name.
-    pub sink: String,
-    /// Destination template at the sink, e.g. `transactions-{key_hash % 10}`.
-    pub destination: String,
+    /// Sink endpoint name (a route with one sink).
+    #[serde(default)]
+    pub sink: Option<String>,
+    /// Destination template at the sink, e.g. `transactions-{key_hash % 10}`
+    /// (a route with one sink).
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// Which events the sink takes (a route with one sink).
+    #[serde(default)]
+    pub filter: Option<FilterConfig>,
+    /// How fast the sink is sent to (a route with one sink).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// The sinks of a route with several, by name: one source read, one
+    /// store append, and per sink its own dedup, forwarder cursor, breaker,
+    /// dead letters and metrics (`route/sink`).
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
     /// Direct or durable.
     #[serde(default)]
     pub mode: Mode,
@@ -317,6 +331,116 @@ pub struct RouteConfig {
     /// headers, no CloudEvents attribute.
     #[serde(default)]
     pub unwrap: bool,
+}
+
+/// One sink of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Sink endpoint name.
+    pub endpoint: String,
+    /// Destination template at the sink.
+    pub destination: String,
+    /// Which events this sink takes; the others are counted as filtered.
+    #[serde(default)]
+    pub filter: Option<FilterConfig>,
+    /// How fast this sink is sent to.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// Which events a sink takes: every condition of `all` and at least one
+/// of `any` (an empty list asks nothing). No scripting: each condition
+/// compares one field.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Conditions that must all hold.
+    #[serde(default)]
+    pub all: Vec<ConditionConfig>,
+    /// Conditions of which one must hold.
+    #[serde(default)]
+    pub any: Vec<ConditionConfig>,
+}
+
+/// One condition: a field and exactly one of `equals`, `prefix`, `glob`,
+/// `regex`. A field the event does not have matches nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionConfig {
+    /// `type`, `source`, `subject`, `key`, `id` or `header.NAME` (an
+    /// extension attribute, else a native header).
+    pub field: String,
+    /// The value is exactly this.
+    #[serde(default)]
+    pub equals: Option<String>,
+    /// The value starts with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// The value matches this glob (`*`, `?`, `[a-z]`, `{a,b}`).
+    #[serde(default)]
+    pub glob: Option<String>,
+    /// The value matches this regular expression (unanchored).
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+/// A sink's rate limit: a token bucket of events and one of bytes
+/// (payloads), each refilled at its rate per second, holding a burst.
+/// Waiting for tokens holds the route back; nothing is dropped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Events per second.
+    #[serde(default)]
+    pub events_per_second: Option<u32>,
+    /// Payload bytes per second.
+    #[serde(default)]
+    pub bytes_per_second: Option<u32>,
+    /// Events (and `burst × the average payload` of bytes) sent at once
+    /// after a quiet time; the rate when unset.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// A sink of a route, as the pipeline runs it.
+#[derive(Debug, Clone)]
+pub struct Leg {
+    /// Its name in metrics, logs, dedup and dead letters: the route's for a
+    /// route with one sink, `route/sink` otherwise.
+    pub name: String,
+    /// The sink.
+    pub sink: SinkConfig,
+    /// Its cursor and lease in the route's store stream (durable mode).
+    pub forwarder: String,
+}
+
+impl RouteConfig {
+    /// The route's sinks: the one of `sink`/`destination`, named as the
+    /// route and forwarding with the `forwarder` cursor (as before sinks
+    /// had names), or each of `sinks`, named `route/sink`.
+    pub fn legs(&self, route: &str) -> Vec<Leg> {
+        if let (Some(sink), Some(destination)) = (&self.sink, &self.destination) {
+            return vec![Leg {
+                name: route.to_owned(),
+                sink: SinkConfig {
+                    endpoint: sink.clone(),
+                    destination: destination.clone(),
+                    filter: self.filter.clone(),
+                    rate_limit: self.rate_limit.clone(),
+                },
+                forwarder: "forwarder".to_owned(),
+            }];
+        }
+        self.sinks
+            .iter()
+            .map(|(name, sink)| Leg {
+                name: format!("{route}/{name}"),
+                sink: sink.clone(),
+                forwarder: format!("forwarder:{name}"),
+            })
+            .collect()
+    }
 }
 
 /// How raw messages become CloudEvents: templates over the message (the
@@ -493,7 +617,29 @@ impl Config {
                     r.source
                 )));
             }
-            for (key, endpoint) in [("source", &r.source), ("sink", &r.sink)] {
+            let one = r.sink.is_some() || r.destination.is_some();
+            if one != r.sinks.is_empty() || r.sink.is_some() != r.destination.is_some() {
+                return Err(ConfigError(format!(
+                    "{origin}: routes.{name}: give either `sink` and `destination`, or a \
+                     `[routes.{name}.sinks.<sink>]` table per sink"
+                )));
+            }
+            if !r.sinks.is_empty() && (r.filter.is_some() || r.rate_limit.is_some()) {
+                return Err(ConfigError(format!(
+                    "{origin}: routes.{name}: with `sinks`, `filter` and `rate_limit` go in each sink's table"
+                )));
+            }
+            let legs = r.legs(name);
+            let sink_endpoints = legs.iter().map(|l| {
+                let key = match l.name.split_once('/') {
+                    Some((_, sink)) => format!("sinks.{sink}.endpoint"),
+                    None => "sink".to_owned(),
+                };
+                (key, &l.sink.endpoint)
+            });
+            for (key, endpoint) in
+                std::iter::once(("source".to_owned(), &r.source)).chain(sink_endpoints)
+            {
                 if !self.endpoints.contains_key(endpoint) {
                     return Err(ConfigError(format!(
                         "{origin}: routes.{name}.{key}: no endpoint `{endpoint}` (known: {})",
@@ -513,15 +659,37 @@ impl Config {
                     dl.endpoint
                 )));
             }
-            let templates =
-                [("destination", Some(&r.destination))]
-                    .into_iter()
-                    .chain(r.wrap.iter().flat_map(|w| {
-                        [
-                            ("wrap.type", Some(&w.kind)),
-                            ("wrap.source", w.source.as_ref()),
-                        ]
-                    }));
+            for leg in &legs {
+                let at = match leg.name.split_once('/') {
+                    Some((_, sink)) => format!("sinks.{sink}."),
+                    None => String::new(),
+                };
+                causeway_core::Template::parse(&leg.sink.destination).map_err(|e| {
+                    ConfigError(format!(
+                        "{origin}: routes.{name}.{at}destination: {}",
+                        e.message()
+                    ))
+                })?;
+                if let Some(filter) = &leg.sink.filter {
+                    crate::filter::Filter::new(filter).map_err(|e| {
+                        ConfigError(format!("{origin}: routes.{name}.{at}filter: {e}"))
+                    })?;
+                }
+                if let Some(limit) = &leg.sink.rate_limit
+                    && limit.events_per_second.is_none()
+                    && limit.bytes_per_second.is_none()
+                {
+                    return Err(ConfigError(format!(
+                        "{origin}: routes.{name}.{at}rate_limit: set events_per_second, bytes_per_second or both"
+                    )));
+                }
+            }
+            let templates = r.wrap.iter().flat_map(|w| {
+                [
+                    ("wrap.type", Some(&w.kind)),
+                    ("wrap.source", w.source.as_ref()),
+                ]
+            });
             for (key, template) in templates {
                 if let Some(template) = template {
                     causeway_core::Template::parse(template).map_err(|e| {

@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod endpoint;
+pub mod filter;
 mod generator;
 pub mod metrics;
 pub mod pipeline;
@@ -25,7 +26,7 @@ use causeway_core::{DedupStore, EventStore, ReadFrom, ReadQuery, Retention, Temp
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::endpoint::Endpoints;
 use crate::metrics::Metrics;
 use crate::pipeline::{Fate, Route};
@@ -82,6 +83,8 @@ pub struct ReplayReport {
     pub published: u64,
     /// Events dead-lettered on a permanent failure.
     pub dead_lettered: u64,
+    /// Events the sink's filter did not take.
+    pub filtered: u64,
     /// The last position handled, to resume from after a failure.
     pub last_position: Option<u64>,
 }
@@ -128,28 +131,80 @@ impl Bridge {
         })
     }
 
-    /// A route ready to run: its sink in its stack of layers ([`sink::for_route`]).
+    /// A route with one sink, ready to run: its sink in its stack of
+    /// layers ([`sink::for_route`]). For a route with several, [`Self::sinks`].
     pub async fn route(&self, name: &str) -> Result<Arc<Route>> {
         self.route_with(name, None, None).await
     }
 
+    /// The routes of route `name`'s sinks, one per sink, in config order:
+    /// what [`pipeline::run_fanout`] runs.
+    pub async fn sinks(&self, name: &str) -> Result<Vec<Arc<Route>>> {
+        let config = self.route_config(name)?;
+        let mut out = Vec::new();
+        for leg in config.legs(name) {
+            out.push(self.leg(name, &config, &leg, None, None).await?);
+        }
+        Ok(out)
+    }
+
+    fn route_config(&self, name: &str) -> Result<RouteConfig> {
+        Ok(self
+            .config
+            .routes
+            .get(name)
+            .with_context(|| format!("no route `{name}`"))?
+            .clone())
+    }
+
+    /// Route `name`'s one sink, or the one `sink` names among several (by
+    /// its name in `sinks`); with one sink, `sink` may name another
+    /// endpoint to send to instead (a replay's `--sink`).
     async fn route_with(
         &self,
         name: &str,
         sink: Option<&str>,
         destination: Option<&str>,
     ) -> Result<Arc<Route>> {
-        let config = self
-            .config
-            .routes
-            .get(name)
-            .with_context(|| format!("no route `{name}`"))?
-            .clone();
+        let config = self.route_config(name)?;
+        let legs = config.legs(name);
+        if let [leg] = legs.as_slice() {
+            return self.leg(name, &config, leg, sink, destination).await;
+        }
+        let names: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
+        let Some(wanted) = sink else {
+            bail!(
+                "route `{name}` has several sinks ({}): name one",
+                names.join(", ")
+            );
+        };
+        let leg = legs
+            .iter()
+            .find(|l| l.name == format!("{name}/{wanted}"))
+            .with_context(|| {
+                format!(
+                    "route `{name}` has no sink `{wanted}` (its sinks: {})",
+                    names.join(", ")
+                )
+            })?;
+        self.leg(name, &config, leg, None, destination).await
+    }
+
+    /// The route of one sink `leg` of route `name`, with another endpoint
+    /// and destination where given.
+    async fn leg(
+        &self,
+        name: &str,
+        config: &RouteConfig,
+        leg: &config::Leg,
+        endpoint: Option<&str>,
+        destination: Option<&str>,
+    ) -> Result<Arc<Route>> {
         let raw = self
             .endpoints
-            .publisher(sink.unwrap_or(&config.sink))
+            .publisher(endpoint.unwrap_or(&leg.sink.endpoint))
             .await?;
-        let sink = sink::for_route(raw, &config);
+        let sink = sink::for_route(raw, config, leg.sink.rate_limit.as_ref());
         let dead_letter = match &config.dead_letter {
             Some(dl) => Some((
                 self.endpoints.publisher(&dl.endpoint).await?,
@@ -157,18 +212,25 @@ impl Bridge {
             )),
             None => None,
         };
-        let template = Template::parse(destination.unwrap_or(&config.destination))?;
+        let template = Template::parse(destination.unwrap_or(&leg.sink.destination))?;
+        let filter = match &leg.sink.filter {
+            Some(f) => Some(filter::Filter::new(f).map_err(|e| anyhow::anyhow!("{e}"))?),
+            None => None,
+        };
         Ok(Arc::new(Route {
-            name: name.to_owned(),
+            name: leg.name.clone(),
+            stream: name.to_owned(),
+            forwarder: leg.forwarder.clone(),
+            filter,
             template,
-            shape: shape::Shape::new(&config)?,
+            shape: shape::Shape::new(config)?,
             sink,
             dead_letter,
             store: self.store.clone(),
             dedup: self.dedup.clone(),
             shared_store: self.config.store.postgres.is_some(),
-            metrics: self.metrics.route(name),
-            config,
+            metrics: self.metrics.route(&leg.name),
+            config: config.clone(),
         }))
     }
 
@@ -184,15 +246,21 @@ impl Bridge {
         // in-flight work) so that the process exits non-zero.
         let stop = shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
-        for name in self.config.routes.keys() {
-            let route = self.route(name).await?;
+        for (name, config) in &self.config.routes {
+            let sinks = self.sinks(name).await?;
             let source = self
                 .endpoints
-                .consumer_reading(&route.config.source, route.config.format)
+                .consumer_reading(&config.source, config.format)
                 .await?;
             let stop = stop.clone();
             let name = name.clone();
-            tasks.spawn(async move { (name, route.run(source, stop).await) });
+            tasks.spawn(async move {
+                let result = match <[_; 1]>::try_from(sinks) {
+                    Ok([route]) => route.run(source, stop).await,
+                    Err(sinks) => pipeline::run_fanout(sinks, source, stop).await,
+                };
+                (name, result)
+            });
         }
         let retention = self.config.store.retention.map(|r| {
             let store = self.store.clone();
@@ -264,6 +332,7 @@ impl Bridge {
             for (stored, fate) in page.iter().zip(fates) {
                 match fate {
                     Fate::Sent => report.published += 1,
+                    Fate::Filtered => report.filtered += 1,
                     Fate::DeadLettered => report.dead_lettered += 1,
                     Fate::Failed(e) => bail!(
                         "stopped at position {} ({e}); {} published so far; resume with --from-position {}",

@@ -36,6 +36,7 @@ pub struct Metrics {
     duplicates: Family<RouteLabel, Counter>,
     sink_duplicates: Family<RouteLabel, Counter>,
     dead_lettered: Family<RouteLabel, Counter>,
+    filtered: Family<RouteLabel, Counter>,
     errors: Family<RouteLabel, Counter>,
     sink_refusals: Family<RouteLabel, Counter>,
     redeliveries: Family<RouteLabel, Counter>,
@@ -71,6 +72,8 @@ pub struct RouteMetrics {
     pub sink_duplicates: Counter,
     /// Events sent to the dead-letter destination.
     pub dead_lettered: Counter,
+    /// Events the sink's filter did not take.
+    pub filtered: Counter,
     /// Failed publish attempts.
     pub errors: Counter,
     /// Events a broken sink refused permanently (credentials, a missing
@@ -130,6 +133,7 @@ impl Default for Metrics {
             duplicates: Family::default(),
             sink_duplicates: Family::default(),
             dead_lettered: Family::default(),
+            filtered: Family::default(),
             errors: Family::default(),
             sink_refusals: Family::default(),
             redeliveries: Family::default(),
@@ -165,6 +169,11 @@ impl Default for Metrics {
             "dead_lettered",
             "Events sent to the dead-letter destination",
             m.dead_lettered.clone(),
+        );
+        registry.register(
+            "events_filtered",
+            "Events the sink's filter did not take: counted, not sent, not dead-lettered",
+            m.filtered.clone(),
         );
         registry.register(
             "publish_errors",
@@ -212,6 +221,7 @@ impl Metrics {
             duplicates: self.duplicates.get_or_create(&l).clone(),
             sink_duplicates: self.sink_duplicates.get_or_create(&l).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
+            filtered: self.filtered.get_or_create(&l).clone(),
             errors: self.errors.get_or_create(&l).clone(),
             sink_refusals: self.sink_refusals.get_or_create(&l).clone(),
             redeliveries: self.redeliveries.get_or_create(&l).clone(),

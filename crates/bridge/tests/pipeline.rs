@@ -204,6 +204,9 @@ async fn dead_letters(bridge: &Bridge) -> Vec<causeway_core::StoredEvent> {
 fn parts_of(base: &Route) -> Route {
     Route {
         name: base.name.clone(),
+        stream: base.stream.clone(),
+        forwarder: base.forwarder.clone(),
+        filter: base.filter.clone(),
         config: base.config.clone(),
         template: base.template.clone(),
         shape: base.shape.clone(),

@@ -25,9 +25,17 @@ destination = "out"
     )
     .expect("a route on the defaults");
     let route = &config.routes["r"];
+    // A rate limit generous enough not to slow the suite, so that its
+    // layer (which splits calls into bursts) runs every scenario too.
+    let limit = causeway_bridge::config::RateLimitConfig {
+        events_per_second: Some(200_000),
+        bytes_per_second: Some(1 << 30),
+        burst: Some(700),
+    };
     Box::new(causeway_bridge::sink::for_route(
         Arc::from(publisher),
         route,
+        Some(&limit),
     ))
 }
 

@@ -268,9 +268,9 @@ impl Binding {
             message.content_type.as_deref(),
             message.payload,
         )?;
-        // Only Kafka's binding makes the record key the partitionkey; an
-        // SQS group or Service Bus session is the sink's derived value.
-        let record_key = message.key.filter(|_| self == Binding::Kafka);
+        // A record key is the partitionkey (Kafka binding); an SQS group
+        // or Service Bus session is a sink's derived value.
+        let record_key = message.key.filter(|_| !message.derived_key);
         let key = match (&event.key, record_key) {
             (None, Some(k)) => {
                 event.key = Some(ordering_key(&k));

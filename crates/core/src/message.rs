@@ -181,6 +181,10 @@ pub mod property {
     pub const TO: &str = "to";
 }
 
+/// The header that carries a raw message's key to brokers whose messages
+/// have no key of their own (NATS, RabbitMQ); read back as the key.
+pub const KEY_HEADER: &str = "causeway-key";
+
 /// What the source broker carried that is not a CloudEvents attribute.
 /// Empty for an event made inside causeway.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,6 +385,10 @@ pub struct Incoming {
     pub properties: Vec<Header>,
     /// The key as bytes.
     pub key: Option<Bytes>,
+    /// True when the key is the sink's derived value (an SQS group, a
+    /// Service Bus session) rather than a producer's record key: a
+    /// CloudEvent then keeps its `partitionkey` alone.
+    pub derived_key: bool,
     /// The native content-type property (AMQP, Service Bus).
     pub content_type: Option<String>,
     /// Where the message sits (`topic/partition/offset`).

@@ -607,6 +607,7 @@ impl KafkaConsumer {
                         .collect(),
                     properties: Vec::new(),
                     key: message.key().map(Bytes::copy_from_slice),
+                    derived_key: false,
                     content_type: None,
                     position: Some(format!(
                         "{}/{}/{}",

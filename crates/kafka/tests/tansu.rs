@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use causeway_core::memory::MemoryDedupStore;
-use causeway_core::{Capabilities, Consumer, Event, Handled, IdempotentHandler, Publisher, Result};
+use causeway_core::{
+    Capabilities, Consumer, Event, Handled, IdempotentHandler, InputFormat, Publisher, Result,
+};
 use causeway_kafka::{KafkaClient, KafkaConfig};
-use causeway_testkit::BrokerHarness;
+use causeway_testkit::{BrokerHarness, Foreign};
 
 const VAR: &str = "CAUSEWAY_KAFKA_BROKERS";
 const DEFAULT: &str = "127.0.0.1:19092";
@@ -76,10 +78,17 @@ impl BrokerHarness for Tansu {
     async fn publisher(&self) -> Result<Box<dyn Publisher>> {
         Ok(Box::new(self.client.publisher()?))
     }
-    async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>> {
+    async fn consumer_reading(
+        &self,
+        destination: &str,
+        group: &str,
+        format: InputFormat,
+    ) -> Result<Box<dyn Consumer>> {
         let c = common::consumer(&format!("{destination}-{group}"), destination, true);
         Ok(Box::new(
-            KafkaClient::new(self.config_for(c)).consumer(None)?,
+            KafkaClient::new(self.config_for(c))
+                .consumer(None)?
+                .reading(format),
         ))
     }
     async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
@@ -89,19 +98,33 @@ impl BrokerHarness for Tansu {
             KafkaClient::new(self.config_for(c)).consumer(None)?,
         ))
     }
-    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
-        // rdkafka itself, as any producer: a value and nothing else.
+    fn foreign_keys(&self) -> bool {
+        true
+    }
+    async fn publish_foreign(&self, destination: &str, message: Foreign<'_>) -> Result<bool> {
+        // rdkafka itself, as any producer: a key, a value, headers.
+        use rdkafka::message::{Header, OwnedHeaders};
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let failed = |e: String| causeway_core::Error::new(causeway_core::ErrorKind::Connection, e);
         let producer: FutureProducer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .create()
             .map_err(|e| failed(e.to_string()))?;
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in message.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::<str, [u8]>::to(destination)
+            .payload(message.payload)
+            .headers(headers);
+        if let Some(key) = message.key {
+            record = record.key(key);
+        }
         producer
-            .send(
-                FutureRecord::<(), [u8]>::to(destination).payload(payload),
-                Duration::from_secs(10),
-            )
+            .send(record, Duration::from_secs(10))
             .await
             .map_err(|(e, _)| failed(e.to_string()))?;
         Ok(true)

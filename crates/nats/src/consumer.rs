@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use causeway_core::{
     Binding, Capabilities, Consumer, Delivery, Error as CoreError, ErrorKind, Event, Header,
     Incoming, InputFormat, Position, Result, Settlement, Settler, Ticket, Value, dead_letter,
-    message::property,
+    message::{KEY_HEADER, property},
 };
 use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
@@ -267,6 +267,10 @@ fn decode(message: &Message, format: InputFormat) -> Result<Event> {
     for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
         let name: &str = name.as_ref();
         for value in values {
+            if name.eq_ignore_ascii_case(KEY_HEADER) {
+                incoming.key = Some(bytes::Bytes::from(value.as_str().to_owned()));
+                continue;
+            }
             let value = Value::Text(value.as_str().to_owned());
             if name.eq_ignore_ascii_case(async_nats::header::NATS_MESSAGE_ID.as_ref()) {
                 incoming

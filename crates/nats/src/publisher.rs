@@ -2,6 +2,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use async_trait::async_trait;
+use causeway_core::message::KEY_HEADER;
 use causeway_core::publish::destination_or_default;
 use causeway_core::{
     Binding, Capabilities, Error as CoreError, ErrorKind, Event, Position, Publisher, Receipt,
@@ -60,6 +61,12 @@ pub(crate) fn headers_of(event: &Event) -> Result<HeaderMap> {
             return Err(bad("it holds a control character"));
         }
         headers.append(header.name.as_str(), text.as_ref());
+    }
+    if event.is_raw()
+        && let Some(key) = &event.key
+    {
+        // A NATS message has no key: a raw one's travels as a header.
+        headers.insert(KEY_HEADER, key.as_str());
     }
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,

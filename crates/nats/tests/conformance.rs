@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Consumer, Publisher, Result};
+use causeway_core::{Capabilities, Consumer, InputFormat, Publisher, Result};
 use causeway_nats::{ConsumerConfig, NatsClient, NatsConfig, PublishConfig, Start, StreamConfig};
-use causeway_testkit::{BrokerHarness, FaultProxy};
+use causeway_testkit::{BrokerHarness, FaultProxy, Foreign};
 
 const VAR: &str = "CAUSEWAY_NATS_URL";
 const DEFAULT: &str = "nats://127.0.0.1:14222";
@@ -98,11 +98,17 @@ impl BrokerHarness for Nats {
     async fn publisher(&self) -> Result<Box<dyn Publisher>> {
         Ok(Box::new(self.client.publisher()))
     }
-    async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>> {
+    async fn consumer_reading(
+        &self,
+        destination: &str,
+        group: &str,
+        format: InputFormat,
+    ) -> Result<Box<dyn Consumer>> {
         Ok(Box::new(
             self.client
                 .consumer(Some(&consumer_config(group, destination)))
-                .await?,
+                .await?
+                .reading(format),
         ))
     }
     async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
@@ -111,15 +117,23 @@ impl BrokerHarness for Nats {
         config.dead_letter_subject = None;
         Ok(Box::new(self.client.consumer(Some(&config)).await?))
     }
-    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
-        // async-nats itself, as any JetStream producer: no headers.
+    async fn publish_foreign(&self, destination: &str, message: Foreign<'_>) -> Result<bool> {
+        // async-nats itself, as any JetStream producer.
         let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
         let failed = |e: String| causeway_core::Error::new(causeway_core::ErrorKind::Connection, e);
         let client = async_nats::connect(url.as_str())
             .await
             .map_err(|e| failed(e.to_string()))?;
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in message.headers {
+            headers.append(*name, *value);
+        }
         async_nats::jetstream::new(client)
-            .publish(destination.to_owned(), payload.to_vec().into())
+            .publish_with_headers(
+                destination.to_owned(),
+                headers,
+                message.payload.to_vec().into(),
+            )
             .await
             .map_err(|e| failed(e.to_string()))?
             .await

@@ -2,7 +2,7 @@
 //! message's own headers with their types (docs/headers.md).
 
 use bytes::Bytes;
-use causeway_core::message::property;
+use causeway_core::message::{KEY_HEADER, property};
 use causeway_core::{Binding, Error, Event, Header, Incoming, InputFormat, Result, Value};
 use chrono::DateTime;
 use lapin::BasicProperties;
@@ -162,6 +162,15 @@ pub(crate) fn properties(event: &Event) -> BasicProperties {
             amqp_value(&header.value),
         );
     }
+    if event.is_raw()
+        && let Some(key) = &event.key
+    {
+        // An AMQP message has no key: a raw one's travels as a header.
+        headers.insert(
+            ShortString::from(KEY_HEADER),
+            AMQPValue::LongString(LongString::from(key.as_str())),
+        );
+    }
     let mut props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_headers(headers);
@@ -213,6 +222,10 @@ pub(crate) fn decode(
     };
     for (name, value) in props.headers().iter().flat_map(|t| t.inner().iter()) {
         if is_bookkeeping(name.as_str()) {
+            continue;
+        }
+        if name.as_str() == KEY_HEADER {
+            incoming.key = value_of(value).map(|v| Bytes::from(v.to_bytes().into_owned()));
             continue;
         }
         let value = value_of(value).ok_or_else(|| {

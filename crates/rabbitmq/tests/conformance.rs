@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Consumer, Publisher, Result};
+use causeway_core::{Capabilities, Consumer, InputFormat, Publisher, Result};
 use causeway_rabbitmq::{
     ExchangeKind, PublishConfig, QueueConfig, QueueKind, RabbitClient, RabbitConfig,
 };
-use causeway_testkit::{BrokerHarness, FaultProxy};
+use causeway_testkit::{BrokerHarness, FaultProxy, Foreign};
 
 const VAR: &str = "CAUSEWAY_RABBITMQ_URL";
 const DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -113,12 +113,18 @@ impl BrokerHarness for Rabbit {
     async fn publisher(&self) -> Result<Box<dyn Publisher>> {
         Ok(Box::new(self.client.publisher()))
     }
-    async fn consumer(&self, destination: &str, _group: &str) -> Result<Box<dyn Consumer>> {
+    async fn consumer_reading(
+        &self,
+        destination: &str,
+        _group: &str,
+        format: InputFormat,
+    ) -> Result<Box<dyn Consumer>> {
         // One queue per destination: its consumers are the group.
         Ok(Box::new(
             self.client
                 .consumer(Some(&queue_config(self.kind, destination)))
-                .await?,
+                .await?
+                .reading(format),
         ))
     }
     async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
@@ -126,8 +132,8 @@ impl BrokerHarness for Rabbit {
         q.dead_letter_queue = None;
         Ok(Box::new(self.client.consumer(Some(&q)).await?))
     }
-    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
-        // lapin itself, as any AMQP producer: no headers, no properties.
+    async fn publish_foreign(&self, destination: &str, message: Foreign<'_>) -> Result<bool> {
+        // lapin itself, as any AMQP producer: a headers table of strings.
         let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
         let failed = |e: lapin::Error| {
             causeway_core::Error::new(causeway_core::ErrorKind::Connection, e.to_string())
@@ -135,6 +141,13 @@ impl BrokerHarness for Rabbit {
         let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
             .await
             .map_err(failed)?;
+        let mut table = lapin::types::FieldTable::default();
+        for (name, value) in message.headers {
+            table.insert(
+                (*name).into(),
+                lapin::types::AMQPValue::LongString((*value).into()),
+            );
+        }
         let channel = connection.create_channel().await.map_err(failed)?;
         channel
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
@@ -145,8 +158,8 @@ impl BrokerHarness for Rabbit {
                 "".into(),
                 destination.into(),
                 lapin::options::BasicPublishOptions::default(),
-                payload,
-                lapin::BasicProperties::default(),
+                message.payload,
+                lapin::BasicProperties::default().with_headers(table),
             )
             .await
             .map_err(failed)?

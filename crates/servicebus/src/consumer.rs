@@ -311,13 +311,14 @@ impl ServiceBusSettler {
         let properties =
             custom_properties(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         let body = reply.body;
-        let decoded = match std::str::from_utf8(&body) {
-            _ if broker.is_empty() => Err(causeway_core::Error::invalid_event(
+        let decoded = if broker.is_empty() {
+            Err(causeway_core::Error::invalid_event(
                 "BrokerProperties",
                 "missing or not a JSON object",
-            )),
-            Ok(text) => decode(
-                text,
+            ))
+        } else {
+            decode(
+                &body,
                 &properties,
                 Received {
                     origin: format!("servicebus://{}", self.path),
@@ -325,11 +326,7 @@ impl ServiceBusSettler {
                     key: Some(self.shared.config.publish.key_property),
                 },
                 self.format,
-            ),
-            Err(_) => Err(causeway_core::Error::invalid_event(
-                "body",
-                "not UTF-8 text, and not marked as base64",
-            )),
+            )
         }
         .map_err(|e| {
             tracing::warn!(error = %e, entity = %self.path, "a message that is not a CloudEvent: handed on as undecodable");

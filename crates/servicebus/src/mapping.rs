@@ -4,7 +4,7 @@
 //! event's (source, id) key, `Event::dedup_id`.
 
 use bytes::Bytes;
-use causeway_core::message::property;
+use causeway_core::message::{KEY_HEADER, property};
 use causeway_core::{Binding, Error, Event, Header, Incoming, InputFormat, Result, text_body};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
@@ -72,6 +72,12 @@ pub(crate) fn encode(event: &Event, key: KeyProperty) -> Result<BatchMessage> {
     let mut encoded = Vec::new();
     for header in Binding::ServiceBus.native_headers(event, SINK_PROPERTIES) {
         let name = header.name.to_ascii_lowercase();
+        if user.contains_key(&name) {
+            return Err(Error::invalid_event(
+                &header.name,
+                "Service Bus properties are a map: a name cannot repeat (nor differ only in case)",
+            ));
+        }
         let value = match &header.value {
             causeway_core::Value::Bool(b) => Value::Bool(*b),
             causeway_core::Value::Int(n) => Value::from(*n),
@@ -98,6 +104,11 @@ pub(crate) fn encode(event: &Event, key: KeyProperty) -> Result<BatchMessage> {
     }
     if !encoded.is_empty() {
         user.insert(ENCODED.into(), Value::String(encoded.join(",")));
+    }
+    if let (true, KeyProperty::None, Some(k)) = (event.is_raw(), key, &event.key) {
+        // No broker property holds the key here: a raw message's travels
+        // as a property.
+        user.insert(KEY_HEADER.into(), Value::String(k.clone()));
     }
     let mut broker = Map::new();
     broker.insert("MessageId".into(), Value::String(event.dedup_id()));
@@ -214,7 +225,7 @@ pub(crate) struct Received<'a> {
 /// event's. Custom properties keep their JSON type (string, integer,
 /// floating point, boolean); broker properties become properties.
 pub(crate) fn decode(
-    body: &str,
+    body: &[u8],
     properties: &[(String, Value)],
     received: Received<'_>,
     format: InputFormat,
@@ -225,14 +236,28 @@ pub(crate) fn decode(
         .and_then(Value::as_str)
         .map(|names| names.split(',').collect())
         .unwrap_or_default();
-    let payload = text_body::decode(body, encoding, BODY_ENCODING)?;
+    // A body causeway did not encode is the payload, whatever its bytes.
+    let payload = match encoding {
+        None => Bytes::copy_from_slice(body),
+        Some(_) => {
+            let text = std::str::from_utf8(body).map_err(|_| {
+                Error::invalid_event("body", "marked as encoded, but not UTF-8 text")
+            })?;
+            text_body::decode(text, encoding, BODY_ENCODING)?
+        }
+    };
     let mut incoming = Incoming {
         origin: received.origin,
         payload,
+        derived_key: true,
         ..Incoming::default()
     };
     for (name, value) in properties {
         if name == BODY_ENCODING || name == ENCODED {
+            continue;
+        }
+        if name == KEY_HEADER {
+            incoming.key = Some(Bytes::from(property_text(value)));
             continue;
         }
         let value = match value {
@@ -268,7 +293,9 @@ pub(crate) fn decode(
             Some(KeyProperty::PartitionKey) => text("PartitionKey"),
             _ => None,
         };
-        incoming.key = key.map(|k| Bytes::copy_from_slice(k.as_bytes()));
+        if let Some(k) = key {
+            incoming.key = Some(Bytes::copy_from_slice(k.as_bytes()));
+        }
     }
     Binding::ServiceBus.read(format, incoming)
 }
@@ -320,7 +347,13 @@ mod tests {
             key: Some(KeyProperty::PartitionKey),
             ..Received::default()
         };
-        decode(&m.body, &as_received(m), received, InputFormat::Auto).expect("decode")
+        decode(
+            m.body.as_bytes(),
+            &as_received(m),
+            received,
+            InputFormat::Auto,
+        )
+        .expect("decode")
     }
 
     #[test]
@@ -405,7 +438,7 @@ mod tests {
 
     #[test]
     fn not_a_cloudevent_is_an_error() {
-        let err = decode("hello", &[], Received::default(), InputFormat::CloudEvents)
+        let err = decode(b"hello", &[], Received::default(), InputFormat::CloudEvents)
             .expect_err("no properties");
         assert!(err.to_string().contains("specversion"), "{err}");
     }

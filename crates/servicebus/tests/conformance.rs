@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Consumer, Publisher, Result};
+use causeway_core::{Capabilities, Consumer, InputFormat, Publisher, Result};
 use causeway_servicebus::{ReceiveConfig, ServiceBusClient, ServiceBusConfig};
 use causeway_servicebus_emulator::{
     QueueOptions, ROOT_POLICY, Right, ServiceBusEmulator, TopicOptions,
 };
-use causeway_testkit::{BrokerHarness, FaultProxy};
+use causeway_testkit::{BrokerHarness, FaultProxy, Foreign};
 
 /// The emulated entities' lock duration; consumers renew locks for
 /// `MAX_PROCESSING` after hand-out, so an unsettled delivery returns after
@@ -123,23 +123,38 @@ impl BrokerHarness for Emulated {
     async fn publisher(&self) -> Result<Box<dyn Publisher>> {
         Ok(Box::new(self.client.publisher()))
     }
-    async fn consumer(&self, destination: &str, _group: &str) -> Result<Box<dyn Consumer>> {
+    async fn consumer_reading(
+        &self,
+        destination: &str,
+        _group: &str,
+        format: InputFormat,
+    ) -> Result<Box<dyn Consumer>> {
         // Competing receivers of one queue or subscription are the group.
-        Ok(Box::new(self.client.consumer(Some(&receive_config(
-            destination,
-            self.topic,
-        )))?))
+        Ok(Box::new(self.client.consumer_reading(
+            Some(&receive_config(destination, self.topic)),
+            format,
+        )?))
     }
     async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
         let mut r = receive_config(&dead_letter_entity(destination), false);
         r.dead_letter_entity = None;
         Ok(Box::new(self.client.consumer(Some(&r))?))
     }
-    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
+    async fn publish_foreign(&self, destination: &str, message: Foreign<'_>) -> Result<bool> {
         // The library's own client, straight to the emulator.
         let raw = ServiceBusClient::connect(config(&self.emulator, self.emulator.url()))?
             .queue_client(destination)?;
-        raw.send_message(&String::from_utf8_lossy(payload), None)
+        let options = azure_messaging_servicebus::service_bus::SendMessageOptions {
+            custom_properties: Some(
+                message
+                    .headers
+                    .iter()
+                    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        raw.send_message(&String::from_utf8_lossy(message.payload), Some(options))
             .await
             .map_err(|e| {
                 causeway_core::Error::new(causeway_core::ErrorKind::Connection, e.to_string())
@@ -581,10 +596,11 @@ mod servicebus_specific {
     /// Another producer's message whose body is not UTF-8 (and, as on real
     /// namespaces, a sequence number past 32 bits): the client library
     /// could not read either, so the message was never seen and ended in
-    /// the service's own dead-letter queue without a reason. Now it is
-    /// handed out as undecodable and dead-lettered with the reason.
+    /// the service's own dead-letter queue without a reason. Then it was
+    /// handed out as undecodable; now it is a raw message, its body byte
+    /// for byte, among the events around it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_body_that_is_not_utf8_is_dead_lettered_with_its_reason_emulator() {
+    async fn a_body_that_is_not_utf8_is_carried_byte_for_byte_emulator() {
         let (emulator, sb) = emulated().await;
         emulator.create_queue("raw-body", queue_options());
         emulator.create_queue(&dead_letter_entity("raw-body"), queue_options());
@@ -605,20 +621,23 @@ mod servicebus_specific {
         let mut consumer = sb
             .consumer(Some(&receive_config("raw-body", false)))
             .expect("consumer");
-        let ids = causeway_testkit::reject_undecodable_ack_rest(
-            &mut consumer,
-            3,
-            Duration::from_secs(30),
+        let got = causeway_testkit::collect(&mut consumer, 3, Duration::from_secs(30)).await;
+        assert!(got.iter().all(|d| d.undecodable.is_none()));
+        let raw: Vec<_> = got.iter().filter(|d| d.event.is_raw()).collect();
+        assert_eq!(
+            raw.len(),
+            1,
+            "servicebus (REST emulator): the raw message, once"
+        );
+        assert_eq!(raw[0].event.payload.as_ref(), [0xffu8, 0xfe, 0x00, 0x80]);
+        causeway_core::settle_all(
+            got.into_iter()
+                .map(|d| (d.ticket, causeway_core::Settlement::Ack)),
         )
-        .await;
-        assert_eq!(ids, ["raw-body-0", "raw-body-1"]);
+        .await
+        .expect("ack");
         consumer.close().await.expect("close");
         assert_eq!(emulator.message_count("raw-body"), Some(0));
-        assert_eq!(
-            emulator.message_count(&dead_letter_entity("raw-body")),
-            Some(1),
-            "servicebus (REST emulator): the unreadable message was not dead-lettered"
-        );
     }
 
     /// Least privilege: a publisher's key has only Send, a consumer's only
@@ -743,7 +762,8 @@ mod servicebus_specific {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_message_that_is_not_a_cloudevent_is_dead_lettered_and_the_rest_flows_emulator() {
+    async fn a_message_that_is_not_a_cloudevent_is_dead_lettered_when_reading_cloudevents_emulator()
+    {
         let (emulator, sb) = emulated().await;
         emulator.create_queue("poison", queue_options());
         emulator.create_queue("poison-dlq", queue_options());
@@ -756,9 +776,13 @@ mod servicebus_specific {
             .await
             .expect("publish");
         let mut consumer = sb
-            .consumer(Some(&receive_config("poison", false)))
+            .consumer_reading(
+                Some(&receive_config("poison", false)),
+                InputFormat::CloudEvents,
+            )
             .expect("consumer");
-        // The adapter hands the foreign message out as undecodable; its
+        // Read as CloudEvents only (a route's `format = "cloudevents"`),
+        // the adapter hands the foreign message out as undecodable; its
         // consumer (here the test, in the bridge the route) rejects it.
         let ids = causeway_testkit::reject_undecodable_ack_rest(
             &mut consumer,

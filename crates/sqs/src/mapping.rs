@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use causeway_core::message::property;
+use causeway_core::message::{KEY_HEADER, property};
 use causeway_core::{
     Binding, Error, Event, Header, Incoming, InputFormat, Result, Value, text_body,
 };
@@ -90,7 +90,11 @@ fn sqs_text(text: &str) -> bool {
 /// Encodes `event`; `admit` has already validated it. A CloudEvent's
 /// attributes come first (those that do not fit are folded into one JSON
 /// attribute), then the native headers take what SQS's 10 attributes leave.
-pub(crate) fn encode(event: &Event) -> Encoded {
+///
+/// A raw message's key is the FIFO group; where that is not the key itself
+/// (a standard queue, a key SQS refuses as a group id) it travels in the
+/// attribute [`KEY_HEADER`] as well.
+pub(crate) fn encode(event: &Event, fifo: bool) -> Encoded {
     let mut attributes = HashMap::with_capacity(9);
     if !event.is_raw() {
         encode_attributes(event, &mut attributes);
@@ -103,15 +107,26 @@ pub(crate) fn encode(event: &Event) -> Encoded {
             body = EMPTY_BODY.to_owned();
         }
     }
-    encode_native(event, &mut attributes);
+    let key = event
+        .key
+        .as_deref()
+        .filter(|k| event.is_raw() && (!fifo || fifo_token(k) != *k));
+    encode_native(event, key, &mut attributes);
     Encoded { body, attributes }
 }
 
 /// The native headers as typed attributes while they fit (one is kept for
 /// [`HEADERS`]); the rest, in order, in [`HEADERS`].
-fn encode_native(event: &Event, attributes: &mut HashMap<String, MessageAttributeValue>) {
+fn encode_native(
+    event: &Event,
+    key: Option<&str>,
+    attributes: &mut HashMap<String, MessageAttributeValue>,
+) {
     let mut rest: Vec<(String, &'static str, String)> = Vec::new();
-    let headers: Vec<_> = Binding::Kafka.native_headers(event, &[]).collect();
+    let mut headers: Vec<_> = Binding::Kafka.native_headers(event, &[]).collect();
+    if let Some(key) = key {
+        headers.insert(0, std::borrow::Cow::Owned(Header::text(KEY_HEADER, key)));
+    }
     // A repeated name is folded whole, so its values keep their order.
     let repeated = |name: &str| headers.iter().filter(|h| h.name == name).count() > 1;
     for header in &headers {
@@ -259,6 +274,7 @@ pub(crate) fn decode(
         key: received
             .group_id
             .map(|g| Bytes::copy_from_slice(g.as_bytes())),
+        derived_key: true,
         properties: received
             .message_id
             .map(|id| vec![Header::text(property::MESSAGE_ID, id)])
@@ -305,6 +321,10 @@ pub(crate) fn decode(
                 }
             }
         }
+    }
+    if let Some(at) = incoming.headers.iter().position(|h| h.name == KEY_HEADER) {
+        let key = incoming.headers.remove(at);
+        incoming.key = Some(Bytes::from(key.value.to_bytes().into_owned()));
     }
     incoming.payload = text_body::decode(body.unwrap_or(""), encoding, BODY_ENCODING)?;
     Binding::Kafka.read(format, incoming)
@@ -370,7 +390,7 @@ mod tests {
     use super::*;
 
     fn round_trip(event: &Event) -> Event {
-        let encoded = encode(event);
+        let encoded = encode(event, false);
         assert!(
             encoded.attributes.len() <= 9,
             "{:?}",
@@ -397,7 +417,7 @@ mod tests {
             .with_header("b", "2")
             .with_payload(&b"{\"amount\":1}"[..]);
         e.data_schema = Some("https://schemas.example/tx.json".into());
-        let encoded = encode(&e);
+        let encoded = encode(&e, false);
         assert_eq!(encoded.body, "{\"amount\":1}");
         assert!(!encoded.attributes.contains_key(BODY_ENCODING));
         assert_eq!(round_trip(&e), e);
@@ -412,7 +432,7 @@ mod tests {
             Vec::new(),
         ] {
             let e = Event::new("id", "s", "t").with_payload(payload);
-            let encoded = encode(&e);
+            let encoded = encode(&e, false);
             assert!(!encoded.body.is_empty());
             assert!(sqs_text(&encoded.body));
             assert_eq!(round_trip(&e), e);
@@ -434,7 +454,7 @@ mod tests {
     #[test]
     fn dead_letter_extensions_join_the_folded_json() {
         let e = Event::new("id", "s", "t").with_header("x", "1");
-        let encoded = encode(&e);
+        let encoded = encode(&e, false);
         let copy = with_extensions(&encoded.attributes, &[("deadletterreason", "bad".into())]);
         let back = decode(
             Some(&encoded.body),
@@ -489,7 +509,7 @@ mod tests {
                 .headers
                 .push(Header::text(format!("h{i}"), i.to_string()));
         }
-        let encoded = encode(&e);
+        let encoded = encode(&e, false);
         assert!(
             encoded.attributes.len() <= MAX_ATTRIBUTES,
             "{:?}",

@@ -53,7 +53,7 @@ impl SqsPublisher {
     ) -> Result<Entry> {
         let config = &self.shared.config;
         capabilities.admit(event)?;
-        let encoded = encode(event);
+        let encoded = encode(event, fifo);
         if let Some(name) = encoded.refused_attribute() {
             return Err(CoreError::invalid_event(
                 name,

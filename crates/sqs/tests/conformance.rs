@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Consumer, Publisher, Result};
+use causeway_core::{Capabilities, Consumer, InputFormat, Publisher, Result};
 use causeway_sqs::{QueueConfig, SqsClient, SqsConfig, StaticCredentials};
-use causeway_testkit::{BrokerHarness, FaultProxy};
+use causeway_testkit::{BrokerHarness, FaultProxy, Foreign};
 
 const VAR: &str = "CAUSEWAY_SQS_ENDPOINT";
 const DEFAULT: &str = "http://127.0.0.1:4566";
@@ -113,11 +113,16 @@ impl BrokerHarness for Moto {
     async fn publisher(&self) -> Result<Box<dyn Publisher>> {
         Ok(Box::new(self.client.publisher()))
     }
-    async fn consumer(&self, destination: &str, _group: &str) -> Result<Box<dyn Consumer>> {
+    async fn consumer_reading(
+        &self,
+        destination: &str,
+        _group: &str,
+        format: InputFormat,
+    ) -> Result<Box<dyn Consumer>> {
         // One queue per destination: its consumers are the group.
         Ok(Box::new(
             self.client
-                .consumer(Some(&queue_config(destination)))
+                .consumer_reading(Some(&queue_config(destination)), format)
                 .await?,
         ))
     }
@@ -126,17 +131,28 @@ impl BrokerHarness for Moto {
         q.dead_letter_queue = None;
         Ok(Box::new(self.client.consumer(Some(&q)).await?))
     }
-    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
+    fn foreign_keys(&self) -> bool {
+        self.fifo
+    }
+    async fn publish_foreign(&self, destination: &str, message: Foreign<'_>) -> Result<bool> {
         let url = self.client.queue_url(destination).await?;
         let mut send = self
             .client
             .sdk()
             .send_message()
             .queue_url(url)
-            .message_body(String::from_utf8_lossy(payload));
+            .message_body(String::from_utf8_lossy(message.payload));
+        for (name, value) in message.headers {
+            let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(*value)
+                .build()
+                .expect("data type is set");
+            send = send.message_attributes(*name, attribute);
+        }
         if self.fifo {
             send = send
-                .message_group_id("legacy")
+                .message_group_id(message.key.unwrap_or("legacy"))
                 .message_deduplication_id("legacy-1");
         }
         send.send().await.map_err(|e| {
@@ -301,8 +317,8 @@ mod sqs_specific {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_message_that_is_not_a_cloudevent_is_dead_lettered_and_the_rest_flows_moto_emulator()
-    {
+    async fn a_message_that_is_not_a_cloudevent_is_dead_lettered_when_reading_cloudevents_moto_emulator()
+     {
         let sqs = client().await;
         let name = queue_name("poison", false);
         let url = sqs.queue_url(&name).await.expect("queue");
@@ -319,10 +335,11 @@ mod sqs_specific {
             .await
             .expect("publish");
         let mut consumer = sqs
-            .consumer(Some(&queue_config(&name)))
+            .consumer_reading(Some(&queue_config(&name)), InputFormat::CloudEvents)
             .await
             .expect("consumer");
-        // The adapter hands the foreign message out as undecodable; its
+        // Read as CloudEvents only (a route's `format = "cloudevents"`),
+        // the adapter hands the foreign message out as undecodable; its
         // consumer (here the test, in the bridge the route) rejects it.
         let ids = causeway_testkit::reject_undecodable_ack_rest(
             &mut consumer,
@@ -529,7 +546,7 @@ mod strict {
         }
         send.send().await.expect("raw send");
         let mut consumer = sqs
-            .consumer(Some(&queue_config(&name)))
+            .consumer_reading(Some(&queue_config(&name)), InputFormat::CloudEvents)
             .await
             .expect("consumer");
         let ids = causeway_testkit::reject_undecodable_ack_rest(

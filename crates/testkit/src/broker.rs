@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use causeway_core::{
-    Capabilities, ErrorKind, Event, Ordering, Publisher, RetryPolicy, RetryingPublisher, Status,
-    dead_letter,
+    Capabilities, ErrorKind, Event, InputFormat, Ordering, Publisher, RetryPolicy,
+    RetryingPublisher, Status, dead_letter,
 };
 
-use crate::harness::BrokerHarness;
+use crate::harness::{BrokerHarness, Foreign};
 use crate::support::{collect, events, not_applicable, receive_and_ack};
 
 /// How long a scenario waits for events it expects.
@@ -565,16 +565,95 @@ pub async fn same_id_from_two_sources(h: &dyn BrokerHarness) {
     );
 }
 
-/// A message a foreign producer wrote, which is not a CloudEvent, is
-/// handed out as undecodable, with the reason and its payload byte for
-/// byte, among the events around it; acked, it does not come back. Before
-/// adapters handed such messages out, they settled them themselves, and
-/// where no dead-letter destination was configured they were gone.
+/// A message from a producer that knows nothing of CloudEvents (the seed's
+/// `ProduceAsync(topic, value, key)`), with headers, among events: read as
+/// it is, a raw message carrying its payload byte for byte, every header
+/// with its value, and its key where the broker keeps one; acked, it does
+/// not come back.
+pub async fn foreign_message_is_carried_raw(h: &dyn BrokerHarness) {
+    let dest = h.destination("foreign").await.expect("destination");
+    let payload = br#"{"AccountId": 7, "Amount": 12.50, "note": "from a legacy producer"}"#;
+    let headers = [
+        ("x-origin", "core-banking"),
+        ("x-account", "acct-7"),
+        ("trace-id", "4bf92f3577b34da6"),
+    ];
+    let message = Foreign {
+        payload,
+        key: Some("acct-7"),
+        headers: &headers,
+    };
+    if !h
+        .publish_foreign(&dest, message)
+        .await
+        .expect("foreign publish")
+    {
+        not_applicable(
+            &h.name(),
+            "foreign_message_is_carried_raw",
+            "no foreign producer",
+        );
+        return;
+    }
+    publish_all(h, &dest, &events("around", 2, 0)).await;
+    let mut consumer = h.consumer(&dest, "foreign").await.expect("consumer");
+    let got = collect(consumer.as_mut(), 3, RECEIVE).await;
+    assert!(
+        got.iter().all(|d| d.undecodable.is_none()),
+        "{}: a plain message is not undecodable: {:?}",
+        h.name(),
+        got.iter().map(|d| &d.undecodable).collect::<Vec<_>>()
+    );
+    let (raw, events): (Vec<_>, Vec<_>) = got.into_iter().partition(|d| d.event.is_raw());
+    assert_eq!(
+        (raw.len(), events.len()),
+        (1, 2),
+        "{}: the foreign message raw and the two events, each once",
+        h.name()
+    );
+    let e = &raw[0].event;
+    assert_eq!(e.payload.as_ref(), payload, "{}: payload changed", h.name());
+    for (name, value) in headers {
+        let got = e.native.header(name).map(|v| v.to_bytes().into_owned());
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_bytes()),
+            "{}: header `{name}` of {:?}",
+            h.name(),
+            e.native.headers
+        );
+    }
+    if h.foreign_keys() {
+        assert_eq!(e.key.as_deref(), Some("acct-7"), "{}: key", h.name());
+    }
+    assert!(
+        !e.id.is_empty(),
+        "{}: a raw message has an identity",
+        h.name()
+    );
+    let tickets = raw
+        .into_iter()
+        .chain(events)
+        .map(|d| (d.ticket, causeway_core::Settlement::Ack));
+    causeway_core::settle_all(tickets).await.expect("ack");
+    let again = collect(consumer.as_mut(), 1, quiet(h)).await;
+    assert!(again.is_empty(), "{}: redelivered after its ack", h.name());
+}
+
+/// A consumer reading CloudEvents only hands a foreign message out as
+/// undecodable, with its payload byte for byte, among the events around
+/// it, for its route to dead-letter; acked, it does not come back. (Before
+/// adapters handed such messages out they settled them themselves, and
+/// where no dead-letter destination was configured they were gone.)
 pub async fn undecodable_message_is_handed_out(h: &dyn BrokerHarness) {
     let dest = h.destination("undecodable").await.expect("destination");
     let payload = b"{\"amount\": 12, \"note\": \"from a legacy producer\"}";
+    let message = Foreign {
+        payload,
+        ..Foreign::default()
+    };
     if !h
-        .publish_foreign(&dest, payload)
+        .publish_foreign(&dest, message)
         .await
         .expect("foreign publish")
     {
@@ -586,7 +665,10 @@ pub async fn undecodable_message_is_handed_out(h: &dyn BrokerHarness) {
         return;
     }
     publish_all(h, &dest, &events("around", 2, 0)).await;
-    let mut consumer = h.consumer(&dest, "undecodable").await.expect("consumer");
+    let mut consumer = h
+        .consumer_reading(&dest, "undecodable", InputFormat::CloudEvents)
+        .await
+        .expect("consumer");
     let got = collect(consumer.as_mut(), 3, RECEIVE).await;
     let (undecodable, events): (Vec<_>, Vec<_>) =
         got.into_iter().partition(|d| d.undecodable.is_some());
@@ -616,6 +698,70 @@ pub async fn undecodable_message_is_handed_out(h: &dyn BrokerHarness) {
     causeway_core::settle_all(tickets).await.expect("ack");
     let again = collect(consumer.as_mut(), 1, quiet(h)).await;
     assert!(again.is_empty(), "{}: redelivered after its ack", h.name());
+}
+
+/// A raw message through the adapter and back: payload of every byte
+/// value, key, headers of every type causeway knows, a broker property.
+/// Each comes back with the same name and the same bytes
+/// (`Value::to_bytes`): the type may change where the broker has fewer
+/// types (docs/headers.md), the value may not.
+pub async fn raw_round_trip(h: &dyn BrokerHarness) {
+    use causeway_core::message::property;
+    use causeway_core::{Format, Header, Value};
+    let dest = h.destination("raw").await.expect("destination");
+    let mut sent = Event::new("raw-1", "test://raw", "")
+        .with_time(None)
+        .with_key("acct-7")
+        .with_payload((0..=255u8).collect::<Vec<u8>>());
+    sent.format = Format::Raw;
+    sent.native.key = Some(Bytes::from_static(b"acct-7"));
+    sent.native.headers = vec![
+        Header::text("region", "grüße aus Zürich \"HQ\" 100%"),
+        Header::new("count", Value::Int(42)),
+        Header::new("flag", Value::Bool(true)),
+        Header::new("rate", Value::Float(0.5)),
+        Header::new("tag", Value::Bytes(Bytes::from_static(b"plain-bytes"))),
+    ];
+    sent.native
+        .properties
+        .push(Header::text(property::CORRELATION_ID, "c-1"));
+    publish_all(h, &dest, std::slice::from_ref(&sent)).await;
+    let mut consumer = h.consumer(&dest, "raw").await.expect("consumer");
+    let got = collect(consumer.as_mut(), 1, RECEIVE).await;
+    assert_eq!(got.len(), 1, "{}: the raw message, once", h.name());
+    let d = got.into_iter().next().expect("one");
+    assert!(d.undecodable.is_none(), "{}: {:?}", h.name(), d.undecodable);
+    let e = &d.event;
+    assert!(e.is_raw(), "{}: read back as a CloudEvent", h.name());
+    assert_eq!(e.payload, sent.payload, "{}: payload", h.name());
+    assert_eq!(e.key.as_deref(), Some("acct-7"), "{}: key", h.name());
+    for header in &sent.native.headers {
+        let got = e
+            .native
+            .header(&header.name)
+            .map(|v| v.to_bytes().into_owned());
+        assert_eq!(
+            got.as_deref(),
+            Some(header.value.to_bytes().as_ref()),
+            "{}: header `{}` of {:?}",
+            h.name(),
+            header.name,
+            e.native.headers
+        );
+    }
+    let correlation = e
+        .native
+        .property(property::CORRELATION_ID)
+        .or_else(|| e.native.header(property::CORRELATION_ID));
+    assert_eq!(
+        correlation.map(|v| v.to_bytes().into_owned()).as_deref(),
+        Some(&b"c-1"[..]),
+        "{}: correlation id, a property or a header",
+        h.name()
+    );
+    causeway_core::settle_all([(d.ticket, causeway_core::Settlement::Ack)])
+        .await
+        .expect("ack");
 }
 
 /// An event over the declared size fails alone, permanently, with `TooLarge`;

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Consumer, DedupStore, EventStore, Publisher, Result};
+use causeway_core::{
+    Capabilities, Consumer, DedupStore, EventStore, InputFormat, Publisher, Result,
+};
 
 /// A broker under test: publishers, consumers and dead-letter access.
 #[async_trait]
@@ -31,16 +33,34 @@ pub trait BrokerHarness: Send + Sync {
     /// A publisher.
     async fn publisher(&self) -> Result<Box<dyn Publisher>>;
 
-    /// A consumer of `destination` in consumer group `group`.
-    async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>>;
+    /// A consumer of `destination` in consumer group `group`, reading
+    /// CloudEvents as such and other messages raw.
+    async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>> {
+        self.consumer_reading(destination, group, InputFormat::Auto)
+            .await
+    }
+
+    /// [`Self::consumer`], reading messages as `format` says.
+    async fn consumer_reading(
+        &self,
+        destination: &str,
+        group: &str,
+        format: InputFormat,
+    ) -> Result<Box<dyn Consumer>>;
 
     /// A consumer of the dead-letter destination of `destination`.
     async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>>;
 
-    /// Writes a message as a foreign producer would, with the broker's own
-    /// client: `payload` and nothing else (no CloudEvents attributes).
-    /// False where the backend has no foreign producers (in-process ones).
-    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool>;
+    /// Writes `message` as a foreign producer would, with the broker's own
+    /// client: no CloudEvents attribute. False where the backend has no
+    /// foreign producers (in-process ones).
+    async fn publish_foreign(&self, destination: &str, message: Foreign<'_>) -> Result<bool>;
+
+    /// Whether a foreign producer's key is kept by the broker (Kafka's
+    /// record key, an SQS FIFO group), so the scenarios can expect it.
+    fn foreign_keys(&self) -> bool {
+        false
+    }
 
     /// Whether [`BrokerHarness::cut_connections`] can cut anything here;
     /// where not, the scenarios that need a cut are reported as skipped.
@@ -52,6 +72,19 @@ pub trait BrokerHarness: Send + Sync {
     /// failure would, and keeps new connections failing for `outage`. Returns
     /// false where the backend has no connection to cut (in-process backends).
     async fn cut_connections(&self, outage: Duration) -> bool;
+}
+
+/// A message as a foreign producer writes it with the broker's own client.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Foreign<'a> {
+    /// The payload.
+    pub payload: &'a [u8],
+    /// The key, where the broker's messages have one.
+    pub key: Option<&'a str>,
+    /// Headers in the broker's own form (Kafka headers, the AMQP headers
+    /// table, NATS headers, SQS `String` attributes, Service Bus custom
+    /// properties), text values.
+    pub headers: &'a [(&'a str, &'a str)],
 }
 
 /// An event store under test.
@@ -122,14 +155,24 @@ impl<H: BrokerHarness> BrokerHarness for Decorated<H> {
     async fn publisher(&self) -> Result<Box<dyn Publisher>> {
         Ok((self.wrap)(self.inner.publisher().await?))
     }
-    async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>> {
-        self.inner.consumer(destination, group).await
+    async fn consumer_reading(
+        &self,
+        destination: &str,
+        group: &str,
+        format: InputFormat,
+    ) -> Result<Box<dyn Consumer>> {
+        self.inner
+            .consumer_reading(destination, group, format)
+            .await
     }
     async fn dead_letters(&self, destination: &str) -> Result<Box<dyn Consumer>> {
         self.inner.dead_letters(destination).await
     }
-    async fn publish_foreign(&self, destination: &str, payload: &[u8]) -> Result<bool> {
-        self.inner.publish_foreign(destination, payload).await
+    async fn publish_foreign(&self, destination: &str, message: Foreign<'_>) -> Result<bool> {
+        self.inner.publish_foreign(destination, message).await
+    }
+    fn foreign_keys(&self) -> bool {
+        self.inner.foreign_keys()
     }
     fn can_cut(&self) -> bool {
         self.inner.can_cut()

@@ -26,7 +26,7 @@ mod macros;
 mod support;
 
 pub use fault_proxy::FaultProxy;
-pub use harness::{BrokerHarness, Decorated, DedupStoreHarness, EventStoreHarness};
+pub use harness::{BrokerHarness, Decorated, DedupStoreHarness, EventStoreHarness, Foreign};
 pub use support::{
     collect, events, not_applicable, receive_and_ack, reject_undecodable_ack_rest, unique_name,
 };

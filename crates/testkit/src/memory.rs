@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use causeway_core::memory::{ConsumerOptions, MemoryBroker, MemoryDedupStore, MemoryEventStore};
-use causeway_core::{Capabilities, Consumer, DedupStore, EventStore, Publisher, Result};
+use causeway_core::{
+    Capabilities, Consumer, DedupStore, EventStore, InputFormat, Publisher, Result,
+};
 
-use crate::harness::{BrokerHarness, DedupStoreHarness, EventStoreHarness};
+use crate::harness::{BrokerHarness, DedupStoreHarness, EventStoreHarness, Foreign};
 
 /// Runs the broker scenarios on [`MemoryBroker`].
 #[derive(Debug, Default)]
@@ -51,7 +53,13 @@ impl BrokerHarness for MemoryBrokerHarness {
         Ok(Box::new(self.broker.publisher()))
     }
 
-    async fn consumer(&self, destination: &str, group: &str) -> Result<Box<dyn Consumer>> {
+    /// The in-process broker carries events as they are: there is nothing to read.
+    async fn consumer_reading(
+        &self,
+        destination: &str,
+        group: &str,
+        _format: InputFormat,
+    ) -> Result<Box<dyn Consumer>> {
         Ok(Box::new(self.broker.consumer(
             destination,
             group,
@@ -68,7 +76,7 @@ impl BrokerHarness for MemoryBrokerHarness {
         )))
     }
 
-    async fn publish_foreign(&self, _destination: &str, _payload: &[u8]) -> Result<bool> {
+    async fn publish_foreign(&self, _destination: &str, _message: Foreign<'_>) -> Result<bool> {
         // Every message in the in-memory broker is an event.
         Ok(false)
     }

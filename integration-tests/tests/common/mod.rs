@@ -418,6 +418,81 @@ pub fn check(sent: &[Event], got: &[Event], ordered: bool, what: &str) {
     );
 }
 
+/// `n` plain messages for run `prefix`: a JSON payload (with non-ASCII
+/// text), a key out of `keys`, headers `seq` and `x-origin`; no
+/// CloudEvents attribute. The id is only the source adapter's: a route
+/// reading them raw gives them its own.
+pub fn raw_messages(prefix: &str, n: usize, keys: usize) -> Vec<Event> {
+    use causeway_core::{Format, Header};
+    causeway_testkit::events(prefix, n, keys)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.format = Format::Raw;
+            e.kind.clear();
+            e.time = None;
+            e.headers.clear();
+            e.payload =
+                format!("{{\"run\":\"{prefix}\",\"seq\":{i},\"note\":\"Zürich ✓\"}}").into();
+            e.native.key = e.key.clone().map(Into::into);
+            e.native.headers = vec![
+                Header::text("seq", i.to_string()),
+                Header::text("x-origin", "core-banking"),
+            ];
+            e
+        })
+        .collect()
+}
+
+/// Every sent raw message arrived once (known by its payload), raw, with
+/// its payload byte for byte, its key and its headers' values, in order
+/// per key if `ordered`. Headers a sink adds (a broker's message id) may
+/// be there as well.
+pub fn check_raw(sent: &[Event], got: &[Event], ordered: bool, what: &str) {
+    let by_payload: BTreeMap<&[u8], &Event> =
+        sent.iter().map(|e| (e.payload.as_ref(), e)).collect();
+    let mut seen = BTreeMap::new();
+    let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in got {
+        assert!(e.is_raw(), "{what}: read back as a CloudEvent: {e:?}");
+        let Some(s) = by_payload.get(e.payload.as_ref()) else {
+            panic!("{what}: payload changed or unknown: {:?}", e.payload);
+        };
+        assert!(
+            seen.insert(e.payload.as_ref(), ()).is_none(),
+            "{what}: {:?} twice",
+            e.payload
+        );
+        assert_eq!(e.key, s.key, "{what}: key of {:?}", e.payload);
+        for h in &s.native.headers {
+            let value = e.native.header(&h.name).map(|v| v.to_bytes().into_owned());
+            assert_eq!(
+                value.as_deref(),
+                Some(h.value.to_bytes().as_ref()),
+                "{what}: header `{}` of {:?}",
+                h.name,
+                e.native.headers
+            );
+        }
+        let seq = s
+            .native
+            .header("seq")
+            .and_then(|v| v.to_text())
+            .expect("seq");
+        let seq: usize = seq.parse().expect("seq");
+        if let (true, Some(prev)) = (ordered, last.insert(s.key.as_deref().expect("key"), seq)) {
+            assert!(prev < seq, "{what}: order per key broken at seq {seq}");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        sent.len(),
+        "{what}: lost {} of {}",
+        sent.len() - seen.len(),
+        sent.len()
+    );
+}
+
 /// What reached a sink, through the sink-side idempotent handler a
 /// consumer without native dedup runs (causeway-core's, on an in-memory store).
 #[derive(Debug, Default)]

@@ -337,7 +337,7 @@ impl Pending {
         let mut again = Pending::default();
         for ((event, held), fate) in self.events.into_iter().zip(self.held).zip(fates) {
             match fate {
-                Fate::Sent | Fate::DeadLettered => done.push(held),
+                Fate::Sent | Fate::Filtered | Fate::DeadLettered => done.push(held),
                 Fate::Failed(_) => again.push(event, held),
             }
         }

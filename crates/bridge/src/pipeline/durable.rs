@@ -19,36 +19,46 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Fate, RETRY_PAUSE, Route};
 
-/// The forwarder's name for its cursor and its lease.
-const FORWARDER: &str = "forwarder";
-
 impl Route {
+    /// Takes events in (append → ack) while `sinks` each drain the store
+    /// with a forwarder of their own: one sink's outage grows its backlog
+    /// alone. A route with one sink is its own only sink.
     pub(super) async fn run_durable(
         self: Arc<Self>,
+        sinks: Vec<Arc<Route>>,
         mut source: Box<dyn Consumer>,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        let forwarder = {
-            let route = self.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move { route.forwarder(shutdown).await })
-        };
+        // Cancelled with `shutdown`, or alone when one forwarder is gone.
+        let forwarding = shutdown.child_token();
+        let forwarders: Vec<_> = sinks
+            .into_iter()
+            .map(|route| {
+                let shutdown = forwarding.clone();
+                let name = route.name.clone();
+                (
+                    name,
+                    tokio::spawn(async move { route.forwarder(shutdown).await }),
+                )
+            })
+            .collect();
         while !shutdown.is_cancelled() {
-            if forwarder.is_finished() {
-                // Nothing drains the store any more: stop taking events in.
+            if let Some(at) = forwarders.iter().position(|(_, f)| f.is_finished()) {
+                // A sink's forwarder is gone: nothing would drain the store
+                // for it. Stop taking events in; the others finish.
                 source.close().await?;
+                forwarding.cancel();
+                let mut forwarders = forwarders;
+                let (name, forwarder) = forwarders.swap_remove(at);
+                for (_, other) in forwarders {
+                    let _ = other.await;
+                }
                 return match forwarder.await {
                     Ok(Ok(())) => Err(anyhow::anyhow!(
-                        "route {}: the forwarder stopped before shutdown",
-                        self.name
+                        "route {name}: the forwarder stopped before shutdown"
                     )),
-                    Ok(Err(e)) => {
-                        Err(e.context(format!("route {}: the forwarder failed", self.name)))
-                    }
-                    Err(e) => Err(anyhow::anyhow!(
-                        "route {}: the forwarder panicked: {e}",
-                        self.name
-                    )),
+                    Ok(Err(e)) => Err(e.context(format!("route {name}: the forwarder failed"))),
+                    Err(e) => Err(anyhow::anyhow!("route {name}: the forwarder panicked: {e}")),
                 };
             }
             let batch = self.poll(source.as_mut()).await;
@@ -60,14 +70,16 @@ impl Route {
             self.append(&events, tickets).await;
         }
         source.close().await?;
-        forwarder.await??;
+        for (_, forwarder) in forwarders {
+            forwarder.await??;
+        }
         Ok(())
     }
 
     /// Stores a batch, then acks it at the source; a batch the store
     /// refused is handed back to come again.
     async fn append(&self, events: &[Event], tickets: Vec<Ticket>) {
-        match self.store.append(&self.name, events).await {
+        match self.store.append(&self.stream, events).await {
             Ok(outcomes) => {
                 let dups = outcomes
                     .iter()
@@ -118,7 +130,7 @@ impl Route {
     ) -> Result<()> {
         let Some(cursor) = self
             .retry_store("read the forwarder's cursor", shutdown, || {
-                self.store.cursor(&self.name, FORWARDER)
+                self.store.cursor(&self.stream, &self.forwarder)
             })
             .await
         else {
@@ -141,7 +153,7 @@ impl Route {
             let page = match self
                 .store
                 .read(&ReadQuery::new(
-                    &self.name,
+                    &self.stream,
                     ReadFrom::Position(cursor + 1),
                     self.config.batch_size,
                 ))
@@ -154,7 +166,7 @@ impl Route {
                     continue;
                 }
             };
-            if let Ok(stats) = self.store.stats(Some(&self.name)).await {
+            if let Ok(stats) = self.store.stats(Some(&self.stream)).await {
                 let last = stats.last_position.unwrap_or(cursor);
                 self.metrics.backlog.set(last.saturating_sub(cursor) as i64);
             }
@@ -206,7 +218,7 @@ impl Route {
             if confirmed > 0
                 && self
                     .retry_store("move the forwarder's cursor", shutdown, || {
-                        self.store.set_cursor(&self.name, FORWARDER, cursor)
+                        self.store.set_cursor(&self.stream, &self.forwarder, cursor)
                     })
                     .await
                     .is_none()
@@ -256,7 +268,7 @@ impl Route {
 }
 
 /// The route's forwarder lease in a shared store: a claim on the key
-/// `<route>\u{1f}forwarder`, renewed every third of the lease while held.
+/// `<stream>\u{1f}<forwarder>`, renewed every third of the lease while held.
 struct ForwarderLease {
     token: ClaimToken,
     renewed_at: Instant,
@@ -265,7 +277,7 @@ struct ForwarderLease {
 impl ForwarderLease {
     /// Waits until this instance holds the lease; None on shutdown.
     async fn acquire(route: &Route, shutdown: &CancellationToken) -> Option<Self> {
-        let key = format!("{}\u{1f}{FORWARDER}", route.name);
+        let key = format!("{}\u{1f}{}", route.stream, route.forwarder);
         let mut told = false;
         loop {
             let at = Instant::now();

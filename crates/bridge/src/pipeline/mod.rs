@@ -18,6 +18,7 @@
 
 mod direct;
 mod durable;
+mod fanout;
 mod sink;
 
 use std::sync::Arc;
@@ -33,12 +34,22 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Mode, RouteConfig};
 use crate::metrics::RouteMetrics;
 
+pub use fanout::run_fanout;
 pub use sink::dead_letter_stream;
 
-/// Everything a running route needs.
+/// Everything a running route needs: one source side and one sink. A
+/// route with several sinks runs one of these per sink (`fanout`).
 pub struct Route {
-    /// Route name; also its store stream.
+    /// Its name in metrics, logs, dedup and dead letters: the route's, or
+    /// `route/sink` for one sink of several.
     pub name: String,
+    /// The store stream its events are kept in (durable mode): the
+    /// route's name, shared by all of its sinks.
+    pub stream: String,
+    /// Its forwarder's cursor and lease in `stream`.
+    pub forwarder: String,
+    /// Which events the sink takes; `None` takes all.
+    pub filter: Option<crate::filter::Filter>,
     /// Its config.
     pub config: RouteConfig,
     /// The parsed destination template.
@@ -75,6 +86,8 @@ impl std::fmt::Debug for Route {
 pub enum Fate {
     /// The sink confirmed it (or already had this very event).
     Sent,
+    /// The sink's filter does not take it: counted, not sent.
+    Filtered,
     /// It can never be carried: it is kept as a dead letter instead.
     DeadLettered,
     /// Not confirmed, and retried: a temporary failure the retries did not
@@ -107,7 +120,10 @@ impl Route {
         tracing::info!(route = %self.name, mode = ?self.config.mode, "route started");
         let result = match self.config.mode {
             Mode::Direct => self.clone().run_direct(source, shutdown).await,
-            Mode::Durable => self.clone().run_durable(source, shutdown).await,
+            Mode::Durable => {
+                let sinks = vec![self.clone()];
+                self.clone().run_durable(sinks, source, shutdown).await
+            }
         };
         tracing::info!(route = %self.name, "route stopped");
         result

@@ -29,7 +29,32 @@ impl Route {
     /// batch; the rest of it fails with it, unsent, and is retried behind
     /// it. Keys seen once in a batch (the usual case) make one wave: one
     /// call per destination.
+    ///
+    /// Events the sink's filter does not take are [`Fate::Filtered`],
+    /// counted and not sent.
     pub async fn forward(&self, events: &[Event]) -> Vec<Fate> {
+        let Some(filter) = &self.filter else {
+            return self.forward_all(events).await;
+        };
+        let taken: Vec<usize> = (0..events.len())
+            .filter(|&i| filter.takes(&events[i]))
+            .collect();
+        if taken.len() == events.len() {
+            return self.forward_all(events).await;
+        }
+        self.metrics
+            .filtered
+            .inc_by((events.len() - taken.len()) as u64);
+        let subset: Vec<Event> = taken.iter().map(|&i| events[i].clone()).collect();
+        let mut fates: Vec<Fate> = events.iter().map(|_| Fate::Filtered).collect();
+        for (i, fate) in taken.into_iter().zip(self.forward_all(&subset).await) {
+            fates[i] = fate;
+        }
+        fates
+    }
+
+    /// [`Self::forward`] without a filter.
+    async fn forward_all(&self, events: &[Event]) -> Vec<Fate> {
         // Fail closed: an event the sink returned no outcome for is not sent.
         let mut fates: Vec<Fate> = events
             .iter()
@@ -153,7 +178,7 @@ impl Route {
             Fate::Failed(_) => {
                 self.metrics.errors.inc();
             }
-            Fate::DeadLettered => {}
+            Fate::DeadLettered | Fate::Filtered => {}
         }
     }
 

@@ -1,0 +1,175 @@
+//! One source, two sinks: one Kafka consumer group feeding NATS JetStream
+//! and RabbitMQ through one route, durable mode (one store append per
+//! event, a forwarder cursor per sink). RabbitMQ is cut off for 30 s: NATS
+//! must get everything while it is down, RabbitMQ must catch up after,
+//! and each sink must hold every event once (after its reader's dedup).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use causeway_bridge::Bridge;
+use causeway_bridge::config::Config;
+use causeway_testkit::fault_proxy::FaultProxy;
+use tokio_util::sync::CancellationToken;
+
+const EVENTS: usize = 1_000;
+const OUTAGE: Duration = Duration::from_secs(30);
+
+fn config(dir: &std::path::Path, p: &str, rabbit_via: &str) -> Config {
+    let kafka = common::env("CAUSEWAY_KAFKA_BROKERS", "127.0.0.1:19092");
+    let nats = common::env("CAUSEWAY_NATS_URL", "nats://127.0.0.1:14222");
+    let rabbit = common::env(
+        "CAUSEWAY_RABBITMQ_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    );
+    let text = format!(
+        r#"
+[store]
+sqlite = "{dir}/store.db"
+
+[endpoints.kafka.kafka]
+brokers = "{kafka}"
+consumer = {{ group = "{p}-bridge", topics = ["{p}-in"] }}
+[endpoints.nats.nats]
+url = "{nats}"
+stream = {{ name = "{p}-out", subjects = ["{p}.out"] }}
+consumer = {{ durable = "check", filter_subject = "{p}.out", ack_wait = "5s" }}
+[endpoints.rabbit.rabbitmq]
+url = "amqp://guest:guest@{rabbit_via}/%2f"
+queue = {{ name = "{p}-out" }}
+[endpoints.rabbit-check.rabbitmq]
+url = "{rabbit}"
+queue = {{ name = "{p}-out", prefetch = 500 }}
+
+[routes.r]
+source = "kafka"
+mode = "durable"
+linger = "20ms"
+# The outage is what is tested: few retries, a quick breaker.
+retry = {{ max_attempts = 2, initial_delay = "100ms", max_delay = "500ms" }}
+breaker = {{ failures = 3, cooldown = "1s" }}
+
+[routes.r.sinks.nats]
+endpoint = "nats"
+destination = "{p}.out"
+
+[routes.r.sinks.rabbit]
+endpoint = "rabbit"
+destination = "{p}-out"
+"#,
+        dir = dir.display(),
+    );
+    Config::parse(&text, "fanout.toml").expect("config")
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_two_sinks_one_down_for_30s_durable() {
+    let what = "kafka -> nats + rabbitmq (durable), rabbitmq cut for 30 s";
+    let dir = tempfile::tempdir().expect("dir");
+    let p = causeway_testkit::unique_name("fan");
+    let _emulator = common::prepare(&p, common::Kafka, common::Nats).await;
+    let rabbit = common::env(
+        "CAUSEWAY_RABBITMQ_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    );
+    let upstream = rabbit
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in CAUSEWAY_RABBITMQ_URL")
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .expect("host:port");
+    let proxy = FaultProxy::start(upstream).await.expect("proxy");
+    let bridge = std::sync::Arc::new(
+        Bridge::new(config(dir.path(), &p, &proxy.addr().to_string()))
+            .await
+            .expect("bridge"),
+    );
+    // The sinks' readers first (RabbitMQ's declares the queue).
+    let mut nats = bridge
+        .endpoints
+        .consumer("nats")
+        .await
+        .expect("nats reader");
+    let mut rabbit = bridge
+        .endpoints
+        .consumer("rabbit-check")
+        .await
+        .expect("rabbitmq reader");
+    let to_nats = bridge.metrics.route("r/nats");
+    let to_rabbit = bridge.metrics.route("r/rabbit");
+
+    let sent = causeway_testkit::events(&p, EVENTS, 10);
+    let shutdown = CancellationToken::new();
+    let running = {
+        let (bridge, shutdown) = (bridge.clone(), shutdown.clone());
+        tokio::spawn(async move { bridge.run(shutdown).await })
+    };
+    common::publish_to_source(&bridge, common::Kafka, &p, &sent[..EVENTS / 4]).await;
+    wait_for(what, Duration::from_secs(60), || {
+        to_rabbit.published.get() >= EVENTS as u64 / 8
+    })
+    .await;
+
+    proxy.cut_for(OUTAGE);
+    let cut_at = Instant::now();
+    let rabbit_at_cut = to_rabbit.published.get();
+    common::publish_to_source(&bridge, common::Kafka, &p, &sent[EVENTS / 4..]).await;
+    // NATS gets every event while RabbitMQ is down.
+    wait_for(what, OUTAGE - Duration::from_secs(2), || {
+        to_nats.published.get() >= EVENTS as u64
+    })
+    .await;
+    let nats_done = cut_at.elapsed();
+    let rabbit_during = to_rabbit.published.get() - rabbit_at_cut;
+    let rabbit_backlog = to_rabbit.backlog.get();
+    assert!(
+        nats_done < OUTAGE,
+        "{what}: NATS did not get everything while RabbitMQ was down"
+    );
+    assert!(
+        to_rabbit.published.get() < EVENTS as u64,
+        "{what}: RabbitMQ got everything during its outage: the cut did not hold it back"
+    );
+    // RabbitMQ catches up after.
+    wait_for(what, OUTAGE + Duration::from_secs(120), || {
+        to_rabbit.published.get() >= EVENTS as u64
+    })
+    .await;
+    let rabbit_done = cut_at.elapsed();
+    shutdown.cancel();
+    running
+        .await
+        .expect("task")
+        .expect("bridge stopped cleanly");
+
+    let wait = Duration::from_secs(60);
+    let quiet = Duration::from_secs(3);
+    let at_nats = common::read_through_dedup(nats.as_mut(), &sent, wait, quiet).await;
+    let at_rabbit = common::read_through_dedup(rabbit.as_mut(), &sent, wait, quiet).await;
+    nats.close().await.expect("close");
+    rabbit.close().await.expect("close");
+    println!(
+        "{what}: NATS had all {EVENTS} {:.1} s into the outage; RabbitMQ confirmed {rabbit_during} during it (backlog then {rabbit_backlog}) and all {:.1} s after the cut began; source read once (one consumer group)",
+        nats_done.as_secs_f64(),
+        rabbit_done.as_secs_f64()
+    );
+    at_nats.assert_exact(&sent, &format!("{what}, at NATS"));
+    at_rabbit.assert_exact(&sent, &format!("{what}, at RabbitMQ"));
+    let received = bridge.metrics.route("r/nats").received.get();
+    assert_eq!(
+        bridge.store.stats(Some("r")).await.expect("stats").events,
+        EVENTS as u64,
+        "one store append per event: received {received}"
+    );
+}
