@@ -110,6 +110,11 @@ async fn split(
                 () = shutdown.cancelled() => break 'polling,
             }
         }
+        // Let the sinks just woken run: a task woken by this one waits in
+        // this worker's LIFO slot, which no other worker steals from, and a
+        // source whose poll does not yield (the in-memory broker's) would
+        // keep them from running at all.
+        tokio::task::yield_now().await;
     }
     drop(senders);
     for handle in running {

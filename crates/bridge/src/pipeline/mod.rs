@@ -7,8 +7,11 @@
 //!   acked only after the sink confirmed;
 //! - [`durable`]: append → ack, and the forwarder that drains the store to
 //!   the sink. The source is acked once the event is in the store;
-//! - [`sink`]: the publish both modes end in (waves, one call per
-//!   destination), and dead letters.
+//! - [`sink`]: the publish both modes end in (the sink's filter, waves,
+//!   one call per destination), and dead letters;
+//! - [`fanout`]: one source feeding several sinks, each a [`Route`] of
+//!   its own (`route/sink`): durable mode shares the store stream, direct
+//!   mode splits each delivery and acks the source once every sink settled.
 //!
 //! Instances sharing a store (PostgreSQL) share the work through leases in
 //! the dedup store: a claim per event in direct mode, one claim on the
