@@ -11,7 +11,8 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 
 use crate::error::{Error, Result};
 use crate::event::{Event, SPEC_VERSION, validate_extension_name};
-use crate::message::{Format, Header, Incoming, InputFormat, Native, ordering_key};
+use crate::message::{Format, Header, Incoming, InputFormat, Native, Value, ordering_key};
+use crate::structured;
 
 /// W3C trace context headers, also accepted without a prefix on decode,
 /// because tracing libraries write them that way.
@@ -241,18 +242,25 @@ impl Binding {
     }
 
     /// Reads a message as `format` asks: a CloudEvent (binary mode, by
-    /// the binding's headers) or a raw message. Headers that are not
-    /// CloudEvents attributes stay on the event as native headers, with
+    /// the binding's headers; structured mode, by the content type
+    /// `application/cloudevents+json`) or a raw message. Headers that are
+    /// not CloudEvents attributes stay on the event as native headers, with
     /// their types; so do the key (when it is not the ordering key already)
     /// and the broker properties.
     pub fn read(self, format: InputFormat, message: Incoming) -> Result<Event> {
+        let structured = self
+            .content_type(&message)
+            .is_some_and(structured::is_structured);
         let cloudevent = match format {
             InputFormat::Raw => false,
             InputFormat::CloudEvents => true,
-            InputFormat::Auto => message.headers.iter().any(|h| {
-                strip_prefix_ignore_case(&h.name, self.prefix())
-                    .is_some_and(|a| a.eq_ignore_ascii_case("specversion"))
-            }),
+            InputFormat::Auto => {
+                structured
+                    || message.headers.iter().any(|h| {
+                        strip_prefix_ignore_case(&h.name, self.prefix())
+                            .is_some_and(|a| a.eq_ignore_ascii_case("specversion"))
+                    })
+            }
         };
         if !cloudevent {
             return message.into_raw();
@@ -261,13 +269,17 @@ impl Binding {
             .headers
             .into_iter()
             .partition(|h| self.is_attribute(&h.name));
-        let mut event = self.decode(
-            attributes
-                .iter()
-                .map(|h| (h.name.as_bytes(), h.value.to_bytes())),
-            message.content_type.as_deref(),
-            message.payload,
-        )?;
+        let mut event = if structured {
+            structured::decode(&message.payload)?
+        } else {
+            self.decode(
+                attributes
+                    .iter()
+                    .map(|h| (h.name.as_bytes(), h.value.to_bytes())),
+                message.content_type.as_deref(),
+                message.payload,
+            )?
+        };
         // A record key is the partitionkey (Kafka binding); an SQS group
         // or Service Bus session is a sink's derived value.
         let record_key = message.key.filter(|_| !message.derived_key);
@@ -290,6 +302,22 @@ impl Binding {
             position: None,
         };
         Ok(event)
+    }
+
+    /// The message's content type: the native property, else the header.
+    fn content_type(self, message: &Incoming) -> Option<&str> {
+        message.content_type.as_deref().or_else(|| {
+            let name = self.content_type_header()?;
+            message
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .and_then(|h| match &h.value {
+                    Value::Text(t) => Some(t.as_str()),
+                    Value::Bytes(b) => std::str::from_utf8(b).ok(),
+                    _ => None,
+                })
+        })
     }
 
     /// True for a header this binding reads as a CloudEvents attribute.
@@ -548,5 +576,62 @@ mod tests {
             .read(InputFormat::CloudEvents, plain)
             .unwrap_err();
         assert!(err.to_string().contains("specversion"), "{err}");
+    }
+
+    #[test]
+    fn structured_mode_is_recognised_by_its_content_type() {
+        use crate::message::Value;
+        let json =
+            br#"{"specversion":"1.0","id":"s-1","source":"/ledger","type":"tx","data":{"a":1}}"#;
+        let kafka = Incoming {
+            origin: "kafka://t".into(),
+            headers: vec![
+                Header::new(
+                    "content-type",
+                    Value::Bytes(Bytes::from_static(
+                        b"application/cloudevents+json; charset=utf-8",
+                    )),
+                ),
+                Header::text("x-tenant", "eu"),
+            ],
+            key: Some(Bytes::from_static(b"acct-1")),
+            payload: Bytes::from_static(json),
+            ..Incoming::default()
+        };
+        let event = Binding::Kafka
+            .read(InputFormat::Auto, kafka.clone())
+            .unwrap();
+        assert_eq!(event.format, Format::CloudEvents);
+        assert_eq!((event.id.as_str(), event.kind.as_str()), ("s-1", "tx"));
+        assert_eq!(&event.payload[..], br#"{"a":1}"#);
+        assert_eq!(event.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            event.key.as_deref(),
+            Some("acct-1"),
+            "the record key orders it"
+        );
+        assert_eq!(event.native.headers, vec![Header::text("x-tenant", "eu")]);
+        // Raw keeps the JSON as it came, content type and all.
+        let raw = Binding::Kafka.read(InputFormat::Raw, kafka).unwrap();
+        assert_eq!(&raw.payload[..], json);
+        assert_eq!(raw.native.headers.len(), 2);
+
+        // AMQP and Service Bus: the native content-type property.
+        let amqp = Incoming {
+            origin: "amqp://q".into(),
+            content_type: Some("application/cloudevents+json".into()),
+            payload: Bytes::from_static(json),
+            ..Incoming::default()
+        };
+        let event = Binding::Amqp.read(InputFormat::CloudEvents, amqp).unwrap();
+        assert_eq!(event.id, "s-1");
+        let broken = Incoming {
+            origin: "amqp://q".into(),
+            content_type: Some("application/cloudevents+json".into()),
+            payload: Bytes::from_static(b"{\"id\":1}"),
+            ..Incoming::default()
+        };
+        let err = Binding::Amqp.read(InputFormat::Auto, broken).unwrap_err();
+        assert!(err.to_string().contains("id"), "{err}");
     }
 }

@@ -21,6 +21,7 @@ pub mod publish;
 pub mod redact;
 pub mod retry;
 pub mod store;
+pub mod structured;
 pub mod template;
 pub mod text_body;
 

@@ -111,7 +111,8 @@ impl BrokerHarness for Tansu {
             .create()
             .map_err(|e| failed(e.to_string()))?;
         let mut headers = OwnedHeaders::new();
-        for (name, value) in message.headers {
+        let content_type = message.content_type.map(|ct| ("content-type", ct));
+        for (name, value) in message.headers.iter().chain(&content_type) {
             headers = headers.insert(Header {
                 key: name,
                 value: Some(value.as_bytes()),

@@ -125,7 +125,8 @@ impl BrokerHarness for Nats {
             .await
             .map_err(|e| failed(e.to_string()))?;
         let mut headers = async_nats::HeaderMap::new();
-        for (name, value) in message.headers {
+        let content_type = message.content_type.map(|ct| ("content-type", ct));
+        for (name, value) in message.headers.iter().chain(&content_type) {
             headers.append(*name, *value);
         }
         async_nats::jetstream::new(client)

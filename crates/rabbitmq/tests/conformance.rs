@@ -148,6 +148,10 @@ impl BrokerHarness for Rabbit {
                 lapin::types::AMQPValue::LongString((*value).into()),
             );
         }
+        let mut properties = lapin::BasicProperties::default().with_headers(table);
+        if let Some(ct) = message.content_type {
+            properties = properties.with_content_type(ct.into());
+        }
         let channel = connection.create_channel().await.map_err(failed)?;
         channel
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
@@ -159,7 +163,7 @@ impl BrokerHarness for Rabbit {
                 destination.into(),
                 lapin::options::BasicPublishOptions::default(),
                 message.payload,
-                lapin::BasicProperties::default().with_headers(table),
+                properties,
             )
             .await
             .map_err(failed)?

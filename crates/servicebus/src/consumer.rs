@@ -310,6 +310,7 @@ impl ServiceBusSettler {
         let message_id = text("MessageId").unwrap_or_default().to_owned();
         let properties =
             custom_properties(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let content_type = reply.header("content-type").map(str::to_owned);
         let body = reply.body;
         let decoded = if broker.is_empty() {
             Err(causeway_core::Error::invalid_event(
@@ -324,6 +325,7 @@ impl ServiceBusSettler {
                     origin: format!("servicebus://{}", self.path),
                     broker: Some(&broker),
                     key: Some(self.shared.config.publish.key_property),
+                    content_type: content_type.as_deref(),
                 },
                 self.format,
             )

@@ -5,7 +5,9 @@
 
 use bytes::Bytes;
 use causeway_core::message::{KEY_HEADER, property};
-use causeway_core::{Binding, Error, Event, Header, Incoming, InputFormat, Result, text_body};
+use causeway_core::{
+    Binding, Error, Event, Header, Incoming, InputFormat, Result, structured, text_body,
+};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -217,6 +219,8 @@ pub(crate) struct Received<'a> {
     pub broker: Option<&'a Map<String, Value>>,
     /// Which broker property holds the key.
     pub key: Option<KeyProperty>,
+    /// The message's `ContentType`, as the HTTP content type of the reply.
+    pub content_type: Option<&'a str>,
 }
 
 /// Reads a received message as `format` says. `datacontenttype` comes from
@@ -250,6 +254,12 @@ pub(crate) fn decode(
         origin: received.origin,
         payload,
         derived_key: true,
+        // Only to recognise a structured CloudEvent: otherwise a message
+        // sent in a JSON batch shows the service's default here.
+        content_type: received
+            .content_type
+            .filter(|ct| structured::is_structured(ct))
+            .map(str::to_owned),
         ..Incoming::default()
     };
     for (name, value) in properties {

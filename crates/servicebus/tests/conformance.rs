@@ -145,6 +145,7 @@ impl BrokerHarness for Emulated {
         let raw = ServiceBusClient::connect(config(&self.emulator, self.emulator.url()))?
             .queue_client(destination)?;
         let options = azure_messaging_servicebus::service_bus::SendMessageOptions {
+            content_type: message.content_type.map(str::to_owned),
             custom_properties: Some(
                 message
                     .headers

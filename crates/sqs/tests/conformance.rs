@@ -142,7 +142,8 @@ impl BrokerHarness for Moto {
             .send_message()
             .queue_url(url)
             .message_body(String::from_utf8_lossy(message.payload));
-        for (name, value) in message.headers {
+        let content_type = message.content_type.map(|ct| ("content-type", ct));
+        for (name, value) in message.headers.iter().chain(&content_type) {
             let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
                 .data_type("String")
                 .string_value(*value)

@@ -85,6 +85,10 @@ pub struct Foreign<'a> {
     /// table, NATS headers, SQS `String` attributes, Service Bus custom
     /// properties), text values.
     pub headers: &'a [(&'a str, &'a str)],
+    /// The content type: the broker's own property where it has one (AMQP
+    /// `content_type`, Service Bus `ContentType`), else a `content-type`
+    /// header (Kafka, NATS) or `String` attribute (SQS).
+    pub content_type: Option<&'a str>,
 }
 
 /// An event store under test.

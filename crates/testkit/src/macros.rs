@@ -24,6 +24,7 @@ macro_rules! broker_conformance {
             same_id_from_two_sources,
             foreign_message_is_carried_raw,
             undecodable_message_is_handed_out,
+            structured_cloudevent_is_read,
             raw_round_trip,
             oversize_event_is_rejected_permanently,
             invalid_event_is_rejected,
