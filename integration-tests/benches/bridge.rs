@@ -8,6 +8,9 @@
 //!   adapter next to its raw client library.
 //! - the bridge's route, direct mode with dedup (SQLite), without dedup,
 //!   and durable mode (SQLite store);
+//! - NATS → RabbitMQ and Kafka → NATS in direct mode with dedup again, the
+//!   same messages written raw (no CloudEvents attributes, two plain
+//!   headers) and the route reading `format = "raw"`;
 //! - NATS → RabbitMQ again with 10 ms and 90 ms of round trip added between
 //!   the bridge and RabbitMQ by the fault proxy.
 //!
@@ -28,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use causeway_bridge::Bridge;
-use causeway_core::{Event, Settlement, settle_all};
+use causeway_core::{Event, Format, Header, Settlement, settle_all};
 use causeway_testkit::fault_proxy::FaultProxy;
 use common::{Broker, Kafka, Nats, Rabbit, Setup};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -40,7 +43,11 @@ const IN_FLIGHT: usize = 8;
 #[derive(Debug, Clone, Copy)]
 enum Mover {
     AdapterLoop,
-    Direct { dedup: bool },
+    Direct {
+        dedup: bool,
+    },
+    /// Direct with dedup, raw messages through a `format = "raw"` route.
+    DirectRaw,
     Durable,
 }
 
@@ -80,6 +87,16 @@ fn events(prefix: &str) -> Vec<Event> {
         .collect()
 }
 
+/// The event as a plain producer writes it: payload and key, two headers.
+fn into_raw(event: &mut Event) {
+    event.format = Format::Raw;
+    event.kind.clear();
+    event.native.headers = vec![
+        Header::text("x-origin", "core-banking"),
+        Header::text("x-id", event.id.clone()),
+    ];
+}
+
 /// One sample: fresh destinations, the source filled (untimed), then the
 /// events moved; returns the time from first receipt to last confirmation
 /// and the CPU seconds spent in it.
@@ -97,6 +114,10 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
         "batch_size = {BATCH}\ndedup = {}",
         !matches!(mover, Mover::Direct { dedup: false })
     );
+    let raw = matches!(mover, Mover::DirectRaw);
+    if raw {
+        setup.route_extra.push_str("\nformat = \"raw\"");
+    }
     let _proxy = if rtt.is_zero() {
         None
     } else {
@@ -112,11 +133,15 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
     // Declares the sink's queue (RabbitMQ) before anything is published.
     let sink = common::sink_reader(&bridge, from, to).await;
     drop(sink);
-    common::publish_to_source(&bridge, from, &prefix, &events(&prefix)).await;
+    let mut events = events(&prefix);
+    if raw {
+        events.iter_mut().for_each(into_raw);
+    }
+    common::publish_to_source(&bridge, from, &prefix, &events).await;
     let destination = to.destination(&prefix, "out");
     match mover {
         Mover::AdapterLoop => adapter_loop(&bridge, from, to, &destination).await,
-        Mover::Direct { .. } | Mover::Durable => route(&bridge).await,
+        Mover::Direct { .. } | Mover::DirectRaw | Mover::Durable => route(&bridge).await,
     }
 }
 
@@ -234,6 +259,8 @@ const STANDARD: &[(&str, Mover, Duration)] = &[
     ("bridge_durable", Mover::Durable, Duration::ZERO),
 ];
 
+const RAW: (&str, Mover, Duration) = ("bridge_direct_dedup_raw", Mover::DirectRaw, Duration::ZERO);
+
 fn benches(c: &mut Criterion) {
     let ms = Duration::from_millis;
     let mut nats_rabbit = STANDARD.to_vec();
@@ -250,9 +277,12 @@ fn benches(c: &mut Criterion) {
             ms(90),
         ),
         ("bridge_durable_rtt_90ms", Mover::Durable, ms(90)),
+        RAW,
     ]);
     bench_pair(c, Nats, Rabbit, &nats_rabbit);
-    bench_pair(c, Kafka, Nats, STANDARD);
+    let mut kafka_nats = STANDARD.to_vec();
+    kafka_nats.push(RAW);
+    bench_pair(c, Kafka, Nats, &kafka_nats);
     bench_pair(c, Rabbit, Kafka, STANDARD);
     bench_pair(c, Nats, Nats, STANDARD);
     println!("\nCPU time per event (this process: source and sink clients, bridge, harness):");
