@@ -141,6 +141,66 @@ impl BrokerHarness for Tansu {
 
 causeway_testkit::broker_conformance!(Tansu::new());
 
+/// A record as any producer writes it with rdkafka: a binary key, header
+/// values that are not text, an empty one, a name repeated. Read raw, the
+/// key and every header come back byte for byte, in order, repeats kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_record_keeps_binary_headers_repeated_names_and_its_key() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let h = Tansu::new().await;
+    let topic = h.destination("binary-headers").await.expect("topic");
+    let sent: [(&str, &[u8]); 5] = [
+        ("trace", b"\x00\x01\xfe\xff"),
+        ("hop", b"eu-west"),
+        ("hop", b"us-east"),
+        ("empty", b""),
+        ("amount", &1250i64.to_be_bytes()),
+    ];
+    let key: &[u8] = b"\xffacct\x007";
+    let payload: &[u8] = b"\x1f\x8b binary body \xc3\x28";
+    let mut headers = OwnedHeaders::new();
+    for (name, value) in sent {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &h.brokers)
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+    let mut consumer = h
+        .consumer_reading(&topic, "binary-headers", InputFormat::Raw)
+        .await
+        .expect("consumer");
+    let got =
+        causeway_testkit::receive_and_ack(consumer.as_mut(), 1, Duration::from_secs(30)).await;
+    let e = got.first().expect("the record");
+    assert!(e.is_raw());
+    assert_eq!(e.payload.as_ref(), payload);
+    assert_eq!(e.native.key.as_deref(), Some(key), "the key byte for byte");
+    let read: Vec<(&str, Vec<u8>)> = e
+        .native
+        .headers
+        .iter()
+        .map(|h| (h.name.as_str(), h.value.to_bytes().into_owned()))
+        .collect();
+    let sent: Vec<(&str, Vec<u8>)> = sent.iter().map(|(n, v)| (*n, v.to_vec())).collect();
+    assert_eq!(read, sent, "headers in order, repeats kept, byte for byte");
+}
+
 /// Two members share 10,000 events on 6 partitions; one leaves mid-stream.
 /// Nothing is lost; duplicates are at most what was in flight at the
 /// revocation, and none survive the idempotent handler.

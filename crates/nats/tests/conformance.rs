@@ -185,6 +185,74 @@ async fn replay_from_a_stream_sequence() {
     assert_eq!(ids, want);
 }
 
+/// A message as any JetStream producer writes it with async-nats: a header
+/// repeated with several values, its own `Nats-Msg-Id`. Read raw, every
+/// value of the repeated header comes back in order, the message id as
+/// the `message_id` property, and the position is the stream sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_message_keeps_repeated_headers_and_its_message_id() {
+    use causeway_core::message::property;
+    let h = Nats::new().await;
+    let subject = h.destination("multi-valued").await.expect("destination");
+    let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
+    let client = async_nats::connect(url.as_str()).await.expect("connect");
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("hop", "eu-west"),
+        ("hop", "us-east"),
+        ("hop", "ap-south"),
+        ("tenant", "eu"),
+        ("Nats-Msg-Id", "m-1"),
+    ] {
+        headers.append(name, value);
+    }
+    let payload = br#"{"AccountId": 7}"#;
+    async_nats::jetstream::new(client)
+        .publish_with_headers(subject.clone(), headers, payload.to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let mut consumer = h
+        .consumer_reading(&subject, "multi-valued", InputFormat::Raw)
+        .await
+        .expect("consumer");
+    let got =
+        causeway_testkit::receive_and_ack(consumer.as_mut(), 1, Duration::from_secs(20)).await;
+    let e = got.first().expect("the message");
+    assert_eq!(e.payload.as_ref(), payload);
+    let values = |name: &str| -> Vec<String> {
+        e.native
+            .headers
+            .iter()
+            .filter(|h| h.name == name)
+            .filter_map(|h| h.value.to_text().map(|t| t.into_owned()))
+            .collect()
+    };
+    assert_eq!(
+        values("hop"),
+        ["eu-west", "us-east", "ap-south"],
+        "{:?}",
+        e.native.headers
+    );
+    assert_eq!(values("tenant"), ["eu"]);
+    assert_eq!(
+        e.native
+            .property(property::MESSAGE_ID)
+            .and_then(|v| v.to_text())
+            .as_deref(),
+        Some("m-1")
+    );
+    assert!(
+        e.native.position.as_deref().is_some_and(|p| p
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n.parse::<u64>().is_ok())),
+        "stream/sequence: {:?}",
+        e.native.position
+    );
+}
+
 /// Concurrent batches that together hold more PubAcks than async-nats's
 /// default limit (5,000) all complete (they waited for each other forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

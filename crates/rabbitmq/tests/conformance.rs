@@ -377,6 +377,135 @@ mod classic {
     }
 
     /// Deletes `queue` with lapin itself, as an operator would.
+    /// A message as any AMQP producer writes it with lapin: headers of
+    /// every field type causeway carries and every basic property. (Not a
+    /// short string: RabbitMQ reads an `s` field as a 16-bit integer, by
+    /// its errata to AMQP 0-9-1, and closes the connection.) Read raw,
+    /// each header keeps its value and its type (docs/headers.md), each
+    /// property arrives under causeway's name, the payload byte for byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_foreign_message_keeps_its_typed_headers_and_properties() {
+        use causeway_core::Value;
+        use causeway_core::message::property;
+        use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldTable};
+        let rabbit = Rabbit::new(QueueKind::Classic).await;
+        let name = rabbit.destination("typed").await.expect("queue");
+        let mut table = FieldTable::default();
+        for (header, value) in [
+            ("text", AMQPValue::LongString("Zürich ✓".into())),
+            ("flag", AMQPValue::Boolean(true)),
+            ("byte", AMQPValue::ShortShortInt(-8)),
+            ("int32", AMQPValue::LongInt(-70_000)),
+            ("int64", AMQPValue::LongLongInt(1 << 40)),
+            ("float", AMQPValue::Float(1.5)),
+            ("double", AMQPValue::Double(-0.25)),
+            (
+                "amount",
+                AMQPValue::DecimalValue(DecimalValue {
+                    scale: 2,
+                    value: 1250,
+                }),
+            ),
+            ("at", AMQPValue::Timestamp(1_764_000_000)),
+            (
+                "blob",
+                AMQPValue::ByteArray(ByteArray::from(&[0u8, 1, 254, 255][..])),
+            ),
+        ] {
+            table.insert(header.into(), value);
+        }
+        let properties = lapin::BasicProperties::default()
+            .with_headers(table)
+            .with_content_type("application/json".into())
+            .with_message_id("m-1".into())
+            .with_correlation_id("c-1".into())
+            .with_reply_to("replies".into())
+            .with_type("tx.created".into())
+            .with_app_id("core-banking".into())
+            .with_user_id("guest".into())
+            .with_timestamp(1_764_000_000)
+            .with_expiration("600000".into())
+            .with_priority(5);
+        let payload = br#"{"AccountId": 7}"#;
+        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        channel
+            .basic_publish(
+                "".into(),
+                name.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                payload,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        let _ = connection.close(200, "done".into()).await;
+
+        let mut consumer = rabbit
+            .consumer_reading(&name, "typed", InputFormat::Raw)
+            .await
+            .expect("consumer");
+        let got =
+            causeway_testkit::receive_and_ack(consumer.as_mut(), 1, Duration::from_secs(10)).await;
+        let e = got.first().expect("the message");
+        assert_eq!(e.payload.as_ref(), payload);
+        assert_eq!(e.content_type.as_deref(), Some("application/json"));
+        let at = chrono::DateTime::from_timestamp(1_764_000_000, 0).expect("time");
+        let expected = [
+            ("text", Value::Text("Zürich ✓".into())),
+            ("flag", Value::Bool(true)),
+            ("byte", Value::Int(-8)),
+            ("int32", Value::Int(-70_000)),
+            ("int64", Value::Int(1 << 40)),
+            ("float", Value::Float(1.5)),
+            ("double", Value::Float(-0.25)),
+            ("amount", Value::Decimal("12.50".into())),
+            ("at", Value::Time(at)),
+            ("blob", Value::Bytes(vec![0u8, 1, 254, 255].into())),
+        ];
+        for (header, value) in &expected {
+            assert_eq!(
+                e.native.header(header),
+                Some(value),
+                "header `{header}` of {:?}",
+                e.native.headers
+            );
+        }
+        assert_eq!(
+            e.native.headers.len(),
+            expected.len(),
+            "{:?}",
+            e.native.headers
+        );
+        for (name, value) in [
+            (property::MESSAGE_ID, Value::Text("m-1".into())),
+            (property::CORRELATION_ID, Value::Text("c-1".into())),
+            (property::REPLY_TO, Value::Text("replies".into())),
+            (property::TYPE, Value::Text("tx.created".into())),
+            (property::APP_ID, Value::Text("core-banking".into())),
+            (property::USER_ID, Value::Text("guest".into())),
+            (property::EXPIRATION, Value::Text("600000".into())),
+            (property::TIMESTAMP, Value::Time(at)),
+            (property::PRIORITY, Value::Int(5)),
+        ] {
+            assert_eq!(
+                e.native.property(name),
+                Some(&value),
+                "property `{name}` of {:?}",
+                e.native.properties
+            );
+        }
+    }
+
     async fn delete_queue(queue: &str) {
         let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
         let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())

@@ -317,6 +317,79 @@ mod sqs_specific {
         );
     }
 
+    /// A message as any producer writes it with aws-sdk-sqs: `String`,
+    /// `Number` and `Binary` attributes. Read raw, each keeps its value and
+    /// its type (text, a decimal kept as written, bytes), and SQS's own
+    /// `MessageId` is the `message_id` property.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_foreign_message_keeps_string_number_and_binary_attributes_moto_emulator() {
+        use aws_sdk_sqs::primitives::Blob;
+        use aws_sdk_sqs::types::MessageAttributeValue;
+        use causeway_core::message::property;
+        use causeway_core::{InputFormat, Value};
+        let sqs = client().await;
+        let name = queue_name("typed", false);
+        let url = sqs.queue_url(&name).await.expect("queue");
+        sqs.queue_url(&dead_letter_queue(&name)).await.expect("dlq");
+        let attribute = |kind: &str| MessageAttributeValue::builder().data_type(kind);
+        let sent = sqs
+            .sdk()
+            .send_message()
+            .queue_url(&url)
+            .message_body(r#"{"AccountId": 7}"#)
+            .message_attributes(
+                "tenant",
+                attribute("String")
+                    .string_value("eu")
+                    .build()
+                    .expect("attribute"),
+            )
+            .message_attributes(
+                "amount",
+                attribute("Number")
+                    .string_value("12.50")
+                    .build()
+                    .expect("attribute"),
+            )
+            .message_attributes(
+                "blob",
+                attribute("Binary")
+                    .binary_value(Blob::new(vec![0u8, 1, 254, 255]))
+                    .build()
+                    .expect("attribute"),
+            )
+            .send()
+            .await
+            .expect("send");
+        let mut consumer = sqs
+            .consumer_reading(Some(&queue_config(&name)), InputFormat::Raw)
+            .await
+            .expect("consumer");
+        let got = receive_and_ack(&mut consumer, 1, Duration::from_secs(30)).await;
+        let e = got.first().expect("the message");
+        assert_eq!(e.payload.as_ref(), br#"{"AccountId": 7}"#);
+        for (header, value) in [
+            ("tenant", Value::Text("eu".into())),
+            ("amount", Value::Decimal("12.50".into())),
+            ("blob", Value::Bytes(vec![0u8, 1, 254, 255].into())),
+        ] {
+            assert_eq!(
+                e.native.header(header),
+                Some(&value),
+                "sqs (moto emulator): attribute `{header}` of {:?}",
+                e.native.headers
+            );
+        }
+        assert_eq!(
+            e.native
+                .property(property::MESSAGE_ID)
+                .and_then(|v| v.to_text())
+                .as_deref(),
+            sent.message_id(),
+            "sqs (moto emulator): SQS's MessageId"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_message_that_is_not_a_cloudevent_is_dead_lettered_when_reading_cloudevents_moto_emulator()
      {
