@@ -1,8 +1,14 @@
 //! One source, two sinks: one Kafka consumer group feeding NATS JetStream
-//! and RabbitMQ through one route, durable mode (one store append per
-//! event, a forwarder cursor per sink). RabbitMQ is cut off for 30 s: NATS
-//! must get everything while it is down, RabbitMQ must catch up after,
-//! and each sink must hold every event once (after its reader's dedup).
+//! and RabbitMQ through one route.
+//!
+//! - Durable mode (one store append per event, a forwarder cursor per
+//!   sink): RabbitMQ is cut off for 30 s; NATS must get everything while it
+//!   is down, RabbitMQ must catch up after.
+//! - Direct mode (the source acked when both sinks confirmed): RabbitMQ is
+//!   cut off for 10 s; the route waits for it, dead-letters nothing, and
+//!   both catch up.
+//!
+//! Either way each sink must hold every event once (after its reader's dedup).
 
 mod common;
 
@@ -16,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 const EVENTS: usize = 1_000;
 const OUTAGE: Duration = Duration::from_secs(30);
 
-fn config(dir: &std::path::Path, p: &str, rabbit_via: &str) -> Config {
+fn config(dir: &std::path::Path, p: &str, rabbit_via: &str, mode: &str) -> Config {
     let kafka = common::env("CAUSEWAY_KAFKA_BROKERS", "127.0.0.1:19092");
     let nats = common::env("CAUSEWAY_NATS_URL", "nats://127.0.0.1:14222");
     let rabbit = common::env(
@@ -44,7 +50,7 @@ queue = {{ name = "{p}-out", prefetch = 500 }}
 
 [routes.r]
 source = "kafka"
-mode = "durable"
+mode = "{mode}"
 linger = "20ms"
 # The outage is what is tested: few retries, a quick breaker.
 retry = {{ max_attempts = 2, initial_delay = "100ms", max_delay = "500ms" }}
@@ -77,21 +83,9 @@ async fn one_source_two_sinks_one_down_for_30s_durable() {
     let dir = tempfile::tempdir().expect("dir");
     let p = causeway_testkit::unique_name("fan");
     let _emulator = common::prepare(&p, common::Kafka, common::Nats).await;
-    let rabbit = common::env(
-        "CAUSEWAY_RABBITMQ_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-    );
-    let upstream = rabbit
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("host:port in CAUSEWAY_RABBITMQ_URL")
-        .replace("localhost", "127.0.0.1")
-        .parse()
-        .expect("host:port");
-    let proxy = FaultProxy::start(upstream).await.expect("proxy");
+    let proxy = rabbit_proxy().await;
     let bridge = std::sync::Arc::new(
-        Bridge::new(config(dir.path(), &p, &proxy.addr().to_string()))
+        Bridge::new(config(dir.path(), &p, &proxy.addr().to_string(), "durable"))
             .await
             .expect("bridge"),
     );
@@ -172,4 +166,94 @@ async fn one_source_two_sinks_one_down_for_30s_durable() {
         EVENTS as u64,
         "one store append per event: received {received}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_two_sinks_one_down_for_10s_direct() {
+    const OUTAGE: Duration = Duration::from_secs(10);
+    let what = "kafka -> nats + rabbitmq (direct), rabbitmq cut for 10 s";
+    let dir = tempfile::tempdir().expect("dir");
+    let p = causeway_testkit::unique_name("fand");
+    let _emulator = common::prepare(&p, common::Kafka, common::Nats).await;
+    let proxy = rabbit_proxy().await;
+    let bridge = std::sync::Arc::new(
+        Bridge::new(config(dir.path(), &p, &proxy.addr().to_string(), "direct"))
+            .await
+            .expect("bridge"),
+    );
+    let mut nats = bridge
+        .endpoints
+        .consumer("nats")
+        .await
+        .expect("nats reader");
+    let mut rabbit = bridge
+        .endpoints
+        .consumer("rabbit-check")
+        .await
+        .expect("rabbitmq reader");
+    let to_nats = bridge.metrics.route("r/nats");
+    let to_rabbit = bridge.metrics.route("r/rabbit");
+    let sent = causeway_testkit::events(&p, EVENTS, 10);
+    let shutdown = CancellationToken::new();
+    let running = {
+        let (bridge, shutdown) = (bridge.clone(), shutdown.clone());
+        tokio::spawn(async move { bridge.run(shutdown).await })
+    };
+    common::publish_to_source(&bridge, common::Kafka, &p, &sent[..EVENTS / 4]).await;
+    wait_for(what, Duration::from_secs(60), || {
+        to_rabbit.published.get() >= EVENTS as u64 / 8
+    })
+    .await;
+    proxy.cut_for(OUTAGE);
+    let cut_at = Instant::now();
+    let nats_at_cut = to_nats.published.get();
+    common::publish_to_source(&bridge, common::Kafka, &p, &sent[EVENTS / 4..]).await;
+    tokio::time::sleep(OUTAGE.saturating_sub(cut_at.elapsed())).await;
+    let nats_during = to_nats.published.get() - nats_at_cut;
+    wait_for(what, Duration::from_secs(120), || {
+        to_rabbit.published.get() >= EVENTS as u64 && to_nats.published.get() >= EVENTS as u64
+    })
+    .await;
+    let done = cut_at.elapsed();
+    shutdown.cancel();
+    running
+        .await
+        .expect("task")
+        .expect("bridge stopped cleanly");
+    for (sink, metrics) in [("nats", &to_nats), ("rabbitmq", &to_rabbit)] {
+        assert_eq!(
+            metrics.dead_lettered.get(),
+            0,
+            "{what}: a sink that is down is not a bad event: nothing is dead-lettered at {sink}"
+        );
+    }
+    let wait = Duration::from_secs(60);
+    let quiet = Duration::from_secs(3);
+    let at_nats = common::read_through_dedup(nats.as_mut(), &sent, wait, quiet).await;
+    let at_rabbit = common::read_through_dedup(rabbit.as_mut(), &sent, wait, quiet).await;
+    nats.close().await.expect("close");
+    rabbit.close().await.expect("close");
+    println!(
+        "{what}: NATS confirmed {nats_during} during the outage (as many as the route keeps in flight; none acked at the source before RabbitMQ had it too); both had all {EVENTS} {:.1} s after the cut began; 0 dead letters",
+        done.as_secs_f64()
+    );
+    at_nats.assert_exact(&sent, &format!("{what}, at NATS"));
+    at_rabbit.assert_exact(&sent, &format!("{what}, at RabbitMQ"));
+}
+
+/// A fault proxy in front of RabbitMQ.
+async fn rabbit_proxy() -> FaultProxy {
+    let rabbit = common::env(
+        "CAUSEWAY_RABBITMQ_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    );
+    let upstream = rabbit
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in CAUSEWAY_RABBITMQ_URL")
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .expect("host:port");
+    FaultProxy::start(upstream).await.expect("proxy")
 }
