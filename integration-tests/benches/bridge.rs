@@ -11,6 +11,9 @@
 //! - NATS → RabbitMQ and Kafka → NATS in direct mode with dedup again, the
 //!   same messages written raw (no CloudEvents attributes, two plain
 //!   headers) and the route reading `format = "raw"`;
+//! - NATS → RabbitMQ + NATS: one route, direct mode with dedup, two sinks
+//!   (one source read), beside NATS → RabbitMQ and NATS → NATS alone (what
+//!   two routes reading the source twice would cost);
 //! - NATS → RabbitMQ again with 10 ms and 90 ms of round trip added between
 //!   the bridge and RabbitMQ by the fault proxy.
 //!
@@ -48,6 +51,8 @@ enum Mover {
     },
     /// Direct with dedup, raw messages through a `format = "raw"` route.
     DirectRaw,
+    /// Direct with dedup to the sink and to NATS as well: sinks `a` and `b`.
+    Fanout,
     Durable,
 }
 
@@ -114,6 +119,9 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
         "batch_size = {BATCH}\ndedup = {}",
         !matches!(mover, Mover::Direct { dedup: false })
     );
+    if matches!(mover, Mover::Fanout) {
+        setup.also_to = Some(Nats);
+    }
     let raw = matches!(mover, Mover::DirectRaw);
     if raw {
         setup.route_extra.push_str("\nformat = \"raw\"");
@@ -133,6 +141,10 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
     // Declares the sink's queue (RabbitMQ) before anything is published.
     let sink = common::sink_reader(&bridge, from, to).await;
     drop(sink);
+    if setup.also_to.is_some() {
+        // Creates the second sink's stream.
+        drop(common::sink_reader(&bridge, from, Nats).await);
+    }
     let mut events = events(&prefix);
     if raw {
         events.iter_mut().for_each(into_raw);
@@ -141,18 +153,21 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
     let destination = to.destination(&prefix, "out");
     match mover {
         Mover::AdapterLoop => adapter_loop(&bridge, from, to, &destination).await,
-        Mover::Direct { .. } | Mover::DirectRaw | Mover::Durable => route(&bridge).await,
+        Mover::Direct { .. } | Mover::DirectRaw | Mover::Durable => route(&bridge, &["r"]).await,
+        Mover::Fanout => route(&bridge, &["r/a", "r/b"]).await,
     }
 }
 
-async fn route(bridge: &Bridge) -> (Duration, f64) {
-    let metrics = bridge.metrics.route("r");
+/// Runs the route until each of `sinks` (their metrics' names) published
+/// every event.
+async fn route(bridge: &Bridge, sinks: &[&str]) -> (Duration, f64) {
+    let metrics: Vec<_> = sinks.iter().map(|s| bridge.metrics.route(s)).collect();
     let running = common::start_route(bridge).await;
-    while metrics.received.get() == 0 {
+    while metrics[0].received.get() == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let (t0, cpu0) = (Instant::now(), cpu_seconds());
-    while metrics.published.get() < EVENTS as u64 {
+    while metrics.iter().any(|m| m.published.get() < EVENTS as u64) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let out = (t0.elapsed(), cpu_seconds() - cpu0);
@@ -278,6 +293,11 @@ fn benches(c: &mut Criterion) {
         ),
         ("bridge_durable_rtt_90ms", Mover::Durable, ms(90)),
         RAW,
+        (
+            "bridge_direct_dedup_fanout_rabbit_and_nats",
+            Mover::Fanout,
+            Duration::ZERO,
+        ),
     ]);
     bench_pair(c, Nats, Rabbit, &nats_rabbit);
     let mut kafka_nats = STANDARD.to_vec();

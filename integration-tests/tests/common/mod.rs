@@ -128,6 +128,9 @@ pub struct Setup {
     pub destination: Option<String>,
     /// More keys of `[routes.r]`.
     pub route_extra: String,
+    /// A second sink: the route then has sinks `a` (`to`) and `b` (this
+    /// broker's `-check` endpoint, its `out`), its routes `r/a` and `r/b`.
+    pub also_to: Option<Broker>,
     /// `[metrics] listen`, for a bridge process.
     pub metrics: Option<String>,
     /// More keys of the route's RabbitMQ queue table, each with a leading `, `.
@@ -146,6 +149,7 @@ impl Setup {
             check: Addrs::local(),
             destination: None,
             route_extra: String::new(),
+            also_to: None,
             metrics: None,
             rabbit_queue_extra: String::new(),
         }
@@ -220,22 +224,39 @@ receive = {{ entity = "{p}-{dir}", long_poll = "1s"{sb_receive} }}
                 policy = servicebus_emulator::ROOT_POLICY,
             );
         }
+        let destination = self
+            .destination
+            .clone()
+            .unwrap_or_else(|| self.to.destination(p, "out"));
+        let (sink, sinks) = match self.also_to {
+            None => (
+                format!(
+                    "sink = \"{}\"\ndestination = \"{destination}\"",
+                    self.to.name()
+                ),
+                String::new(),
+            ),
+            Some(b) => (
+                String::new(),
+                format!(
+                    "[routes.r.sinks.a]\nendpoint = \"{}\"\ndestination = \"{destination}\"\n\
+                     [routes.r.sinks.b]\nendpoint = \"{}-check\"\ndestination = \"{}\"\n",
+                    self.to.name(),
+                    b.name(),
+                    b.destination(p, "out")
+                ),
+            ),
+        };
         text += &format!(
             r#"
 [routes.r]
 source = "{source}"
-sink = "{sink}"
-destination = "{destination}"
+{sink}
 mode = "{mode}"
 linger = "20ms"
 {extra}
-"#,
+{sinks}"#,
             source = self.from.name(),
-            sink = self.to.name(),
-            destination = self
-                .destination
-                .clone()
-                .unwrap_or_else(|| self.to.destination(p, "out")),
             mode = self.mode,
             extra = self.route_extra,
         );
@@ -339,14 +360,23 @@ pub struct Running {
 }
 
 pub async fn start_route(bridge: &Bridge) -> Running {
-    let route = bridge.route("r").await.expect("route");
+    let mut sinks = bridge.sinks("r").await.expect("route");
+    let config = sinks[0].config.clone();
     let source = bridge
         .endpoints
-        .consumer_reading(&route.config.source, route.config.format)
+        .consumer_reading(&config.source, config.format)
         .await
         .expect("source");
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(route.run(source, shutdown.clone()));
+    let task = if sinks.len() == 1 {
+        tokio::spawn(sinks.remove(0).run(source, shutdown.clone()))
+    } else {
+        tokio::spawn(causeway_bridge::pipeline::run_fanout(
+            sinks,
+            source,
+            shutdown.clone(),
+        ))
+    };
     Running { shutdown, task }
 }
 
