@@ -14,8 +14,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use causeway_bridge::Bridge;
 use causeway_bridge::config::Config;
+use causeway_bridge::metrics::RouteMetrics;
+use causeway_core::{Consumer, Event};
 use causeway_testkit::fault_proxy::FaultProxy;
 use tokio_util::sync::CancellationToken;
 
@@ -77,48 +81,105 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// A running bridge with route `r` from Kafka to NATS and RabbitMQ (behind
+/// a fault proxy), the sinks' readers, and a quarter of the events through.
+struct Fan {
+    what: &'static str,
+    prefix: String,
+    _dir: tempfile::TempDir,
+    proxy: FaultProxy,
+    bridge: Arc<Bridge>,
+    nats: Box<dyn Consumer>,
+    rabbit: Box<dyn Consumer>,
+    to_nats: RouteMetrics,
+    to_rabbit: RouteMetrics,
+    sent: Vec<Event>,
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Fan {
+    async fn start(what: &'static str, mode: &str) -> Fan {
+        let dir = tempfile::tempdir().expect("dir");
+        let prefix = causeway_testkit::unique_name("fan");
+        let _emulator = common::prepare(&prefix, common::Kafka, common::Nats).await;
+        let proxy = rabbit_proxy().await;
+        let bridge = Arc::new(
+            Bridge::new(config(dir.path(), &prefix, &proxy.addr().to_string(), mode))
+                .await
+                .expect("bridge"),
+        );
+        // The sinks' readers first (RabbitMQ's declares the queue).
+        let nats = bridge
+            .endpoints
+            .consumer("nats")
+            .await
+            .expect("nats reader");
+        let rabbit = bridge
+            .endpoints
+            .consumer("rabbit-check")
+            .await
+            .expect("rabbitmq reader");
+        let shutdown = CancellationToken::new();
+        let running = {
+            let (bridge, shutdown) = (bridge.clone(), shutdown.clone());
+            tokio::spawn(async move { bridge.run(shutdown).await })
+        };
+        let fan = Fan {
+            what,
+            to_nats: bridge.metrics.route("r/nats"),
+            to_rabbit: bridge.metrics.route("r/rabbit"),
+            sent: causeway_testkit::events(&prefix, EVENTS, 10),
+            prefix,
+            _dir: dir,
+            proxy,
+            bridge,
+            nats,
+            rabbit,
+            shutdown,
+            running,
+        };
+        fan.publish(..EVENTS / 4).await;
+        wait_for(what, Duration::from_secs(60), || {
+            fan.to_rabbit.published.get() >= EVENTS as u64 / 8
+        })
+        .await;
+        fan
+    }
+
+    async fn publish(&self, range: impl std::slice::SliceIndex<[Event], Output = [Event]>) {
+        common::publish_to_source(&self.bridge, common::Kafka, &self.prefix, &self.sent[range])
+            .await;
+    }
+
+    /// Stops the bridge; then each sink must hold every event once.
+    async fn stop_and_check(mut self) {
+        self.shutdown.cancel();
+        (&mut self.running)
+            .await
+            .expect("task")
+            .expect("bridge stopped cleanly");
+        let wait = Duration::from_secs(60);
+        let quiet = Duration::from_secs(3);
+        let at_nats = common::read_through_dedup(self.nats.as_mut(), &self.sent, wait, quiet).await;
+        let at_rabbit =
+            common::read_through_dedup(self.rabbit.as_mut(), &self.sent, wait, quiet).await;
+        self.nats.close().await.expect("close");
+        self.rabbit.close().await.expect("close");
+        at_nats.assert_exact(&self.sent, &format!("{}, at NATS", self.what));
+        at_rabbit.assert_exact(&self.sent, &format!("{}, at RabbitMQ", self.what));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_source_two_sinks_one_down_for_30s_durable() {
     let what = "kafka -> nats + rabbitmq (durable), rabbitmq cut for 30 s";
-    let dir = tempfile::tempdir().expect("dir");
-    let p = causeway_testkit::unique_name("fan");
-    let _emulator = common::prepare(&p, common::Kafka, common::Nats).await;
-    let proxy = rabbit_proxy().await;
-    let bridge = std::sync::Arc::new(
-        Bridge::new(config(dir.path(), &p, &proxy.addr().to_string(), "durable"))
-            .await
-            .expect("bridge"),
-    );
-    // The sinks' readers first (RabbitMQ's declares the queue).
-    let mut nats = bridge
-        .endpoints
-        .consumer("nats")
-        .await
-        .expect("nats reader");
-    let mut rabbit = bridge
-        .endpoints
-        .consumer("rabbit-check")
-        .await
-        .expect("rabbitmq reader");
-    let to_nats = bridge.metrics.route("r/nats");
-    let to_rabbit = bridge.metrics.route("r/rabbit");
-
-    let sent = causeway_testkit::events(&p, EVENTS, 10);
-    let shutdown = CancellationToken::new();
-    let running = {
-        let (bridge, shutdown) = (bridge.clone(), shutdown.clone());
-        tokio::spawn(async move { bridge.run(shutdown).await })
-    };
-    common::publish_to_source(&bridge, common::Kafka, &p, &sent[..EVENTS / 4]).await;
-    wait_for(what, Duration::from_secs(60), || {
-        to_rabbit.published.get() >= EVENTS as u64 / 8
-    })
-    .await;
-
-    proxy.cut_for(OUTAGE);
+    let fan = Fan::start(what, "durable").await;
+    let (to_nats, to_rabbit) = (fan.to_nats.clone(), fan.to_rabbit.clone());
+    fan.proxy.cut_for(OUTAGE);
     let cut_at = Instant::now();
     let rabbit_at_cut = to_rabbit.published.get();
-    common::publish_to_source(&bridge, common::Kafka, &p, &sent[EVENTS / 4..]).await;
+    fan.publish(EVENTS / 4..).await;
     // NATS gets every event while RabbitMQ is down.
     wait_for(what, OUTAGE - Duration::from_secs(2), || {
         to_nats.published.get() >= EVENTS as u64
@@ -141,26 +202,14 @@ async fn one_source_two_sinks_one_down_for_30s_durable() {
     })
     .await;
     let rabbit_done = cut_at.elapsed();
-    shutdown.cancel();
-    running
-        .await
-        .expect("task")
-        .expect("bridge stopped cleanly");
-
-    let wait = Duration::from_secs(60);
-    let quiet = Duration::from_secs(3);
-    let at_nats = common::read_through_dedup(nats.as_mut(), &sent, wait, quiet).await;
-    let at_rabbit = common::read_through_dedup(rabbit.as_mut(), &sent, wait, quiet).await;
-    nats.close().await.expect("close");
-    rabbit.close().await.expect("close");
+    let bridge = fan.bridge.clone();
+    fan.stop_and_check().await;
     println!(
         "{what}: NATS had all {EVENTS} {:.1} s into the outage; RabbitMQ confirmed {rabbit_during} during it (backlog then {rabbit_backlog}) and all {:.1} s after the cut began; source read once (one consumer group)",
         nats_done.as_secs_f64(),
         rabbit_done.as_secs_f64()
     );
-    at_nats.assert_exact(&sent, &format!("{what}, at NATS"));
-    at_rabbit.assert_exact(&sent, &format!("{what}, at RabbitMQ"));
-    let received = bridge.metrics.route("r/nats").received.get();
+    let received = to_nats.received.get();
     assert_eq!(
         bridge.store.stats(Some("r")).await.expect("stats").events,
         EVENTS as u64,
@@ -172,42 +221,12 @@ async fn one_source_two_sinks_one_down_for_30s_durable() {
 async fn one_source_two_sinks_one_down_for_10s_direct() {
     const OUTAGE: Duration = Duration::from_secs(10);
     let what = "kafka -> nats + rabbitmq (direct), rabbitmq cut for 10 s";
-    let dir = tempfile::tempdir().expect("dir");
-    let p = causeway_testkit::unique_name("fand");
-    let _emulator = common::prepare(&p, common::Kafka, common::Nats).await;
-    let proxy = rabbit_proxy().await;
-    let bridge = std::sync::Arc::new(
-        Bridge::new(config(dir.path(), &p, &proxy.addr().to_string(), "direct"))
-            .await
-            .expect("bridge"),
-    );
-    let mut nats = bridge
-        .endpoints
-        .consumer("nats")
-        .await
-        .expect("nats reader");
-    let mut rabbit = bridge
-        .endpoints
-        .consumer("rabbit-check")
-        .await
-        .expect("rabbitmq reader");
-    let to_nats = bridge.metrics.route("r/nats");
-    let to_rabbit = bridge.metrics.route("r/rabbit");
-    let sent = causeway_testkit::events(&p, EVENTS, 10);
-    let shutdown = CancellationToken::new();
-    let running = {
-        let (bridge, shutdown) = (bridge.clone(), shutdown.clone());
-        tokio::spawn(async move { bridge.run(shutdown).await })
-    };
-    common::publish_to_source(&bridge, common::Kafka, &p, &sent[..EVENTS / 4]).await;
-    wait_for(what, Duration::from_secs(60), || {
-        to_rabbit.published.get() >= EVENTS as u64 / 8
-    })
-    .await;
-    proxy.cut_for(OUTAGE);
+    let fan = Fan::start(what, "direct").await;
+    let (to_nats, to_rabbit) = (fan.to_nats.clone(), fan.to_rabbit.clone());
+    fan.proxy.cut_for(OUTAGE);
     let cut_at = Instant::now();
     let nats_at_cut = to_nats.published.get();
-    common::publish_to_source(&bridge, common::Kafka, &p, &sent[EVENTS / 4..]).await;
+    fan.publish(EVENTS / 4..).await;
     tokio::time::sleep(OUTAGE.saturating_sub(cut_at.elapsed())).await;
     let nats_during = to_nats.published.get() - nats_at_cut;
     wait_for(what, Duration::from_secs(120), || {
@@ -215,11 +234,7 @@ async fn one_source_two_sinks_one_down_for_10s_direct() {
     })
     .await;
     let done = cut_at.elapsed();
-    shutdown.cancel();
-    running
-        .await
-        .expect("task")
-        .expect("bridge stopped cleanly");
+    fan.stop_and_check().await;
     for (sink, metrics) in [("nats", &to_nats), ("rabbitmq", &to_rabbit)] {
         assert_eq!(
             metrics.dead_lettered.get(),
@@ -227,18 +242,10 @@ async fn one_source_two_sinks_one_down_for_10s_direct() {
             "{what}: a sink that is down is not a bad event: nothing is dead-lettered at {sink}"
         );
     }
-    let wait = Duration::from_secs(60);
-    let quiet = Duration::from_secs(3);
-    let at_nats = common::read_through_dedup(nats.as_mut(), &sent, wait, quiet).await;
-    let at_rabbit = common::read_through_dedup(rabbit.as_mut(), &sent, wait, quiet).await;
-    nats.close().await.expect("close");
-    rabbit.close().await.expect("close");
     println!(
         "{what}: NATS confirmed {nats_during} during the outage (as many as the route keeps in flight; none acked at the source before RabbitMQ had it too); both had all {EVENTS} {:.1} s after the cut began; 0 dead letters",
         done.as_secs_f64()
     );
-    at_nats.assert_exact(&sent, &format!("{what}, at NATS"));
-    at_rabbit.assert_exact(&sent, &format!("{what}, at RabbitMQ"));
 }
 
 /// A fault proxy in front of RabbitMQ.

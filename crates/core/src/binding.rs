@@ -227,16 +227,7 @@ impl Binding {
                 }
             }
         }
-        match spec_version.as_deref() {
-            Some(SPEC_VERSION) => {}
-            Some(other) => {
-                return Err(Error::invalid_event(
-                    "specversion",
-                    format!("`{other}` is not supported; expected `{SPEC_VERSION}`"),
-                ));
-            }
-            None => return Err(Error::invalid_event("specversion", "missing")),
-        }
+        check_spec_version(spec_version.as_deref())?;
         event.validate()?;
         Ok(event)
     }
@@ -374,6 +365,18 @@ impl Binding {
         } else {
             Ok(text.to_owned())
         }
+    }
+}
+
+/// A CloudEvent's `specversion`, present and the one causeway speaks.
+pub(crate) fn check_spec_version(found: Option<&str>) -> Result<()> {
+    match found {
+        Some(SPEC_VERSION) => Ok(()),
+        Some(other) => Err(Error::invalid_event(
+            "specversion",
+            format!("`{other}` is not supported; expected `{SPEC_VERSION}`"),
+        )),
+        None => Err(Error::invalid_event("specversion", "missing")),
     }
 }
 

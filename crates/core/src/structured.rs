@@ -11,9 +11,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::binding::parse_time;
+use crate::binding::{check_spec_version, parse_time};
 use crate::error::{Error, Result};
-use crate::event::{Event, SPEC_VERSION, validate_extension_name};
+use crate::event::{Event, validate_extension_name};
 
 /// The media type of a structured-mode CloudEvent in JSON.
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -57,16 +57,7 @@ pub fn decode(payload: &[u8]) -> Result<Event> {
             }
         }
     }
-    match spec_version.as_deref() {
-        Some(SPEC_VERSION) => {}
-        Some(other) => {
-            return Err(Error::invalid_event(
-                "specversion",
-                format!("`{other}` is not supported; expected `{SPEC_VERSION}`"),
-            ));
-        }
-        None => return Err(Error::invalid_event("specversion", "missing")),
-    }
+    check_spec_version(spec_version.as_deref())?;
     event.payload = match (data, data_base64) {
         (Some(_), Some(_)) => {
             return Err(Error::invalid_event(
