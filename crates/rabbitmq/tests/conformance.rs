@@ -390,29 +390,42 @@ mod classic {
         use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldTable};
         let rabbit = Rabbit::new(QueueKind::Classic).await;
         let name = rabbit.destination("typed").await.expect("queue");
-        let mut table = FieldTable::default();
-        for (header, value) in [
-            ("text", AMQPValue::LongString("Zürich ✓".into())),
-            ("flag", AMQPValue::Boolean(true)),
-            ("byte", AMQPValue::ShortShortInt(-8)),
-            ("int32", AMQPValue::LongInt(-70_000)),
-            ("int64", AMQPValue::LongLongInt(1 << 40)),
-            ("float", AMQPValue::Float(1.5)),
-            ("double", AMQPValue::Double(-0.25)),
+        let at = chrono::DateTime::from_timestamp(1_764_000_000, 0).expect("time");
+        // Each header as written, and as causeway must read it.
+        let headers = [
+            (
+                "text",
+                AMQPValue::LongString("Zürich ✓".into()),
+                Value::Text("Zürich ✓".into()),
+            ),
+            ("flag", AMQPValue::Boolean(true), Value::Bool(true)),
+            ("byte", AMQPValue::ShortShortInt(-8), Value::Int(-8)),
+            ("int32", AMQPValue::LongInt(-70_000), Value::Int(-70_000)),
+            (
+                "int64",
+                AMQPValue::LongLongInt(1 << 40),
+                Value::Int(1 << 40),
+            ),
+            ("float", AMQPValue::Float(1.5), Value::Float(1.5)),
+            ("double", AMQPValue::Double(-0.25), Value::Float(-0.25)),
             (
                 "amount",
                 AMQPValue::DecimalValue(DecimalValue {
                     scale: 2,
                     value: 1250,
                 }),
+                Value::Decimal("12.50".into()),
             ),
-            ("at", AMQPValue::Timestamp(1_764_000_000)),
+            ("at", AMQPValue::Timestamp(1_764_000_000), Value::Time(at)),
             (
                 "blob",
                 AMQPValue::ByteArray(ByteArray::from(&[0u8, 1, 254, 255][..])),
+                Value::Bytes(vec![0u8, 1, 254, 255].into()),
             ),
-        ] {
-            table.insert(header.into(), value);
+        ];
+        let mut table = FieldTable::default();
+        for (header, written, _) in &headers {
+            table.insert((*header).into(), written.clone());
         }
         let properties = lapin::BasicProperties::default()
             .with_headers(table)
@@ -459,20 +472,7 @@ mod classic {
         let e = got.first().expect("the message");
         assert_eq!(e.payload.as_ref(), payload);
         assert_eq!(e.content_type.as_deref(), Some("application/json"));
-        let at = chrono::DateTime::from_timestamp(1_764_000_000, 0).expect("time");
-        let expected = [
-            ("text", Value::Text("Zürich ✓".into())),
-            ("flag", Value::Bool(true)),
-            ("byte", Value::Int(-8)),
-            ("int32", Value::Int(-70_000)),
-            ("int64", Value::Int(1 << 40)),
-            ("float", Value::Float(1.5)),
-            ("double", Value::Float(-0.25)),
-            ("amount", Value::Decimal("12.50".into())),
-            ("at", Value::Time(at)),
-            ("blob", Value::Bytes(vec![0u8, 1, 254, 255].into())),
-        ];
-        for (header, value) in &expected {
+        for (header, _, value) in &headers {
             assert_eq!(
                 e.native.header(header),
                 Some(value),
@@ -482,7 +482,7 @@ mod classic {
         }
         assert_eq!(
             e.native.headers.len(),
-            expected.len(),
+            headers.len(),
             "{:?}",
             e.native.headers
         );
