@@ -440,11 +440,7 @@ mod classic {
             .with_expiration("600000".into())
             .with_priority(5);
         let payload = br#"{"AccountId": 7}"#;
-        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
-        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-            .await
-            .expect("connect");
-        let channel = connection.create_channel().await.expect("channel");
+        let (connection, channel) = lapin_channel().await;
         channel
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await
@@ -506,12 +502,18 @@ mod classic {
         }
     }
 
-    async fn delete_queue(queue: &str) {
+    /// lapin itself, as any AMQP client: a connection and a channel.
+    async fn lapin_channel() -> (lapin::Connection, lapin::Channel) {
         let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
         let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
             .await
             .expect("connect");
         let channel = connection.create_channel().await.expect("channel");
+        (connection, channel)
+    }
+
+    async fn delete_queue(queue: &str) {
+        let (connection, channel) = lapin_channel().await;
         channel
             .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
             .await
