@@ -279,9 +279,13 @@ struct MemorySettler {
 
 impl MemorySettler {
     /// Runs `f` on the group and the topic log; dead letters it returns are
-    /// appended afterwards (they go to another topic).
+    /// appended afterwards (they go to another topic). Waiting consumers are
+    /// woken when `wakes` (something was settled or released) or a dead
+    /// letter was written; a poll that only took deliveries wakes no one,
+    /// not even its own wait.
     fn with_group<T>(
         &self,
+        wakes: bool,
         f: impl FnOnce(&mut Group, &[Event], Instant) -> (T, Vec<(String, Event)>),
     ) -> Result<T> {
         let inner = &self.broker.inner;
@@ -300,11 +304,14 @@ impl MemorySettler {
             )
         })?;
         let (value, dead) = f(group, log, Instant::now());
+        let wakes = wakes || !dead.is_empty();
         for (dlq, event) in dead {
             append(inner, &mut topics, &dlq, event);
         }
         drop(topics);
-        inner.changed.notify_waiters();
+        if wakes {
+            inner.changed.notify_waiters();
+        }
         Ok(value)
     }
 
@@ -381,7 +388,7 @@ fn free_key(group: &mut Group, log: &[Event], index: usize) {
 #[async_trait]
 impl Settler for MemorySettler {
     async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
-        self.with_group(|group, log, now| {
+        self.with_group(true, |group, log, now| {
             let mut dead = Vec::new();
             let mut unknown = 0;
             for (tag, settlement) in items {
@@ -432,7 +439,7 @@ impl Consumer for MemoryConsumer {
             let changed = inner.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (batch, wake) = self.settler.with_group(|group, log, now| {
+            let (batch, wake) = self.settler.with_group(false, |group, log, now| {
                 let dead = self.settler.expire(group, log, now, None);
                 let (batch, wake) = take_ready(group, log, now, max, &inner, self.id);
                 ((batch, wake), dead)
@@ -474,7 +481,7 @@ impl Consumer for MemoryConsumer {
 
 impl MemoryConsumer {
     fn release_in_flight(&self) -> Result<()> {
-        self.settler.with_group(|group, log, now| {
+        self.settler.with_group(true, |group, log, now| {
             let dead = self.settler.expire(group, log, now, Some(self.id));
             ((), dead)
         })
@@ -553,4 +560,40 @@ fn take_ready(
         })
         .collect();
     (batch, wake)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waiting on an empty topic is a wait, not a loop: with tokio's clock
+    /// paused, time only moves while every task sleeps, so a `next_batch`
+    /// that keeps waking itself never sees its deadline. Before the fix
+    /// each poll notified its own waiter (the settler's lock-and-notify):
+    /// in-memory consumers spun a core while idle.
+    #[test]
+    fn an_idle_next_batch_sleeps_until_its_deadline() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let broker = MemoryBroker::new();
+                let mut consumer = broker.consumer("t", "g", ConsumerOptions::default());
+                let batch = consumer
+                    .next_batch(10, Duration::from_secs(5))
+                    .await
+                    .expect("next_batch");
+                assert!(batch.is_empty());
+            });
+            let _ = done.send(());
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "next_batch on an empty topic kept waking itself: 5 s of paused time never passed in 10 s"
+        );
+    }
 }
