@@ -239,9 +239,11 @@ impl Binding {
     /// their types; so do the key (when it is not the ordering key already)
     /// and the broker properties.
     pub fn read(self, format: InputFormat, message: Incoming) -> Result<Event> {
-        let structured = self
-            .content_type(&message)
-            .is_some_and(structured::is_structured);
+        // Raw reads skip the header scan: nothing is parsed.
+        let structured = format != InputFormat::Raw
+            && self
+                .content_type(&message)
+                .is_some_and(structured::is_structured);
         let cloudevent = match format {
             InputFormat::Raw => false,
             InputFormat::CloudEvents => true,

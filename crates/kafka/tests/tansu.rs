@@ -181,13 +181,7 @@ async fn a_foreign_record_keeps_binary_headers_repeated_names_and_its_key() {
         .await
         .map_err(|(e, _)| e)
         .expect("produce");
-    let mut consumer = h
-        .consumer_reading(&topic, "binary-headers", InputFormat::Raw)
-        .await
-        .expect("consumer");
-    let got =
-        causeway_testkit::receive_and_ack(consumer.as_mut(), 1, Duration::from_secs(30)).await;
-    let e = got.first().expect("the record");
+    let e = &causeway_testkit::receive_one_raw(&h, &topic, Duration::from_secs(30)).await;
     assert!(e.is_raw());
     assert_eq!(e.payload.as_ref(), payload);
     assert_eq!(e.native.key.as_deref(), Some(key), "the key byte for byte");

@@ -213,13 +213,7 @@ async fn a_foreign_message_keeps_repeated_headers_and_its_message_id() {
         .expect("publish")
         .await
         .expect("stored");
-    let mut consumer = h
-        .consumer_reading(&subject, "multi-valued", InputFormat::Raw)
-        .await
-        .expect("consumer");
-    let got =
-        causeway_testkit::receive_and_ack(consumer.as_mut(), 1, Duration::from_secs(20)).await;
-    let e = got.first().expect("the message");
+    let e = &causeway_testkit::receive_one_raw(&h, &subject, Duration::from_secs(20)).await;
     assert_eq!(e.payload.as_ref(), payload);
     let values = |name: &str| -> Vec<String> {
         e.native

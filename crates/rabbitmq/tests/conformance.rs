@@ -459,13 +459,7 @@ mod classic {
             .expect("confirm");
         let _ = connection.close(200, "done".into()).await;
 
-        let mut consumer = rabbit
-            .consumer_reading(&name, "typed", InputFormat::Raw)
-            .await
-            .expect("consumer");
-        let got =
-            causeway_testkit::receive_and_ack(consumer.as_mut(), 1, Duration::from_secs(10)).await;
-        let e = got.first().expect("the message");
+        let e = &causeway_testkit::receive_one_raw(&rabbit, &name, Duration::from_secs(10)).await;
         assert_eq!(e.payload.as_ref(), payload);
         assert_eq!(e.content_type.as_deref(), Some("application/json"));
         for (header, _, value) in &headers {

@@ -28,5 +28,6 @@ mod support;
 pub use fault_proxy::FaultProxy;
 pub use harness::{BrokerHarness, Decorated, DedupStoreHarness, EventStoreHarness, Foreign};
 pub use support::{
-    collect, events, not_applicable, receive_and_ack, reject_undecodable_ack_rest, unique_name,
+    collect, events, not_applicable, receive_and_ack, receive_one_raw, reject_undecodable_ack_rest,
+    unique_name,
 };

@@ -111,6 +111,23 @@ pub async fn reject_undecodable_ack_rest(
     ids
 }
 
+/// The one message at `destination`, read raw through the harness's
+/// adapter and acked: what a foreign producer wrote, as causeway sees it.
+pub async fn receive_one_raw(
+    h: &dyn crate::BrokerHarness,
+    destination: &str,
+    timeout: Duration,
+) -> Event {
+    let mut consumer = h
+        .consumer_reading(destination, "raw-reader", causeway_core::InputFormat::Raw)
+        .await
+        .expect("consumer");
+    receive_and_ack(consumer.as_mut(), 1, timeout)
+        .await
+        .pop()
+        .unwrap_or_else(|| panic!("{}: nothing arrived in {timeout:?}", h.name()))
+}
+
 /// Receives and acks until `n` events arrived or `timeout` passed.
 pub async fn receive_and_ack(
     consumer: &mut dyn Consumer,
