@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use causeway_core::memory::MemoryDedupStore;
 use causeway_core::{
-    Capabilities, Consumer, Event, Handled, IdempotentHandler, InputFormat, Publisher, Result,
+    Capabilities, Consumer, Event, Handled, Header, IdempotentHandler, InputFormat, Publisher,
+    Result, Value,
 };
 use causeway_kafka::{KafkaClient, KafkaConfig};
-use causeway_testkit::{BrokerHarness, Foreign};
+use causeway_testkit::{BrokerHarness, Foreign, ForeignMessage};
 
 const VAR: &str = "CAUSEWAY_KAFKA_BROKERS";
 const DEFAULT: &str = "127.0.0.1:19092";
@@ -129,6 +130,50 @@ impl BrokerHarness for Tansu {
             .await
             .map_err(|(e, _)| failed(e.to_string()))?;
         Ok(true)
+    }
+    async fn read_foreign(
+        &self,
+        destination: &str,
+        timeout: Duration,
+    ) -> Result<Option<ForeignMessage>> {
+        // rdkafka itself, as any consumer: a group of its own, from the start.
+        use rdkafka::consumer::{Consumer as _, StreamConsumer};
+        use rdkafka::message::{Headers as _, Message as _};
+        let failed = |e: String| causeway_core::Error::new(causeway_core::ErrorKind::Connection, e);
+        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("{destination}-foreign"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| failed(e.to_string()))?;
+        consumer
+            .subscribe(&[destination])
+            .map_err(|e| failed(e.to_string()))?;
+        let message = tokio::time::timeout(timeout, consumer.recv())
+            .await
+            .map_err(|_| failed(format!("nothing arrived in {timeout:?}")))?
+            .map_err(|e| failed(e.to_string()))?;
+        let headers = message.headers().map_or_else(Vec::new, |headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    Header::new(
+                        h.key,
+                        Value::Bytes(h.value.unwrap_or_default().to_vec().into()),
+                    )
+                })
+                .collect()
+        });
+        Ok(Some(ForeignMessage {
+            payload: message.payload().unwrap_or_default().to_vec(),
+            key: message.key().map(<[u8]>::to_vec),
+            headers,
+            properties: Vec::new(),
+        }))
+    }
+    fn foreign_type(&self, _written: &Value) -> &'static str {
+        // Kafka headers are bytes.
+        "bytes"
     }
     fn can_cut(&self) -> bool {
         false

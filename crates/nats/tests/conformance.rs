@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Consumer, InputFormat, Publisher, Result};
+use causeway_core::{Capabilities, Consumer, Header, InputFormat, Publisher, Result, Value};
 use causeway_nats::{ConsumerConfig, NatsClient, NatsConfig, PublishConfig, Start, StreamConfig};
-use causeway_testkit::{BrokerHarness, FaultProxy, Foreign};
+use causeway_testkit::{BrokerHarness, FaultProxy, Foreign, ForeignMessage};
 
 const VAR: &str = "CAUSEWAY_NATS_URL";
 const DEFAULT: &str = "nats://127.0.0.1:14222";
@@ -140,6 +140,56 @@ impl BrokerHarness for Nats {
             .await
             .map_err(|e| failed(e.to_string()))?;
         Ok(true)
+    }
+    async fn read_foreign(
+        &self,
+        destination: &str,
+        timeout: Duration,
+    ) -> Result<Option<ForeignMessage>> {
+        // async-nats itself: the subject's last message in the stream.
+        use causeway_core::message::property;
+        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
+        let failed = |e: String| causeway_core::Error::new(causeway_core::ErrorKind::Connection, e);
+        let client = async_nats::connect(url.as_str())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let stream = async_nats::jetstream::new(client)
+            .get_stream(&self.prefix)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let message = loop {
+            match stream.get_last_raw_message_by_subject(destination).await {
+                Ok(message) => break message,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(failed(format!("nothing arrived in {timeout:?}: {e}")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let (mut headers, mut properties) = (Vec::new(), Vec::new());
+        for (name, values) in message.headers.iter() {
+            let name: &str = name.as_ref();
+            for value in values {
+                let value: &str = value.as_ref();
+                // The stream's dedup id is the broker's message id.
+                if name == "Nats-Msg-Id" {
+                    properties.push(Header::text(property::MESSAGE_ID, value));
+                } else {
+                    headers.push(Header::text(name, value));
+                }
+            }
+        }
+        Ok(Some(ForeignMessage {
+            payload: message.payload.to_vec(),
+            key: None,
+            headers,
+            properties,
+        }))
+    }
+    fn foreign_type(&self, _written: &Value) -> &'static str {
+        // NATS headers are text.
+        "text"
     }
     async fn cut_connections(&self, outage: Duration) -> bool {
         self.proxy.cut_for(outage);

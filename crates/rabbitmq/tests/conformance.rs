@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Consumer, InputFormat, Publisher, Result};
+use causeway_core::{Capabilities, Consumer, Header, InputFormat, Publisher, Result, Value};
 use causeway_rabbitmq::{
     ExchangeKind, PublishConfig, QueueConfig, QueueKind, RabbitClient, RabbitConfig,
 };
-use causeway_testkit::{BrokerHarness, FaultProxy, Foreign};
+use causeway_testkit::{BrokerHarness, FaultProxy, Foreign, ForeignMessage};
 
 const VAR: &str = "CAUSEWAY_RABBITMQ_URL";
 const DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -134,13 +134,7 @@ impl BrokerHarness for Rabbit {
     }
     async fn publish_foreign(&self, destination: &str, message: Foreign<'_>) -> Result<bool> {
         // lapin itself, as any AMQP producer: a headers table of strings.
-        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
-        let failed = |e: lapin::Error| {
-            causeway_core::Error::new(causeway_core::ErrorKind::Connection, e.to_string())
-        };
-        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-            .await
-            .map_err(failed)?;
+        let (connection, channel) = lapin_channel().await.map_err(failed)?;
         let mut table = lapin::types::FieldTable::default();
         for (name, value) in message.headers {
             table.insert(
@@ -152,7 +146,6 @@ impl BrokerHarness for Rabbit {
         if let Some(ct) = message.content_type {
             properties = properties.with_content_type(ct.into());
         }
-        let channel = connection.create_channel().await.map_err(failed)?;
         channel
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await
@@ -172,10 +165,122 @@ impl BrokerHarness for Rabbit {
         let _ = connection.close(200, "done".into()).await;
         Ok(true)
     }
+    async fn read_foreign(
+        &self,
+        destination: &str,
+        timeout: Duration,
+    ) -> Result<Option<ForeignMessage>> {
+        // lapin itself, as any AMQP consumer: basic.get until a message is there.
+        use causeway_core::message::property;
+        let (connection, channel) = lapin_channel().await.map_err(failed)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let message = loop {
+            let options = lapin::options::BasicGetOptions { no_ack: true };
+            if let Some(message) = channel
+                .basic_get(destination.into(), options)
+                .await
+                .map_err(failed)?
+            {
+                break message.delivery;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(failed_with(format!("nothing arrived in {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let _ = connection.close(200, "done".into()).await;
+        let p = &message.properties;
+        let mut headers = Vec::new();
+        for (name, value) in p
+            .headers()
+            .as_ref()
+            .map(|t| t.inner().iter())
+            .into_iter()
+            .flatten()
+        {
+            if name.as_str() == "x-delivery-count" {
+                // RabbitMQ's own count (quorum queues), not the message's.
+                continue;
+            }
+            headers.push(Header::new(
+                name.as_str(),
+                amqp_value(value).ok_or_else(|| {
+                    failed_with(format!("header `{name}`: {value:?} has no causeway type"))
+                })?,
+            ));
+        }
+        let text = |name: &str, value: &Option<lapin::types::ShortString>| {
+            value.as_ref().map(|v| Header::text(name, v.as_str()))
+        };
+        let properties = [
+            text(property::MESSAGE_ID, p.message_id()),
+            text(property::CORRELATION_ID, p.correlation_id()),
+            text(property::REPLY_TO, p.reply_to()),
+            text(property::TYPE, p.kind()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Ok(Some(ForeignMessage {
+            payload: message.data,
+            key: None,
+            headers,
+            properties,
+        }))
+    }
+    fn foreign_type(&self, written: &Value) -> &'static str {
+        // Each type its AMQP counterpart; a decimal is a long string.
+        match written {
+            Value::Decimal(_) => "text",
+            other => other.type_name(),
+        }
+    }
     async fn cut_connections(&self, outage: Duration) -> bool {
         self.proxy.cut_for(outage);
         true
     }
+}
+
+/// lapin itself, as any AMQP client: a connection and a channel.
+async fn lapin_channel() -> lapin::Result<(lapin::Connection, lapin::Channel)> {
+    let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
+    let connection =
+        lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    Ok((connection, channel))
+}
+
+fn failed(e: lapin::Error) -> causeway_core::Error {
+    failed_with(e.to_string())
+}
+
+fn failed_with(message: String) -> causeway_core::Error {
+    causeway_core::Error::new(causeway_core::ErrorKind::Connection, message)
+}
+
+/// An AMQP field value as the broker typed it, in causeway's types.
+fn amqp_value(value: &lapin::types::AMQPValue) -> Option<Value> {
+    use lapin::types::AMQPValue as A;
+    Some(match value {
+        A::LongString(s) => Value::Text(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        A::ShortString(s) => Value::Text(s.to_string()),
+        A::ByteArray(b) => Value::Bytes(b.as_slice().to_vec().into()),
+        A::Boolean(b) => Value::Bool(*b),
+        A::ShortShortInt(i) => Value::Int((*i).into()),
+        A::ShortShortUInt(i) => Value::Int((*i).into()),
+        A::ShortInt(i) => Value::Int((*i).into()),
+        A::ShortUInt(i) => Value::Int((*i).into()),
+        A::LongInt(i) => Value::Int((*i).into()),
+        A::LongUInt(i) => Value::Int((*i).into()),
+        A::LongLongInt(i) => Value::Int(*i),
+        A::Float(f) => Value::Float((*f).into()),
+        A::Double(f) => Value::Float(*f),
+        A::Timestamp(t) => Value::Time(chrono::DateTime::from_timestamp(
+            i64::try_from(*t).ok()?,
+            0,
+        )?),
+        _ => return None,
+    })
 }
 
 mod classic {
@@ -440,7 +545,7 @@ mod classic {
             .with_expiration("600000".into())
             .with_priority(5);
         let payload = br#"{"AccountId": 7}"#;
-        let (connection, channel) = lapin_channel().await;
+        let (connection, channel) = lapin_channel().await.expect("lapin");
         channel
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await
@@ -496,18 +601,8 @@ mod classic {
         }
     }
 
-    /// lapin itself, as any AMQP client: a connection and a channel.
-    async fn lapin_channel() -> (lapin::Connection, lapin::Channel) {
-        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
-        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-            .await
-            .expect("connect");
-        let channel = connection.create_channel().await.expect("channel");
-        (connection, channel)
-    }
-
     async fn delete_queue(queue: &str) {
-        let (connection, channel) = lapin_channel().await;
+        let (connection, channel) = lapin_channel().await.expect("lapin");
         channel
             .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
             .await

@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Consumer, InputFormat, Publisher, Result};
+use causeway_core::{Capabilities, Consumer, Header, InputFormat, Publisher, Result, Value};
 use causeway_servicebus::{ReceiveConfig, ServiceBusClient, ServiceBusConfig};
 use causeway_servicebus_emulator::{
     QueueOptions, ROOT_POLICY, Right, ServiceBusEmulator, TopicOptions,
 };
-use causeway_testkit::{BrokerHarness, FaultProxy, Foreign};
+use causeway_testkit::{BrokerHarness, FaultProxy, Foreign, ForeignMessage};
 
 /// The emulated entities' lock duration; consumers renew locks for
 /// `MAX_PROCESSING` after hand-out, so an unsettled delivery returns after
@@ -162,9 +162,105 @@ impl BrokerHarness for Emulated {
             })?;
         Ok(true)
     }
+    async fn read_foreign(
+        &self,
+        destination: &str,
+        timeout: Duration,
+    ) -> Result<Option<ForeignMessage>> {
+        // The REST API itself (the library cannot read a sequence number
+        // past 32 bits): receive and delete the head.
+        use causeway_core::message::property;
+        let entity = if self.topic {
+            format!("{destination}/subscriptions/{SUBSCRIPTION}")
+        } else {
+            destination.to_owned()
+        };
+        let failed = |e: String| causeway_core::Error::new(causeway_core::ErrorKind::Connection, e);
+        let token = self.emulator.sas_token(ROOT_POLICY).unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let reply = loop {
+            let reply = reqwest::Client::new()
+                .delete(format!(
+                    "{}/{entity}/messages/head?timeout=1",
+                    self.emulator.url()
+                ))
+                .header("authorization", &token)
+                .send()
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if reply.status().as_u16() == 200 {
+                break reply;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(failed(format!(
+                    "nothing arrived in {timeout:?}: {}",
+                    reply.status()
+                )));
+            }
+        };
+        let headers: Vec<(String, String)> = reply
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        let payload = reply.bytes().await.map_err(|e| failed(e.to_string()))?;
+        let mut broker = serde_json::Map::new();
+        let mut custom = Vec::new();
+        for (name, value) in headers {
+            match name.as_str() {
+                "brokerproperties" => {
+                    broker = serde_json::from_str(&value).map_err(|e| failed(e.to_string()))?;
+                }
+                // HTTP's own.
+                "content-type" | "content-length" | "location" | "date" | "server"
+                | "transfer-encoding" | "connection" | "keep-alive" => {}
+                // Strings in quotes (JSON), numbers and booleans bare.
+                _ => custom.push(Header::new(name, property_value(&value))),
+            }
+        }
+        let text = |name: &str| broker.get(name).and_then(serde_json::Value::as_str);
+        let properties = [
+            (property::MESSAGE_ID, "MessageId"),
+            (property::CORRELATION_ID, "CorrelationId"),
+        ]
+        .into_iter()
+        .filter_map(|(ours, theirs)| text(theirs).map(|v| Header::text(ours, v)))
+        .collect();
+        Ok(Some(ForeignMessage {
+            payload: payload.to_vec(),
+            key: text("SessionId")
+                .or(text("PartitionKey"))
+                .map(|k| k.as_bytes().to_vec()),
+            headers: custom,
+            properties,
+        }))
+    }
+    fn foreign_type(&self, written: &Value) -> &'static str {
+        // Booleans and numbers keep their JSON type; the rest is a string.
+        match written {
+            Value::Bool(_) | Value::Int(_) | Value::Float(_) => written.type_name(),
+            _ => "text",
+        }
+    }
     async fn cut_connections(&self, outage: Duration) -> bool {
         self.proxy.cut_for(outage);
         true
+    }
+}
+
+/// A custom property as the REST API gives it: JSON when it parses as a
+/// string, a number or a boolean, else text.
+fn property_value(text: &str) -> Value {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Bool(b)) => Value::Bool(b),
+        Ok(serde_json::Value::Number(n)) => n
+            .as_i64()
+            .map_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN)), Value::Int),
+        Ok(serde_json::Value::String(s)) => Value::Text(s),
+        _ => Value::Text(text.to_owned()),
     }
 }
 

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Consumer, InputFormat, Publisher, Result};
+use causeway_core::{Capabilities, Consumer, Header, InputFormat, Publisher, Result, Value};
 use causeway_sqs::{QueueConfig, SqsClient, SqsConfig, StaticCredentials};
-use causeway_testkit::{BrokerHarness, FaultProxy, Foreign};
+use causeway_testkit::{BrokerHarness, FaultProxy, Foreign, ForeignMessage};
 
 const VAR: &str = "CAUSEWAY_SQS_ENDPOINT";
 const DEFAULT: &str = "http://127.0.0.1:4566";
@@ -156,15 +156,94 @@ impl BrokerHarness for Moto {
                 .message_group_id(message.key.unwrap_or("legacy"))
                 .message_deduplication_id("legacy-1");
         }
-        send.send().await.map_err(|e| {
-            causeway_core::Error::new(causeway_core::ErrorKind::Connection, e.to_string())
-        })?;
+        send.send().await.map_err(|e| failed(e.to_string()))?;
         Ok(true)
+    }
+    async fn read_foreign(
+        &self,
+        destination: &str,
+        timeout: Duration,
+    ) -> Result<Option<ForeignMessage>> {
+        // aws-sdk-sqs itself, as any consumer: every attribute asked for.
+        use aws_sdk_sqs::types::MessageSystemAttributeName as System;
+        use causeway_core::message::property;
+        let url = self.client.queue_url(destination).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let message = loop {
+            let out = self
+                .client
+                .sdk()
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(1)
+                .wait_time_seconds(1)
+                .message_attribute_names("All")
+                .message_system_attribute_names(System::All)
+                .send()
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if let Some(message) = out.messages.unwrap_or_default().pop() {
+                break message;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(failed(format!("nothing arrived in {timeout:?}")));
+            }
+        };
+        let mut headers = Vec::new();
+        for (name, attribute) in message.message_attributes().into_iter().flatten() {
+            let text = || attribute.string_value().unwrap_or_default().to_owned();
+            let value = match attribute.data_type().split('.').next() {
+                Some("Number") => Value::Decimal(text()),
+                Some("Binary") => Value::Bytes(
+                    attribute
+                        .binary_value()
+                        .map_or_else(Vec::new, |b| b.as_ref().to_vec())
+                        .into(),
+                ),
+                _ => Value::Text(text()),
+            };
+            headers.push(Header::new(name.as_str(), value));
+        }
+        if let Some(receipt) = message.receipt_handle() {
+            self.client
+                .sdk()
+                .delete_message()
+                .queue_url(&url)
+                .receipt_handle(receipt)
+                .send()
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        let system = message.attributes();
+        Ok(Some(ForeignMessage {
+            payload: message.body().unwrap_or_default().as_bytes().to_vec(),
+            key: system
+                .and_then(|a| a.get(&System::MessageGroupId))
+                .map(|group| group.as_bytes().to_vec()),
+            headers,
+            properties: message
+                .message_id()
+                .map(|id| Header::text(property::MESSAGE_ID, id))
+                .into_iter()
+                .collect(),
+        }))
+    }
+    fn foreign_type(&self, written: &Value) -> &'static str {
+        // `String`, `Number` and `Binary`, read as text, decimal and bytes.
+        match written {
+            Value::Bytes(_) => "bytes",
+            Value::Int(_) | Value::Float(_) | Value::Decimal(_) => "decimal",
+            Value::Text(_) | Value::Bool(_) | Value::Time(_) => "text",
+        }
     }
     async fn cut_connections(&self, outage: Duration) -> bool {
         self.proxy.cut_for(outage);
         true
     }
+}
+
+fn failed(message: String) -> causeway_core::Error {
+    causeway_core::Error::new(causeway_core::ErrorKind::Connection, message)
 }
 
 mod standard {

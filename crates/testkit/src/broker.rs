@@ -836,6 +836,86 @@ pub async fn raw_round_trip(h: &dyn BrokerHarness) {
         .expect("ack");
 }
 
+/// A raw message written by the adapter, read at the broker with its own
+/// client (rdkafka, lapin, async-nats, aws-sdk-sqs, the Service Bus REST
+/// API) as a consumer that knows nothing of causeway: the payload byte for
+/// byte, each header under its name with its bytes and the type
+/// docs/headers.md gives for this broker, the key where the broker has a
+/// place for it (else header `causeway-key`), the correlation id likewise,
+/// and nothing else added.
+pub async fn raw_is_read_by_a_foreign_consumer(h: &dyn BrokerHarness) {
+    use causeway_core::message::{KEY_HEADER, property};
+    use causeway_core::{Format, Header, Value};
+    let dest = h.destination("foreign-read").await.expect("destination");
+    let mut sent = Event::new("foreign-read-1", "test://raw", "")
+        .with_time(None)
+        .with_key("acct-7")
+        .with_payload(&br#"{"AccountId":7,"Amount":12.50}"#[..]);
+    sent.format = Format::Raw;
+    sent.native.key = Some(Bytes::from_static(b"acct-7"));
+    let booked = chrono::DateTime::from_timestamp(1_795_000_000, 0).expect("a time");
+    sent.native.headers = vec![
+        Header::text("origin", "core-banking eu-west 100%"),
+        Header::new("count", Value::Int(42)),
+        Header::new("flag", Value::Bool(true)),
+        Header::new("rate", Value::Float(0.5)),
+        Header::new("amount", Value::Decimal("12.50".into())),
+        Header::new("booked", Value::Time(booked)),
+        Header::new("tag", Value::Bytes(Bytes::from_static(b"plain-bytes"))),
+    ];
+    sent.native
+        .properties
+        .push(Header::text(property::CORRELATION_ID, "c-1"));
+    publish_all(h, &dest, std::slice::from_ref(&sent)).await;
+    let Some(read) = h.read_foreign(&dest, RECEIVE).await.expect("foreign read") else {
+        not_applicable(
+            &h.name(),
+            "raw_is_read_by_a_foreign_consumer",
+            "no foreign consumer",
+        );
+        return;
+    };
+    let name = h.name();
+    assert_eq!(read.payload, sent.payload.as_ref(), "{name}: payload");
+    let typed = |header: &Header| {
+        (
+            header.name.clone(),
+            h.foreign_type(&header.value),
+            header.value.to_bytes().into_owned(),
+        )
+    };
+    let mut expected: Vec<_> = sent.native.headers.iter().map(typed).collect();
+    match &read.key {
+        Some(k) => assert_eq!(k.as_slice(), b"acct-7", "{name}: key"),
+        None => expected.push(typed(&Header::text(KEY_HEADER, "acct-7"))),
+    }
+    match read
+        .properties
+        .iter()
+        .find(|p| p.name == property::CORRELATION_ID)
+    {
+        Some(p) => assert_eq!(p.value.to_bytes().as_ref(), b"c-1", "{name}"),
+        None => expected.push(typed(&Header::text(property::CORRELATION_ID, "c-1"))),
+    }
+    let mut got: Vec<_> = read
+        .headers
+        .iter()
+        .map(|header| {
+            (
+                header.name.clone(),
+                header.value.type_name(),
+                header.value.to_bytes().into_owned(),
+            )
+        })
+        .collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(
+        got, expected,
+        "{name}: the headers a foreign consumer reads (name, type, bytes)"
+    );
+}
+
 /// An event over the declared size fails alone, permanently, with `TooLarge`;
 /// the rest of its batch is delivered.
 pub async fn oversize_event_is_rejected_permanently(h: &dyn BrokerHarness) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use causeway_core::{
-    Capabilities, Consumer, DedupStore, EventStore, InputFormat, Publisher, Result,
+    Capabilities, Consumer, DedupStore, EventStore, Header, InputFormat, Publisher, Result, Value,
 };
 
 /// A broker under test: publishers, consumers and dead-letter access.
@@ -56,6 +56,20 @@ pub trait BrokerHarness: Send + Sync {
     /// foreign producers (in-process ones).
     async fn publish_foreign(&self, destination: &str, message: Foreign<'_>) -> Result<bool>;
 
+    /// Takes the next message from `destination` with the broker's own
+    /// client, as a consumer that knows nothing of causeway reads it,
+    /// waiting up to `timeout`; an error when none arrived. `Ok(None)`
+    /// where the backend has no foreign consumer (in-process ones).
+    async fn read_foreign(
+        &self,
+        destination: &str,
+        timeout: Duration,
+    ) -> Result<Option<ForeignMessage>>;
+
+    /// The type a foreign consumer reads for a header causeway wrote as
+    /// `written` ([`Value::type_name`]): docs/headers.md, "Writing".
+    fn foreign_type(&self, written: &Value) -> &'static str;
+
     /// Whether a foreign producer's key is kept by the broker (Kafka's
     /// record key, an SQS FIFO group), so the scenarios can expect it.
     fn foreign_keys(&self) -> bool {
@@ -89,6 +103,25 @@ pub struct Foreign<'a> {
     /// `content_type`, Service Bus `ContentType`), else a `content-type`
     /// header (Kafka, NATS) or `String` attribute (SQS).
     pub content_type: Option<&'a str>,
+}
+
+/// A message as a foreign consumer reads it with the broker's own client,
+/// each header typed by the broker's own type (the harness's mapping, not
+/// the adapter's).
+#[derive(Debug, Clone, Default)]
+pub struct ForeignMessage {
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The key, where the broker's messages have one: Kafka's record key,
+    /// an SQS FIFO group, a Service Bus session or partition key.
+    pub key: Option<Vec<u8>>,
+    /// The headers (Kafka headers, the AMQP headers table, NATS headers, SQS
+    /// message attributes, Service Bus custom properties), in order.
+    pub headers: Vec<Header>,
+    /// Properties with a place of their own, by causeway's names
+    /// (`causeway_core::message::property`): AMQP properties, Service Bus
+    /// broker properties.
+    pub properties: Vec<Header>,
 }
 
 /// An event store under test.
@@ -174,6 +207,16 @@ impl<H: BrokerHarness> BrokerHarness for Decorated<H> {
     }
     async fn publish_foreign(&self, destination: &str, message: Foreign<'_>) -> Result<bool> {
         self.inner.publish_foreign(destination, message).await
+    }
+    async fn read_foreign(
+        &self,
+        destination: &str,
+        timeout: Duration,
+    ) -> Result<Option<ForeignMessage>> {
+        self.inner.read_foreign(destination, timeout).await
+    }
+    fn foreign_type(&self, written: &Value) -> &'static str {
+        self.inner.foreign_type(written)
     }
     fn foreign_keys(&self) -> bool {
         self.inner.foreign_keys()

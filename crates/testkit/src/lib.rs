@@ -26,7 +26,9 @@ mod macros;
 mod support;
 
 pub use fault_proxy::FaultProxy;
-pub use harness::{BrokerHarness, Decorated, DedupStoreHarness, EventStoreHarness, Foreign};
+pub use harness::{
+    BrokerHarness, Decorated, DedupStoreHarness, EventStoreHarness, Foreign, ForeignMessage,
+};
 pub use support::{
     collect, events, not_applicable, receive_and_ack, receive_one_raw, reject_undecodable_ack_rest,
     unique_name,

@@ -26,6 +26,7 @@ macro_rules! broker_conformance {
             undecodable_message_is_handed_out,
             structured_cloudevent_is_read,
             raw_round_trip,
+            raw_is_read_by_a_foreign_consumer,
             oversize_event_is_rejected_permanently,
             invalid_event_is_rejected,
             reconnect_after_cut,

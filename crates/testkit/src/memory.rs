@@ -6,10 +6,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use causeway_core::memory::{ConsumerOptions, MemoryBroker, MemoryDedupStore, MemoryEventStore};
 use causeway_core::{
-    Capabilities, Consumer, DedupStore, EventStore, InputFormat, Publisher, Result,
+    Capabilities, Consumer, DedupStore, EventStore, InputFormat, Publisher, Result, Value,
 };
 
-use crate::harness::{BrokerHarness, DedupStoreHarness, EventStoreHarness, Foreign};
+use crate::harness::{
+    BrokerHarness, DedupStoreHarness, EventStoreHarness, Foreign, ForeignMessage,
+};
 
 /// Runs the broker scenarios on [`MemoryBroker`].
 #[derive(Debug, Default)]
@@ -79,6 +81,16 @@ impl BrokerHarness for MemoryBrokerHarness {
     async fn publish_foreign(&self, _destination: &str, _message: Foreign<'_>) -> Result<bool> {
         // Every message in the in-memory broker is an event.
         Ok(false)
+    }
+    async fn read_foreign(
+        &self,
+        _destination: &str,
+        _timeout: Duration,
+    ) -> Result<Option<ForeignMessage>> {
+        Ok(None)
+    }
+    fn foreign_type(&self, written: &Value) -> &'static str {
+        written.type_name()
     }
     fn can_cut(&self) -> bool {
         false
