@@ -690,6 +690,65 @@ mod servicebus_specific {
         assert_eq!(got, sent, "servicebus (REST emulator): backslashes changed");
     }
 
+    /// A message as another producer sends it (a REST batch, where custom
+    /// properties keep their JSON types, as an SDK over AMQP sets them):
+    /// properties of each type (a string, an integer, a fraction, a
+    /// boolean) and broker properties of its own. Read raw, each property
+    /// keeps its type and the broker properties are the message's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_foreign_message_keeps_typed_properties_emulator() {
+        use causeway_core::Value;
+        use causeway_core::message::property;
+        let h = Emulated::new(false).await;
+        let queue = h.destination("typed").await.expect("queue");
+        let token = h.emulator.sas_token(ROOT_POLICY).expect("token");
+        let batch = serde_json::json!([{
+            "Body": r#"{"AccountId": 7}"#,
+            "BrokerProperties": {
+                "MessageId": "m-1", "CorrelationId": "c-1",
+                "Label": "tx.created", "ReplyTo": "replies"
+            },
+            "UserProperties": {"origin": "core-banking", "count": 42, "rate": 0.5, "flag": true}
+        }]);
+        let sent = reqwest::Client::new()
+            .post(format!("{}/{queue}/messages", h.emulator.url()))
+            .header("authorization", token)
+            .header("content-type", "application/vnd.microsoft.servicebus.json")
+            .body(batch.to_string())
+            .send()
+            .await
+            .expect("raw send");
+        assert_eq!(sent.status().as_u16(), 201);
+        let e = &causeway_testkit::receive_one_raw(&h, &queue, Duration::from_secs(30)).await;
+        assert_eq!(e.payload.as_ref(), br#"{"AccountId": 7}"#);
+        for (name, value) in [
+            ("origin", Value::Text("core-banking".into())),
+            ("count", Value::Int(42)),
+            ("rate", Value::Float(0.5)),
+            ("flag", Value::Bool(true)),
+        ] {
+            assert_eq!(
+                e.native.header(name),
+                Some(&value),
+                "servicebus (REST emulator): property `{name}` of {:?}",
+                e.native.headers
+            );
+        }
+        for (name, value) in [
+            (property::MESSAGE_ID, "m-1"),
+            (property::CORRELATION_ID, "c-1"),
+            (property::TYPE, "tx.created"),
+            (property::REPLY_TO, "replies"),
+        ] {
+            assert_eq!(
+                e.native.property(name),
+                Some(&Value::Text(value.into())),
+                "servicebus (REST emulator): broker property `{name}` of {:?}",
+                e.native.properties
+            );
+        }
+    }
+
     /// Another producer's message whose body is not UTF-8 (and, as on real
     /// namespaces, a sequence number past 32 bits): the client library
     /// could not read either, so the message was never seen and ended in
