@@ -601,6 +601,85 @@ mod classic {
         }
     }
 
+    /// Messages from an AMQP producer with a header causeway has no type
+    /// for: a nested table, an array. Each is handed out undecodable (for
+    /// its route to dead-letter) with a reason naming the header, its
+    /// payload byte for byte; the event between them flows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nested_table_or_array_header_is_undecodable_alone() {
+        use lapin::types::{AMQPValue, FieldArray, FieldTable};
+        let rabbit = Rabbit::new(QueueKind::Classic).await;
+        let name = rabbit.destination("nested").await.expect("queue");
+        let mut route = FieldTable::default();
+        route.insert("hop".into(), AMQPValue::LongString("eu-west".into()));
+        let nested = [
+            ("route", AMQPValue::FieldTable(route)),
+            (
+                "hops",
+                AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongInt(1)])),
+            ),
+        ];
+        let (connection, channel) = lapin_channel().await.expect("lapin");
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        for (i, (header, value)) in nested.into_iter().enumerate() {
+            if i == 1 {
+                causeway_testkit::broker::publish_all(
+                    &rabbit,
+                    &name,
+                    &causeway_testkit::events("between", 1, 0),
+                )
+                .await;
+            }
+            let mut table = FieldTable::default();
+            table.insert("plain".into(), AMQPValue::LongString("kept".into()));
+            table.insert(header.into(), value);
+            channel
+                .basic_publish(
+                    "".into(),
+                    name.as_str().into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    header.as_bytes(),
+                    lapin::BasicProperties::default().with_headers(table),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+        }
+        let _ = connection.close(200, "done".into()).await;
+        let mut consumer = rabbit.consumer(&name, "nested").await.expect("consumer");
+        let got = causeway_testkit::collect(consumer.as_mut(), 3, Duration::from_secs(10)).await;
+        let mut undecodable: Vec<(String, String)> = got
+            .iter()
+            .filter_map(|d| {
+                let payload = String::from_utf8_lossy(&d.event.payload).into_owned();
+                d.undecodable.clone().map(|reason| (payload, reason))
+            })
+            .collect();
+        undecodable.sort();
+        assert_eq!(undecodable.len(), 2, "{got:?}");
+        for (payload, reason) in &undecodable {
+            assert!(
+                reason.contains(&format!("`{payload}`")),
+                "the reason names header `{payload}`: {reason}"
+            );
+        }
+        assert_eq!(
+            got.iter().filter(|d| d.undecodable.is_none()).count(),
+            1,
+            "the event between them"
+        );
+        causeway_core::settle_all(
+            got.into_iter()
+                .map(|d| (d.ticket, causeway_core::Settlement::Ack)),
+        )
+        .await
+        .expect("ack");
+    }
+
     async fn delete_queue(queue: &str) {
         let (connection, channel) = lapin_channel().await.expect("lapin");
         channel
