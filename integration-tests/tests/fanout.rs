@@ -8,6 +8,11 @@
 //!   cut off for 10 s; the route waits for it, dead-letters nothing, and
 //!   both catch up.
 //!
+//! - Durable mode, Kafka feeding NATS and Service Bus (the REST emulator):
+//!   the Service Bus key is rotated away for 15 s, so that sink refuses
+//!   everything (401); its leg pauses and dead-letters nothing while NATS
+//!   gets every event, and it catches up once the key is back.
+//!
 //! Either way each sink must hold every event once (after its reader's dedup).
 
 mod common;
@@ -263,4 +268,100 @@ async fn rabbit_proxy() -> FaultProxy {
         .parse()
         .expect("host:port");
     FaultProxy::start(upstream).await.expect("proxy")
+}
+
+/// A sink that refuses everything (its key rotated away: 401 on every
+/// send) is a broken sink, not bad events: in durable mode its leg pauses
+/// and dead-letters nothing, the other sink keeps its rate, and the broken
+/// one catches up when its key is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_two_sinks_one_refuses_its_key_for_15s_durable_servicebus_emulator() {
+    use causeway_servicebus_emulator::ROOT_POLICY;
+    const REFUSED: Duration = Duration::from_secs(15);
+    let what = "kafka -> service bus (REST emulator) + nats (durable), service bus key rotated away for 15 s";
+    let dir = tempfile::tempdir().expect("dir");
+    let p = causeway_testkit::unique_name("fankey");
+    let emulator = common::prepare(&p, common::Kafka, common::ServiceBus).await;
+    let mut setup =
+        common::Setup::new(dir.path(), &p, common::Kafka, common::ServiceBus, "durable")
+            .with_servicebus(&emulator);
+    setup.also_to = Some(common::Nats);
+    setup.route_extra =
+        r#"retry = { max_attempts = 2, initial_delay = "100ms", max_delay = "500ms" }
+breaker = { failures = 3, cooldown = "1s" }"#
+            .to_owned();
+    let bridge = Arc::new(Bridge::new(setup.config(&emulator)).await.expect("bridge"));
+    let mut at_sb = common::sink_reader(&bridge, common::Kafka, common::ServiceBus).await;
+    let mut at_nats = bridge
+        .endpoints
+        .consumer("nats-check")
+        .await
+        .expect("nats reader");
+    let (to_sb, to_nats) = (bridge.metrics.route("r/a"), bridge.metrics.route("r/b"));
+    let shutdown = CancellationToken::new();
+    let running = {
+        let (bridge, shutdown) = (bridge.clone(), shutdown.clone());
+        tokio::spawn(async move { bridge.run(shutdown).await })
+    };
+    let sent = causeway_testkit::events(&p, EVENTS, 10);
+    common::publish_to_source(&bridge, common::Kafka, &p, &sent[..EVENTS / 4]).await;
+    wait_for(what, Duration::from_secs(60), || {
+        to_sb.published.get() >= EVENTS as u64 / 8
+    })
+    .await;
+    let key = emulator.key(ROOT_POLICY).expect("root key");
+    assert!(emulator.set_key(ROOT_POLICY, &causeway_servicebus_emulator::random_key()));
+    let rotated_at = Instant::now();
+    let sb_at_rotation = to_sb.published.get();
+    common::publish_to_source(&bridge, common::Kafka, &p, &sent[EVENTS / 4..]).await;
+    wait_for(what, REFUSED - Duration::from_secs(2), || {
+        to_nats.published.get() >= EVENTS as u64
+    })
+    .await;
+    let nats_done = rotated_at.elapsed();
+    tokio::time::sleep(REFUSED.saturating_sub(rotated_at.elapsed())).await;
+    let (sb_during, refusals) = (
+        to_sb.published.get() - sb_at_rotation,
+        to_sb.sink_refusals.get(),
+    );
+    assert!(
+        to_sb.published.get() < EVENTS as u64,
+        "{what}: Service Bus took everything with its key rotated away"
+    );
+    assert!(refusals > 0, "{what}: no refusal counted");
+    assert_eq!(
+        to_sb.dead_lettered.get(),
+        0,
+        "{what}: dead letters while refused"
+    );
+    assert!(emulator.set_key(ROOT_POLICY, &key));
+    wait_for(what, Duration::from_secs(120), || {
+        to_sb.published.get() >= EVENTS as u64
+    })
+    .await;
+    let sb_done = rotated_at.elapsed();
+    shutdown.cancel();
+    running
+        .await
+        .expect("task")
+        .expect("bridge stopped cleanly");
+    let (wait, quiet) = (Duration::from_secs(60), Duration::from_secs(3));
+    let got_sb = common::read_through_dedup(at_sb.as_mut(), &sent, wait, quiet).await;
+    let got_nats = common::read_through_dedup(at_nats.as_mut(), &sent, wait, quiet).await;
+    at_sb.close().await.expect("close");
+    at_nats.close().await.expect("close");
+    got_sb.assert_exact(&sent, &format!("{what}, at Service Bus"));
+    got_nats.assert_exact(&sent, &format!("{what}, at NATS"));
+    for (sink, metrics) in [("service bus", &to_sb), ("nats", &to_nats)] {
+        assert_eq!(
+            metrics.dead_lettered.get(),
+            0,
+            "{what}: a refused key is not a bad event: nothing is dead-lettered at {sink}"
+        );
+    }
+    println!(
+        "{what}: NATS had all {EVENTS} {:.1} s after the rotation; Service Bus refused {refusals} sends and took {sb_during} while its key was away, and had all {EVENTS} {:.1} s after the rotation; 0 dead letters",
+        nats_done.as_secs_f64(),
+        sb_done.as_secs_f64()
+    );
 }

@@ -277,6 +277,24 @@ impl ServiceBusEmulator {
         key
     }
 
+    /// Replaces policy `name`'s key, as regenerating it in the portal does:
+    /// tokens signed with any other key are refused (401) from then on.
+    /// False when there is no such policy.
+    pub fn set_key(&self, name: &str, key: &str) -> bool {
+        let mut policies = self
+            .shared
+            .policies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match policies.get_mut(name) {
+            Some(policy) => {
+                key.clone_into(&mut policy.key);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// How many batches a partitioned entity refused for mixing partitions.
     pub fn partition_refusals(&self) -> usize {
         self.shared
