@@ -48,6 +48,7 @@ impl std::fmt::Debug for SqsConsumer {
 
 /// A received message not yet settled: what settling, extending and
 /// dead-lettering it need.
+#[derive(Clone)]
 struct InFlight {
     receipt_handle: String,
     message_id: String,
@@ -58,6 +59,9 @@ struct InFlight {
     /// When `next_batch` handed it out; `max_processing` counts from here.
     handed_out: Option<Instant>,
     visible_until: Instant,
+    /// Being settled: kept invisible, and not released by `close`, until
+    /// SQS answered the delete (or visibility change, or dead letter).
+    settling: bool,
 }
 
 struct SqsSettler {
@@ -70,6 +74,23 @@ struct SqsSettler {
     /// Acks of messages whose visibility had lapsed: see [`SqsConsumer::late_acks`].
     late_acks: AtomicU64,
     format: InputFormat,
+}
+
+/// What a settle call sends, copied out of `in_flight` under its lock.
+#[derive(Default)]
+struct Settling {
+    /// The messages being acked or rejected, held until SQS answered.
+    tags: Vec<u64>,
+    /// Receipt handles to delete.
+    acks: Vec<String>,
+    /// Receipt handles to make visible again, by delay in seconds.
+    nacks: HashMap<i32, Vec<String>>,
+    /// Messages to dead-letter, with the reason.
+    rejects: Vec<(InFlight, String)>,
+    /// Acks after the message's visibility had lapsed.
+    late: u64,
+    /// Tags not held (settled already, or unknown).
+    unknown: usize,
 }
 
 /// Receipt handles to delete, and where to report the outcome. Requests
@@ -197,8 +218,9 @@ async fn extend_loop(settler: Arc<SqsSettler>) {
             .iter()
             .filter(|(_, m)| {
                 m.visible_until.saturating_duration_since(now) <= visibility / 2
-                    && m.handed_out
-                        .is_none_or(|at| at + settler.queue.max_processing > now)
+                    && (m.settling
+                        || m.handed_out
+                            .is_none_or(|at| at + settler.queue.max_processing > now))
             })
             .map(|(tag, m)| (*tag, m.receipt_handle.clone()))
             .collect();
@@ -390,6 +412,7 @@ impl SqsSettler {
                 attempt,
                 handed_out: None,
                 visible_until: asked + self.queue.visibility_timeout,
+                settling: false,
             };
             tracked.push((tag, in_flight, decoded));
         }
@@ -515,40 +538,68 @@ impl SqsSettler {
         self.delete(vec![m.receipt_handle.clone()]).await
     }
 
-    /// Makes every message still held visible again: closing hands them back.
+    /// Makes every message still held visible again: closing hands them
+    /// back. Those being settled stay with their settlement.
     async fn release_all(&self) -> Result<()> {
         let handles: Vec<String> = self
             .in_flight
             .lock()
-            .drain()
+            .extract_if(|_, m| !m.settling)
             .map(|(_, m)| m.receipt_handle)
             .collect();
         self.change_visibility(&handles, Duration::ZERO).await
+    }
+
+    /// Marks the messages of `items` acked or rejected as being settled and
+    /// copies out what their settlements send. They stay in `in_flight`,
+    /// extended, until [`Settler::settle`] has SQS's answer: taken out
+    /// before, a message whose delete answered slowly became visible again
+    /// and was delivered twice. Nacked ones are taken out (they are to come
+    /// back). A tag unknown or already being settled is counted.
+    fn start_settling(&self, items: Vec<(u64, Settlement)>) -> Settling {
+        let now = Instant::now();
+        let mut out = Settling::default();
+        let mut held = self.in_flight.lock();
+        for (tag, settlement) in items {
+            let Some(m) = held.get_mut(&tag).filter(|m| !m.settling) else {
+                out.unknown += 1;
+                continue;
+            };
+            match settlement {
+                Settlement::Ack => {
+                    out.late += u64::from(m.visible_until <= now);
+                    out.acks.push(m.receipt_handle.clone());
+                }
+                Settlement::Nack { delay } => {
+                    // Out at once: an extension must not undo its delay.
+                    if let Some(m) = held.remove(&tag) {
+                        out.nacks
+                            .entry(seconds(delay))
+                            .or_default()
+                            .push(m.receipt_handle);
+                    }
+                    continue;
+                }
+                Settlement::Reject { reason } => out.rejects.push((m.clone(), reason)),
+            }
+            m.settling = true;
+            out.tags.push(tag);
+        }
+        out
     }
 }
 
 #[async_trait]
 impl Settler for SqsSettler {
     async fn settle(&self, items: Vec<(u64, Settlement)>) -> Result<()> {
-        let mut acks = Vec::new();
-        let mut nacks: HashMap<i32, Vec<String>> = HashMap::new();
-        let mut rejects = Vec::new();
-        let mut late = 0;
-        let now = Instant::now();
-        let (taken, unknown) = self.in_flight.take(items);
-        for (m, settlement) in taken {
-            match settlement {
-                Settlement::Ack => {
-                    late += u64::from(m.visible_until <= now);
-                    acks.push(m.receipt_handle);
-                }
-                Settlement::Nack { delay } => nacks
-                    .entry(seconds(delay))
-                    .or_default()
-                    .push(m.receipt_handle),
-                Settlement::Reject { reason } => rejects.push((m, reason)),
-            }
-        }
+        let Settling {
+            tags,
+            acks,
+            nacks,
+            rejects,
+            late,
+            unknown,
+        } = self.start_settling(items);
         if late > 0 {
             let total = self.late_acks.fetch_add(late, AtomicOrdering::Relaxed) + late;
             tracing::warn!(
@@ -572,6 +623,9 @@ impl Settler for SqsSettler {
         for (m, reason) in rejects {
             note(self.dead_letter(&m, &reason).await);
         }
+        // Settled or failed, they are no longer this consumer's to extend:
+        // a failed one comes back when its visibility lapses.
+        self.in_flight.take(tags.into_iter().map(|tag| (tag, ())));
         if let Some(e) = first_error {
             return Err(e);
         }

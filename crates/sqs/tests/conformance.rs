@@ -280,6 +280,48 @@ mod sqs_specific {
             .expect("published");
     }
 
+    /// An ack whose delete is slow to answer (held 6 s in the proxy, three
+    /// visibility timeouts) keeps its message hidden until SQS answered:
+    /// neither its consumer nor another gets it again. Before the fix the
+    /// ack took the message off the extender's list as the delete left, so
+    /// it became visible and was delivered twice (its own consumer's next
+    /// receive took it back).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_delete_keeps_its_message_hidden_moto_emulator() {
+        let h = Moto::new(false).await;
+        let sqs = client().await;
+        let name = queue_name("slow-delete", false);
+        sqs.queue_url(&name).await.expect("queue");
+        publish_one(&sqs, &name, "slow-delete").await;
+        let short = QueueConfig {
+            visibility_timeout: Duration::from_secs(2),
+            max_processing: Duration::from_secs(60),
+            ..queue_config(&name)
+        };
+        let mut holder = h.client.consumer(Some(&short)).await.expect("consumer");
+        let held = collect(&mut holder, 1, Duration::from_secs(30)).await;
+        assert_eq!(held.len(), 1, "sqs (moto emulator): nothing arrived");
+        h.proxy
+            .stall_matching(Some((b"DeleteMessageBatch", Duration::from_secs(6))));
+        let ack = tokio::spawn(async move {
+            for d in held {
+                d.ack().await.expect("ack");
+            }
+        });
+        let mut other = sqs.consumer(Some(&short)).await.expect("consumer");
+        let mut again = collect(&mut other, 1, Duration::from_secs(7)).await;
+        ack.await.expect("ack task");
+        h.proxy.stall_matching(None);
+        again.extend(collect(&mut holder, 1, Duration::from_secs(3)).await);
+        holder.close().await.expect("close");
+        other.close().await.expect("close");
+        assert!(
+            again.is_empty(),
+            "sqs (moto emulator): delivered again while its delete was on its way: {:?}",
+            again.iter().map(|d| &d.event.id).collect::<Vec<_>>()
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn visibility_extender_hides_a_message_while_it_is_processed_moto_emulator() {
         let sqs = client().await;
@@ -297,7 +339,9 @@ mod sqs_specific {
         assert_eq!(held.len(), 1, "sqs (moto emulator): nothing arrived");
         // Three visibility timeouts pass while the message is held.
         let mut other = sqs.consumer(Some(&short)).await.expect("consumer");
-        let stolen = collect(&mut other, 1, Duration::from_secs(6)).await;
+        let mut stolen = collect(&mut other, 1, Duration::from_secs(6)).await;
+        // Its own consumer's receives would take it back first.
+        stolen.extend(collect(&mut holder, 1, Duration::from_secs(1)).await);
         assert!(
             stolen.is_empty(),
             "sqs (moto emulator): a held message reappeared although its visibility was extended"

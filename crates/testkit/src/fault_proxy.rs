@@ -1,6 +1,7 @@
 //! A TCP proxy that injects faults between an adapter and its broker:
-//! latency per direction, a switch that resets every connection, and an
-//! outage during which new connections are refused. `tc netem` is not
+//! latency per direction, a stall of the requests that carry a marker, a
+//! switch that resets every connection, and an outage during which new
+//! connections are refused. `tc netem` is not
 //! available on the project's machines, so tests bring their own network.
 
 use std::io;
@@ -36,6 +37,8 @@ struct Shared {
     delay_up: AtomicU64,
     delay_down: AtomicU64,
     refusing: AtomicBool,
+    /// Client → upstream chunks holding these bytes are held this long.
+    stall: std::sync::Mutex<Option<(Vec<u8>, Duration)>>,
     /// Bumped to reset every open connection.
     cuts: watch::Sender<u64>,
     open: AtomicUsize,
@@ -51,6 +54,7 @@ impl FaultProxy {
             delay_up: AtomicU64::new(0),
             delay_down: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
+            stall: std::sync::Mutex::new(None),
             cuts: watch::channel(0).0,
             open: AtomicUsize::new(0),
         });
@@ -76,6 +80,18 @@ impl FaultProxy {
         self.shared
             .delay_down
             .store(down.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Holds each client → upstream chunk that contains `marker` (an HTTP
+    /// request naming its operation, say) for `delay`, and what follows it
+    /// on that connection; other connections pass as before. `None` ends it.
+    pub fn stall_matching(&self, stall: Option<(&[u8], Duration)>) {
+        *self
+            .shared
+            .stall
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            stall.map(|(marker, delay)| (marker.to_vec(), delay));
     }
 
     /// Resets every open connection (both sides see a TCP reset).
@@ -185,7 +201,10 @@ async fn pump(
             } else {
                 &shared.delay_down
             };
-            let due = Instant::now() + Duration::from_micros(delay.load(Ordering::Relaxed));
+            let mut due = Instant::now() + Duration::from_micros(delay.load(Ordering::Relaxed));
+            if upward {
+                due += stall_of(&shared, &buf[..n]);
+            }
             tx.send((due, Bytes::copy_from_slice(&buf[..n])))
                 .await
                 .ok()?;
@@ -193,6 +212,20 @@ async fn pump(
     };
     let (read, written) = tokio::join!(reader, writer);
     read.and(written)
+}
+
+/// How long `chunk` is held by [`FaultProxy::stall_matching`].
+fn stall_of(shared: &Shared, chunk: &[u8]) -> Duration {
+    let stall = shared
+        .stall
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &*stall {
+        Some((marker, delay)) if chunk.windows(marker.len()).any(|w| w == marker.as_slice()) => {
+            *delay
+        }
+        _ => Duration::ZERO,
+    }
 }
 
 /// A write half that resets its socket when dropped unclosed (on a cut).
