@@ -48,6 +48,7 @@ impl std::fmt::Debug for ServiceBusConsumer {
 }
 
 /// A locked message not yet settled.
+#[derive(Clone)]
 struct Held {
     /// Where the message is settled: completed (DELETE), unlocked (PUT)
     /// and renewed (POST).
@@ -64,6 +65,9 @@ struct Held {
     handed_out: Option<Instant>,
     /// Nacked with a delay: the lock is kept until then, then released.
     release_at: Option<Instant>,
+    /// Being completed or dead-lettered: its lock is renewed, and `close`
+    /// leaves it, until the service answered.
+    settling: bool,
 }
 
 struct ServiceBusSettler {
@@ -212,6 +216,7 @@ async fn lock_loop(settler: std::sync::Weak<ServiceBusSettler>) {
             );
             for (tag, m) in held.iter() {
                 let wanted = m.release_at.is_some()
+                    || m.settling
                     || (!max_processing.is_zero()
                         && match m.handed_out {
                             None => open,
@@ -361,6 +366,7 @@ impl ServiceBusSettler {
             renew_at: asked + span / 2,
             handed_out: None,
             release_at: None,
+            settling: false,
         });
         let settler: Arc<dyn Settler> = self.clone();
         let ticket = Ticket::new(settler, tag, None, attempt);
@@ -470,7 +476,12 @@ impl ServiceBusSettler {
     /// Unlocks every message still held, delayed nacks included: closing
     /// hands them back.
     async fn release_all(&self) -> Result<()> {
-        let locks: Vec<Arc<Url>> = self.held.lock().drain().map(|(_, m)| m.lock).collect();
+        let locks: Vec<Arc<Url>> = self
+            .held
+            .lock()
+            .extract_if(|_, m| !m.settling)
+            .map(|(_, m)| m.lock)
+            .collect();
         self.unlock(locks).await
     }
 }
@@ -481,32 +492,41 @@ impl Settler for ServiceBusSettler {
         let mut acks = Vec::new();
         let mut unlocks = Vec::new();
         let mut rejects = Vec::new();
+        // Completed and dead-lettered messages stay held, their locks
+        // renewed, until the service answered: taken out before, a slow
+        // completion let the lock run out and the message come back.
+        let mut settling = Vec::new();
         let mut unknown = 0;
         {
             let mut held = self.held.lock();
             let now = Instant::now();
             for (tag, settlement) in items {
                 // A delayed nack is settled already, though still held.
-                if held.get(&tag).is_none_or(|m| m.release_at.is_some()) {
+                let Some(m) = held
+                    .get_mut(&tag)
+                    .filter(|m| m.release_at.is_none() && !m.settling)
+                else {
                     unknown += 1;
                     continue;
-                }
+                };
                 match settlement {
                     Settlement::Nack { delay } if !delay.is_zero() => {
-                        if let Some(m) = held.get_mut(&tag) {
-                            m.release_at = Some(now + delay);
+                        m.release_at = Some(now + delay);
+                    }
+                    Settlement::Nack { .. } => {
+                        if let Some(m) = held.remove(&tag) {
+                            unlocks.push(m.lock);
                         }
                     }
-                    settlement => {
-                        let Some(m) = held.remove(&tag) else {
-                            unknown += 1;
-                            continue;
-                        };
-                        match settlement {
-                            Settlement::Ack => acks.push(m.lock),
-                            Settlement::Nack { .. } => unlocks.push(m.lock),
-                            Settlement::Reject { reason } => rejects.push((m, reason)),
-                        }
+                    Settlement::Ack => {
+                        m.settling = true;
+                        settling.push(tag);
+                        acks.push(m.lock.clone());
+                    }
+                    Settlement::Reject { reason } => {
+                        m.settling = true;
+                        settling.push(tag);
+                        rejects.push((m.clone(), reason));
                     }
                 }
             }
@@ -522,6 +542,8 @@ impl Settler for ServiceBusSettler {
         for (m, reason) in rejects {
             note(self.dead_letter(m, &reason).await);
         }
+        // Settled or failed: a failed one comes back when its lock runs out.
+        self.held.take(settling.into_iter().map(|tag| (tag, ())));
         if let Some(e) = first_error {
             return Err(e);
         }

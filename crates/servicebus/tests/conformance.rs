@@ -690,6 +690,48 @@ mod servicebus_specific {
         assert_eq!(got, sent, "servicebus (REST emulator): backslashes changed");
     }
 
+    /// An ack whose completion is slow to answer (held 7 s in the proxy,
+    /// past the 4 s lock) keeps its lock renewed until the service
+    /// answered: the message is not delivered again. Before the fix the
+    /// ack took the message off the renewer's list as the DELETE left, so
+    /// its lock ran out and the consumer's own receives took it back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_completion_keeps_its_lock_emulator() {
+        use causeway_core::Settlement;
+        let h = Emulated::new(false).await;
+        let queue = h.destination("slow-complete").await.expect("queue");
+        causeway_testkit::broker::publish_all(&h, &queue, &events("slow-complete", 1, 0)).await;
+        let mut holder = h
+            .client
+            .consumer(Some(&ReceiveConfig {
+                max_processing: Duration::from_secs(60),
+                ..receive_config(&queue, false)
+            }))
+            .expect("consumer");
+        let held = collect(&mut holder, 1, Duration::from_secs(30)).await;
+        assert_eq!(held.len(), 1, "servicebus (REST emulator): nothing arrived");
+        h.proxy
+            .stall_matching(Some((b"DELETE /", Duration::from_secs(7))));
+        let ack = tokio::spawn(async move {
+            let tickets = held.into_iter().map(|d| (d.ticket, Settlement::Ack));
+            causeway_core::settle_all(tickets).await
+        });
+        let mut again = collect(&mut holder, 1, Duration::from_secs(8)).await;
+        let acked = ack.await.expect("ack task");
+        h.proxy.stall_matching(None);
+        again.extend(collect(&mut holder, 1, Duration::from_secs(2)).await);
+        holder.close().await.expect("close");
+        assert!(
+            acked.is_ok(),
+            "servicebus (REST emulator): the slow completion failed: {acked:?}"
+        );
+        assert!(
+            again.is_empty(),
+            "servicebus (REST emulator): delivered again while its completion was on its way: {:?}",
+            again.iter().map(|d| &d.event.id).collect::<Vec<_>>()
+        );
+    }
+
     /// A message as another producer sends it (a REST batch, where custom
     /// properties keep their JSON types, as an SDK over AMQP sets them):
     /// properties of each type (a string, an integer, a fraction, a
