@@ -162,6 +162,64 @@ async fn a_rate_limit_holds_its_sink_back_and_loses_nothing() {
     );
 }
 
+/// Durable fan-out with retention deleting, every 10 ms, whatever is older
+/// than 1 ms: it may delete only what every sink's cursor has passed, so
+/// the slow sink (rate-limited, seconds behind the other) still gets every
+/// event, and once both passed everything the stream empties. Before the
+/// fix a sink had no cursor until its first confirmation, retention went
+/// by the fast sink's alone, and the slow one lost 50 to 70 of the 120.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_retention_waits_for_the_slowest_sink() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().expect("dir");
+    let limit = "[routes.r.sinks.all.rate_limit]\nevents_per_second = 40\nburst = 10\n";
+    let (bridge, broker) = bridge(&dir, "durable", limit).await;
+    broker
+        .publisher()
+        .publish("in", &events(120))
+        .await
+        .expect("publish");
+    let policy = causeway_core::Retention {
+        max_age: Some(Duration::from_millis(1)),
+        ..causeway_core::Retention::default()
+    };
+    let deleted = Arc::new(AtomicU64::new(0));
+    let retention = {
+        let (store, policy, deleted) = (bridge.store.clone(), policy.clone(), deleted.clone());
+        tokio::spawn(async move {
+            loop {
+                let n = store.apply_retention(&policy).await.expect("retention");
+                deleted.fetch_add(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let deleted_while_running = AtomicU64::new(0);
+    run(&bridge, &broker, |b| {
+        if b.published("all") < 120 {
+            deleted_while_running.store(deleted.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+        b.published("all") == 120 && b.published("debits") == 60
+    })
+    .await;
+    let deleted_while_running = deleted_while_running.load(Ordering::SeqCst);
+    retention.abort();
+    assert_eq!(bridge.metrics.route("r/all").published.get(), 120);
+    assert_eq!(bridge.metrics.route("r/debits").published.get(), 60);
+    assert!(
+        deleted_while_running > 0,
+        "retention deleted nothing while the slow sink was catching up"
+    );
+    bridge
+        .store
+        .apply_retention(&policy)
+        .await
+        .expect("retention");
+    let left = bridge.store.stats(Some("r")).await.expect("stats").events;
+    assert_eq!(left, 0, "both sinks passed everything: nothing to keep");
+}
+
 #[test]
 fn a_route_gives_either_one_sink_or_sinks() {
     let bad = |extra: &str| {

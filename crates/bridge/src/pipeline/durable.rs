@@ -29,6 +29,20 @@ impl Route {
         mut source: Box<dyn Consumer>,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        // Every sink's cursor exists before anything is appended: retention
+        // keeps what the slowest cursor has not passed, and a sink that had
+        // not confirmed anything yet had no cursor, so the others' alone
+        // decided and its events could be deleted before it sent them.
+        for sink in &sinks {
+            let registered = self
+                .retry_store("register the forwarder's cursor", &shutdown, || {
+                    sink.register_cursor()
+                })
+                .await;
+            if registered.is_none() {
+                return Ok(());
+            }
+        }
         // Cancelled with `shutdown`, or alone when one forwarder is gone.
         let forwarding = shutdown.child_token();
         let forwarders: Vec<_> = sinks
@@ -98,6 +112,22 @@ impl Route {
                 let _ = settle_all(tickets.into_iter().map(|t| (t, again.clone()))).await;
             }
         }
+    }
+
+    /// Creates this sink's cursor at the stream's start if it has none
+    /// (the position a new sink starts from anyway).
+    async fn register_cursor(&self) -> causeway_core::Result<()> {
+        if self
+            .store
+            .cursor(&self.stream, &self.forwarder)
+            .await?
+            .is_none()
+        {
+            self.store
+                .set_cursor(&self.stream, &self.forwarder, 0)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Drains the store to the sink. With a shared store, only the instance
