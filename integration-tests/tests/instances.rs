@@ -6,6 +6,10 @@
 //! may be lost, nothing may pass the sink-side dedup twice, and the zombie
 //! must find itself fenced and stand down (its `causeway_fenced` counter).
 //!
+//! The same with the route fanning out to RabbitMQ and NATS JetStream in
+//! durable mode: each sink's forwarder has its own lease, and each sink
+//! must hold every event once.
+//!
 //! The sink is reached through a fault proxy adding 100 ms each way, so
 //! that every instance always has publishes in flight: the pause and the
 //! kill land while claims are held, not between batches.
@@ -57,8 +61,11 @@ async fn busiest(instances: &[Option<BridgeProcess>]) -> usize {
     best.0
 }
 
-async fn three_instances(mode: &'static str) {
-    let what = format!("nats -> rabbit ({mode}), three instances on PostgreSQL");
+/// `fan_out`: the route feeds NATS JetStream as well (its sink `b`), each
+/// sink with its own forwarder lease in durable mode.
+async fn three_instances(mode: &'static str, fan_out: bool) {
+    let sinks = if fan_out { "rabbit + nats" } else { "rabbit" };
+    let what = format!("nats -> {sinks} ({mode}), three instances on PostgreSQL");
     let dir = tempfile::tempdir().expect("dir");
     let prefix = causeway_testkit::unique_name("many");
     let emulator = common::prepare(&prefix, Nats, Rabbit).await;
@@ -81,12 +88,27 @@ async fn three_instances(mode: &'static str) {
     );
     proxy.set_latency(Duration::from_millis(100), Duration::from_millis(100));
     setup.route.rabbit = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    if fan_out {
+        setup.also_to = Some(Nats);
+    }
+    // Events published by all instances when every sink has everything.
+    let total = EVENTS as u64 * if fan_out { 2 } else { 1 };
 
     // The helper reads the sink and feeds the source, on a store of its own.
     let mut own = setup.clone();
     own.store = format!("sqlite = \"{}/helper.db\"", dir.path().display());
     let helper = Bridge::new(own.config(&emulator)).await.expect("bridge");
     let mut sink = common::sink_reader(&helper, Nats, Rabbit).await;
+    let mut second_sink = match fan_out {
+        true => Some(
+            helper
+                .endpoints
+                .consumer("nats-check")
+                .await
+                .expect("nats sink reader"),
+        ),
+        false => None,
+    };
     let sent = causeway_testkit::events(&prefix, EVENTS, 20);
 
     let mut instances = Vec::new();
@@ -112,7 +134,7 @@ async fn three_instances(mode: &'static str) {
         })
     };
 
-    wait_published(&instances, 0, EVENTS as u64 / 6).await;
+    wait_published(&instances, 0, total / 6).await;
     let killed = if mode == "durable" {
         busiest(&instances).await
     } else {
@@ -123,7 +145,7 @@ async fn three_instances(mode: &'static str) {
     process.kill_9().await;
     println!("{what}: killed instance {killed} (it had published {dead})");
 
-    wait_published(&instances, dead, EVENTS as u64 / 3).await;
+    wait_published(&instances, dead, total / 3).await;
     let zombie = busiest(&instances).await;
     let fenced_before = instances[zombie]
         .as_ref()
@@ -144,6 +166,20 @@ async fn three_instances(mode: &'static str) {
     )
     .await;
     sink.close().await.expect("close the sink reader");
+    let second = match second_sink.as_mut() {
+        Some(reader) => {
+            let tally = common::read_through_dedup(
+                reader.as_mut(),
+                &sent,
+                Duration::from_secs(180),
+                Duration::from_secs(5),
+            )
+            .await;
+            reader.close().await.expect("close the sink reader");
+            Some(tally)
+        }
+        None => None,
+    };
     let zombie_process = instances[zombie].as_ref().expect("running");
     let fenced = zombie_process.metric("fenced").await - fenced_before;
     let log = zombie_process.log_text();
@@ -155,15 +191,23 @@ async fn three_instances(mode: &'static str) {
         fenced > 0,
         "{what}: the paused instance was not fenced; its log:\n{log}"
     );
-    tally.assert_exact(&sent, &what);
+    tally.assert_exact(&sent, &format!("{what}, at RabbitMQ"));
+    if let Some(second) = second {
+        second.assert_exact(&sent, &format!("{what}, at NATS"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_to_rabbitmq_three_instances_one_killed_one_zombie_direct() {
-    three_instances("direct").await;
+    three_instances("direct", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_to_rabbitmq_three_instances_one_killed_one_zombie_durable() {
-    three_instances("durable").await;
+    three_instances("durable", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_to_rabbitmq_and_nats_three_instances_one_killed_one_zombie_durable() {
+    three_instances("durable", true).await;
 }

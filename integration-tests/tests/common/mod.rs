@@ -719,7 +719,8 @@ impl BridgeProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// A counter or gauge of route `r`, e.g. `events_published`.
+    /// A counter or gauge of route `r`, e.g. `events_published`, summed over
+    /// its sinks `r/<sink>` when it has several.
     pub async fn metric(&self, name: &str) -> u64 {
         let Ok(text) = reqwest::get(&self.metrics)
             .await
@@ -728,13 +729,18 @@ impl BridgeProcess {
             return 0;
         };
         let text = text.text().await.unwrap_or_default();
-        let prefix = format!("causeway_{name}");
+        let (plain, total) = (format!("causeway_{name}"), format!("causeway_{name}_total"));
+        // Route `r`, or the sum over its sinks `r/<sink>`.
         text.lines()
-            .filter(|l| l.starts_with(&prefix) && l.contains("route=\"r\""))
+            .filter(|l| {
+                l.split_once('{').is_some_and(|(metric, labels)| {
+                    (metric == plain || metric == total)
+                        && (labels.contains("route=\"r\"") || labels.contains("route=\"r/"))
+                })
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .map(|v| v as u64)
-            .next()
-            .unwrap_or(0)
+            .sum()
     }
 
     /// Waits until the process published at least `n` events.
