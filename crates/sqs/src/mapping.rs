@@ -128,12 +128,16 @@ fn encode_native(
         headers.insert(0, std::borrow::Cow::Owned(Header::text(KEY_HEADER, key)));
     }
     // A repeated name is folded whole, so its values keep their order.
-    let repeated = |name: &str| headers.iter().filter(|h| h.name == name).count() > 1;
+    // Counted once: a message can bring tens of thousands of headers.
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(headers.len());
+    for h in &headers {
+        *seen.entry(h.name.as_str()).or_default() += 1;
+    }
     for header in &headers {
-        let own = valid_name(&header.name)
-            && !repeated(&header.name)
-            && !attributes.contains_key(&header.name)
-            && attributes.len() + 1 < MAX_ATTRIBUTES;
+        let own = attributes.len() + 1 < MAX_ATTRIBUTES
+            && valid_name(&header.name)
+            && seen.get(header.name.as_str()) == Some(&1)
+            && !attributes.contains_key(&header.name);
         match attribute_of(&header.value) {
             Some(value) if own => {
                 attributes.insert(header.name.clone(), value);
