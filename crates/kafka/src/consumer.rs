@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
@@ -588,30 +588,24 @@ impl KafkaConsumer {
     /// CloudEvent) is handed out as undecodable, with a stand-in event,
     /// through the same per-key order and offset tracking: its consumer
     /// dead-letters it, and only its ack commits it.
-    fn arrive(&self, message: OwnedMessage, out: &mut Vec<Delivery>) {
-        let (headers, bad_header) = read_headers(&message);
+    fn arrive<M: Message>(&self, message: &M, out: &mut Vec<Delivery>) {
+        // Read from librdkafka's buffer: the payload, the key and each
+        // header are copied once, into the event.
+        let (headers, bad_header) = read_headers(message);
         let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+        let topic = message.topic();
         let decoded = match bad_header {
             Some(reason) => Err(reason),
             None => {
                 let incoming = Incoming {
-                    origin: format!("kafka://{}", message.topic()),
-                    headers: headers
-                        .iter()
-                        .map(|(n, v)| {
-                            Header::new(
-                                String::from_utf8_lossy(n),
-                                Value::Bytes(Bytes::copy_from_slice(v)),
-                            )
-                        })
-                        .collect(),
+                    origin: format!("kafka://{topic}"),
+                    headers,
                     properties: Vec::new(),
                     key: message.key().map(Bytes::copy_from_slice),
                     derived_key: false,
                     content_type: None,
                     position: Some(format!(
-                        "{}/{}/{}",
-                        message.topic(),
+                        "{topic}/{}/{}",
                         message.partition(),
                         message.offset()
                     )),
@@ -625,13 +619,18 @@ impl KafkaConsumer {
         let (event, undecodable) = match decoded {
             Ok(event) => (event, None),
             Err(reason) => {
-                tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %reason, "a record that is not an event: handed on as undecodable");
+                tracing::warn!(topic, partition = message.partition(), offset = message.offset(), %reason, "a record that is not an event: handed on as undecodable");
+                // Rare: the headers are read again for the stand-in.
+                let (headers, _) = read_headers(message);
                 let stand_in = dead_letter::stand_in(
-                    &format!("kafka://{}", message.topic()),
+                    &format!("kafka://{topic}"),
                     &format!("{}@{}", message.partition(), message.offset()),
                     payload,
                     message.key(),
-                    headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+                    headers.iter().filter_map(|h| match &h.value {
+                        Value::Bytes(b) => Some((h.name.as_bytes(), b.as_ref())),
+                        _ => None,
+                    }),
                 );
                 (stand_in, Some(reason))
             }
@@ -639,7 +638,7 @@ impl KafkaConsumer {
         let held = Held {
             event,
             undecodable,
-            topic: message.topic().to_owned(),
+            topic: topic.to_owned(),
             partition: message.partition(),
             offset: message.offset(),
             attempt: 1,
@@ -678,19 +677,25 @@ impl Consumer for KafkaConsumer {
             let received = if out.is_empty() {
                 let until = next_retry.map_or(deadline, |r| r.min(deadline));
                 match tokio::time::timeout_at(until, consumer.recv()).await {
-                    Ok(r) => Some(r.map(|m| m.detach())),
+                    Ok(r) => Some(r),
                     Err(_) if Instant::now() >= deadline => break,
                     Err(_) => continue, // a retry is due
                 }
             } else {
-                consumer
-                    .recv()
-                    .now_or_never()
-                    .map(|r| r.map(|m| m.detach()))
+                consumer.recv().now_or_never()
             };
-            match received {
-                Some(Ok(message)) => self.arrive(message, &mut out),
-                Some(Err(e)) => {
+            // The borrowed message is read and dropped here, before any await.
+            let failed = match received {
+                Some(Ok(message)) => {
+                    self.arrive(&message, &mut out);
+                    None
+                }
+                Some(Err(e)) => Some(e),
+                None => break,
+            };
+            match failed {
+                None => {}
+                Some(e) => {
                     let e = Error::kafka("receive", e);
                     if e.status() == causeway_core::Status::Permanent {
                         return Err(e.into());
@@ -701,7 +706,6 @@ impl Consumer for KafkaConsumer {
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                None => break,
             }
         }
         Ok(out)
@@ -716,14 +720,12 @@ impl Consumer for KafkaConsumer {
     }
 }
 
-/// A record header's name and value, as bytes.
-type RawHeader = (Vec<u8>, Vec<u8>);
-
-/// A record's headers as bytes, and a reason if one cannot be read.
-/// rdkafka panics (unwrap on a `Utf8Error`) on a header name that is not
-/// UTF-8, before the caller can refuse it; that panic is caught here, per
-/// header, so one such record fails alone instead of the consumer task.
-fn read_headers(message: &OwnedMessage) -> (Vec<RawHeader>, Option<String>) {
+/// A record's headers, each value copied once as bytes, and a reason if
+/// one cannot be read. rdkafka panics (unwrap on a `Utf8Error`) on a header
+/// name that is not UTF-8, before the caller can refuse it; that panic is
+/// caught here, per header, so one such record fails alone instead of the
+/// consumer task.
+fn read_headers<M: Message>(message: &M) -> (Vec<Header>, Option<String>) {
     let Some(headers) = message.headers() else {
         return (Vec::new(), None);
     };
@@ -731,13 +733,14 @@ fn read_headers(message: &OwnedMessage) -> (Vec<RawHeader>, Option<String>) {
     let mut bad = None;
     for idx in 0..headers.count() {
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            headers
-                .try_get(idx)
-                .map(|h| (h.key.as_bytes().to_vec(), h.value.map(<[u8]>::to_vec)))
+            headers.try_get(idx).and_then(|h| {
+                let value = Value::Bytes(Bytes::copy_from_slice(h.value?));
+                Some(Header::new(h.key, value))
+            })
         }));
         match read {
-            Ok(Some((name, Some(value)))) => out.push((name, value)),
-            Ok(Some((_, None)) | None) => {}
+            Ok(Some(header)) => out.push(header),
+            Ok(None) => {}
             Err(_) => {
                 bad.get_or_insert_with(|| format!("header {idx}: its name is not UTF-8"));
             }
