@@ -59,8 +59,8 @@ struct InFlight {
     /// When `next_batch` handed it out; `max_processing` counts from here.
     handed_out: Option<Instant>,
     visible_until: Instant,
-    /// Being settled: kept invisible, and not released by `close`, until
-    /// SQS answered the delete (or visibility change, or dead letter).
+    /// Being acked or dead-lettered: kept invisible, and not released by
+    /// `close`, until SQS answered the delete (or the dead-letter copy).
     settling: bool,
 }
 

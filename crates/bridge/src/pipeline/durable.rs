@@ -115,19 +115,12 @@ impl Route {
     }
 
     /// Creates this sink's cursor at the stream's start if it has none
-    /// (the position a new sink starts from anyway).
+    /// (the position a new sink starts from anyway). A cursor never moves
+    /// back, so an existing one, another instance's included, stays put.
     async fn register_cursor(&self) -> causeway_core::Result<()> {
-        if self
-            .store
-            .cursor(&self.stream, &self.forwarder)
-            .await?
-            .is_none()
-        {
-            self.store
-                .set_cursor(&self.stream, &self.forwarder, 0)
-                .await?;
-        }
-        Ok(())
+        self.store
+            .set_cursor(&self.stream, &self.forwarder, 0)
+            .await
     }
 
     /// Drains the store to the sink. With a shared store, only the instance
