@@ -122,6 +122,10 @@ pub struct StoreConfig {
     /// PostgreSQL (feature `postgres`): `{ url = "...", schema = "causeway" }`.
     #[serde(default)]
     pub postgres: Option<PostgresStoreConfig>,
+    /// SQLite's page cache in MiB, all its connections together: what the
+    /// store (a growing dedup table included) may hold in memory.
+    #[serde(default = "default_sqlite_cache_mib")]
+    pub sqlite_cache_mib: u64,
     /// Window in which a re-sent event id is recognised by the store.
     #[serde(default = "default_dedup_window", with = "humantime_serde")]
     pub dedup_window: Duration,
@@ -174,10 +178,15 @@ impl Default for StoreConfig {
         StoreConfig {
             sqlite: None,
             postgres: None,
+            sqlite_cache_mib: default_sqlite_cache_mib(),
             dedup_window: default_dedup_window(),
             retention: None,
         }
     }
+}
+
+fn default_sqlite_cache_mib() -> u64 {
+    16
 }
 
 fn default_dedup_window() -> Duration {

@@ -26,6 +26,12 @@ pub struct SqliteOptions {
     pub max_commands_per_transaction: usize,
     /// Read-only connections kept for reads.
     pub readers: usize,
+    /// SQLite's page cache, in bytes, for all connections together: half
+    /// for the writer (dedup claims and appends look up its indexes), the
+    /// rest split between the readers. Pages beyond it are read again from
+    /// the file (the kernel's cache, not this process's memory), so this is
+    /// what a growing dedup table may cost in resident memory.
+    pub cache_bytes: u64,
 }
 
 impl Default for SqliteOptions {
@@ -35,9 +41,25 @@ impl Default for SqliteOptions {
             purge_interval: Duration::from_secs(60),
             max_commands_per_transaction: 1024,
             readers: 4,
+            cache_bytes: 16 << 20,
         }
     }
 }
+
+impl SqliteOptions {
+    /// The writer's page cache in KiB: half of the budget.
+    fn writer_cache_kib(&self) -> u64 {
+        (self.cache_bytes / 2 / 1024).max(MIN_CACHE_KIB)
+    }
+
+    /// Each reader's page cache in KiB: the other half, split.
+    fn reader_cache_kib(&self) -> u64 {
+        (self.cache_bytes / 2 / 1024 / self.readers.max(1) as u64).max(MIN_CACHE_KIB)
+    }
+}
+
+/// Below this a connection re-reads its B-tree's inner pages at every lookup.
+const MIN_CACHE_KIB: u64 = 256;
 
 /// An [`EventStore`] and [`DedupStore`] in one SQLite file. Cheap to clone;
 /// the writer thread stops when the last clone is dropped, after finishing
@@ -53,11 +75,13 @@ struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     keep: usize,
+    cache_kib: u64,
 }
 
-fn configure(conn: &Connection) -> Result<(), Error> {
+fn configure(conn: &Connection, cache_kib: u64) -> Result<(), Error> {
     conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "cache_size", -65536)?; // 64 MiB
+    // Negative: a size in KiB rather than in pages.
+    conn.pragma_update(None, "cache_size", -(cache_kib as i64))?;
     conn.pragma_update(None, "temp_store", "memory")?;
     Ok(())
 }
@@ -67,7 +91,7 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore, Error> {
         let path = path.as_ref().to_path_buf();
         let mut conn = Connection::open(&path)?;
-        configure(&conn)?;
+        configure(&conn, options.writer_cache_kib())?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: every commit is fsynced before the writer answers.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -89,6 +113,7 @@ impl SqliteStore {
                 path,
                 idle: Mutex::new(Vec::new()),
                 keep: options.readers.max(1),
+                cache_kib: options.reader_cache_kib(),
             }),
         })
     }
@@ -118,7 +143,7 @@ impl SqliteStore {
                         &readers.path,
                         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                     )?;
-                    configure(&c)?;
+                    configure(&c, readers.cache_kib)?;
                     c
                 }
             };

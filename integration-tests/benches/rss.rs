@@ -1,0 +1,228 @@
+//! Memory of one `causeway run` process at a steady 20,000 events/s: a
+//! generator (1 KiB payloads, 1,000 keys) → NATS JetStream, direct mode.
+//!
+//! Two cases, one after the other in the same run: the route without dedup
+//! (the baseline: everything but the dedup store) and with SQLite dedup
+//! (the defaults). For each it samples the process's resident memory every
+//! second and prints the peak (`VmHWM`), the resident memory when warm-up
+//! ends (a quarter of the run), at the end, and how many events it
+//! published, so that a rate the process could not hold is seen.
+//!
+//! Not criterion: a sample is minutes long. `cargo xtask bench rss` runs
+//! each case for 10 minutes (the issue's measure); `-- --seconds 60` a
+//! shorter look. Needs NATS from `cargo xtask services up`.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RATE: u64 = 20_000;
+
+struct Case {
+    name: &'static str,
+    route: &'static str,
+}
+
+const CASES: [Case; 2] = [
+    Case {
+        name: "direct, no dedup (baseline)",
+        route: "dedup = false",
+    },
+    Case {
+        name: "direct, SQLite dedup (defaults)",
+        route: "",
+    },
+];
+
+/// What one case measured.
+struct Measured {
+    peak_kib: u64,
+    warm_kib: u64,
+    end_kib: u64,
+    published: u64,
+    seconds: f64,
+}
+
+fn main() {
+    let seconds = seconds_from_args();
+    let nats = std::env::var("CAUSEWAY_NATS_URL").unwrap_or_else(|_| {
+        panic!("CAUSEWAY_NATS_URL is not set: start NATS with `cargo xtask services up` (or run `cargo xtask bench rss`)")
+    });
+    let binary = env!("CARGO_BIN_EXE_causeway-under-test");
+    println!(
+        "rss: one `causeway run`, generator at {RATE}/s → NATS, {seconds} s per case, RSS sampled every second"
+    );
+    let mut rows = Vec::new();
+    for (i, case) in CASES.iter().enumerate() {
+        let m = run_case(binary, &nats, case, i, seconds);
+        println!(
+            "rss/{}: peak {:.1} MiB, at warm-up end {:.1} MiB, at end {:.1} MiB, {} events in {:.0} s ({:.0}/s)",
+            case.name,
+            mib(m.peak_kib),
+            mib(m.warm_kib),
+            mib(m.end_kib),
+            m.published,
+            m.seconds,
+            m.published as f64 / m.seconds
+        );
+        rows.push((case.name, m));
+    }
+    println!("\n| case | events/s | peak RSS | RSS after warm-up | RSS at end |");
+    println!("|---|---|---|---|---|");
+    for (name, m) in rows {
+        println!(
+            "| {name} | {:.1}k | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            m.published as f64 / m.seconds / 1000.0,
+            mib(m.peak_kib),
+            mib(m.warm_kib),
+            mib(m.end_kib)
+        );
+    }
+}
+
+/// `--seconds N` among the arguments cargo passes (it adds `--bench`).
+fn seconds_from_args() -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.parse().expect("--seconds takes a whole number"))
+        .unwrap_or(600)
+}
+
+fn run_case(binary: &str, nats: &str, case: &Case, index: usize, seconds: u64) -> Measured {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    );
+    // A stream of its own per case and run; it keeps 30 s, so the server's
+    // disk use stays bounded over a long run.
+    let stream = format!("rss-{}-{index}", std::process::id());
+    let config = format!(
+        r#"[store]
+sqlite = "{store}"
+
+[metrics]
+listen = "{listen}"
+summary_every = "60s"
+
+[endpoints.gen.generator]
+rate = {RATE}
+keys = 1000
+payload_bytes = 1024
+
+[endpoints.nats.nats]
+url = "{nats}"
+stream = {{ name = "{stream}", subjects = ["{stream}.out"], max_age = "30s", duplicate_window = "10s" }}
+
+[routes.r]
+source = "gen"
+sink = "nats"
+destination = "{stream}.out"
+mode = "direct"
+{route}
+"#,
+        store = dir.path().join("store.db").display(),
+        route = case.route,
+    );
+    let path = dir.path().join("rss.toml");
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(config.as_bytes()))
+        .expect("write config");
+    let log = std::fs::File::create(dir.path().join("causeway.log")).expect("log file");
+    let mut child = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("CAUSEWAY_LOG", "warn")
+        .stdout(Stdio::from(log.try_clone().expect("log file")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start causeway");
+    let metrics = format!("http://{listen}/metrics");
+    let started = Instant::now();
+    let warm_at = Duration::from_secs(seconds / 4);
+    let mut warm_kib = 0;
+    let mut end_kib = 0;
+    let mut ticks = 0;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(Duration::from_secs(1));
+        ticks += 1;
+        let Some(rss) = status_kib(&child, "VmRSS") else {
+            let log = std::fs::read_to_string(dir.path().join("causeway.log")).unwrap_or_default();
+            panic!("causeway stopped during the run; log:\n{log}");
+        };
+        end_kib = rss;
+        if warm_kib == 0 && started.elapsed() >= warm_at {
+            warm_kib = rss;
+        }
+        if ticks % 60 == 0 {
+            println!(
+                "  {:>4} s: RSS {:.1} MiB, published {}",
+                ticks,
+                mib(rss),
+                published(&metrics)
+            );
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let published = published(&metrics);
+    let peak_kib = status_kib(&child, "VmHWM").unwrap_or_default();
+    stop(&mut child);
+    Measured {
+        peak_kib,
+        warm_kib,
+        end_kib,
+        published,
+        seconds: elapsed,
+    }
+}
+
+/// A `kB` line of /proc/<pid>/status, e.g. `VmRSS`.
+fn status_kib(child: &Child, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `causeway_events_published_total` of route `r`, from `/metrics`.
+fn published(metrics: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let text = rt.block_on(async {
+        match reqwest::get(metrics).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    });
+    text.lines()
+        .filter(|l| l.starts_with("causeway_events_published_total{") && l.contains("route=\"r\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// SIGTERM, then a wait: the run ends as an operator would end it.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
