@@ -293,7 +293,9 @@ pub struct RouteConfig {
     /// Key shards publishing in parallel (direct mode): same key, same shard, source order.
     #[serde(default = "default_shards")]
     pub shards: usize,
-    /// Batches queued per shard: the in-flight window is `shards × in_flight`.
+    /// Batches queued per shard, and calls a shard has at the sink at once
+    /// (each for keys with nothing else unconfirmed): the in-flight window
+    /// is `shards × in_flight`.
     #[serde(default = "default_in_flight")]
     pub in_flight: usize,
     /// How long a claim lasts unrenewed: an instance's claim on an event

@@ -911,3 +911,96 @@ async fn events_refused_once_keep_their_keys_order_at_the_sink() {
     let got = drain_sink(&broker, 300).await;
     assert_order_per_key(&got);
 }
+
+/// A slow sink that watches its calls: how many ran at once, and whether a
+/// key ever had events in two calls at once. It refuses chosen events once.
+struct Overlapping {
+    inner: Arc<dyn Publisher>,
+    delay: Duration,
+    refuse_once: std::sync::Mutex<HashSet<String>>,
+    /// Keys in running calls, one entry per call holding them.
+    running: std::sync::Mutex<Vec<HashSet<String>>>,
+    most_at_once: std::sync::atomic::AtomicUsize,
+    key_in_two_calls: AtomicBool,
+}
+
+#[async_trait]
+impl Publisher for Overlapping {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        let keys: HashSet<String> = events.iter().filter_map(|e| e.key.clone()).collect();
+        {
+            let mut running = self.running.lock().expect("lock");
+            if running.iter().any(|other| !other.is_disjoint(&keys)) {
+                self.key_in_two_calls.store(true, Ordering::SeqCst);
+            }
+            running.push(keys.clone());
+            self.most_at_once.fetch_max(running.len(), Ordering::SeqCst);
+        }
+        tokio::time::sleep(self.delay).await;
+        let mut out = Vec::new();
+        for e in events {
+            let refuse = self.refuse_once.lock().expect("lock").remove(&e.id);
+            out.push(if refuse {
+                Err(Error::temporary(ErrorKind::Unavailable, "refused once"))
+            } else {
+                self.inner
+                    .publish(destination, std::slice::from_ref(e))
+                    .await?
+                    .remove(0)
+            });
+        }
+        let mut running = self.running.lock().expect("lock");
+        if let Some(i) = running.iter().position(|k| *k == keys) {
+            running.remove(i);
+        }
+        Ok(out)
+    }
+}
+
+/// Across clouds a shard must not wait for one call's round trip before
+/// the next: with one shard and `in_flight = 4`, calls of different keys
+/// overlap, while a key never has events in two calls at once, so events
+/// refused once still reach the sink in their key's order. Before, a shard
+/// sent one call at a time (at most one call at once here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shards_calls_overlap_across_keys_and_never_within_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, broker) = bridge(&dir, "direct").await;
+    let base = bridge.route("r").await.expect("route");
+    let mut config = base.config.clone();
+    config.shards = 1;
+    config.in_flight = 4;
+    config.batch_size = 20;
+    let sent = causeway_testkit::events("ov", 400, 40);
+    let refused: HashSet<String> = sent.iter().step_by(9).map(|e| e.id.clone()).collect();
+    let sink = Arc::new(Overlapping {
+        inner: bridge.endpoints.publisher("dst").await.expect("sink"),
+        delay: Duration::from_millis(30),
+        refuse_once: std::sync::Mutex::new(refused),
+        running: std::sync::Mutex::new(Vec::new()),
+        most_at_once: std::sync::atomic::AtomicUsize::new(0),
+        key_in_two_calls: AtomicBool::new(false),
+    });
+    let route = Arc::new(Route {
+        config,
+        sink: sink.clone(),
+        ..parts_of(&base)
+    });
+    publish(&broker, &sent).await;
+    run_until(&bridge, &broker, route, at_sink, 400).await;
+    let got = drain_sink(&broker, 400).await;
+    assert_order_per_key(&got);
+    assert!(
+        !sink.key_in_two_calls.load(Ordering::SeqCst),
+        "a key had events in two calls at once"
+    );
+    let most = sink.most_at_once.load(Ordering::SeqCst);
+    assert!(
+        most > 1,
+        "the shard's calls never overlapped (at most {most} at once)"
+    );
+    println!("calls at once, at most: {most}");
+}

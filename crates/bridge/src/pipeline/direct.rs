@@ -3,17 +3,20 @@
 //! The source is acked only after the sink confirmed. Events are split
 //! into key shards: same key, same shard, so source order holds per key
 //! while different keys publish in parallel; each shard keeps up to
-//! `in_flight` batches queued. A shard that cannot publish keeps retrying
+//! `in_flight` batches queued and as many calls at the sink, a key in one
+//! call at a time (`Waiting`). A shard that cannot publish keeps retrying
 //! (with the breaker failing fast) rather than skipping an event, so order
 //! holds and the window fills up: the source stops being read, and nothing
 //! is acked that the sink has not confirmed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use causeway_core::{Claim, ClaimToken, Consumer, Delivery, Event, Settlement, Ticket, settle_all};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -163,42 +166,87 @@ impl Route {
         out
     }
 
-    /// A key shard: publishes its batches in order, retrying what failed
-    /// temporarily until it is confirmed or the bridge shuts down.
+    /// A key shard. Its events wait in arrival order; a call to the sink
+    /// takes every waiting event whose key has nothing unconfirmed (waves
+    /// keep the order of a key's events within the call), and up to
+    /// `in_flight` calls run at once. So a key never has an event at the
+    /// sink while an earlier one is unconfirmed — a sink that fails k:1
+    /// and takes k:2 cannot reorder the key — while the shard's other keys
+    /// do not wait for its round trip: across clouds, calls overlap.
+    /// What failed waits a pause and goes again, ahead of its key's later
+    /// events, until it is confirmed or the bridge shuts down.
     async fn shard(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>, shutdown: CancellationToken) {
-        while let Some(Queued {
-            items,
-            mut claimed_at,
-        }) = rx.recv().await
-        {
-            let mut pending = Pending::new(items);
-            loop {
+        let mut waiting = Waiting::default();
+        let mut calls = FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            // Keep about a batch waiting beyond those being sent: the rest
+            // stays in the queue, whose bound is the source's backpressure.
+            while open && waiting.len() < self.config.batch_size {
+                match rx.try_recv() {
+                    Ok(queued) => waiting.add(queued),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            while calls.len() < self.config.in_flight {
+                let Some(mut call) = waiting.next_call(self.config.batch_size) else {
+                    break;
+                };
                 // Queued, retrying or paused past half the lease: renew
                 // before publishing, and stand down where another took over.
-                if claimed_at.elapsed() >= self.config.claim_lease / 2 {
-                    claimed_at = Instant::now();
-                    pending = self.renew(pending, &shutdown).await;
-                    if pending.events.is_empty() {
-                        break;
+                if call
+                    .oldest_claim()
+                    .is_some_and(|at| at.elapsed() >= self.config.claim_lease / 2)
+                {
+                    call = self.renew(call, &shutdown).await;
+                    if call.events.is_empty() {
+                        continue;
                     }
                 }
-                let (fates, renewed) = self
-                    .forward_leased(&pending.events, &pending.claims())
-                    .await;
-                claimed_at = renewed.unwrap_or(claimed_at);
-                let (done, again) = pending.sort(fates);
-                self.finish(done).await;
-                if again.events.is_empty() {
-                    break;
-                }
-                if shutdown.is_cancelled() {
-                    // Not confirmed: hand back to the source, release the claims.
-                    self.give_back(again.held).await;
-                    break;
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
-                pending = again;
+                waiting.start(&call);
+                calls.push(self.call(call));
             }
+            if !open && waiting.is_empty() && calls.is_empty() {
+                break;
+            }
+            let retry_at = waiting
+                .next_retry()
+                .filter(|_| calls.len() < self.config.in_flight);
+            tokio::select! {
+                Some(again) = calls.next(), if !calls.is_empty() => {
+                    waiting.end(&again.sent_keys);
+                    if shutdown.is_cancelled() {
+                        // Not confirmed: hand back to the source, release the claims.
+                        self.give_back(again.pending.held).await;
+                    } else {
+                        waiting.retry(again.pending, Instant::now() + RETRY_PAUSE);
+                    }
+                }
+                queued = rx.recv(), if open && waiting.len() < self.config.batch_size => match queued {
+                    Some(queued) => waiting.add(queued),
+                    None => open = false,
+                },
+                () = sleep_until(retry_at), if retry_at.is_some() => {}
+            }
+        }
+    }
+
+    /// One call to the sink: publishes, finishes what is done (commit,
+    /// ack) and returns what is to be tried again.
+    async fn call(&self, pending: Pending) -> Again {
+        let sent_keys = pending.keys();
+        let (fates, renewed) = self
+            .forward_leased(&pending.events, &pending.claims())
+            .await;
+        let (done, mut again) = pending.sort(fates);
+        if let Some(at) = renewed {
+            again.held.iter_mut().for_each(|h| h.claimed_at = at);
+        }
+        self.finish(done).await;
+        Again {
+            pending: again,
+            sent_keys,
         }
     }
 
@@ -210,6 +258,7 @@ impl Route {
         if tokens.is_empty() {
             return pending;
         }
+        let at = Instant::now();
         let renewed = loop {
             match self
                 .dedup
@@ -229,8 +278,9 @@ impl Route {
         };
         // One answer per claim, in order; events without a claim keep going.
         let mut renewed = renewed.into_iter();
-        let (kept, lost) =
+        let (mut kept, lost) =
             pending.keep(|h| h.claim.is_none() || renewed.next().is_some_and(|r| r.is_ok()));
+        kept.held.iter_mut().for_each(|h| h.claimed_at = at);
         if !lost.is_empty() {
             self.metrics.fenced.inc_by(lost.len() as u64);
             tracing::warn!(route = %self.name, events = lost.len(), "another instance took these over after this one's lease ran out; standing down");
@@ -288,10 +338,14 @@ fn shard_of(event: &Event, shards: usize) -> usize {
     (causeway_core::template::key_hash(basis.as_bytes()) % shards as u64) as usize
 }
 
-/// How to finish an event at the source: its ticket and its dedup claim.
+/// How to finish an event at the source: its ticket and its dedup claim;
+/// beside them its place in the shard's arrival order and when its claim
+/// was last taken or renewed.
 struct Held {
     ticket: Ticket,
     claim: Option<ClaimToken>,
+    seq: u64,
+    claimed_at: Instant,
 }
 
 /// A shard's batch while it is published: the events in one vector,
@@ -304,22 +358,6 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(items: Vec<InFlight>) -> Self {
-        let mut pending = Pending {
-            events: Vec::with_capacity(items.len()),
-            held: Vec::with_capacity(items.len()),
-        };
-        for InFlight {
-            event,
-            ticket,
-            claim,
-        } in items
-        {
-            pending.push(event, Held { ticket, claim });
-        }
-        pending
-    }
-
     fn push(&mut self, event: Event, held: Held) {
         self.events.push(event);
         self.held.push(held);
@@ -328,6 +366,23 @@ impl Pending {
     /// The live claims, in order.
     fn claims(&self) -> Vec<ClaimToken> {
         self.held.iter().filter_map(|h| h.claim.clone()).collect()
+    }
+
+    /// When the oldest of its claims was taken or renewed.
+    fn oldest_claim(&self) -> Option<Instant> {
+        self.held
+            .iter()
+            .filter(|h| h.claim.is_some())
+            .map(|h| h.claimed_at)
+            .min()
+    }
+
+    /// The keys of its events, once each.
+    fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.events.iter().filter_map(|e| e.key.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// Splits by fate: what is finished (sent or dead-lettered) and what is
@@ -357,6 +412,123 @@ impl Pending {
             }
         }
         (kept, lost)
+    }
+}
+
+/// What a call returns: the events to try again, and the keys it held.
+struct Again {
+    pending: Pending,
+    sent_keys: Vec<String>,
+}
+
+/// A shard's events not yet confirmed and not at the sink, in arrival
+/// order (a failed event goes back to its place, ahead of its key's later
+/// ones), and the keys that have events at the sink.
+#[derive(Default)]
+struct Waiting {
+    events: BTreeMap<u64, (Event, Held)>,
+    /// When a failed event may go again, by its place.
+    retry_at: BTreeMap<u64, Instant>,
+    at_sink: HashSet<String>,
+    next_seq: u64,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// A polled batch's events for this shard, after those waiting.
+    fn add(&mut self, queued: Queued) {
+        for InFlight {
+            event,
+            ticket,
+            claim,
+        } in queued.items
+        {
+            let held = Held {
+                ticket,
+                claim,
+                seq: self.next_seq,
+                claimed_at: queued.claimed_at,
+            };
+            self.events.insert(self.next_seq, (event, held));
+            self.next_seq += 1;
+        }
+    }
+
+    /// The next call: in arrival order, up to `most` events whose key has
+    /// nothing at the sink and nothing earlier still pausing after a
+    /// failure. None when nothing can go now.
+    fn next_call(&mut self, most: usize) -> Option<Pending> {
+        let now = Instant::now();
+        let mut stopped: HashSet<&str> = HashSet::new();
+        let mut taken = Vec::new();
+        for (&seq, (event, _)) in &self.events {
+            if taken.len() == most {
+                break;
+            }
+            let key = event.key.as_deref();
+            let pausing = self.retry_at.get(&seq).is_some_and(|&at| at > now);
+            if key.is_some_and(|k| self.at_sink.contains(k) || stopped.contains(k)) {
+                continue;
+            }
+            if pausing {
+                if let Some(k) = key {
+                    stopped.insert(k);
+                }
+                continue;
+            }
+            taken.push(seq);
+        }
+        if taken.is_empty() {
+            return None;
+        }
+        let mut call = Pending::default();
+        for seq in taken {
+            self.retry_at.remove(&seq);
+            if let Some((event, held)) = self.events.remove(&seq) {
+                call.push(event, held);
+            }
+        }
+        Some(call)
+    }
+
+    /// `call` went to the sink: its keys wait for it.
+    fn start(&mut self, call: &Pending) {
+        self.at_sink.extend(call.keys());
+    }
+
+    /// A call ended: its keys may go again.
+    fn end(&mut self, keys: &[String]) {
+        for k in keys {
+            self.at_sink.remove(k);
+        }
+    }
+
+    /// Failed events back to their places, to go again at `at`.
+    fn retry(&mut self, again: Pending, at: Instant) {
+        for (event, held) in again.events.into_iter().zip(again.held) {
+            self.retry_at.insert(held.seq, at);
+            self.events.insert(held.seq, (event, held));
+        }
+    }
+
+    /// The earliest moment a pausing event may go again.
+    fn next_retry(&self) -> Option<Instant> {
+        self.retry_at.values().min().copied()
+    }
+}
+
+/// Sleeps until `at`; forever without one (the caller's guard disables it).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
