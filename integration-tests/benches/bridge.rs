@@ -15,7 +15,11 @@
 //!   (one source read), beside NATS → RabbitMQ and NATS → NATS alone (what
 //!   two routes reading the source twice would cost);
 //! - NATS → RabbitMQ again with 10 ms and 90 ms of round trip added between
-//!   the bridge and RabbitMQ by the fault proxy.
+//!   the bridge and RabbitMQ by the fault proxy;
+//! - NATS → RabbitMQ, direct with dedup, with 10,000 keys (every event its
+//!   own; the other cases use 100) at 0, 10, 50 and 90 ms of round trip: a
+//!   key moves one wave per round trip, so few keys bound a long link and
+//!   many keys fill it.
 //!
 //! A sample is timed from the first event received to the last confirmed by
 //! the sink, so that consumer start-up (a Kafka group join) is not counted.
@@ -51,6 +55,9 @@ enum Mover {
     },
     /// Direct with dedup, raw messages through a `format = "raw"` route.
     DirectRaw,
+    /// Direct with dedup, every event its own key (a bank's accounts are
+    /// many): what a shard can overlap across keys.
+    DirectManyKeys,
     /// Direct with dedup to the sink and to NATS as well: sinks `a` and `b`.
     Fanout,
     Durable,
@@ -84,11 +91,12 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn events(prefix: &str) -> Vec<Event> {
+/// The sample's events, over `keys` keys.
+fn events(prefix: &str, keys: usize) -> Vec<Event> {
     causeway_testkit::bench::events_1kib(prefix, EVENTS)
         .into_iter()
         .enumerate()
-        .map(|(i, e)| e.with_key(format!("account-{}", i % 100)))
+        .map(|(i, e)| e.with_key(format!("account-{}", i % keys)))
         .collect()
 }
 
@@ -145,7 +153,12 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
         // Creates the second sink's stream.
         drop(common::sink_reader(&bridge, from, Nats).await);
     }
-    let mut events = events(&prefix);
+    let keys = if matches!(mover, Mover::DirectManyKeys) {
+        EVENTS
+    } else {
+        100
+    };
+    let mut events = events(&prefix, keys);
     if raw {
         events.iter_mut().for_each(into_raw);
     }
@@ -153,7 +166,9 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
     let destination = to.destination(&prefix, "out");
     match mover {
         Mover::AdapterLoop => adapter_loop(&bridge, from, to, &destination).await,
-        Mover::Direct { .. } | Mover::DirectRaw | Mover::Durable => route(&bridge, &["r"]).await,
+        Mover::Direct { .. } | Mover::DirectRaw | Mover::DirectManyKeys | Mover::Durable => {
+            route(&bridge, &["r"]).await
+        }
         Mover::Fanout => route(&bridge, &["r/a", "r/b"]).await,
     }
 }
@@ -292,6 +307,26 @@ fn benches(c: &mut Criterion) {
             ms(90),
         ),
         ("bridge_durable_rtt_90ms", Mover::Durable, ms(90)),
+        (
+            "bridge_direct_dedup_10k_keys",
+            Mover::DirectManyKeys,
+            Duration::ZERO,
+        ),
+        (
+            "bridge_direct_dedup_10k_keys_rtt_10ms",
+            Mover::DirectManyKeys,
+            ms(10),
+        ),
+        (
+            "bridge_direct_dedup_10k_keys_rtt_50ms",
+            Mover::DirectManyKeys,
+            ms(50),
+        ),
+        (
+            "bridge_direct_dedup_10k_keys_rtt_90ms",
+            Mover::DirectManyKeys,
+            ms(90),
+        ),
         RAW,
         (
             "bridge_direct_dedup_fanout_rabbit_and_nats",
