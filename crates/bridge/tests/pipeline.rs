@@ -913,11 +913,10 @@ async fn events_refused_once_keep_their_keys_order_at_the_sink() {
 }
 
 /// A slow sink that watches its calls: how many ran at once, and whether a
-/// key ever had events in two calls at once. It refuses chosen events once.
+/// key ever had events in two calls at once.
 struct Overlapping {
     inner: Arc<dyn Publisher>,
     delay: Duration,
-    refuse_once: std::sync::Mutex<HashSet<String>>,
     /// Keys in running calls, one entry per call holding them.
     running: std::sync::Mutex<Vec<HashSet<String>>>,
     most_at_once: std::sync::atomic::AtomicUsize,
@@ -940,23 +939,12 @@ impl Publisher for Overlapping {
             self.most_at_once.fetch_max(running.len(), Ordering::SeqCst);
         }
         tokio::time::sleep(self.delay).await;
-        let mut out = Vec::new();
-        for e in events {
-            let refuse = self.refuse_once.lock().expect("lock").remove(&e.id);
-            out.push(if refuse {
-                Err(Error::temporary(ErrorKind::Unavailable, "refused once"))
-            } else {
-                self.inner
-                    .publish(destination, std::slice::from_ref(e))
-                    .await?
-                    .remove(0)
-            });
-        }
+        let out = self.inner.publish(destination, events).await;
         let mut running = self.running.lock().expect("lock");
         if let Some(i) = running.iter().position(|k| *k == keys) {
             running.remove(i);
         }
-        Ok(out)
+        out
     }
 }
 
@@ -977,9 +965,11 @@ async fn a_shards_calls_overlap_across_keys_and_never_within_one() {
     let sent = causeway_testkit::events("ov", 400, 40);
     let refused: HashSet<String> = sent.iter().step_by(9).map(|e| e.id.clone()).collect();
     let sink = Arc::new(Overlapping {
-        inner: bridge.endpoints.publisher("dst").await.expect("sink"),
+        inner: Arc::new(FailsOnce {
+            inner: bridge.endpoints.publisher("dst").await.expect("sink"),
+            pending: std::sync::Mutex::new(refused),
+        }),
         delay: Duration::from_millis(30),
-        refuse_once: std::sync::Mutex::new(refused),
         running: std::sync::Mutex::new(Vec::new()),
         most_at_once: std::sync::atomic::AtomicUsize::new(0),
         key_in_two_calls: AtomicBool::new(false),

@@ -179,10 +179,14 @@ impl Route {
         let mut waiting = Waiting::default();
         let mut calls = FuturesUnordered::new();
         let mut open = true;
+        // What a shard holds, waiting and at the sink: about `in_flight`
+        // polls' share, as many as its queue holds, so the window (and
+        // memory) stays what `in_flight` says; the rest waits in the queue,
+        // whose bound is the source's backpressure.
+        let room =
+            self.config.in_flight * self.config.batch_size.div_ceil(self.config.shards.max(1));
         loop {
-            // Keep about a batch waiting beyond those being sent: the rest
-            // stays in the queue, whose bound is the source's backpressure.
-            while open && waiting.len() < self.config.batch_size {
+            while open && waiting.held() < room {
                 match rx.try_recv() {
                     Ok(queued) => waiting.add(queued),
                     Err(mpsc::error::TryRecvError::Empty) => break,
@@ -190,7 +194,7 @@ impl Route {
                 }
             }
             while calls.len() < self.config.in_flight {
-                let Some(mut call) = waiting.next_call(self.config.batch_size) else {
+                let Some(mut call) = waiting.next_call(room) else {
                     break;
                 };
                 // Queued, retrying or paused past half the lease: renew
@@ -215,7 +219,7 @@ impl Route {
                 .filter(|_| calls.len() < self.config.in_flight);
             tokio::select! {
                 Some(again) = calls.next(), if !calls.is_empty() => {
-                    waiting.end(&again.sent_keys);
+                    waiting.end(again.sent, &again.sent_keys);
                     if shutdown.is_cancelled() {
                         // Not confirmed: hand back to the source, release the claims.
                         self.give_back(again.pending.held).await;
@@ -223,7 +227,7 @@ impl Route {
                         waiting.retry(again.pending, Instant::now() + RETRY_PAUSE);
                     }
                 }
-                queued = rx.recv(), if open && waiting.len() < self.config.batch_size => match queued {
+                queued = rx.recv(), if open && waiting.held() < room => match queued {
                     Some(queued) => waiting.add(queued),
                     None => open = false,
                 },
@@ -235,7 +239,7 @@ impl Route {
     /// One call to the sink: publishes, finishes what is done (commit,
     /// ack) and returns what is to be tried again.
     async fn call(&self, pending: Pending) -> Again {
-        let sent_keys = pending.keys();
+        let (sent, sent_keys) = (pending.events.len(), pending.keys());
         let (fates, renewed) = self
             .forward_leased(&pending.events, &pending.claims())
             .await;
@@ -246,6 +250,7 @@ impl Route {
         self.finish(done).await;
         Again {
             pending: again,
+            sent,
             sent_keys,
         }
     }
@@ -418,6 +423,8 @@ impl Pending {
 /// What a call returns: the events to try again, and the keys it held.
 struct Again {
     pending: Pending,
+    /// How many events the call carried, and their keys.
+    sent: usize,
     sent_keys: Vec<String>,
 }
 
@@ -430,12 +437,15 @@ struct Waiting {
     /// When a failed event may go again, by its place.
     retry_at: BTreeMap<u64, Instant>,
     at_sink: HashSet<String>,
+    /// Events in calls at the sink.
+    sending: usize,
     next_seq: u64,
 }
 
 impl Waiting {
-    fn len(&self) -> usize {
-        self.events.len()
+    /// Events waiting and at the sink.
+    fn held(&self) -> usize {
+        self.events.len() + self.sending
     }
 
     fn is_empty(&self) -> bool {
@@ -501,10 +511,12 @@ impl Waiting {
     /// `call` went to the sink: its keys wait for it.
     fn start(&mut self, call: &Pending) {
         self.at_sink.extend(call.keys());
+        self.sending += call.events.len();
     }
 
-    /// A call ended: its keys may go again.
-    fn end(&mut self, keys: &[String]) {
+    /// A call of `events` events ended: its keys may go again.
+    fn end(&mut self, events: usize, keys: &[String]) {
+        self.sending -= events;
         for k in keys {
             self.at_sink.remove(k);
         }
