@@ -286,13 +286,13 @@ fn amqp_value(value: &lapin::types::AMQPValue) -> Option<Value> {
 mod classic {
     use super::*;
 
-    /// Concurrent batches that together pass the unconfirmed window (1,024).
+    /// Concurrent batches that together pass the unconfirmed window (8,192).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_batches_over_the_confirm_window_complete() {
         causeway_testkit::broker::concurrent_batches_complete(
             &Rabbit::new(QueueKind::Classic).await,
             8,
-            1_000,
+            1_500,
         )
         .await;
     }
