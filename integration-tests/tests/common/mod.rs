@@ -863,6 +863,8 @@ impl RabbitNode {
                 .await
                 .is_ok()
             {
+                // The CLI answers once the node finished booting.
+                self.rabbitmqctl(&["await_startup"]);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -883,15 +885,29 @@ impl RabbitNode {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    /// Runs `rabbitmqctl args` against this node; panics if it fails.
+    /// Runs `rabbitmqctl args` against this node; panics, with its error
+    /// output, if it still fails after a few tries: a node whose AMQP port
+    /// just opened may not answer the CLI yet (seen once in CI).
     pub fn rabbitmqctl(&self, args: &[&str]) {
         let mut all = vec!["-q"];
         all.extend_from_slice(args);
-        let ran = self.ctl("rabbitmqctl", &all).status();
-        assert!(
-            ran.is_ok_and(|s| s.success()),
-            "rabbitmqctl {} failed on the test's node",
-            args.first().copied().unwrap_or_default()
+        let mut last = String::new();
+        for _ in 0..20 {
+            match self
+                .ctl("rabbitmqctl", &all)
+                .stderr(Stdio::piped())
+                .output()
+            {
+                Ok(out) if out.status.success() => return,
+                Ok(out) => last = String::from_utf8_lossy(&out.stderr).into_owned(),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!(
+            "rabbitmqctl {} failed on the test's node (logs in {}): {last}",
+            args.first().copied().unwrap_or_default(),
+            self.dir.display()
         );
     }
 }
