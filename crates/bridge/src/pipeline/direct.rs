@@ -208,8 +208,9 @@ impl Route {
                         continue;
                     }
                 }
-                waiting.start(&call);
-                calls.push(self.call(call));
+                let keys = call.keys();
+                waiting.start(call.events.len(), &keys);
+                calls.push(self.call(call, keys));
             }
             if !open && waiting.is_empty() && calls.is_empty() {
                 break;
@@ -238,8 +239,8 @@ impl Route {
 
     /// One call to the sink: publishes, finishes what is done (commit,
     /// ack) and returns what is to be tried again.
-    async fn call(&self, pending: Pending) -> Again {
-        let (sent, sent_keys) = (pending.events.len(), pending.keys());
+    async fn call(&self, pending: Pending, sent_keys: Vec<String>) -> Again {
+        let sent = pending.events.len();
         let (fates, renewed) = self
             .forward_leased(&pending.events, &pending.claims())
             .await;
@@ -508,10 +509,10 @@ impl Waiting {
         Some(call)
     }
 
-    /// `call` went to the sink: its keys wait for it.
-    fn start(&mut self, call: &Pending) {
-        self.at_sink.extend(call.keys());
-        self.sending += call.events.len();
+    /// A call of `events` events with `keys` went to the sink: its keys wait for it.
+    fn start(&mut self, events: usize, keys: &[String]) {
+        self.at_sink.extend(keys.iter().cloned());
+        self.sending += events;
     }
 
     /// A call of `events` events ended: its keys may go again.
