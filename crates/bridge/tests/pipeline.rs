@@ -994,3 +994,116 @@ async fn a_shards_calls_overlap_across_keys_and_never_within_one() {
     );
     println!("calls at once, at most: {most}");
 }
+
+/// A dedup store behind a pool of connections, as the PostgreSQL store is:
+/// an operation holds a connection until its caller has read the answer,
+/// which takes the caller's next polls (here a few milliseconds).
+struct Pooled {
+    inner: Arc<dyn causeway_core::DedupStore>,
+    connections: tokio::sync::Semaphore,
+}
+
+impl Pooled {
+    async fn on_a_connection<T>(&self, op: impl std::future::Future<Output = T>) -> T {
+        let _connection = self.connections.acquire().await.expect("pool");
+        let answer = op.await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        answer
+    }
+}
+
+#[async_trait]
+impl causeway_core::DedupStore for Pooled {
+    async fn claim_many(
+        &self,
+        keys: &[&str],
+        lease: Duration,
+    ) -> Result<Vec<causeway_core::Claim>> {
+        self.on_a_connection(self.inner.claim_many(keys, lease))
+            .await
+    }
+    async fn commit_many(
+        &self,
+        tokens: &[causeway_core::ClaimToken],
+        ttl: Duration,
+    ) -> Result<Vec<Result<()>>> {
+        self.on_a_connection(self.inner.commit_many(tokens, ttl))
+            .await
+    }
+    async fn release(&self, token: &causeway_core::ClaimToken) -> Result<()> {
+        self.on_a_connection(self.inner.release(token)).await
+    }
+    async fn renew_many(
+        &self,
+        tokens: &[causeway_core::ClaimToken],
+        lease: Duration,
+    ) -> Result<Vec<Result<()>>> {
+        self.on_a_connection(self.inner.renew_many(tokens, lease))
+            .await
+    }
+}
+
+/// A shard's calls make progress while the shard waits for the dedup
+/// store. Across a slow sink, calls renew their claims while they publish
+/// and the shard renews what waited past half a lease before sending it;
+/// all of it shares the store's connection pool. Before the fix the shard
+/// awaited its renewal without polling its calls, so a call holding the
+/// last connection could never give it back: the route stopped for good
+/// (the 5-minute soak stopped this way at its first sink outage, its two
+/// processes with every PostgreSQL connection idle and nothing logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_waiting_for_the_store_still_finishes_its_calls() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, broker) = bridge(&dir, "direct").await;
+    let base = bridge.route("r").await.expect("route");
+    let mut config = base.config.clone();
+    config.shards = 1;
+    config.in_flight = 4;
+    config.batch_size = 10;
+    config.claim_lease = Duration::from_millis(400);
+    let route = Arc::new(Route {
+        config,
+        sink: Arc::new(Slow {
+            inner: bridge.endpoints.publisher("dst").await.expect("sink"),
+            delay: Duration::from_millis(150),
+            sending: Arc::default(),
+        }),
+        dedup: Arc::new(Pooled {
+            inner: base.dedup.clone(),
+            connections: tokio::sync::Semaphore::new(1),
+        }),
+        ..parts_of(&base)
+    });
+    let sent = causeway_testkit::events("pool", 300, 300);
+    publish(&broker, &sent).await;
+    let shutdown = CancellationToken::new();
+    let source = bridge.endpoints.consumer("src").await.expect("source");
+    let task = tokio::spawn(route.run(source, shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = (0, tokio::time::Instant::now());
+    while at_sink(&broker) < sent.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = at_sink(&broker);
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        }
+        // Nothing moved for 10 s: stalled (a call takes about 150 ms).
+        if last.1.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    let reached = at_sink(&broker);
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(20), task).await;
+    assert_eq!(
+        reached,
+        sent.len(),
+        "the route stalled: {reached} of {} at the sink, nothing more for 10 s",
+        sent.len()
+    );
+    stopped
+        .expect("the route did not stop within 20 s of shutdown")
+        .expect("task")
+        .expect("route stops cleanly");
+    drain_sink(&broker, sent.len()).await;
+}

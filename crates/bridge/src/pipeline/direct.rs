@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use causeway_core::{Claim, ClaimToken, Consumer, Delivery, Event, Settlement, Ticket, settle_all};
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Fate, InFlight, RETRY_PAUSE, Route};
@@ -177,7 +176,10 @@ impl Route {
     /// events, until it is confirmed or the bridge shuts down.
     async fn shard(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>, shutdown: CancellationToken) {
         let mut waiting = Waiting::default();
-        let mut calls = FuturesUnordered::new();
+        // Each call runs as a task of its own: the store operations of one
+        // call (renewing, committing) hold a pooled connection until the
+        // call reads the answer, so a call must never wait on the shard.
+        let mut calls: JoinSet<Again> = JoinSet::new();
         let mut open = true;
         // What a shard holds, waiting and at the sink: about `in_flight`
         // polls' share, as many as its queue holds, so the window (and
@@ -194,23 +196,13 @@ impl Route {
                 }
             }
             while calls.len() < self.config.in_flight {
-                let Some(mut call) = waiting.next_call(room) else {
+                let Some(call) = waiting.next_call(room) else {
                     break;
                 };
-                // Queued, retrying or paused past half the lease: renew
-                // before publishing, and stand down where another took over.
-                if call
-                    .oldest_claim()
-                    .is_some_and(|at| at.elapsed() >= self.config.claim_lease / 2)
-                {
-                    call = self.renew(call, &shutdown).await;
-                    if call.events.is_empty() {
-                        continue;
-                    }
-                }
                 let keys = call.keys();
                 waiting.start(call.events.len(), &keys);
-                calls.push(self.call(call, keys));
+                let (route, shutdown) = (self.clone(), shutdown.clone());
+                calls.spawn(async move { route.call(call, keys, shutdown).await });
             }
             if !open && waiting.is_empty() && calls.is_empty() {
                 break;
@@ -219,15 +211,15 @@ impl Route {
                 .next_retry()
                 .filter(|_| calls.len() < self.config.in_flight);
             tokio::select! {
-                Some(again) = calls.next(), if !calls.is_empty() => {
-                    waiting.end(again.sent, &again.sent_keys);
-                    if shutdown.is_cancelled() {
-                        // Not confirmed: hand back to the source, release the claims.
-                        self.give_back(again.pending.held).await;
-                    } else {
+                Some(ended) = calls.join_next(), if !calls.is_empty() => match ended {
+                    Ok(again) => {
+                        waiting.end(again.sent, &again.sent_keys);
                         waiting.retry(again.pending, Instant::now() + RETRY_PAUSE);
                     }
-                }
+                    // A call that panicked is the shard's panic: the route reports it.
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => unreachable!("a shard never aborts its calls"),
+                },
                 queued = rx.recv(), if open && waiting.held() < room => match queued {
                     Some(queued) => waiting.add(queued),
                     None => open = false,
@@ -237,10 +229,24 @@ impl Route {
         }
     }
 
-    /// One call to the sink: publishes, finishes what is done (commit,
-    /// ack) and returns what is to be tried again.
-    async fn call(&self, pending: Pending, sent_keys: Vec<String>) -> Again {
+    /// One call to the sink: renews claims that waited past half the lease
+    /// (standing down from any another instance took over), publishes,
+    /// finishes what is done (commit, ack) and returns what is to be tried
+    /// again — nothing once the bridge is shutting down: that goes back to
+    /// the source.
+    async fn call(
+        self: Arc<Self>,
+        mut pending: Pending,
+        sent_keys: Vec<String>,
+        shutdown: CancellationToken,
+    ) -> Again {
         let sent = pending.events.len();
+        if pending
+            .oldest_claim()
+            .is_some_and(|at| at.elapsed() >= self.config.claim_lease / 2)
+        {
+            pending = self.renew(pending, &shutdown).await;
+        }
         let (fates, renewed) = self
             .forward_leased(&pending.events, &pending.claims())
             .await;
@@ -249,6 +255,10 @@ impl Route {
             again.held.iter_mut().for_each(|h| h.claimed_at = at);
         }
         self.finish(done).await;
+        if shutdown.is_cancelled() && !again.held.is_empty() {
+            // Not confirmed: hand back to the source, release the claims.
+            self.give_back(std::mem::take(&mut again).held).await;
+        }
         Again {
             pending: again,
             sent,
