@@ -19,6 +19,10 @@ use crate::appender::{self, AppendRequest};
 use crate::error::Error;
 use crate::schema::migrate;
 
+/// How long an operation waits for a pooled connection before it fails
+/// (temporarily: the caller retries).
+const POOL_WAIT: Duration = Duration::from_secs(30);
+
 /// How to reach PostgreSQL and how the store behaves. `Debug` hides the
 /// URL's password.
 #[derive(Clone, PartialEq, Eq)]
@@ -170,8 +174,13 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // Waiting for a connection is bounded: a pool starved (by a stuck
+        // caller, or a server gone quiet) fails the operation, which its
+        // caller logs and retries, instead of stalling it without a word.
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
         let mut conn = pool.get().await?;
