@@ -2,7 +2,7 @@
 //!
 //! Each takes a [`BrokerHarness`] and panics with a message on failure.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -367,7 +367,10 @@ pub async fn per_key_order(h: &dyn BrokerHarness) {
 }
 
 /// Two consumers in one group share the work: both get some, none gets an
-/// event the other got, and together they get all.
+/// event the other got while the first holder's lease was live, and
+/// together they get all. A copy after a lease that may have lapsed (held
+/// past the harness's ack timeout on a broker that redelivers then) is
+/// at-least-once delivery, reported and not failed.
 pub async fn consumer_group_shares_work(h: &dyn BrokerHarness) {
     if !h.capabilities().consumer_groups {
         return not_applicable(
@@ -382,19 +385,29 @@ pub async fn consumer_group_shares_work(h: &dyn BrokerHarness) {
     let mut b = h.consumer(&dest, "shared").await.expect("consumer b");
     publish_all(h, &dest, &sent).await;
     let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    // How long each event was held, from asking for it to its ack answered:
+    // past the harness's ack timeout its lease may have lapsed, and a broker
+    // that redelivers on a lapsed lease may hand it to the other consumer.
+    let mut held: HashMap<String, Duration> = HashMap::new();
     let deadline = Instant::now() + RECEIVE * 2;
     while got_a.len() + got_b.len() < sent.len() && Instant::now() < deadline {
         for (consumer, got) in [(&mut a, &mut got_a), (&mut b, &mut got_b)] {
+            let asked = Instant::now();
             let batch = consumer
                 .next_batch(20, Duration::from_millis(300))
                 .await
                 .expect("next_batch");
             // Acked together, as the bridge does: one at a time a slow
             // broker (moto under load) lets the last lease lapse first.
-            got.extend(batch.iter().map(|d| d.event.id.clone()));
+            let ids: Vec<String> = batch.iter().map(|d| d.event.id.clone()).collect();
             settle_all(batch.into_iter().map(|d| (d.ticket, Settlement::Ack)))
                 .await
                 .expect("ack");
+            for id in &ids {
+                let longest = held.entry(id.clone()).or_default();
+                *longest = (*longest).max(asked.elapsed());
+            }
+            got.extend(ids);
         }
     }
     let set_a: HashSet<_> = got_a.iter().collect();
@@ -405,13 +418,28 @@ pub async fn consumer_group_shares_work(h: &dyn BrokerHarness) {
         got_a.len(),
         got_b.len()
     );
+    let (lapsed, both): (Vec<&&String>, Vec<&&String>) =
+        set_a.intersection(&set_b).partition(|id| {
+            h.capabilities().ack_timeout_redelivery
+                && held.get(id.as_str()).is_some_and(|t| *t >= h.ack_timeout())
+        });
+    if !lapsed.is_empty() {
+        println!(
+            "{}: {} event(s) went to both consumers after being held past the ack timeout ({:?}): redelivered on a lapsed lease, as at-least-once allows (the broker was slow, not the group broken)",
+            h.name(),
+            lapsed.len(),
+            h.ack_timeout()
+        );
+    }
     assert!(
-        set_a.is_disjoint(&set_b),
-        "{}: an event went to both consumers",
-        h.name()
+        both.is_empty(),
+        "{}: {} event(s) went to both consumers while their first holder's lease was live, e.g. {:?}",
+        h.name(),
+        both.len(),
+        both.first()
     );
     assert_eq!(
-        set_a.len() + set_b.len(),
+        set_a.union(&set_b).count(),
         sent.len(),
         "{}: events missing",
         h.name()
