@@ -328,8 +328,9 @@ async fn sink_credentials_rotated(from: Broker, mode: &'static str) {
     );
     let node = common::RabbitNode::start().await;
     let (user, first, second) = ("causeway-bridge", "first-s3cret", "second-s3cret");
-    node.rabbitmqctl(&["add_user", user, first]);
-    node.rabbitmqctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"]);
+    node.rabbitmqctl(&["add_user", user, first]).await;
+    node.rabbitmqctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"])
+        .await;
     let dir = tempfile::tempdir().expect("dir");
     let prefix = causeway_testkit::unique_name("rotate");
     let emulator = common::prepare(&prefix, from, to).await;
@@ -345,8 +346,9 @@ async fn sink_credentials_rotated(from: Broker, mode: &'static str) {
         metrics.published.get() >= n as u64 / 2
     })
     .await;
-    node.rabbitmqctl(&["change_password", user, second]);
-    node.rabbitmqctl(&["close_all_user_connections", user, "credentials rotated"]);
+    node.rabbitmqctl(&["change_password", user, second]).await;
+    node.rabbitmqctl(&["close_all_user_connections", user, "credentials rotated"])
+        .await;
     let at_rotation = metrics.published.get();
     common::publish_to_source(&bridge, from, &prefix, &sent[n / 2..]).await;
     // Paused: the events wait, refused, and none is dead-lettered.
@@ -363,7 +365,7 @@ async fn sink_credentials_rotated(from: Broker, mode: &'static str) {
         "{what}: published with a refused password"
     );
     assert!(errors > 0, "{what}: no publish failed while refused");
-    node.rabbitmqctl(&["change_password", user, first]);
+    node.rabbitmqctl(&["change_password", user, first]).await;
     wait_for(&what, Duration::from_secs(120), || {
         metrics.published.get() >= n as u64
     })

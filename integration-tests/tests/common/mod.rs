@@ -864,7 +864,7 @@ impl RabbitNode {
                 .is_ok()
             {
                 // The CLI answers once the node finished booting.
-                self.rabbitmqctl(&["await_startup"]);
+                self.rabbitmqctl(&["await_startup"]).await;
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -885,24 +885,28 @@ impl RabbitNode {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    /// Runs `rabbitmqctl args` against this node; panics, with its error
-    /// output, if it still fails after a few tries: a node whose AMQP port
-    /// just opened may not answer the CLI yet (seen once in CI).
-    pub fn rabbitmqctl(&self, args: &[&str]) {
+    /// Runs `rabbitmqctl args` against this node, without blocking the
+    /// runtime (the CLI takes about a second, and the bridge under test
+    /// runs on the same threads); panics, with its error output, if it
+    /// still fails after a few tries: a node whose AMQP port just opened
+    /// may not answer the CLI yet (seen once in CI). A try that did its work
+    /// but answered late makes the next say the thing "already exists":
+    /// done, then.
+    pub async fn rabbitmqctl(&self, args: &[&str]) {
         let mut all = vec!["-q"];
         all.extend_from_slice(args);
         let mut last = String::new();
         for _ in 0..20 {
-            match self
-                .ctl("rabbitmqctl", &all)
-                .stderr(Stdio::piped())
-                .output()
-            {
+            let mut command = tokio::process::Command::from(self.ctl("rabbitmqctl", &all));
+            match command.stderr(Stdio::piped()).output().await {
                 Ok(out) if out.status.success() => return,
                 Ok(out) => last = String::from_utf8_lossy(&out.stderr).into_owned(),
                 Err(e) => last = e.to_string(),
             }
-            std::thread::sleep(Duration::from_millis(500));
+            if last.contains("already exists") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         panic!(
             "rabbitmqctl {} failed on the test's node (logs in {}): {last}",
