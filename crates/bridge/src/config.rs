@@ -224,7 +224,9 @@ pub struct MetricsConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`; none when unset.
     #[serde(default)]
     pub listen: Option<String>,
-    /// How often a summary line is logged.
+    /// How often a summary line per route is logged (received, published,
+    /// rate, latency, in flight). A route that holds events and finishes
+    /// none for two minutes also logs a warning, and another when it moves.
     #[serde(
         default = "default_summary",
         with = "causeway_core::duration::positive"

@@ -399,7 +399,8 @@ async fn retain(
     }
 }
 
-/// Logs a line per route every `every`: the live summary.
+/// Logs a line per route every `every`: the live summary; and a warning
+/// when a route holds events and finishes none for [`STALL_AFTER`].
 async fn summarize(
     metrics: Arc<Metrics>,
     routes: Vec<String>,
@@ -407,6 +408,10 @@ async fn summarize(
     shutdown: CancellationToken,
 ) {
     let mut last: Vec<u64> = vec![0; routes.len()];
+    let mut watches: Vec<StallWatch> = routes
+        .iter()
+        .map(|_| StallWatch::new(STALL_AFTER, std::time::Instant::now()))
+        .collect();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -432,8 +437,112 @@ async fn summarize(
                 duplicates = m.duplicates.get(),
                 dead_lettered = m.dead_lettered.get(),
                 backlog = m.backlog.get(),
+                in_flight = m.in_flight.get(),
                 "flowing"
             );
+            let held = m.in_flight.get() + m.backlog.get();
+            let finished =
+                published + m.dead_lettered.get() + m.duplicates.get() + m.filtered.get();
+            match watches[i].observe(held, finished, std::time::Instant::now()) {
+                Some(Stall::Began(for_)) => tracing::warn!(
+                    route = %name,
+                    held,
+                    errors = m.errors.get(),
+                    "{held} events held and none finished for {}s: the sink does not answer, or the route is stuck",
+                    for_.as_secs()
+                ),
+                Some(Stall::Ended(after)) => tracing::info!(
+                    route = %name,
+                    "moving again after {}s without finishing an event",
+                    after.as_secs()
+                ),
+                None => {}
+            }
         }
+    }
+}
+
+/// How long a route may hold events without finishing one before it is
+/// said to be stalled: longer than a retried publish and a breaker's
+/// cooldown, so that it names what nothing else reports (a sink that
+/// never answers, a stuck task), not a retry in progress.
+const STALL_AFTER: Duration = Duration::from_secs(120);
+
+/// What a [`StallWatch`] saw change.
+#[derive(Debug, PartialEq, Eq)]
+enum Stall {
+    /// Events held and none finished for this long.
+    Began(Duration),
+    /// Finishing again, after a stall this long.
+    Ended(Duration),
+}
+
+/// Watches one route's held and finished counts for a stall: events held
+/// while the count of finished ones (published, dead-lettered, dropped as
+/// duplicates or filtered) stays put. An idle route holds nothing.
+#[derive(Debug)]
+struct StallWatch {
+    after: Duration,
+    finished: u64,
+    since: std::time::Instant,
+    said: bool,
+}
+
+impl StallWatch {
+    fn new(after: Duration, now: std::time::Instant) -> Self {
+        StallWatch {
+            after,
+            finished: 0,
+            since: now,
+            said: false,
+        }
+    }
+
+    /// A new reading; says when a stall begins or ends, once each.
+    fn observe(&mut self, held: i64, finished: u64, now: std::time::Instant) -> Option<Stall> {
+        if finished != self.finished || held <= 0 {
+            let stalled = now.duration_since(self.since);
+            let ended = std::mem::take(&mut self.said).then_some(Stall::Ended(stalled));
+            (self.finished, self.since) = (finished, now);
+            return ended;
+        }
+        let stalled = now.duration_since(self.since);
+        if stalled >= self.after && !self.said {
+            self.said = true;
+            return Some(Stall::Began(stalled));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The soak once stopped for good with nothing logged: events held,
+    /// none finished, no error. The watch names that, once, and says when
+    /// the route moves again; an idle route, or one that moves, is no stall.
+    #[test]
+    fn a_route_holding_events_that_finishes_none_is_said_to_stall_once() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = StallWatch::new(Duration::from_secs(60), t0);
+        // Idle: nothing held, nothing finished, for long.
+        assert_eq!(w.observe(0, 0, at(300)), None);
+        // Moving: what is held changes, and things finish.
+        assert_eq!(w.observe(50, 10, at(310)), None);
+        assert_eq!(w.observe(50, 20, at(360)), None);
+        // Stuck at 20 finished with 50 held.
+        assert_eq!(w.observe(50, 20, at(400)), None);
+        assert_eq!(
+            w.observe(50, 20, at(420)),
+            Some(Stall::Began(Duration::from_secs(60)))
+        );
+        assert_eq!(w.observe(50, 20, at(500)), None, "said once");
+        assert_eq!(
+            w.observe(40, 30, at(510)),
+            Some(Stall::Ended(Duration::from_secs(150)))
+        );
+        assert_eq!(w.observe(40, 40, at(600)), None);
     }
 }

@@ -43,6 +43,7 @@ pub struct Metrics {
     fenced: Family<RouteLabel, Counter>,
     latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     backlog: Family<RouteLabel, Gauge>,
+    in_flight: Family<RouteLabel, Gauge>,
     recent: Mutex<HashMap<String, Arc<Mutex<Recent>>>>,
     ready: AtomicBool,
     /// Why the bridge is unhealthy: a route that stopped.
@@ -90,6 +91,9 @@ pub struct RouteMetrics {
     pub recent: Arc<Mutex<Recent>>,
     /// Durable mode: events stored and not yet forwarded.
     pub backlog: Gauge,
+    /// Direct mode: events the route's shards hold, waiting for the sink
+    /// or at it (not yet confirmed, dead-lettered or handed back).
+    pub in_flight: Gauge,
 }
 
 impl RouteMetrics {
@@ -140,6 +144,7 @@ impl Default for Metrics {
             fenced: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             backlog: Family::default(),
+            in_flight: Family::default(),
             recent: Mutex::default(),
             ready: AtomicBool::new(false),
             failed: Mutex::default(),
@@ -205,6 +210,11 @@ impl Default for Metrics {
             "Events stored and not yet forwarded (durable mode)",
             m.backlog.clone(),
         );
+        registry.register(
+            "in_flight",
+            "Events held between source and sink, not yet confirmed (direct mode)",
+            m.in_flight.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -228,6 +238,7 @@ impl Metrics {
             fenced: self.fenced.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
             backlog: self.backlog.get_or_create(&l).clone(),
+            in_flight: self.in_flight.get_or_create(&l).clone(),
             recent: self
                 .recent
                 .lock()

@@ -1078,11 +1078,14 @@ async fn a_shard_waiting_for_the_store_still_finishes_its_calls() {
     publish(&broker, &sent).await;
     let shutdown = CancellationToken::new();
     let source = bridge.endpoints.consumer("src").await.expect("source");
+    let metrics = route.metrics.clone();
     let task = tokio::spawn(route.run(source, shutdown.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut last = (0, tokio::time::Instant::now());
+    let mut most_in_flight = 0;
     while at_sink(&broker) < sent.len() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        most_in_flight = most_in_flight.max(metrics.in_flight.get());
         let now = at_sink(&broker);
         if now != last.0 {
             last = (now, tokio::time::Instant::now());
@@ -1106,4 +1109,11 @@ async fn a_shard_waiting_for_the_store_still_finishes_its_calls() {
         .expect("task")
         .expect("route stops cleanly");
     drain_sink(&broker, sent.len()).await;
+    // The in-flight gauge saw the shard's events, and none is left counted.
+    assert!(most_in_flight > 0, "the in-flight gauge never moved");
+    assert_eq!(
+        metrics.in_flight.get(),
+        0,
+        "in flight after the route stopped"
+    );
 }

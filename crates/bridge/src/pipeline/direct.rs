@@ -187,7 +187,12 @@ impl Route {
         // whose bound is the source's backpressure.
         let room =
             self.config.in_flight * self.config.batch_size.div_ceil(self.config.shards.max(1));
+        // What this shard adds to the route's in-flight gauge.
+        let mut counted = 0;
         loop {
+            let held = waiting.held() as i64;
+            self.metrics.in_flight.inc_by(held - counted);
+            counted = held;
             while open && waiting.held() < room {
                 match rx.try_recv() {
                     Ok(queued) => waiting.add(queued),
@@ -227,6 +232,7 @@ impl Route {
                 () = sleep_until(retry_at), if retry_at.is_some() => {}
             }
         }
+        self.metrics.in_flight.dec_by(counted);
     }
 
     /// One call to the sink: renews claims that waited past half the lease
