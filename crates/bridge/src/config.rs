@@ -123,9 +123,10 @@ pub struct StoreConfig {
     #[serde(default)]
     pub postgres: Option<PostgresStoreConfig>,
     /// SQLite's page cache in MiB, all its connections together: what the
-    /// store (a growing dedup table included) may hold in memory.
-    #[serde(default = "default_sqlite_cache_mib")]
-    pub sqlite_cache_mib: u64,
+    /// store (a growing dedup table included) may hold in memory; 16 when
+    /// unset. Refused beside `postgres`, where it would do nothing.
+    #[serde(default)]
+    pub sqlite_cache_mib: Option<u64>,
     /// Window in which a re-sent event id is recognised by the store.
     #[serde(default = "default_dedup_window", with = "humantime_serde")]
     pub dedup_window: Duration,
@@ -178,15 +179,51 @@ impl Default for StoreConfig {
         StoreConfig {
             sqlite: None,
             postgres: None,
-            sqlite_cache_mib: default_sqlite_cache_mib(),
+            sqlite_cache_mib: None,
             dedup_window: default_dedup_window(),
             retention: None,
         }
     }
 }
 
-fn default_sqlite_cache_mib() -> u64 {
-    16
+impl StoreConfig {
+    /// SQLite's page cache in MiB: as set, or 16.
+    pub fn sqlite_cache_mib(&self) -> u64 {
+        self.sqlite_cache_mib.unwrap_or(16)
+    }
+
+    /// With `postgres`, SQLite's settings would be silently unused: they
+    /// are refused, naming the line where `text` has one.
+    fn validate(&self, origin: &str, text: &str) -> Result<(), ConfigError> {
+        if self.postgres.is_none() {
+            return Ok(());
+        }
+        let unused = [
+            ("sqlite", self.sqlite.is_some()),
+            ("sqlite_cache_mib", self.sqlite_cache_mib.is_some()),
+        ];
+        for (key, set) in unused {
+            if set {
+                let at = line_of_key(text, key).map_or(String::new(), |l| format!("{l}:"));
+                return Err(ConfigError(format!(
+                    "{origin}:{at} store.{key}: a SQLite setting beside store.postgres, where it \
+                     would do nothing; the store is PostgreSQL: remove it"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The line of the first `key = ...` in `text`, if it is written that way.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 fn default_dedup_window() -> Duration {
@@ -612,6 +649,7 @@ impl Config {
         let file = substitute_env(text, origin, env)?;
         let config: Config =
             toml::from_str(&file.text).map_err(|e| ConfigError(describe(origin, &file, &e)))?;
+        config.store.validate(origin, file.original)?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -1060,6 +1098,31 @@ mode = "durable"
         assert!(e.to_string().contains("routes.r.sink"), "{e}");
         let e = Config::parse(&GOOD.replace("{key_hash % 10}", "{bogus}"), "f").unwrap_err();
         assert!(e.to_string().contains("routes.r.destination"), "{e}");
+    }
+
+    #[test]
+    fn sqlite_settings_beside_postgres_are_refused_with_their_line() {
+        let sqlite = "[store]\nsqlite = \"x.db\"\n";
+        assert!(GOOD.contains(sqlite), "the good file's store is SQLite");
+        let pg = "[store]\npostgres = { url = \"postgres://db/causeway\" }\n";
+        let with = |extra: &str| GOOD.replacen(sqlite, &format!("{pg}{extra}"), 1);
+        Config::parse(&with(""), "f.toml").expect("PostgreSQL alone");
+        let e = Config::parse(&with("sqlite_cache_mib = 64\n"), "f.toml").unwrap_err();
+        let line = with("sqlite_cache_mib = 64\n")
+            .lines()
+            .position(|l| l.starts_with("sqlite_cache_mib"))
+            .expect("line")
+            + 1;
+        assert!(
+            e.to_string()
+                .starts_with(&format!("f.toml:{line}: store.sqlite_cache_mib")),
+            "{e}"
+        );
+        let e = Config::parse(&with("sqlite = \"x.db\"\n"), "f.toml").unwrap_err();
+        assert!(e.to_string().contains("store.sqlite:"), "{e}");
+        let sqlite_only = GOOD.replacen(sqlite, &format!("{sqlite}sqlite_cache_mib = 64\n"), 1);
+        let c = Config::parse(&sqlite_only, "f.toml").expect("SQLite with its cache");
+        assert_eq!(c.store.sqlite_cache_mib(), 64);
     }
 
     #[test]

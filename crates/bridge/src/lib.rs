@@ -115,7 +115,7 @@ impl Bridge {
                     }
                     let options = causeway_sqlite::SqliteOptions {
                         dedup_window: window,
-                        cache_bytes: config.store.sqlite_cache_mib.saturating_mul(1 << 20),
+                        cache_bytes: config.store.sqlite_cache_mib().saturating_mul(1 << 20),
                         ..Default::default()
                     };
                     let s = causeway_sqlite::SqliteStore::open(&path, options)
