@@ -912,6 +912,26 @@ async fn events_refused_once_keep_their_keys_order_at_the_sink() {
     assert_order_per_key(&got);
 }
 
+/// A direct-mode bridge, its route `r`, and that route's config with one
+/// shard of 4 calls at once taking batches of `batch_size`.
+async fn one_shard(
+    dir: &tempfile::TempDir,
+    batch_size: usize,
+) -> (
+    Bridge,
+    MemoryBroker,
+    Arc<Route>,
+    causeway_bridge::config::RouteConfig,
+) {
+    let (bridge, broker) = bridge(dir, "direct").await;
+    let base = bridge.route("r").await.expect("route");
+    let mut config = base.config.clone();
+    config.shards = 1;
+    config.in_flight = 4;
+    config.batch_size = batch_size;
+    (bridge, broker, base, config)
+}
+
 /// A slow sink that watches its calls: how many ran at once, and whether a
 /// key ever had events in two calls at once.
 struct Overlapping {
@@ -956,12 +976,7 @@ impl Publisher for Overlapping {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shards_calls_overlap_across_keys_and_never_within_one() {
     let dir = tempfile::tempdir().expect("dir");
-    let (bridge, broker) = bridge(&dir, "direct").await;
-    let base = bridge.route("r").await.expect("route");
-    let mut config = base.config.clone();
-    config.shards = 1;
-    config.in_flight = 4;
-    config.batch_size = 20;
+    let (bridge, broker, base, config) = one_shard(&dir, 20).await;
     let sent = causeway_testkit::events("ov", 400, 40);
     let refused: HashSet<String> = sent.iter().step_by(9).map(|e| e.id.clone()).collect();
     let sink = Arc::new(Overlapping {
@@ -1044,9 +1059,10 @@ impl causeway_core::DedupStore for Pooled {
 }
 
 /// A shard's calls make progress while the shard waits for the dedup
-/// store. Across a slow sink, calls renew their claims while they publish
-/// and the shard renews what waited past half a lease before sending it;
-/// all of it shares the store's connection pool. Before the fix the shard
+/// store. Across a slow sink, claims are renewed while their events are
+/// published and, when they waited past half a lease, before; the claims
+/// of the next poll are taken meanwhile, all on the store's pooled
+/// connections. Before the fix the shard
 /// awaited its renewal without polling its calls, so a call holding the
 /// last connection could never give it back: the route stopped for good
 /// (the 5-minute soak stopped this way at its first sink outage, its two
@@ -1054,12 +1070,7 @@ impl causeway_core::DedupStore for Pooled {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_waiting_for_the_store_still_finishes_its_calls() {
     let dir = tempfile::tempdir().expect("dir");
-    let (bridge, broker) = bridge(&dir, "direct").await;
-    let base = bridge.route("r").await.expect("route");
-    let mut config = base.config.clone();
-    config.shards = 1;
-    config.in_flight = 4;
-    config.batch_size = 10;
+    let (bridge, broker, base, mut config) = one_shard(&dir, 10).await;
     config.claim_lease = Duration::from_millis(400);
     let route = Arc::new(Route {
         config,
