@@ -2,7 +2,10 @@
 //! run: NATS → RabbitMQ, Kafka → NATS, RabbitMQ → Kafka and NATS → NATS,
 //! 10,000 events of 1 KiB per sample.
 //!
-//! - baseline, "adapter loop": consume a batch of up to 500 from A with the
+//! - baseline, "raw loop": the routes' client libraries called directly,
+//!   with the adapters' settings (`support/raw_loop.rs` says what it does
+//!   and skips);
+//! - second baseline, "adapter loop": consume a batch of up to 500 from A with the
 //!   source adapter, publish it to B with the sink adapter, ack after the
 //!   sink confirmed; 8 batches in flight. The adapters' own benches put each
 //!   adapter next to its raw client library.
@@ -30,6 +33,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/raw_loop.rs"]
+mod raw_loop;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +54,8 @@ const IN_FLIGHT: usize = 8;
 
 #[derive(Debug, Clone, Copy)]
 enum Mover {
+    /// The client libraries called directly (`support/raw_loop.rs`).
+    RawLoop,
     AdapterLoop,
     Direct {
         dedup: bool,
@@ -165,6 +172,7 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
     common::publish_to_source(&bridge, from, &prefix, &events).await;
     let destination = to.destination(&prefix, "out");
     match mover {
+        Mover::RawLoop => raw_loop::run(&setup.route, from, to, &prefix, EVENTS, cpu_seconds).await,
         Mover::AdapterLoop => adapter_loop(&bridge, from, to, &destination).await,
         Mover::Direct { .. } | Mover::DirectRaw | Mover::DirectManyKeys | Mover::Durable => {
             route(&bridge, &["r"]).await
@@ -275,6 +283,7 @@ fn bench_pair(c: &mut Criterion, from: Broker, to: Broker, cases: &[(&str, Mover
 }
 
 const STANDARD: &[(&str, Mover, Duration)] = &[
+    ("raw_loop_baseline", Mover::RawLoop, Duration::ZERO),
     ("adapter_loop_baseline", Mover::AdapterLoop, Duration::ZERO),
     (
         "bridge_direct_dedup",
@@ -295,6 +304,7 @@ fn benches(c: &mut Criterion) {
     let ms = Duration::from_millis;
     let mut nats_rabbit = STANDARD.to_vec();
     nats_rabbit.extend([
+        ("raw_loop_baseline_rtt_90ms", Mover::RawLoop, ms(90)),
         ("adapter_loop_baseline_rtt_90ms", Mover::AdapterLoop, ms(90)),
         (
             "bridge_direct_dedup_rtt_10ms",

@@ -252,6 +252,14 @@ impl Route {
             .is_some_and(|at| at.elapsed() >= self.config.claim_lease / 2)
         {
             pending = self.renew(pending, &shutdown).await;
+            if pending.events.is_empty() {
+                // Every claim was taken over (or handed back): nothing to send.
+                return Again {
+                    pending,
+                    sent,
+                    sent_keys,
+                };
+            }
         }
         let (fates, renewed) = self
             .forward_leased(&pending.events, &pending.claims())

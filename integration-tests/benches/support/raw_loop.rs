@@ -1,0 +1,437 @@
+//! The baseline a user would write without causeway: the routes' client
+//! libraries (async-nats, lapin, rdkafka) called directly, with the
+//! adapters' settings (batches of up to 500 gathered for at most 20 ms, 8
+//! batches in flight, JetStream and RabbitMQ publish confirms, Kafka
+//! `acks=all` with idempotence, snappy, 32 KiB batches, linger 20 ms, Nagle
+//! off), each source message acknowledged after the sink confirmed it.
+//! Headers are copied as they are and the key taken from the CloudEvents
+//! `partitionkey` header: nothing is decoded or checked, the least a
+//! forwarder does.
+//!
+//! One shortcut a careful forwarder would not take, which makes this
+//! baseline faster, not slower: the Kafka source stores a confirmed
+//! batch's offsets even while an earlier batch of the partition is still
+//! at the sink (librdkafka's `store_offset`), so a crash could skip events.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, message::PublishMessage};
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::{Header as KafkaHeader, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::Semaphore;
+
+use crate::common::{Addrs, Broker, Kafka, Nats, Rabbit};
+
+const BATCH: usize = 500;
+const IN_FLIGHT: usize = 8;
+const LINGER: Duration = Duration::from_millis(20);
+
+/// Moves `events` messages from run `prefix`'s source to its sink at
+/// `addrs` (a fault proxy's, for a round trip); returns
+/// the time from the first message received to the last acknowledged, and
+/// the CPU seconds (`cpu`) spent in it.
+pub async fn run(
+    addrs: &Addrs,
+    from: Broker,
+    to: Broker,
+    prefix: &str,
+    events: usize,
+    cpu: fn() -> f64,
+) -> (Duration, f64) {
+    let sink = Sink::connect(addrs, to, to.destination(prefix, "out")).await;
+    let mut source = Source::connect(addrs, from, prefix).await;
+    let window = Arc::new(Semaphore::new(IN_FLIGHT));
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let (mut received, mut start) = (0, None);
+    while received < events {
+        let permit = window.clone().acquire_owned().await.expect("window");
+        let batch = source.next_batch().await;
+        if batch.is_empty() {
+            continue;
+        }
+        start.get_or_insert_with(|| (Instant::now(), cpu()));
+        received += batch.len();
+        let (sink, confirmed, source) = (sink.clone(), confirmed.clone(), source.acker());
+        tokio::spawn(async move {
+            let n = batch.len() as u64;
+            let (messages, acks): (Vec<Raw>, Vec<Ack>) = batch.into_iter().unzip();
+            sink.publish(&messages).await;
+            source.ack(acks).await;
+            confirmed.fetch_add(n, Ordering::SeqCst);
+            drop(permit);
+        });
+    }
+    while confirmed.load(Ordering::SeqCst) < events as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (t0, cpu0) = start.expect("received something");
+    (t0.elapsed(), cpu() - cpu0)
+}
+
+/// A message as the loop carries it.
+struct Raw {
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Raw {
+    /// The CloudEvents id header of any binding (JetStream's dedup id).
+    fn id(&self) -> Option<&str> {
+        self.header(|n| matches!(n, "ce-id" | "ce_id" | "cloudEvents:id"))
+    }
+
+    /// The CloudEvents `partitionkey` header of any binding.
+    fn key(&self) -> Option<&str> {
+        self.header(|n| n.ends_with("partitionkey"))
+    }
+
+    fn header(&self, name: impl Fn(&str) -> bool) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| name(n))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How a source message is acknowledged once the sink confirmed it.
+enum Ack {
+    Nats(Box<jetstream::Message>),
+    Rabbit(lapin::Acker),
+    Kafka { partition: i32, offset: i64 },
+}
+
+enum Source {
+    Nats(consumer::pull::Stream),
+    /// The connection lives as long as the consumer.
+    Rabbit {
+        consumer: lapin::Consumer,
+        _connection: Connection,
+    },
+    Kafka(Arc<StreamConsumer>, String),
+}
+
+/// What the batch tasks need of the source to acknowledge.
+#[derive(Clone)]
+enum Acker {
+    Other,
+    Kafka(Arc<StreamConsumer>, String),
+}
+
+impl Source {
+    async fn connect(addrs: &Addrs, from: Broker, prefix: &str) -> Source {
+        let name = from.destination(prefix, "in");
+        match from {
+            Nats => {
+                let js = jetstream::new(nats_client(addrs).await);
+                let stream = js.get_stream(format!("{prefix}-in")).await.expect("stream");
+                let consumer = stream
+                    .create_consumer(consumer::pull::Config {
+                        durable_name: Some("raw".into()),
+                        filter_subject: name,
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: Duration::from_secs(30),
+                        max_ack_pending: -1,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("consumer");
+                let messages = consumer
+                    .stream()
+                    .max_messages_per_batch(BATCH)
+                    .messages()
+                    .await
+                    .expect("messages");
+                Source::Nats(messages)
+            }
+            Rabbit => {
+                let conn = rabbit_connection(addrs).await;
+                let channel = conn.create_channel().await.expect("channel");
+                channel
+                    .basic_qos(BATCH as u16, BasicQosOptions::default())
+                    .await
+                    .expect("qos");
+                let consumer = channel
+                    .basic_consume(
+                        name.as_str().into(),
+                        "raw".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .expect("consume");
+                Source::Rabbit {
+                    consumer,
+                    _connection: conn,
+                }
+            }
+            Kafka => {
+                let consumer: StreamConsumer = kafka_config(addrs)
+                    .set("group.id", format!("{prefix}-raw"))
+                    .set("enable.auto.commit", "true")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.offset.reset", "earliest")
+                    .set("session.timeout.ms", "6000")
+                    .create()
+                    .expect("kafka consumer");
+                consumer.subscribe(&[&name]).expect("subscribe");
+                Source::Kafka(Arc::new(consumer), name)
+            }
+            other => panic!("no raw loop from {other:?}"),
+        }
+    }
+
+    /// Up to `BATCH` messages: the first that comes within a second (none
+    /// otherwise), then what else comes within `LINGER`.
+    async fn next_batch(&mut self) -> Vec<(Raw, Ack)> {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while batch.len() < BATCH {
+            let Ok(message) = tokio::time::timeout_at(deadline, self.next()).await else {
+                break;
+            };
+            if batch.is_empty() {
+                deadline = tokio::time::Instant::now() + LINGER;
+            }
+            batch.push(message);
+        }
+        batch
+    }
+
+    async fn next(&mut self) -> (Raw, Ack) {
+        match self {
+            Source::Nats(messages) => {
+                let m = messages.next().await.expect("end").expect("message");
+                let headers = m
+                    .headers
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .filter_map(|(n, v)| Some((n.to_string(), v.first()?.as_str().to_owned())))
+                    .collect();
+                let raw = Raw {
+                    payload: m.payload.to_vec(),
+                    headers,
+                };
+                (raw, Ack::Nats(Box::new(m)))
+            }
+            Source::Rabbit { consumer, .. } => {
+                let d = consumer.next().await.expect("end").expect("delivery");
+                let headers = d
+                    .properties
+                    .headers()
+                    .iter()
+                    .flat_map(|t| t.inner().iter())
+                    .filter_map(|(n, v)| match v {
+                        AMQPValue::LongString(s) => Some((
+                            n.as_str().to_owned(),
+                            String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                let raw = Raw {
+                    payload: d.data,
+                    headers,
+                };
+                (raw, Ack::Rabbit(d.acker))
+            }
+            Source::Kafka(consumer, _) => {
+                let m = consumer.recv().await.expect("kafka message");
+                let headers = m
+                    .headers()
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .filter_map(|h| {
+                        Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
+                    })
+                    .collect();
+                let raw = Raw {
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                };
+                let ack = Ack::Kafka {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                };
+                (raw, ack)
+            }
+        }
+    }
+
+    fn acker(&self) -> Acker {
+        match self {
+            Source::Kafka(consumer, topic) => Acker::Kafka(consumer.clone(), topic.clone()),
+            _ => Acker::Other,
+        }
+    }
+}
+
+impl Acker {
+    async fn ack(&self, acks: Vec<Ack>) {
+        for ack in acks {
+            match (ack, self) {
+                (Ack::Nats(m), _) => m.ack().await.expect("nats ack"),
+                (Ack::Rabbit(a), _) => {
+                    a.ack(BasicAckOptions::default())
+                        .await
+                        .expect("rabbitmq ack");
+                }
+                (Ack::Kafka { partition, offset }, Acker::Kafka(consumer, topic)) => consumer
+                    .store_offset(topic, partition, offset)
+                    .expect("store offset"),
+                (Ack::Kafka { .. }, Acker::Other) => unreachable!("a Kafka ack from Kafka only"),
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Sink {
+    Nats(jetstream::Context, String),
+    Rabbit(lapin::Channel, String),
+    Kafka(FutureProducer, String),
+}
+
+impl Sink {
+    async fn connect(addrs: &Addrs, to: Broker, destination: String) -> Sink {
+        match to {
+            Nats => Sink::Nats(jetstream::new(nats_client(addrs).await), destination),
+            Rabbit => {
+                let conn = rabbit_connection(addrs).await;
+                let channel = conn.create_channel().await.expect("channel");
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .expect("confirms");
+                // The channel lives as long as its connection: this one for the sample.
+                std::mem::forget(conn);
+                Sink::Rabbit(channel, destination)
+            }
+            Kafka => {
+                let producer = kafka_config(addrs)
+                    .set("acks", "all")
+                    .set("enable.idempotence", "true")
+                    .set("compression.type", "snappy")
+                    .set("batch.size", "32768")
+                    .set("linger.ms", "20")
+                    .create()
+                    .expect("kafka producer");
+                Sink::Kafka(producer, destination)
+            }
+            other => panic!("no raw loop to {other:?}"),
+        }
+    }
+
+    /// Publishes the batch and waits for every confirmation.
+    async fn publish(&self, messages: &[Raw]) {
+        match self {
+            Sink::Nats(js, subject) => {
+                let mut acks = Vec::with_capacity(messages.len());
+                for m in messages {
+                    let mut headers = HeaderMap::new();
+                    for (n, v) in &m.headers {
+                        headers.insert(n.as_str(), v.as_str());
+                    }
+                    if let Some(id) = m.id() {
+                        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+                    }
+                    let message = PublishMessage::build()
+                        .payload(m.payload.clone().into())
+                        .headers(headers);
+                    let ack = js.send_publish(subject.clone(), message).await;
+                    acks.push(ack.expect("publish").into_future());
+                }
+                for ack in join_all(acks).await {
+                    ack.expect("jetstream ack");
+                }
+            }
+            Sink::Rabbit(channel, queue) => {
+                let mut confirms = Vec::with_capacity(messages.len());
+                for m in messages {
+                    let mut headers = FieldTable::default();
+                    for (n, v) in &m.headers {
+                        headers.insert(
+                            ShortString::from(n.as_str()),
+                            AMQPValue::LongString(LongString::from(v.as_str())),
+                        );
+                    }
+                    let mut properties = BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(headers);
+                    if let Some(id) = m.id() {
+                        properties = properties.with_message_id(ShortString::from(id));
+                    }
+                    confirms.push(
+                        channel
+                            .basic_publish(
+                                "".into(),
+                                queue.as_str().into(),
+                                BasicPublishOptions::default(),
+                                &m.payload,
+                                properties,
+                            )
+                            .await
+                            .expect("publish"),
+                    );
+                }
+                for c in join_all(confirms).await {
+                    assert!(c.expect("confirm").is_ack(), "rabbitmq nacked");
+                }
+            }
+            Sink::Kafka(producer, topic) => {
+                let sends = messages.iter().map(|m| {
+                    let headers = m.headers.iter().fold(OwnedHeaders::new(), |h, (n, v)| {
+                        h.insert(KafkaHeader {
+                            key: n,
+                            value: Some(v.as_str()),
+                        })
+                    });
+                    let mut record = FutureRecord::<str, Vec<u8>>::to(topic)
+                        .payload(&m.payload)
+                        .headers(headers);
+                    if let Some(key) = m.key() {
+                        record = record.key(key);
+                    }
+                    producer.send(record, Timeout::Never)
+                });
+                for sent in join_all(sends).await {
+                    sent.expect("kafka delivery");
+                }
+            }
+        }
+    }
+}
+
+async fn nats_client(addrs: &Addrs) -> async_nats::Client {
+    async_nats::connect(&addrs.nats)
+        .await
+        .expect("nats connect")
+}
+
+async fn rabbit_connection(addrs: &Addrs) -> Connection {
+    Connection::connect(&addrs.rabbit, ConnectionProperties::default())
+        .await
+        .expect("rabbitmq connect")
+}
+
+fn kafka_config(addrs: &Addrs) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &addrs.kafka)
+        .set("socket.nagle.disable", "true");
+    config
+}
