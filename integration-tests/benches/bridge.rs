@@ -26,8 +26,12 @@
 //!
 //! A sample is timed from the first event received to the last confirmed by
 //! the sink, so that consumer start-up (a Kafka group join) is not counted.
-//! After the groups it prints CPU time per event of each case and the
-//! process's peak RSS (which also holds the baselines and criterion).
+//! After the groups it prints CPU time per event of each case, the
+//! process's peak RSS (which also holds the baselines and criterion), and,
+//! for NATS → RabbitMQ and Kafka → NATS when their raw loop and direct
+//! case ran, the latency the bridge adds at half load: events published at
+//! half the lower of the two rates, each timed from its publish to its
+//! receipt at the sink, p50 and p99 of the raw loop beside the bridge's.
 //!
 //! Run with `cargo xtask bench bridge` (brokers from `cargo xtask services up`).
 
@@ -36,7 +40,7 @@ mod common;
 #[path = "support/raw_loop.rs"]
 mod raw_loop;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use causeway_bridge::Bridge;
 use causeway_core::{Event, Format, Header, Settlement, settle_all};
+use causeway_servicebus_emulator::ServiceBusEmulator;
 use causeway_testkit::fault_proxy::FaultProxy;
 use common::{Broker, Kafka, Nats, Rabbit, Setup};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -117,10 +122,17 @@ fn into_raw(event: &mut Event) {
     ];
 }
 
-/// One sample: fresh destinations, the source filled (untimed), then the
-/// events moved; returns the time from first receipt to last confirmation
-/// and the CPU seconds spent in it.
-async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Duration, f64) {
+/// A sample's brokers and bridge: fresh destinations, the sink's queue or
+/// stream declared, the fault proxy in front of RabbitMQ when `rtt` is not
+/// zero. The rest is held only to live as long as the sample.
+struct Prepared {
+    bridge: Bridge,
+    setup: Setup,
+    prefix: String,
+    _held: (tempfile::TempDir, ServiceBusEmulator, Option<FaultProxy>),
+}
+
+async fn prepare(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> Prepared {
     let dir = tempfile::tempdir().expect("dir");
     let prefix = causeway_testkit::unique_name("bench");
     let emulator = common::prepare(&prefix, from, to).await;
@@ -137,11 +149,10 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
     if matches!(mover, Mover::Fanout) {
         setup.also_to = Some(Nats);
     }
-    let raw = matches!(mover, Mover::DirectRaw);
-    if raw {
+    if matches!(mover, Mover::DirectRaw) {
         setup.route_extra.push_str("\nformat = \"raw\"");
     }
-    let _proxy = if rtt.is_zero() {
+    let proxy = if rtt.is_zero() {
         None
     } else {
         assert_eq!(to, Rabbit, "latency is injected in front of RabbitMQ only");
@@ -154,19 +165,36 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
     };
     let bridge = Bridge::new(setup.config(&emulator)).await.expect("bridge");
     // Declares the sink's queue (RabbitMQ) before anything is published.
-    let sink = common::sink_reader(&bridge, from, to).await;
-    drop(sink);
+    drop(common::sink_reader(&bridge, from, to).await);
     if setup.also_to.is_some() {
         // Creates the second sink's stream.
         drop(common::sink_reader(&bridge, from, Nats).await);
     }
+    Prepared {
+        bridge,
+        setup,
+        prefix,
+        _held: (dir, emulator, proxy),
+    }
+}
+
+/// One sample: fresh destinations, the source filled (untimed), then the
+/// events moved; returns the time from first receipt to last confirmation
+/// and the CPU seconds spent in it.
+async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Duration, f64) {
+    let Prepared {
+        bridge,
+        setup,
+        prefix,
+        _held,
+    } = prepare(from, to, mover, rtt).await;
     let keys = if matches!(mover, Mover::DirectManyKeys) {
         EVENTS
     } else {
         100
     };
     let mut events = events(&prefix, keys);
-    if raw {
+    if matches!(mover, Mover::DirectRaw) {
         events.iter_mut().for_each(into_raw);
     }
     common::publish_to_source(&bridge, from, &prefix, &events).await;
@@ -248,8 +276,22 @@ async fn adapter_loop(
     out
 }
 
-/// CPU seconds and events per case, for the table printed at the end.
-static CPU: Mutex<BTreeMap<String, (f64, u64)>> = Mutex::new(BTreeMap::new());
+/// What the samples of one case took, for the tables printed at the end.
+#[derive(Default)]
+struct Totals {
+    cpu: f64,
+    events: u64,
+    elapsed: Duration,
+}
+
+static TOTALS: Mutex<BTreeMap<String, Totals>> = Mutex::new(BTreeMap::new());
+
+/// A case's events a second over its samples in this run, if it ran.
+fn throughput(case: &str) -> Option<f64> {
+    let totals = TOTALS.lock().expect("lock");
+    let t = totals.get(case)?;
+    Some(t.events as f64 / t.elapsed.as_secs_f64())
+}
 
 fn bench_pair(c: &mut Criterion, from: Broker, to: Broker, cases: &[(&str, Mover, Duration)]) {
     let rt = causeway_testkit::bench::runtime();
@@ -269,10 +311,11 @@ fn bench_pair(c: &mut Criterion, from: Broker, to: Broker, cases: &[(&str, Mover
                     for _ in 0..iters {
                         let (elapsed, cpu) = sample(from, to, mover, rtt).await;
                         total += elapsed;
-                        let mut m = CPU.lock().expect("lock");
-                        let e = m.entry(key.clone()).or_default();
-                        e.0 += cpu;
-                        e.1 += EVENTS as u64;
+                        let mut m = TOTALS.lock().expect("lock");
+                        let t = m.entry(key.clone()).or_default();
+                        t.cpu += cpu;
+                        t.events += EVENTS as u64;
+                        t.elapsed += elapsed;
                     }
                     total
                 }
@@ -351,10 +394,144 @@ fn benches(c: &mut Criterion) {
     bench_pair(c, Rabbit, Kafka, STANDARD);
     bench_pair(c, Nats, Nats, STANDARD);
     println!("\nCPU time per event (this process: source and sink clients, bridge, harness):");
-    for (case, (cpu, events)) in CPU.lock().expect("lock").iter() {
-        println!("  {case}: {:.1} µs/event", cpu / *events as f64 * 1e6);
+    for (case, t) in TOTALS.lock().expect("lock").iter() {
+        println!("  {case}: {:.1} µs/event", t.cpu / t.events as f64 * 1e6);
     }
     println!("peak RSS of the bench process: {:.0} MiB", peak_rss_mib());
+    println!(
+        "\nAdded latency at half load (half the lower of the raw loop's and the bridge's \
+         (direct, dedup) rates in this run; \
+         source publish to sink receipt, {LATENCY_RUNS} runs of {LATENCY_EVENTS} events each):"
+    );
+    let rt = causeway_testkit::bench::runtime();
+    for (from, to) in [(Nats, Rabbit), (Kafka, Nats)] {
+        latency_report(&rt, from, to);
+    }
+}
+
+/// Events per latency run, and runs of each mover (alternating).
+const LATENCY_EVENTS: usize = 10_000;
+const LATENCY_RUNS: usize = 3;
+
+/// How the latency run's events are moved.
+enum Moving {
+    Raw(tokio::task::JoinHandle<(Duration, f64)>),
+    Route(common::Running),
+}
+
+/// Each event's time from before its publish at the source to its receipt
+/// at the sink (read by the check endpoint's adapter, 1 ms linger), events
+/// published at `rate` a second: a chunk every 5 ms, each chunk's publish a
+/// task of its own so that a slow confirm does not slow the pace. Warm-up
+/// events go first, untimed: a Kafka group joined, connections open.
+async fn latencies(from: Broker, to: Broker, mover: Mover, rate: f64) -> Vec<Duration> {
+    let p = prepare(from, to, mover, Duration::ZERO).await;
+    let warm = events(&format!("{}-warm", p.prefix), 100);
+    let timed = events(&p.prefix, 100);
+    // Before the mover starts: this creates the source's stream (NATS).
+    common::publish_to_source(&p.bridge, from, &p.prefix, &warm).await;
+    let moving = match mover {
+        Mover::RawLoop => {
+            let (addrs, prefix) = (p.setup.route.clone(), p.prefix.clone());
+            let total = warm.len() + LATENCY_EVENTS;
+            Moving::Raw(tokio::spawn(async move {
+                raw_loop::run(&addrs, from, to, &prefix, total, cpu_seconds).await
+            }))
+        }
+        _ => Moving::Route(common::start_route(&p.bridge).await),
+    };
+    let mut sink = common::sink_reader(&p.bridge, from, to).await;
+    causeway_testkit::receive_and_ack(sink.as_mut(), warm.len(), Duration::from_secs(90)).await;
+    let publisher = p
+        .bridge
+        .endpoints
+        .publisher(from.name())
+        .await
+        .expect("publisher");
+    let destination = from.destination(&p.prefix, "in");
+    let pace = tokio::spawn(async move {
+        let chunk = ((rate / 200.0).ceil() as usize).max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let (mut sent_at, mut publishing) = (HashMap::new(), Vec::new());
+        for part in timed.chunks(chunk) {
+            tick.tick().await;
+            let now = Instant::now();
+            sent_at.extend(part.iter().map(|e| (e.id.clone(), now)));
+            let (publisher, destination, part) =
+                (publisher.clone(), destination.clone(), part.to_vec());
+            publishing.push(tokio::spawn(async move {
+                let out = publisher
+                    .publish(&destination, &part)
+                    .await
+                    .expect("publish");
+                assert!(out.iter().all(Result::is_ok), "a publish failed");
+            }));
+        }
+        for p in publishing {
+            p.await.expect("publish task");
+        }
+        sent_at
+    });
+    let mut received = HashMap::new();
+    while received.len() < LATENCY_EVENTS {
+        let batch = sink
+            .next_batch(BATCH, Duration::from_millis(1))
+            .await
+            .expect("receive");
+        let now = Instant::now();
+        let mut tickets = Vec::with_capacity(batch.len());
+        for d in batch {
+            received.entry(d.event.id).or_insert(now);
+            tickets.push((d.ticket, Settlement::Ack));
+        }
+        settle_all(tickets).await.expect("ack");
+    }
+    let sent_at = pace.await.expect("pace");
+    match moving {
+        Moving::Raw(task) => drop(task.await.expect("raw loop")),
+        Moving::Route(running) => running.stop().await,
+    }
+    received
+        .iter()
+        .map(|(id, got)| got.duration_since(sent_at[id]))
+        .collect()
+}
+
+/// Prints the raw loop's and the bridge's (direct, dedup) latency
+/// percentiles, pooled over the runs, and what the bridge adds.
+fn latency_report(rt: &tokio::runtime::Runtime, from: Broker, to: Broker) {
+    let name = format!("bridge_{}_to_{}", from.name(), to.name());
+    // Half of the slower one's maximum: both below what they can carry.
+    let (Some(raw_max), Some(bridge_max)) = (
+        throughput(&format!("{name}/raw_loop_baseline")),
+        throughput(&format!("{name}/bridge_direct_dedup")),
+    ) else {
+        println!("  {name}: skipped (raw_loop_baseline and bridge_direct_dedup did not both run)");
+        return;
+    };
+    let rate = raw_max.min(bridge_max) / 2.0;
+    let (mut raw, mut bridge) = (Vec::new(), Vec::new());
+    for _ in 0..LATENCY_RUNS {
+        raw.extend(rt.block_on(latencies(from, to, Mover::RawLoop, rate)));
+        bridge.extend(rt.block_on(latencies(from, to, Mover::Direct { dedup: true }, rate)));
+    }
+    let ms = |v: &mut Vec<Duration>, q: f64| {
+        v.sort_unstable();
+        v[((v.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3
+    };
+    let (r50, r99, b50, b99) = (
+        ms(&mut raw, 0.5),
+        ms(&mut raw, 0.99),
+        ms(&mut bridge, 0.5),
+        ms(&mut bridge, 0.99),
+    );
+    println!(
+        "  {name} at {rate:.0} events/s: raw loop p50 {r50:.1} ms, p99 {r99:.1} ms; \
+         bridge (direct, dedup) p50 {b50:.1} ms, p99 {b99:.1} ms; \
+         added p50 {:+.1} ms, p99 {:+.1} ms (goal: at most 1 ms)",
+        b50 - r50,
+        b99 - r99
+    );
 }
 
 criterion_group!(bridge, benches);

@@ -4,9 +4,10 @@
 //! batches in flight, JetStream and RabbitMQ publish confirms, Kafka
 //! `acks=all` with idempotence, snappy, 32 KiB batches, linger 20 ms, Nagle
 //! off), each source message acknowledged after the sink confirmed it.
-//! Headers are copied as they are and the key taken from the CloudEvents
-//! `partitionkey` header: nothing is decoded or checked, the least a
-//! forwarder does.
+//! Headers are copied, the CloudEvents attributes renamed for the sink's
+//! binding, the key taken from the `partitionkey` attribute: nothing is
+//! decoded or checked, the least a forwarder that keeps the events readable
+//! does.
 //!
 //! One shortcut a careful forwarder would not take, which makes this
 //! baseline faster, not slower: the Kafka source stores a confirmed
@@ -83,27 +84,59 @@ pub async fn run(
     (t0.elapsed(), cpu() - cpu0)
 }
 
-/// A message as the loop carries it.
+/// A message as the loop carries it: its CloudEvents attributes apart
+/// from its other headers, because each broker's binding names them its
+/// own way (`ce-id`, `cloudEvents:id`, `ce_id`) and a forwarder that keeps
+/// them readable renames them.
 struct Raw {
     payload: Vec<u8>,
+    attributes: Vec<(String, String)>,
     headers: Vec<(String, String)>,
 }
 
 impl Raw {
-    /// The CloudEvents id header of any binding (JetStream's dedup id).
-    fn id(&self) -> Option<&str> {
-        self.header(|n| matches!(n, "ce-id" | "ce_id" | "cloudEvents:id"))
+    fn new(payload: Vec<u8>, headers: impl Iterator<Item = (String, String)>) -> Raw {
+        let mut raw = Raw {
+            payload,
+            attributes: Vec::new(),
+            headers: Vec::new(),
+        };
+        for (name, value) in headers {
+            let attribute = ["ce-", "ce_", "cloudEvents:"]
+                .iter()
+                .find_map(|p| name.strip_prefix(p));
+            match attribute {
+                Some(a) => raw.attributes.push((a.to_owned(), value)),
+                None => raw.headers.push((name, value)),
+            }
+        }
+        raw
     }
 
-    /// The CloudEvents `partitionkey` header of any binding.
-    fn key(&self) -> Option<&str> {
-        self.header(|n| n.ends_with("partitionkey"))
-    }
-
-    fn header(&self, name: impl Fn(&str) -> bool) -> Option<&str> {
-        self.headers
+    /// Headers as a sink whose binding prefixes attributes with `prefix` names them.
+    fn headers_for<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (String, &'a str)> {
+        let attributes = self
+            .attributes
             .iter()
-            .find(|(n, _)| name(n))
+            .map(move |(a, v)| (format!("{prefix}{a}"), v.as_str()));
+        let headers = self.headers.iter().map(|(n, v)| (n.clone(), v.as_str()));
+        attributes.chain(headers)
+    }
+
+    /// The event's id (JetStream's and RabbitMQ's message id).
+    fn id(&self) -> Option<&str> {
+        self.attribute("id")
+    }
+
+    /// The event's key (Kafka's message key).
+    fn key(&self) -> Option<&str> {
+        self.attribute("partitionkey")
+    }
+
+    fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
 }
@@ -220,13 +253,11 @@ impl Source {
                     .headers
                     .iter()
                     .flat_map(|h| h.iter())
-                    .filter_map(|(n, v)| Some((n.to_string(), v.first()?.as_str().to_owned())))
-                    .collect();
-                let raw = Raw {
-                    payload: m.payload.to_vec(),
-                    headers,
-                };
-                (raw, Ack::Nats(Box::new(m)))
+                    .filter_map(|(n, v)| Some((n.to_string(), v.first()?.as_str().to_owned())));
+                (
+                    Raw::new(m.payload.to_vec(), headers),
+                    Ack::Nats(Box::new(m)),
+                )
             }
             Source::Rabbit { consumer, .. } => {
                 let d = consumer.next().await.expect("end").expect("delivery");
@@ -241,28 +272,19 @@ impl Source {
                             String::from_utf8_lossy(s.as_bytes()).into_owned(),
                         )),
                         _ => None,
-                    })
-                    .collect();
-                let raw = Raw {
-                    payload: d.data,
-                    headers,
-                };
-                (raw, Ack::Rabbit(d.acker))
+                    });
+                (Raw::new(d.data, headers), Ack::Rabbit(d.acker))
             }
             Source::Kafka(consumer, _) => {
                 let m = consumer.recv().await.expect("kafka message");
                 let headers = m
                     .headers()
-                    .iter()
+                    .into_iter()
                     .flat_map(|h| h.iter())
                     .filter_map(|h| {
                         Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
-                    })
-                    .collect();
-                let raw = Raw {
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers,
-                };
+                    });
+                let raw = Raw::new(m.payload().unwrap_or_default().to_vec(), headers);
                 let ack = Ack::Kafka {
                     partition: m.partition(),
                     offset: m.offset(),
@@ -343,8 +365,8 @@ impl Sink {
                 let mut acks = Vec::with_capacity(messages.len());
                 for m in messages {
                     let mut headers = HeaderMap::new();
-                    for (n, v) in &m.headers {
-                        headers.insert(n.as_str(), v.as_str());
+                    for (n, v) in m.headers_for("ce-") {
+                        headers.insert(n.as_str(), v);
                     }
                     if let Some(id) = m.id() {
                         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
@@ -363,10 +385,10 @@ impl Sink {
                 let mut confirms = Vec::with_capacity(messages.len());
                 for m in messages {
                     let mut headers = FieldTable::default();
-                    for (n, v) in &m.headers {
+                    for (n, v) in m.headers_for("cloudEvents:") {
                         headers.insert(
-                            ShortString::from(n.as_str()),
-                            AMQPValue::LongString(LongString::from(v.as_str())),
+                            ShortString::from(n),
+                            AMQPValue::LongString(LongString::from(v)),
                         );
                     }
                     let mut properties = BasicProperties::default()
@@ -394,10 +416,10 @@ impl Sink {
             }
             Sink::Kafka(producer, topic) => {
                 let sends = messages.iter().map(|m| {
-                    let headers = m.headers.iter().fold(OwnedHeaders::new(), |h, (n, v)| {
+                    let headers = m.headers_for("ce_").fold(OwnedHeaders::new(), |h, (n, v)| {
                         h.insert(KafkaHeader {
-                            key: n,
-                            value: Some(v.as_str()),
+                            key: &n,
+                            value: Some(v),
                         })
                     });
                     let mut record = FutureRecord::<str, Vec<u8>>::to(topic)
