@@ -8,9 +8,14 @@
 //! ends (a quarter of the run), at the end, and how many events it
 //! published, so that a rate the process could not hold is seen.
 //!
+//! A third case is durable mode at full speed, Kafka → NATS: the bench
+//! first fills a fresh topic (3 partitions) with `KAFKA_EVENTS` events of
+//! 1 KiB, then the process stores every event and forwards it as fast as it
+//! can; the case ends when all were published (or at the time limit).
+//!
 //! Not criterion: a sample is minutes long. `cargo xtask bench rss` runs
 //! each case for 10 minutes (the issue's measure); `-- --seconds 60` a
-//! shorter look. Needs NATS from `cargo xtask services up`.
+//! shorter look. Needs NATS and Kafka from `cargo xtask services up`.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -18,19 +23,31 @@ use std::time::{Duration, Instant};
 
 const RATE: u64 = 20_000;
 
+/// Events the durable case moves from Kafka.
+const KAFKA_EVENTS: u64 = 300_000;
+
 struct Case {
     name: &'static str,
+    /// The route's source: the generator at `RATE`, or a filled Kafka topic.
+    kafka: bool,
     route: &'static str,
 }
 
-const CASES: [Case; 2] = [
+const CASES: [Case; 3] = [
     Case {
         name: "direct, no dedup (baseline)",
-        route: "dedup = false",
+        kafka: false,
+        route: "mode = \"direct\"\ndedup = false",
     },
     Case {
         name: "direct, SQLite dedup (defaults)",
-        route: "",
+        kafka: false,
+        route: "mode = \"direct\"",
+    },
+    Case {
+        name: "durable, Kafka at full speed",
+        kafka: true,
+        route: "mode = \"durable\"",
     },
 ];
 
@@ -48,13 +65,17 @@ fn main() {
     let nats = std::env::var("CAUSEWAY_NATS_URL").unwrap_or_else(|_| {
         panic!("CAUSEWAY_NATS_URL is not set: start NATS with `cargo xtask services up` (or run `cargo xtask bench rss`)")
     });
+    let kafka = std::env::var("CAUSEWAY_KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!("CAUSEWAY_KAFKA_BROKERS is not set: start Kafka with `cargo xtask services up` (or run `cargo xtask bench rss`)")
+    });
     let binary = env!("CARGO_BIN_EXE_causeway-under-test");
     println!(
-        "rss: one `causeway run`, generator at {RATE}/s → NATS, {seconds} s per case, RSS sampled every second"
+        "rss: one `causeway run` → NATS, from a generator at {RATE}/s or from Kafka \
+         ({KAFKA_EVENTS} events, as fast as it goes), at most {seconds} s per case, RSS sampled every second"
     );
     let mut rows = Vec::new();
     for (i, case) in CASES.iter().enumerate() {
-        let m = run_case(binary, &nats, case, i, seconds);
+        let m = run_case(binary, &nats, &kafka, case, i, seconds);
         println!(
             "rss/{}: peak {:.1} MiB, at warm-up end {:.1} MiB, at end {:.1} MiB, {} events in {:.0} s ({:.0}/s)",
             case.name,
@@ -90,7 +111,14 @@ fn seconds_from_args() -> u64 {
         .unwrap_or(600)
 }
 
-fn run_case(binary: &str, nats: &str, case: &Case, index: usize, seconds: u64) -> Measured {
+fn run_case(
+    binary: &str,
+    nats: &str,
+    kafka: &str,
+    case: &Case,
+    index: usize,
+    seconds: u64,
+) -> Measured {
     let dir = tempfile::tempdir().expect("temp dir");
     let listen = format!(
         "127.0.0.1:{}",
@@ -102,6 +130,15 @@ fn run_case(binary: &str, nats: &str, case: &Case, index: usize, seconds: u64) -
     // A stream of its own per case and run; it keeps 30 s, so the server's
     // disk use stays bounded over a long run.
     let stream = format!("rss-{}-{index}", std::process::id());
+    let source = if case.kafka {
+        fill_kafka(kafka, &stream);
+        format!(
+            "[endpoints.src.kafka]\nbrokers = \"{kafka}\"\n\
+             consumer = {{ group = \"{stream}\", topics = [\"{stream}\"] }}\n"
+        )
+    } else {
+        format!("[endpoints.src.generator]\nrate = {RATE}\nkeys = 1000\npayload_bytes = 1024\n")
+    };
     let config = format!(
         r#"[store]
 sqlite = "{store}"
@@ -110,20 +147,15 @@ sqlite = "{store}"
 listen = "{listen}"
 summary_every = "60s"
 
-[endpoints.gen.generator]
-rate = {RATE}
-keys = 1000
-payload_bytes = 1024
-
+{source}
 [endpoints.nats.nats]
 url = "{nats}"
 stream = {{ name = "{stream}", subjects = ["{stream}.out"], max_age = "30s", duplicate_window = "10s" }}
 
 [routes.r]
-source = "gen"
+source = "src"
 sink = "nats"
 destination = "{stream}.out"
-mode = "direct"
 {route}
 "#,
         store = dir.path().join("store.db").display(),
@@ -148,7 +180,9 @@ mode = "direct"
     let mut warm_kib = 0;
     let mut end_kib = 0;
     let mut ticks = 0;
-    while started.elapsed() < Duration::from_secs(seconds) {
+    let mut moved = 0;
+    while started.elapsed() < Duration::from_secs(seconds) && !(case.kafka && moved >= KAFKA_EVENTS)
+    {
         std::thread::sleep(Duration::from_secs(1));
         ticks += 1;
         let Some(rss) = status_kib(&child, "VmRSS") else {
@@ -158,6 +192,9 @@ mode = "direct"
         end_kib = rss;
         if warm_kib == 0 && started.elapsed() >= warm_at {
             warm_kib = rss;
+        }
+        if case.kafka {
+            moved = published(&metrics);
         }
         if ticks % 60 == 0 {
             println!(
@@ -179,6 +216,79 @@ mode = "direct"
         published,
         seconds: elapsed,
     }
+}
+
+/// Fills a fresh 3-partition `topic` with `KAFKA_EVENTS` CloudEvents of
+/// 1 KiB over 1,000 keys (binary mode: `ce_` headers).
+fn fill_kafka(brokers: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let config = {
+            let mut c = rdkafka::ClientConfig::new();
+            c.set("bootstrap.servers", brokers).set("linger.ms", "20");
+            c
+        };
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            config.create().expect("admin client");
+        admin
+            .create_topics(
+                &[NewTopic::new(topic, 3, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create topic");
+        let producer: FutureProducer = config.create().expect("producer");
+        let payload = vec![b'x'; 1024];
+        let started = Instant::now();
+        for chunk in 0..KAFKA_EVENTS / 1000 {
+            let sends = (0..1000).map(|i| {
+                let id = format!("{topic}-{chunk}-{i}");
+                let key = format!("account-{i}");
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "ce_specversion",
+                        value: Some("1.0"),
+                    })
+                    .insert(Header {
+                        key: "ce_id",
+                        value: Some(id.as_str()),
+                    })
+                    .insert(Header {
+                        key: "ce_source",
+                        value: Some("causeway://rss"),
+                    })
+                    .insert(Header {
+                        key: "ce_type",
+                        value: Some("rss"),
+                    });
+                let producer = &producer;
+                let payload = &payload;
+                async move {
+                    let record = FutureRecord::to(topic)
+                        .payload(payload)
+                        .key(&key)
+                        .headers(headers);
+                    producer
+                        .send(record, Duration::from_secs(30))
+                        .await
+                        .map_err(|(e, _)| e)
+                        .expect("fill kafka");
+                }
+            });
+            futures_util::future::join_all(sends).await;
+        }
+        println!(
+            "  filled {topic} with {KAFKA_EVENTS} events in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    });
 }
 
 /// A `kB` line of /proc/<pid>/status, e.g. `VmRSS`.
