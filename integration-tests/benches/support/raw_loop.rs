@@ -16,7 +16,6 @@
 
 use std::future::IntoFuture;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -35,6 +34,7 @@ use rdkafka::message::{Header as KafkaHeader, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::common::{Addrs, Broker, Kafka, Nats, Rabbit};
 
@@ -57,7 +57,8 @@ pub async fn run(
     let sink = Sink::connect(addrs, to, to.destination(prefix, "out")).await;
     let mut source = Source::connect(addrs, from, prefix).await;
     let window = Arc::new(Semaphore::new(IN_FLIGHT));
-    let confirmed = Arc::new(AtomicU64::new(0));
+    // Batch tasks are joined, not counted: a failed one fails the sample.
+    let mut batches = JoinSet::new();
     let (mut received, mut start) = (0, None);
     while received < events {
         let permit = window.clone().acquire_owned().await.expect("window");
@@ -67,18 +68,16 @@ pub async fn run(
         }
         start.get_or_insert_with(|| (Instant::now(), cpu()));
         received += batch.len();
-        let (sink, confirmed, source) = (sink.clone(), confirmed.clone(), source.acker());
-        tokio::spawn(async move {
-            let n = batch.len() as u64;
+        let (sink, source) = (sink.clone(), source.acker());
+        batches.spawn(async move {
             let (messages, acks): (Vec<Raw>, Vec<Ack>) = batch.into_iter().unzip();
             sink.publish(&messages).await;
             source.ack(acks).await;
-            confirmed.fetch_add(n, Ordering::SeqCst);
             drop(permit);
         });
     }
-    while confirmed.load(Ordering::SeqCst) < events as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    while let Some(done) = batches.join_next().await {
+        done.expect("a batch failed");
     }
     let (t0, cpu0) = start.expect("received something");
     (t0.elapsed(), cpu() - cpu0)
