@@ -25,7 +25,9 @@
 //!   many keys fill it.
 //!
 //! A sample is timed from the first event received to the last confirmed by
-//! the sink, so that consumer start-up (a Kafka group join) is not counted.
+//! the sink, so that consumer start-up (a Kafka group join) is not counted;
+//! every mover opens its sink's connection before its first receipt (the
+//! route does so when it starts), so no handshake is timed either.
 //! After the groups it prints CPU time per event of each case, the
 //! process's peak RSS (which also holds the baselines and criterion), and,
 //! for NATS → RabbitMQ and Kafka → NATS when their raw loop and direct
@@ -238,6 +240,8 @@ async fn adapter_loop(
         .await
         .expect("source");
     let sink = bridge.endpoints.publisher(to.name()).await.expect("sink");
+    // Opened before timing, as the raw loop's and the route's are.
+    sink.connect().await.expect("connect");
     let window = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     // Batch tasks are joined, not counted: a failed one fails the sample.
     let mut batches = tokio::task::JoinSet::new();

@@ -95,6 +95,11 @@ impl<P: Publisher> Publisher for Breaking<P> {
         self.inner.capabilities()
     }
 
+    /// Not counted by the breaker: only publishes are.
+    async fn connect(&self) -> Result<()> {
+        self.inner.connect().await
+    }
+
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         if !self.breaker.allow() {
             return Err(Error::temporary(

@@ -100,6 +100,11 @@ impl Publisher for RateLimited {
         self.inner.capabilities()
     }
 
+    /// Takes no tokens: nothing is sent.
+    async fn connect(&self) -> causeway_core::Result<()> {
+        self.inner.connect().await
+    }
+
     /// Sends in calls of at most the events' burst, each after its tokens.
     async fn publish(
         &self,

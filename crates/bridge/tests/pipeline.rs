@@ -647,6 +647,66 @@ async fn a_broken_sink_pauses_the_route(mode: &str, kind: ErrorKind) {
     assert_eq!(bridge.metrics.route("r").dead_lettered.get(), 0);
 }
 
+/// A sink that notes when it was asked to connect.
+struct Connecting {
+    inner: Arc<dyn Publisher>,
+    connected: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl Publisher for Connecting {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        self.inner.publish(destination, events).await
+    }
+    async fn connect(&self) -> Result<()> {
+        self.connected.notify_one();
+        Ok(())
+    }
+}
+
+/// A route opens its sink's connection when it starts, through the whole
+/// stack of layers (rate limit, breaker, retries), before any event came:
+/// across clouds the first batch would otherwise wait for the handshake.
+async fn the_sink_connects_when_the_route_starts(mode: &str) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, _broker) = bridge(&dir, mode).await;
+    let base = bridge.route("r").await.expect("route");
+    let connected = Arc::new(tokio::sync::Notify::new());
+    let sink = Connecting {
+        inner: bridge.endpoints.publisher("dst").await.expect("sink"),
+        connected: connected.clone(),
+    };
+    let limit = causeway_bridge::config::RateLimitConfig {
+        events_per_second: Some(10),
+        bytes_per_second: None,
+        burst: None,
+    };
+    let route = Arc::new(Route {
+        sink: causeway_bridge::sink::for_route(Arc::new(sink), &base.config, Some(&limit)),
+        ..parts_of(&base)
+    });
+    let shutdown = CancellationToken::new();
+    let source = bridge.endpoints.consumer("src").await.expect("source");
+    let task = tokio::spawn(route.run(source, shutdown.clone()));
+    let asked = tokio::time::timeout(Duration::from_secs(10), connected.notified()).await;
+    shutdown.cancel();
+    task.await.expect("task").expect("route stops cleanly");
+    assert!(asked.is_ok(), "{mode}: the sink was not connected at start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_connects_when_a_direct_route_starts() {
+    the_sink_connects_when_the_route_starts("direct").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_connects_when_a_durable_route_starts() {
+    the_sink_connects_when_the_route_starts("durable").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_with_rotated_credentials_pauses_the_route_direct() {
     a_broken_sink_pauses_the_route("direct", ErrorKind::Unauthorized).await;

@@ -68,6 +68,15 @@ pub trait Publisher: Send + Sync {
     /// Publishes `events` to `destination` (topic, queue, subject; an empty
     /// string means the adapter's configured default).
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>>;
+
+    /// Opens now what the first publish would otherwise open (a
+    /// connection, a channel), so that a route's first batch does not pay
+    /// for it: across clouds a handshake is several round trips. A failure
+    /// here is not final; `publish` opens again. The default has nothing
+    /// to open.
+    async fn connect(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -78,6 +87,9 @@ impl<P: Publisher + ?Sized> Publisher for Arc<P> {
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         (**self).publish(destination, events).await
     }
+    async fn connect(&self) -> Result<()> {
+        (**self).connect().await
+    }
 }
 
 #[async_trait]
@@ -87,5 +99,8 @@ impl<P: Publisher + ?Sized> Publisher for Box<P> {
     }
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         (**self).publish(destination, events).await
+    }
+    async fn connect(&self) -> Result<()> {
+        (**self).connect().await
     }
 }

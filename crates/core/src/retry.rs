@@ -80,6 +80,10 @@ impl<P: Publisher> Publisher for RetryingPublisher<P> {
         self.inner.capabilities()
     }
 
+    async fn connect(&self) -> Result<()> {
+        self.inner.connect().await
+    }
+
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         let mut delays = self.policy.delays();
         // First attempt on the caller's slice; later ones only on what failed.

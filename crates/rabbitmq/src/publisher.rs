@@ -58,6 +58,22 @@ impl Publisher for RabbitPublisher {
         self.capabilities
     }
 
+    /// Opens the connection (declaring the topology) and one confirm-mode
+    /// channel, kept for the first publish.
+    async fn connect(&self) -> Result<()> {
+        let link = self.session.link().await?;
+        match link.publish_channel().await {
+            Ok(channel) => {
+                link.give_back(channel);
+                Ok(())
+            }
+            Err(e) => {
+                self.session.invalidate(&link).await;
+                Err(e.into())
+            }
+        }
+    }
+
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         let routing_key = self.routing_key(destination)?;
         let link = self.session.link().await?;

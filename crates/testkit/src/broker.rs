@@ -111,6 +111,32 @@ pub async fn round_trip_every_field(h: &dyn BrokerHarness) {
     );
 }
 
+/// A publisher connected ahead of its first publish (what a route does
+/// when it starts), twice, publishes as one that was not: every event
+/// arrives once.
+pub async fn connect_before_publish(h: &dyn BrokerHarness) {
+    let dest = h.destination("connect").await.expect("destination");
+    let sent = events("connect", 20, 0);
+    let mut consumer = h.consumer(&dest, "connect").await.expect("consumer");
+    let publisher = h.publisher().await.expect("publisher");
+    publisher.connect().await.expect("connect");
+    publisher.connect().await.expect("connect again");
+    let outcomes = publisher.publish(&dest, &sent).await.expect("publish");
+    assert!(
+        outcomes.iter().all(Result::is_ok),
+        "{}: publish after connect: {outcomes:?}",
+        h.name()
+    );
+    let got = receive_and_ack(consumer.as_mut(), sent.len(), RECEIVE).await;
+    let unique: HashSet<&str> = ids(&got).into_iter().collect();
+    assert_eq!(
+        (unique.len(), got.len()),
+        (sent.len(), sent.len()),
+        "{}: (distinct, deliveries) after connect",
+        h.name()
+    );
+}
+
 /// 1,000 events published in batches of the declared size all arrive, once
 /// each (published and consumed in rounds where the harness keeps queues shallow).
 pub async fn batch_publish_1000(h: &dyn BrokerHarness) {

@@ -11,6 +11,7 @@ macro_rules! broker_conformance {
     ($harness:expr) => {
         $crate::__scenario_tests!(broker, $harness;
             round_trip_every_field,
+            connect_before_publish,
             batch_publish_1000,
             ack_removes,
             nack_redelivers,

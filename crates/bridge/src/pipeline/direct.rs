@@ -45,6 +45,7 @@ impl Route {
                 )
             })
             .collect();
+        self.connect_sink(&shutdown).await;
         let mut behind = KeysBehind::default();
         while !shutdown.is_cancelled() {
             let batch = self.poll(source.as_mut()).await;

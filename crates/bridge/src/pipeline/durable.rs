@@ -126,6 +126,7 @@ impl Route {
     /// Drains the store to the sink. With a shared store, only the instance
     /// holding the route's forwarder lease does; the others stand by.
     async fn forwarder(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
+        self.connect_sink(&shutdown).await;
         if !self.shared_store {
             return self.forward_stored(&mut None, &shutdown).await;
         }

@@ -132,6 +132,24 @@ impl Route {
         result
     }
 
+    /// Opens the sink's connection before the first publish needs it:
+    /// across clouds a handshake is several round trips, which the first
+    /// batch would otherwise wait for. Called where the publishing side
+    /// starts (direct mode before its first poll, durable mode's forwarder
+    /// before its first read, so that events are stored meanwhile). A sink
+    /// that cannot be reached is only logged: publish opens again and the
+    /// route pauses there, saying why.
+    async fn connect_sink(&self, shutdown: &CancellationToken) {
+        tokio::select! {
+            connected = self.sink.connect() => {
+                if let Err(e) = connected {
+                    tracing::warn!(route = %self.name, error = %e, "sink not reached at start; publishing will try again");
+                }
+            }
+            () = shutdown.cancelled() => {}
+        }
+    }
+
     /// The next batch from the source; a failing source is logged and
     /// polled again after a pause (the adapter reconnects by itself).
     /// Events that are not valid CloudEvents never go further: each becomes
