@@ -647,6 +647,36 @@ async fn a_broken_sink_pauses_the_route(mode: &str, kind: ErrorKind) {
     assert_eq!(bridge.metrics.route("r").dead_lettered.get(), 0);
 }
 
+/// Claims of a SQLite store live in one process's memory
+/// (docs/specs/dedup.md): a second bridge claiming in the same file is
+/// refused, and its route stops saying why instead of publishing events
+/// the first may hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_bridge_claiming_in_one_sqlite_file_stops_saying_why() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (first, first_broker) = bridge(&dir, "direct").await;
+    publish(&first_broker, &causeway_testkit::events("one", 10, 2)).await;
+    let route = first.route("r").await.expect("route");
+    run_until(&first, &first_broker, route, at_sink, 10).await;
+    let (second, second_broker) = bridge(&dir, "direct").await;
+    publish(&second_broker, &causeway_testkit::events("two", 10, 2)).await;
+    let source = second.endpoints.consumer("src").await.expect("source");
+    let route = second.route("r").await.expect("route");
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(30),
+        route.run(source, CancellationToken::new()),
+    )
+    .await
+    .expect("the second route stops by itself");
+    let refused = format!("{:#}", stopped.expect_err("refused"));
+    assert!(
+        refused.contains("refuses its claims") && refused.contains("serves one process"),
+        "{refused}"
+    );
+    assert_eq!(at_sink(&second_broker), 0, "published by the second bridge");
+    drop(first);
+}
+
 /// A sink that notes when it was asked to connect.
 struct Connecting {
     inner: Arc<dyn Publisher>,

@@ -17,6 +17,10 @@ pub enum Error {
     /// A dedup claim was taken over by another owner, or is gone.
     #[error("{0}")]
     Fenced(String),
+    /// Another process (or another store on the same file) claims dedup
+    /// keys in this file: claims live in one process's memory.
+    #[error("{0}")]
+    InUse(String),
     /// A blocking task failed to run.
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -29,6 +33,7 @@ impl Error {
             Error::Sqlite(_) | Error::Corrupt(_) => ErrorKind::Storage,
             Error::Closed => ErrorKind::Closed,
             Error::Fenced(_) => ErrorKind::Fenced,
+            Error::InUse(_) => ErrorKind::Conflict,
             Error::Join(_) => ErrorKind::Internal,
         }
     }
@@ -49,6 +54,7 @@ impl Error {
             | Error::Corrupt(_)
             | Error::Closed
             | Error::Fenced(_)
+            | Error::InUse(_)
             | Error::Join(_) => Status::Permanent,
         }
     }

@@ -99,10 +99,11 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel();
         let writer = Writer::new(
             conn,
+            &path,
             options.dedup_window,
             options.purge_interval,
             options.max_commands_per_transaction.max(1),
-        );
+        )?;
         std::thread::Builder::new()
             .name("causeway-sqlite-writer".into())
             .spawn(move || writer.run(rx))

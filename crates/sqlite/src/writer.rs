@@ -9,6 +9,7 @@ use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
+use crate::claims::{Claims, FENCE_BLOCK, STALE_CLAIM_GRACE_MS};
 use crate::error::Error;
 use causeway_core::message::encode_carried;
 
@@ -73,22 +74,33 @@ pub(crate) struct Writer {
     purge_interval: Duration,
     max_commands: usize,
     sids: HashMap<String, i64>,
+    /// Dedup claims live here, not in the file (`crate::claims`).
+    claims: Claims,
+    /// Claims committed or released by the open transaction: forgotten
+    /// once it is durable, kept if it fails.
+    settling: Vec<ClaimToken>,
 }
 
 impl Writer {
+    /// The writer of the store file at `path`, opened and migrated as `conn`.
     pub(crate) fn new(
         conn: Connection,
+        path: &std::path::Path,
         dedup_window: Duration,
         purge_interval: Duration,
         max_commands: usize,
-    ) -> Self {
-        Writer {
+    ) -> Result<Self, Error> {
+        let mut claims = Claims::new(path);
+        claims.reserve(reserve_fences(&conn)?);
+        Ok(Writer {
             conn,
             dedup_window,
             purge_interval,
             max_commands,
             sids: HashMap::new(),
-        }
+            claims,
+            settling: Vec::new(),
+        })
     }
 
     /// Runs until every sender is dropped: waits for a command, takes every
@@ -121,12 +133,21 @@ impl Writer {
             let mut tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut state = State {
+                sids: &mut self.sids,
+                claims: &mut self.claims,
+                settling: &mut self.settling,
+            };
             for cmd in batch {
-                finished.push(execute(&mut tx, &mut self.sids, self.dedup_window, cmd)?);
+                finished.push(execute(&mut tx, &mut state, self.dedup_window, cmd)?);
             }
             tx.commit()?;
             Ok(())
         })();
+        let settled = std::mem::take(&mut self.settling);
+        if outcome.is_ok() {
+            settled.iter().for_each(|t| self.claims.settle(t));
+        }
         let failure = outcome.err().map(|e| {
             tracing::error!(error = %e, "sqlite store transaction failed");
             // Stream ids created in the rolled-back transaction are gone.
@@ -139,14 +160,26 @@ impl Writer {
     }
 }
 
+/// What the commands of one transaction change besides the file.
+struct State<'a> {
+    sids: &'a mut HashMap<String, i64>,
+    claims: &'a mut Claims,
+    settling: &'a mut Vec<ClaimToken>,
+}
+
 /// Runs one command inside a savepoint of the batch's transaction, so its
 /// failure rolls back only its own writes.
 fn execute(
     tx: &mut Transaction<'_>,
-    sids: &mut HashMap<String, i64>,
+    state: &mut State<'_>,
     window: Duration,
     cmd: Command,
 ) -> Result<Done, Error> {
+    let State {
+        sids,
+        claims,
+        settling,
+    } = state;
     let sp = tx.savepoint()?;
     macro_rules! run {
         ($reply:expr, $body:expr) => {{
@@ -178,15 +211,21 @@ fn execute(
             reply,
         } => run!(reply, set_cursor(&sp, sids, &stream, &name, position)),
         Command::Retention { policy, reply } => run!(reply, retention(&sp, window, &policy)),
-        Command::Claim { keys, lease, reply } => run!(reply, claim(&sp, &keys, lease)),
+        Command::Claim { keys, lease, reply } => run!(reply, claim(&sp, claims, &keys, lease)),
         Command::Commit {
             tokens,
             ttl,
-            done,
+            done: true,
             reply,
-        } => run!(reply, commit(&sp, &tokens, ttl, done)),
-        Command::Release { token, reply } => run!(reply, release(&sp, &token)),
-        Command::Purge { reply } => run!(reply, purge(&sp)),
+        } => run!(reply, commit(&sp, claims, settling, &tokens, ttl)),
+        Command::Commit {
+            tokens,
+            ttl,
+            done: false,
+            reply,
+        } => run!(reply, Ok(renew(claims, &tokens, ttl))),
+        Command::Release { token, reply } => run!(reply, release(claims, settling, &token)),
+        Command::Purge { reply } => run!(reply, purge(&sp, claims)),
     }
 }
 
@@ -376,40 +415,51 @@ fn now_millis() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-fn next_fence(conn: &Connection) -> Result<i64, Error> {
-    Ok(conn.query_row(
-        "UPDATE meta SET value = value + 1 WHERE name = 'last_fence' RETURNING value",
-        [],
+/// Records a block of fences as taken (`meta.last_fence`, from which
+/// earlier versions fenced each claim) and returns where it starts.
+fn reserve_fences(conn: &Connection) -> Result<u64, Error> {
+    let end: i64 = conn.query_row(
+        "UPDATE meta SET value = value + ?1 WHERE name = 'last_fence' RETURNING value",
+        [FENCE_BLOCK as i64],
         |r| r.get(0),
-    )?)
+    )?;
+    Ok((end as u64).saturating_sub(FENCE_BLOCK))
 }
 
-fn claim(conn: &Connection, keys: &[String], lease: Duration) -> Result<Vec<Claim>, Error> {
+/// Each key done (committed, within its TTL), busy (claimed by a live
+/// lease) or claimed now. Reads only: claims are not written to the file.
+fn claim(
+    conn: &Connection,
+    claims: &mut Claims,
+    keys: &[String],
+    lease: Duration,
+) -> Result<Vec<Claim>, Error> {
+    claims.lock()?;
     let now = now_millis();
-    let mut get = conn.prepare_cached("SELECT done, until FROM dedup WHERE key = ?1")?;
-    let mut put = conn.prepare_cached(
-        "INSERT INTO dedup (key, fence, done, until) VALUES (?1, ?2, 0, ?3)
-         ON CONFLICT (key) DO UPDATE SET fence = excluded.fence, done = 0, until = excluded.until",
-    )?;
-    let mut out = Vec::with_capacity(keys.len());
-    for key in keys {
-        let current: Option<(bool, i64)> = get
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        match current {
-            Some((true, until)) if until > now => out.push(Claim::Done),
-            Some((false, until)) if until > now => out.push(Claim::Busy),
-            _ => {
-                let fence = next_fence(conn)?;
-                put.execute(params![key, fence, now + lease.as_millis() as i64])?;
-                out.push(Claim::Claimed(ClaimToken {
-                    key: key.clone(),
-                    fence: fence as u64,
-                }));
-            }
-        }
+    let mut is_done =
+        conn.prepare_cached("SELECT 1 FROM dedup WHERE key = ?1 AND done = 1 AND until > ?2")?;
+    // Every read first: a failed one then leaves no claim behind.
+    let done = keys
+        .iter()
+        .map(|key| is_done.exists(params![key, now]))
+        .collect::<Result<Vec<bool>, _>>()?;
+    if claims.needs_fences(keys.len()) {
+        claims.reserve(reserve_fences(conn)?);
     }
-    Ok(out)
+    let until = now + lease.as_millis() as i64;
+    Ok(keys
+        .iter()
+        .zip(done)
+        .map(|(key, done)| {
+            if done {
+                Claim::Done
+            } else if claims.busy(key, now) {
+                Claim::Busy
+            } else {
+                Claim::Claimed(claims.take(key, until))
+            }
+        })
+        .collect())
 }
 
 fn fenced(token: &ClaimToken) -> causeway_core::Error {
@@ -420,48 +470,79 @@ fn fenced(token: &ClaimToken) -> causeway_core::Error {
     .into()
 }
 
-/// Marks live claims done (a commit) or extends their lease (a renewal):
-/// the same fenced update either way.
+/// Writes each live claim as done for `ttl`; the claim is forgotten once
+/// the transaction is durable. A lease that ran out without a takeover
+/// may still commit.
 fn commit(
     conn: &Connection,
+    claims: &Claims,
+    settling: &mut Vec<ClaimToken>,
     tokens: &[ClaimToken],
     ttl: Duration,
-    done: bool,
 ) -> Result<Vec<Result<(), causeway_core::Error>>, Error> {
     let until = now_millis() + ttl.as_millis() as i64;
-    let mut stmt = conn.prepare_cached(
-        "UPDATE dedup SET done = ?4, until = ?3 WHERE key = ?1 AND fence = ?2 AND done = 0",
+    let mut put = conn.prepare_cached(
+        "INSERT INTO dedup (key, fence, done, until) VALUES (?1, ?2, 1, ?3)
+         ON CONFLICT (key) DO UPDATE SET fence = excluded.fence, done = 1, until = excluded.until",
     )?;
+    let mut committed = Vec::new();
+    let out = tokens
+        .iter()
+        .map(|t| {
+            if !claims.holds(t) {
+                return Ok(Err(fenced(t)));
+            }
+            put.execute(params![t.key, t.fence as i64, until])?;
+            committed.push(t.clone());
+            Ok(Ok(()))
+        })
+        .collect::<Result<_, Error>>()?;
+    // Only once every write of the command succeeded.
+    settling.extend(committed);
+    Ok(out)
+}
+
+/// Extends the leases of live claims: memory only.
+fn renew(
+    claims: &mut Claims,
+    tokens: &[ClaimToken],
+    lease: Duration,
+) -> Vec<Result<(), causeway_core::Error>> {
+    let until = now_millis() + lease.as_millis() as i64;
     tokens
         .iter()
         .map(|t| {
-            let changed = stmt.execute(params![t.key, t.fence as i64, until, done])?;
-            Ok(if changed == 1 { Ok(()) } else { Err(fenced(t)) })
+            if claims.renew(t, until) {
+                Ok(())
+            } else {
+                Err(fenced(t))
+            }
         })
         .collect()
 }
 
-fn release(conn: &Connection, token: &ClaimToken) -> Result<(), Error> {
-    let changed = conn.execute(
-        "DELETE FROM dedup WHERE key = ?1 AND fence = ?2 AND done = 0",
-        params![token.key, token.fence as i64],
-    )?;
-    if changed == 1 {
+fn release(
+    claims: &Claims,
+    settling: &mut Vec<ClaimToken>,
+    token: &ClaimToken,
+) -> Result<(), Error> {
+    if claims.holds(token) {
+        settling.push(token.clone());
         Ok(())
     } else {
         Err(Error::Fenced(fenced(token).to_string()))
     }
 }
 
-/// Deletes committed keys past their TTL, and claims whose lease ran out
-/// over an hour ago (their owner is gone; a late commit would have been
-/// allowed until then).
-fn purge(conn: &Connection) -> Result<u64, Error> {
+/// Deletes committed keys past their TTL, and forgets claims whose lease
+/// ran out over an hour ago (their owner is gone; a late commit would have
+/// been allowed until then). Rows of claims written by earlier versions go
+/// the same way.
+fn purge(conn: &Connection, claims: &mut Claims) -> Result<u64, Error> {
     let now = now_millis();
-    Ok(conn.execute(
+    let rows = conn.execute(
         "DELETE FROM dedup WHERE until <= ?1 AND (done = 1 OR until <= ?2)",
         params![now, now - STALE_CLAIM_GRACE_MS],
-    )? as u64)
+    )? as u64;
+    Ok(rows + claims.purge(now))
 }
-
-const STALE_CLAIM_GRACE_MS: i64 = 3600 * 1000;

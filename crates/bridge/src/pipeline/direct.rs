@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use causeway_core::{Claim, ClaimToken, Consumer, Delivery, Event, Settlement, Ticket, settle_all};
+use causeway_core::{
+    Claim, ClaimToken, Consumer, Delivery, Error, ErrorKind, Event, Settlement, Ticket, settle_all,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -47,13 +49,21 @@ impl Route {
             .collect();
         self.connect_sink(&shutdown).await;
         let mut behind = KeysBehind::default();
+        let mut refused = None;
         while !shutdown.is_cancelled() {
             let batch = self.poll(source.as_mut()).await;
             if batch.is_empty() {
                 continue;
             }
             let claimed_at = Instant::now();
-            let claimed = self.claim(batch, &mut behind).await;
+            let claimed = match self.claim(batch, &mut behind).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    // Its batch goes unacked: the source delivers it again.
+                    refused = Some(e);
+                    break;
+                }
+            };
             let mut per_shard: Vec<Vec<InFlight>> = (0..shards.len()).map(|_| Vec::new()).collect();
             for item in claimed {
                 per_shard[shard_of(&item.event, shards.len())].push(item);
@@ -81,26 +91,39 @@ impl Route {
         if let Some(e) = failed {
             anyhow::bail!("route {}: a shard panicked: {e}", self.name);
         }
+        if let Some(e) = refused {
+            anyhow::bail!(
+                "route {}: the dedup store refuses its claims: {e}",
+                self.name
+            );
+        }
         Ok(())
     }
 
     /// Dedup claims for a batch: duplicates are acked and dropped, events
     /// being handled elsewhere come back later, the rest go on with their claim.
-    async fn claim(&self, batch: Vec<Delivery>, behind: &mut KeysBehind) -> Vec<InFlight> {
+    /// A store that is down is waited for; one that refuses this process's
+    /// claims (`Conflict`: another process claims in a one-process store)
+    /// stops the route, since waiting would never end.
+    async fn claim(
+        &self,
+        batch: Vec<Delivery>,
+        behind: &mut KeysBehind,
+    ) -> Result<Vec<InFlight>, Error> {
         for d in &batch {
             if d.ticket.attempt() > 1 {
                 self.metrics.redeliveries.inc();
             }
         }
         if !self.config.dedup {
-            return batch
+            return Ok(batch
                 .into_iter()
                 .map(|d| InFlight {
                     event: d.event,
                     ticket: d.ticket,
                     claim: None,
                 })
-                .collect();
+                .collect());
         }
         let keys: Vec<String> = batch
             .iter()
@@ -110,6 +133,7 @@ impl Route {
         let claims = loop {
             match self.dedup.claim_many(&refs, self.config.claim_lease).await {
                 Ok(c) => break c,
+                Err(e) if e.kind() == ErrorKind::Conflict => return Err(e),
                 Err(e) => {
                     tracing::warn!(route = %self.name, error = %e, "dedup store unavailable; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -163,7 +187,7 @@ impl Route {
         if let Err(e) = settle_all(settle).await {
             tracing::warn!(route = %self.name, error = %e, "settling duplicates failed; they come back and are dropped again");
         }
-        out
+        Ok(out)
     }
 
     /// A key shard. Its events wait in arrival order; a call to the sink
