@@ -200,14 +200,17 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
     }
     common::publish_to_source(&bridge, from, &prefix, &events).await;
     let destination = to.destination(&prefix, "out");
-    match mover {
+    let out = match mover {
         Mover::RawLoop => raw_loop::run(&setup.route, from, to, &prefix, EVENTS, cpu_seconds).await,
         Mover::AdapterLoop => adapter_loop(&bridge, from, to, &destination).await,
         Mover::Direct { .. } | Mover::DirectRaw | Mover::DirectManyKeys | Mover::Durable => {
             route(&bridge, &["r"]).await
         }
         Mover::Fanout => route(&bridge, &["r/a", "r/b"]).await,
-    }
+    };
+    drop(bridge);
+    common::remove_destinations(&prefix).await;
+    out
 }
 
 /// Runs the route until each of `sinks` (their metrics' names) published
@@ -503,6 +506,8 @@ async fn latencies(from: Broker, to: Broker, mover: Mover, rate: f64) -> Vec<Dur
         Moving::Raw(task) => drop(task.await.expect("raw loop")),
         Moving::Route(running) => running.stop().await,
     }
+    drop(sink);
+    common::remove_destinations(&p.prefix).await;
     received
         .iter()
         .map(|(id, got)| got.duration_since(sent_at[id]))

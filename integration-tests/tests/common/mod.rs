@@ -297,6 +297,55 @@ pub async fn prepare(prefix: &str, from: Broker, to: Broker) -> ServiceBusEmulat
     emulator
 }
 
+/// Deletes what a run under `prefix` left in RabbitMQ, NATS and Kafka (its
+/// `in` and `out` queues, streams and topics), best effort: a bench's
+/// samples would otherwise pile up in the brokers (gigabytes of RabbitMQ
+/// queues over a full run) and slow every later sample.
+pub async fn remove_destinations(prefix: &str) {
+    let names = [format!("{prefix}-in"), format!("{prefix}-out")];
+    let rabbit = env(
+        "CAUSEWAY_RABBITMQ_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    );
+    if let Ok(conn) =
+        lapin::Connection::connect(&rabbit, lapin::ConnectionProperties::default()).await
+    {
+        for name in &names {
+            // A missing queue closes its channel: one channel per delete.
+            if let Ok(channel) = conn.create_channel().await {
+                let _ = channel
+                    .queue_delete(
+                        name.as_str().into(),
+                        lapin::options::QueueDeleteOptions::default(),
+                    )
+                    .await;
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+    let nats = env("CAUSEWAY_NATS_URL", "nats://127.0.0.1:14222");
+    if let Ok(client) = async_nats::connect(&nats).await {
+        let js = async_nats::jetstream::new(client);
+        for name in &names {
+            let _ = js.delete_stream(name).await;
+        }
+    }
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let brokers = env("CAUSEWAY_KAFKA_BROKERS", "127.0.0.1:19092");
+    if let Ok(admin) = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create::<AdminClient<rdkafka::client::DefaultClientContext>>()
+    {
+        let topics: Vec<&str> = names.iter().map(String::as_str).collect();
+        let _ = admin
+            .delete_topics(
+                &topics,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await;
+    }
+}
+
 async fn create_topics(prefix: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let brokers = env("CAUSEWAY_KAFKA_BROKERS", "127.0.0.1:19092");
