@@ -50,14 +50,15 @@ struct Held {
 }
 
 impl Claims {
-    /// No claims, and no fences until [`Claims::reserve`].
-    pub(crate) fn new(db: &Path) -> Self {
+    /// No claims yet, for the store file `db`; fences after `base` (see
+    /// [`Claims::reserve`]).
+    pub(crate) fn new(db: &Path, base: u64) -> Self {
         let mut lock_path = db.as_os_str().to_owned();
         lock_path.push("-claims.lock");
         Claims {
             held: HashMap::new(),
-            last_fence: 0,
-            fence_limit: 0,
+            last_fence: base,
+            fence_limit: base.saturating_add(FENCE_BLOCK),
             lock_path: lock_path.into(),
             lock: None,
         }
@@ -120,14 +121,11 @@ impl Claims {
     }
 
     /// Claims `key` until `until` (replacing a claim whose lease ran out).
-    pub(crate) fn take(&mut self, key: &str, until: i64) -> ClaimToken {
+    pub(crate) fn take(&mut self, key: String, until: i64) -> ClaimToken {
         self.last_fence += 1;
         let fence = self.last_fence;
-        self.held.insert(key.to_owned(), Held { fence, until });
-        ClaimToken {
-            key: key.to_owned(),
-            fence,
-        }
+        self.held.insert(key.clone(), Held { fence, until });
+        ClaimToken { key, fence }
     }
 
     /// Whether `token` is still the claim on its key (its lease may have
@@ -173,15 +171,14 @@ mod tests {
     #[test]
     fn a_claim_is_busy_until_its_lease_ends_and_fences_only_grow() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut claims = Claims::new(&dir.path().join("s.db"));
-        assert!(claims.needs_fences(1));
-        claims.reserve(41);
+        let mut claims = Claims::new(&dir.path().join("s.db"), 41);
         assert!(!claims.needs_fences(1));
-        let first = claims.take("k", 100);
+        assert!(claims.needs_fences(FENCE_BLOCK as usize + 1));
+        let first = claims.take("k".into(), 100);
         assert_eq!(first.fence, 42);
         assert!(claims.busy("k", 99));
         assert!(!claims.busy("k", 100));
-        let second = claims.take("k", 300);
+        let second = claims.take("k".into(), 300);
         assert!(second.fence > first.fence);
         assert!(!claims.holds(&first), "taken over");
         assert!(!claims.renew(&first, 500));
@@ -198,10 +195,9 @@ mod tests {
     #[test]
     fn stale_claims_are_purged_after_the_grace() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut claims = Claims::new(&dir.path().join("s.db"));
-        claims.reserve(0);
-        claims.take("old", 1_000);
-        claims.take("new", 1_000 + STALE_CLAIM_GRACE_MS);
+        let mut claims = Claims::new(&dir.path().join("s.db"), 0);
+        claims.take("old".into(), 1_000);
+        claims.take("new".into(), 1_000 + STALE_CLAIM_GRACE_MS);
         assert_eq!(claims.purge(1_000 + STALE_CLAIM_GRACE_MS), 1);
         assert!(claims.busy("new", 1_000));
     }
@@ -210,10 +206,10 @@ mod tests {
     fn a_second_claimer_of_the_same_file_is_refused_saying_why() {
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("s.db");
-        let mut first = Claims::new(&db);
+        let mut first = Claims::new(&db, 0);
         first.lock().expect("first lock");
         first.lock().expect("taken once, kept");
-        let mut second = Claims::new(&db);
+        let mut second = Claims::new(&db, 0);
         let refused = second.lock().expect_err("a second claimer");
         assert!(
             refused.to_string().contains("another process claims in it"),

@@ -90,8 +90,7 @@ impl Writer {
         purge_interval: Duration,
         max_commands: usize,
     ) -> Result<Self, Error> {
-        let mut claims = Claims::new(path);
-        claims.reserve(reserve_fences(&conn)?);
+        let claims = Claims::new(path, reserve_fences(&conn)?);
         Ok(Writer {
             conn,
             dedup_window,
@@ -211,20 +210,20 @@ fn execute(
             reply,
         } => run!(reply, set_cursor(&sp, sids, &stream, &name, position)),
         Command::Retention { policy, reply } => run!(reply, retention(&sp, window, &policy)),
-        Command::Claim { keys, lease, reply } => run!(reply, claim(&sp, claims, &keys, lease)),
+        Command::Claim { keys, lease, reply } => run!(reply, claim(&sp, claims, keys, lease)),
         Command::Commit {
             tokens,
             ttl,
             done: true,
             reply,
-        } => run!(reply, commit(&sp, claims, settling, &tokens, ttl)),
+        } => run!(reply, commit(&sp, claims, settling, tokens, ttl)),
         Command::Commit {
             tokens,
             ttl,
             done: false,
             reply,
         } => run!(reply, Ok(renew(claims, &tokens, ttl))),
-        Command::Release { token, reply } => run!(reply, release(claims, settling, &token)),
+        Command::Release { token, reply } => run!(reply, release(claims, settling, token)),
         Command::Purge { reply } => run!(reply, purge(&sp, claims)),
     }
 }
@@ -431,7 +430,7 @@ fn reserve_fences(conn: &Connection) -> Result<u64, Error> {
 fn claim(
     conn: &Connection,
     claims: &mut Claims,
-    keys: &[String],
+    keys: Vec<String>,
     lease: Duration,
 ) -> Result<Vec<Claim>, Error> {
     claims.lock()?;
@@ -448,12 +447,12 @@ fn claim(
     }
     let until = now + lease.as_millis() as i64;
     Ok(keys
-        .iter()
+        .into_iter()
         .zip(done)
         .map(|(key, done)| {
             if done {
                 Claim::Done
-            } else if claims.busy(key, now) {
+            } else if claims.busy(&key, now) {
                 Claim::Busy
             } else {
                 Claim::Claimed(claims.take(key, until))
@@ -477,7 +476,7 @@ fn commit(
     conn: &Connection,
     claims: &Claims,
     settling: &mut Vec<ClaimToken>,
-    tokens: &[ClaimToken],
+    tokens: Vec<ClaimToken>,
     ttl: Duration,
 ) -> Result<Vec<Result<(), causeway_core::Error>>, Error> {
     let until = now_millis() + ttl.as_millis() as i64;
@@ -487,13 +486,13 @@ fn commit(
     )?;
     let mut committed = Vec::new();
     let out = tokens
-        .iter()
+        .into_iter()
         .map(|t| {
-            if !claims.holds(t) {
-                return Ok(Err(fenced(t)));
+            if !claims.holds(&t) {
+                return Ok(Err(fenced(&t)));
             }
             put.execute(params![t.key, t.fence as i64, until])?;
-            committed.push(t.clone());
+            committed.push(t);
             Ok(Ok(()))
         })
         .collect::<Result<_, Error>>()?;
@@ -524,13 +523,13 @@ fn renew(
 fn release(
     claims: &Claims,
     settling: &mut Vec<ClaimToken>,
-    token: &ClaimToken,
+    token: ClaimToken,
 ) -> Result<(), Error> {
-    if claims.holds(token) {
-        settling.push(token.clone());
+    if claims.holds(&token) {
+        settling.push(token);
         Ok(())
     } else {
-        Err(Error::Fenced(fenced(token).to_string()))
+        Err(Error::Fenced(fenced(&token).to_string()))
     }
 }
 

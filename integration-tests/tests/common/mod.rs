@@ -330,29 +330,33 @@ pub async fn remove_destinations(prefix: &str) {
             let _ = js.delete_stream(name).await;
         }
     }
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    let brokers = env("CAUSEWAY_KAFKA_BROKERS", "127.0.0.1:19092");
-    if let Ok(admin) = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create::<AdminClient<rdkafka::client::DefaultClientContext>>()
-    {
+    if let (_, Ok(admin)) = kafka_admin() {
         let topics: Vec<&str> = names.iter().map(String::as_str).collect();
         let _ = admin
             .delete_topics(
                 &topics,
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                &rdkafka::admin::AdminOptions::new()
+                    .operation_timeout(Some(Duration::from_secs(10))),
             )
             .await;
     }
 }
 
-async fn create_topics(prefix: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+type KafkaAdmin = rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>;
+
+/// An admin client of the test Kafka, and the brokers it was made for.
+fn kafka_admin() -> (String, rdkafka::error::KafkaResult<KafkaAdmin>) {
     let brokers = env("CAUSEWAY_KAFKA_BROKERS", "127.0.0.1:19092");
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+    let admin = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
-        .create()
-        .expect("admin client");
+        .create();
+    (brokers, admin)
+}
+
+async fn create_topics(prefix: &str) {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let (brokers, admin) = kafka_admin();
+    let admin = admin.expect("admin client");
     let (topic_in, topic_out) = (format!("{prefix}-in"), format!("{prefix}-out"));
     let created = admin
         .create_topics(
