@@ -238,13 +238,14 @@ async fn check(config: Config) -> Result<()> {
     for (name, kind) in bridge.endpoints.describe() {
         match bridge.endpoints.check(&name).await {
             Ok(c) => println!(
-                "{name} ({kind}): ok — nack {}, delayed redelivery {}, ack timeout {}, dead letter {}, native dedup {}, ordering {:?}, groups {}, resume {}, max message {} bytes",
+                "{name} ({kind}): ok — nack {}, delayed redelivery {}, ack timeout {}, dead letter {}, native dedup {}, ordering {:?}, ordered publish {}, groups {}, resume {}, max message {} bytes",
                 c.per_message_nack,
                 c.delayed_redelivery,
                 c.ack_timeout_redelivery,
                 c.dead_letter,
                 c.native_dedup,
                 c.ordering,
+                c.ordered_publish,
                 c.consumer_groups,
                 c.durable_resume,
                 c.max_message_bytes

@@ -355,6 +355,13 @@ pub struct RouteConfig {
     /// Whether to deduplicate at all.
     #[serde(default = "yes")]
     pub dedup: bool,
+    /// Sends a key's events one per round trip even to a sink that keeps a
+    /// call's order (`ordered_publish`), so that not even a sink failing one
+    /// message and taking the next of its key can reorder the key. Off by
+    /// default: such a sink takes a key's events together, and the rare
+    /// break is counted (`causeway_order_breaks`).
+    #[serde(default)]
+    pub strict_order: bool,
     /// Retrying temporary failures.
     #[serde(default)]
     pub retry: RetryConfig,

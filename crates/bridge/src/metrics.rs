@@ -41,6 +41,7 @@ pub struct Metrics {
     sink_refusals: Family<RouteLabel, Counter>,
     redeliveries: Family<RouteLabel, Counter>,
     fenced: Family<RouteLabel, Counter>,
+    order_breaks: Family<RouteLabel, Counter>,
     latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     backlog: Family<RouteLabel, Gauge>,
     in_flight: Family<RouteLabel, Gauge>,
@@ -85,6 +86,9 @@ pub struct RouteMetrics {
     /// Claims this instance lost to another after its lease ran out (it
     /// was paused or stuck): it stood down from those events.
     pub fenced: Counter,
+    /// Events a sink that keeps a call's order confirmed ahead of an
+    /// earlier event of their key that it failed: that key's order broke.
+    pub order_breaks: Counter,
     /// Event time to sink confirmation, seconds.
     pub latency: Histogram,
     /// The same since the last summary line, microseconds.
@@ -142,6 +146,7 @@ impl Default for Metrics {
             sink_refusals: Family::default(),
             redeliveries: Family::default(),
             fenced: Family::default(),
+            order_breaks: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             backlog: Family::default(),
             in_flight: Family::default(),
@@ -201,6 +206,11 @@ impl Default for Metrics {
             m.fenced.clone(),
         );
         registry.register(
+            "order_breaks",
+            "Events the sink confirmed ahead of an earlier event of their key that it failed",
+            m.order_breaks.clone(),
+        );
+        registry.register(
             "end_to_end_latency_seconds",
             "Event time to sink confirmation",
             m.latency.clone(),
@@ -236,6 +246,7 @@ impl Metrics {
             sink_refusals: self.sink_refusals.get_or_create(&l).clone(),
             redeliveries: self.redeliveries.get_or_create(&l).clone(),
             fenced: self.fenced.get_or_create(&l).clone(),
+            order_breaks: self.order_breaks.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
             backlog: self.backlog.get_or_create(&l).clone(),
             in_flight: self.in_flight.get_or_create(&l).clone(),

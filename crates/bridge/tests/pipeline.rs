@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_bridge::config::Config;
+use causeway_bridge::config::{Config, RouteConfig};
 use causeway_bridge::endpoint::Endpoints;
 use causeway_bridge::pipeline::{Fate, Route, dead_letter_stream};
 use causeway_bridge::{Bridge, Replay};
@@ -539,7 +539,7 @@ async fn invalid_events_are_dead_lettered_alone_in_durable_mode() {
 async fn a_sink_returning_too_few_outcomes_gets_the_rest_again() {
     struct Short {
         inner: Arc<dyn Publisher>,
-        calls: std::sync::atomic::AtomicUsize,
+        calls: AtomicUsize,
     }
     #[async_trait]
     impl Publisher for Short {
@@ -919,14 +919,34 @@ fn examples_parse() {
 struct FailsOnce {
     inner: Arc<dyn Publisher>,
     pending: std::sync::Mutex<HashSet<String>>,
+    /// What it declares of a call's order: it keeps none (it fails one
+    /// event and takes the next of its key), but may claim to.
+    ordered: bool,
+    /// Publish calls made to it.
+    calls: AtomicUsize,
+}
+
+impl FailsOnce {
+    async fn new(bridge: &Bridge, fail: &[String], ordered: bool) -> Self {
+        FailsOnce {
+            inner: bridge.endpoints.publisher("dst").await.expect("sink"),
+            pending: std::sync::Mutex::new(fail.iter().cloned().collect()),
+            ordered,
+            calls: AtomicUsize::new(0),
+        }
+    }
 }
 
 #[async_trait]
 impl Publisher for FailsOnce {
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        Capabilities {
+            ordered_publish: self.ordered,
+            ..self.inner.capabilities()
+        }
     }
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let mut out = Vec::new();
         for e in events {
             let fail = self
@@ -948,10 +968,7 @@ impl Publisher for FailsOnce {
 }
 
 async fn fails_once_route(bridge: &Bridge, fail: &[String], retried: bool) -> Arc<Route> {
-    let sink = FailsOnce {
-        inner: bridge.endpoints.publisher("dst").await.expect("sink"),
-        pending: std::sync::Mutex::new(fail.iter().cloned().collect()),
-    };
+    let sink = FailsOnce::new(bridge, fail, false).await;
     route_with_sink(bridge, sink, retried).await
 }
 
@@ -1002,6 +1019,69 @@ async fn events_refused_once_keep_their_keys_order_at_the_sink() {
     assert_order_per_key(&got);
 }
 
+/// A sink that keeps a call's order takes a key's events in one call:
+/// five events of one key are one call, where they were five (one per
+/// wave: across clouds a round trip per event of the key). With
+/// `strict_order`, or to a sink that does not promise it, still five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_keeps_a_calls_order_takes_a_keys_events_in_one_call() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, broker) = bridge(&dir, "direct").await;
+    let base = bridge.route("r").await.expect("route");
+    let cases = [
+        ("o", true, false, 1),
+        ("s", true, true, 5),
+        ("u", false, false, 5),
+    ];
+    for (prefix, ordered, strict_order, calls) in cases {
+        let sink = Arc::new(FailsOnce::new(&bridge, &[], ordered).await);
+        let route = Route {
+            sink: sink.clone(),
+            config: RouteConfig {
+                strict_order,
+                ..base.config.clone()
+            },
+            ..parts_of(&base)
+        };
+        let fates = route.forward(&causeway_testkit::events(prefix, 5, 1)).await;
+        assert!(fates.iter().all(|f| matches!(f, Fate::Sent)), "{fates:?}");
+        assert_eq!(
+            sink.calls.load(Ordering::SeqCst),
+            calls,
+            "publish calls for 5 events of one key (ordered_publish {ordered}, strict_order {strict_order})"
+        );
+    }
+    // Each case's events (one key) arrived in order.
+    let all = drain_sink(&broker, 15).await;
+    for (prefix, ..) in cases {
+        let got: Vec<Event> = all
+            .iter()
+            .filter(|e| e.id.starts_with(prefix))
+            .cloned()
+            .collect();
+        assert_order_per_key(&got);
+    }
+}
+
+/// A sink that declares it keeps a call's order and then fails one event
+/// and confirms the next of its key broke that key's order: each event
+/// confirmed ahead of the failed one is counted, not hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_an_ordered_sink_confirms_past_a_failed_one_are_counted_as_order_breaks() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (bridge, _broker) = bridge(&dir, "direct").await;
+    let sink = FailsOnce::new(&bridge, &["b-1".to_owned()], true).await;
+    let route = route_with_sink(&bridge, sink, false).await;
+    let fates = route.forward(&causeway_testkit::events("b", 5, 1)).await;
+    let failed: Vec<bool> = fates.iter().map(|f| matches!(f, Fate::Failed(_))).collect();
+    assert_eq!(failed, [false, true, false, false, false]);
+    assert_eq!(
+        route.metrics.order_breaks.get(),
+        3,
+        "b-2, b-3, b-4 passed b-1"
+    );
+}
+
 /// A direct-mode bridge, its route `r`, and that route's config with one
 /// shard of 4 calls at once taking batches of `batch_size`.
 async fn one_shard(
@@ -1029,7 +1109,7 @@ struct Overlapping {
     delay: Duration,
     /// Keys in running calls, one entry per call holding them.
     running: std::sync::Mutex<Vec<HashSet<String>>>,
-    most_at_once: std::sync::atomic::AtomicUsize,
+    most_at_once: AtomicUsize,
     key_in_two_calls: AtomicBool,
 }
 
@@ -1068,15 +1148,12 @@ async fn a_shards_calls_overlap_across_keys_and_never_within_one() {
     let dir = tempfile::tempdir().expect("dir");
     let (bridge, broker, base, config) = one_shard(&dir, 20).await;
     let sent = causeway_testkit::events("ov", 400, 40);
-    let refused: HashSet<String> = sent.iter().step_by(9).map(|e| e.id.clone()).collect();
+    let refused: Vec<String> = sent.iter().step_by(9).map(|e| e.id.clone()).collect();
     let sink = Arc::new(Overlapping {
-        inner: Arc::new(FailsOnce {
-            inner: bridge.endpoints.publisher("dst").await.expect("sink"),
-            pending: std::sync::Mutex::new(refused),
-        }),
+        inner: Arc::new(FailsOnce::new(&bridge, &refused, false).await),
         delay: Duration::from_millis(30),
         running: std::sync::Mutex::new(Vec::new()),
-        most_at_once: std::sync::atomic::AtomicUsize::new(0),
+        most_at_once: AtomicUsize::new(0),
         key_in_two_calls: AtomicBool::new(false),
     });
     let route = Arc::new(Route {

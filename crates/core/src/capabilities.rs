@@ -1,7 +1,8 @@
 //! What a backend can do. The conformance suite reads these to choose the
 //! scenarios that apply, instead of matching on adapter names; publishers
 //! enforce the sizes ([`Capabilities::admit`]); `causeway check` prints
-//! them. The bridge's pipeline does not change course on them.
+//! them. The bridge's pipeline reads one: [`Capabilities::ordered_publish`]
+//! lets it send a key's events in one call instead of one per round trip.
 
 /// Ordering a backend guarantees to consumers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,16 @@ pub struct Capabilities {
     pub native_dedup: bool,
     /// The ordering promise.
     pub ordering: Ordering,
+    /// A publish call writes its events for one destination in the order
+    /// given, over one ordered lane (a channel, a connection, a partition's
+    /// idempotent producer, a group's sequence of requests), and stops
+    /// writing a key once one of its events fails. The bridge then sends a
+    /// key's events together instead of one per round trip (across clouds,
+    /// the difference between a key moving one event and a whole batch per
+    /// round trip). Where a broker can still fail one message and take the
+    /// next of its key (a nack), the adapter says so beside its
+    /// declaration; the bridge counts each such event as an order break.
+    pub ordered_publish: bool,
     /// Consumers in one group share the work, each message to one member.
     pub consumer_groups: bool,
     /// A consumer that restarts with the same group resumes where the group left off.
@@ -70,6 +81,7 @@ impl Default for Capabilities {
             dead_letter: false,
             native_dedup: false,
             ordering: Ordering::None,
+            ordered_publish: false,
             consumer_groups: false,
             durable_resume: false,
             max_message_bytes: 256 * 1024,

@@ -47,6 +47,11 @@ impl KafkaClient {
             // The idempotent producer drops its own retries, not a second send of an id.
             native_dedup: false,
             ordering: Ordering::PerKey,
+            // The idempotent producer writes a partition's messages in order
+            // and retries them in order; a call stops enqueueing at the first
+            // refusal. A message timing out (`delivery_timeout`) can still
+            // leave a gap that later messages pass.
+            ordered_publish: true,
             consumer_groups: true,
             durable_resume: true,
             max_message_bytes: self.config.max_message_bytes,

@@ -125,20 +125,29 @@ impl Publisher for KafkaPublisher {
             self.default_topic.as_deref(),
             "producer.default_topic",
         )?;
-        // Enqueue everything first; librdkafka sends while we enqueue.
+        // Enqueue everything first; librdkafka sends while we enqueue. Once
+        // one cannot be enqueued (a full queue) the rest are not either, so
+        // no later event of its key overtakes it (`ordered_publish`).
+        let mut refused = false;
         let enqueued: Vec<Result<_>> = events
             .iter()
             .map(|event| {
                 self.capabilities.admit(event)?;
+                if refused {
+                    return Err(not_enqueued());
+                }
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
                     .payload(&event.payload[..])
                     .headers(headers_of(event));
                 if let Some(key) = key_of(event) {
                     record = record.key(key);
                 }
-                self.producer
-                    .send_result(record)
-                    .map_err(|(e, _)| Error::kafka("enqueue", e).into())
+                self.producer.send_result(record).map_err(|(e, _)| {
+                    let e: CoreError = Error::kafka("enqueue", e).into();
+                    // One event's own fault (too large) stops nothing else.
+                    refused |= !e.kind().is_event_fault();
+                    e
+                })
             })
             .collect();
         Ok(join_all(enqueued.into_iter().map(|e| async move {
@@ -156,4 +165,13 @@ impl Publisher for KafkaPublisher {
         }))
         .await)
     }
+}
+
+/// The error of an event left out of a call after an earlier one could not
+/// be enqueued.
+fn not_enqueued() -> CoreError {
+    CoreError::temporary(
+        ErrorKind::Unavailable,
+        "not sent: an earlier event of this call could not be enqueued",
+    )
 }

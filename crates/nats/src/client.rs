@@ -105,6 +105,10 @@ impl NatsClient {
             // A shared pull consumer hands a key's messages to any member, and
             // a Nak sends one behind later ones: no per-key order.
             ordering: Ordering::None,
+            // A call sends on one connection, in order, and nothing after a
+            // send fails. The stream can still refuse one message and take
+            // the next (a limit freeing up in between).
+            ordered_publish: true,
             consumer_groups: true,
             durable_resume: true,
             // Headers count against the server's max_payload; keep room for them.

@@ -180,10 +180,26 @@ impl Publisher for NatsPublisher {
 
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         let subject = self.subject(destination)?;
-        // Send everything first: the acks come back while later messages go out.
+        // Send everything first: the acks come back while later messages go
+        // out. After a send fails (not one event's own fault) nothing more
+        // goes out, so no later event of its key overtakes it.
         let mut pending = Vec::with_capacity(events.len());
+        let mut broken: Option<CoreError> = None;
         for event in events {
-            pending.push(self.send(subject, event).await);
+            let sent = match &broken {
+                Some(e) => Err(e.clone()),
+                None => self.send(subject, event).await,
+            };
+            if let Err(e) = &sent
+                && broken.is_none()
+                && !e.kind().is_event_fault()
+            {
+                broken = Some(CoreError::temporary(
+                    ErrorKind::Unavailable,
+                    format!("not sent: an earlier event of this call failed to go out ({e})"),
+                ));
+            }
+            pending.push(sent);
         }
         let acks = join_all(pending.into_iter().map(|sent| async move {
             let ack = sent?.await.map_err(Error::publish)?;

@@ -10,7 +10,7 @@ use azure_core::{HttpClient, Request, Response, Url};
 use azure_messaging_servicebus::service_bus::QueueClient;
 use causeway_core::{Capabilities, Ordering};
 
-use crate::config::ServiceBusConfig;
+use crate::config::{KeyProperty, ServiceBusConfig};
 use crate::error::Error;
 
 /// Content type of a Send Message Batch request.
@@ -268,6 +268,9 @@ pub(crate) fn capabilities(config: &ServiceBusConfig, dead_letter: bool) -> Capa
         dead_letter,
         native_dedup: config.duplicate_detection,
         ordering: Ordering::None,
+        // Where the key goes into a property, a key's messages go in one
+        // lane of requests, and a lane stops at a failed request.
+        ordered_publish: config.publish.key_property != KeyProperty::None,
         consumer_groups: true,
         durable_resume: true,
         // Any payload fits once base64-encoded (4/3), with room for the properties.

@@ -1,11 +1,13 @@
 //! The sink side both modes end in: publish a batch in waves, one call per
 //! destination, and dead-letter what can never be carried.
 //!
-//! Within a batch, a key's events go to the sink in waves, one per call: a
-//! sink can fail k:1 and deliver k:2 of the same call, so k:2 waits for
-//! k:1's outcome, and a key whose event failed sends no more of that batch.
-//! Keys seen once per batch make a single call; a batch of few keys pays a
-//! round trip per event of its busiest key.
+//! A sink that keeps a call's order (`ordered_publish`: it writes a call's
+//! events in order and stops writing a key at its first failure) takes a
+//! batch whole, a key's events together. Any other sink, or a route with
+//! `strict_order`, gets a key's events in waves, one per call: such a sink
+//! can fail k:1 and deliver k:2 of the same call, so k:2 waits for k:1's
+//! outcome, and a key whose event failed sends no more of that batch. A
+//! batch of few keys then pays a round trip per event of its busiest key.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -25,10 +27,11 @@ impl Route {
     /// failures that are the event's own fault are dead-lettered; the rest
     /// come back as [`Fate::Failed`] (after the retry layer gave up).
     ///
-    /// After a wave, a key whose event failed sends nothing more from this
-    /// batch; the rest of it fails with it, unsent, and is retried behind
-    /// it. Keys seen once in a batch (the usual case) make one wave: one
-    /// call per destination.
+    /// To a sink that keeps a call's order, the batch goes in one wave;
+    /// otherwise in waves, and after a wave a key whose event failed sends
+    /// nothing more from this batch: the rest of it fails with it, unsent,
+    /// and is retried behind it. Keys seen once in a batch (the usual case)
+    /// make one wave either way: one call per destination.
     ///
     /// Events the sink's filter does not take are [`Fate::Filtered`],
     /// counted and not sent.
@@ -68,7 +71,13 @@ impl Route {
         let mut blocked: HashSet<&str> = HashSet::new();
         let mut paused_said = false;
         let mut latencies = Vec::with_capacity(events.len());
-        for wave in waves(events) {
+        let together = !self.config.strict_order && self.sink.capabilities().ordered_publish;
+        let waves = if together {
+            vec![(0..events.len()).collect()]
+        } else {
+            waves(events)
+        };
+        for wave in waves {
             let (send, held): (Vec<usize>, Vec<usize>) = wave.into_iter().partition(|&i| {
                 events[i]
                     .key
@@ -91,7 +100,36 @@ impl Route {
             }
         }
         self.metrics.observe_latencies(latencies);
+        if together {
+            self.count_order_breaks(events, &fates);
+        }
         fates
+    }
+
+    /// Counts the events a sink that keeps a call's order confirmed after
+    /// failing an earlier event of their key in the same call: the failed
+    /// one is retried behind them, so their key's order broke at the sink.
+    /// The adapters say where their broker can do this (a nack of one
+    /// message); `strict_order` rules it out at a round trip per event.
+    fn count_order_breaks(&self, events: &[Event], fates: &[Fate]) {
+        let mut failed: HashSet<&str> = HashSet::new();
+        let mut breaks = 0;
+        for (event, fate) in events.iter().zip(fates) {
+            let Some(key) = event.key.as_deref() else {
+                continue;
+            };
+            match fate {
+                Fate::Failed(_) => {
+                    failed.insert(key);
+                }
+                Fate::Sent if failed.contains(key) => breaks += 1,
+                _ => {}
+            }
+        }
+        if breaks > 0 {
+            self.metrics.order_breaks.inc_by(breaks);
+            tracing::warn!(route = %self.name, events = breaks, "the sink confirmed events ahead of an earlier event of their key that it failed: those keys' order broke at the sink (strict_order rules this out)");
+        }
     }
 
     /// One wave: its events grouped by destination, one call per group, in

@@ -126,6 +126,8 @@ impl MemoryBroker {
             dead_letter: true,
             native_dedup: !self.inner.dedup_window.is_zero(),
             ordering: Ordering::PerKey,
+            // Publishes in order, in memory, failing only an event's own fault.
+            ordered_publish: true,
             consumer_groups: true,
             durable_resume: true,
             max_message_bytes: self.inner.max_message_bytes,
