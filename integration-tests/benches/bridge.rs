@@ -10,15 +10,19 @@
 //!   sink confirmed; 8 batches in flight. The adapters' own benches put each
 //!   adapter next to its raw client library.
 //! - the bridge's route, direct mode with dedup (SQLite), without dedup,
-//!   and durable mode (SQLite store);
+//!   with dedup and `strict_order` (a key's events one wave per round
+//!   trip, as before sinks declared `ordered_publish`), and durable mode
+//!   (SQLite store);
 //! - NATS → RabbitMQ and Kafka → NATS in direct mode with dedup again, the
 //!   same messages written raw (no CloudEvents attributes, two plain
 //!   headers) and the route reading `format = "raw"`;
 //! - NATS → RabbitMQ + NATS: one route, direct mode with dedup, two sinks
 //!   (one source read), beside NATS → RabbitMQ and NATS → NATS alone (what
 //!   two routes reading the source twice would cost);
-//! - NATS → RabbitMQ again with 10 ms and 90 ms of round trip added between
-//!   the bridge and RabbitMQ by the fault proxy;
+//! - NATS → RabbitMQ again with 10, 50 and 90 ms of round trip added
+//!   between the bridge and RabbitMQ by the fault proxy, and beside it with
+//!   `strict_order` (a key's events one wave per round trip, as before
+//!   RabbitMQ declared `ordered_publish`) at 10 and 90 ms;
 //! - NATS → RabbitMQ, direct with dedup, with 10,000 keys (every event its
 //!   own; the other cases use 100) at 0, 10, 50 and 90 ms of round trip: a
 //!   key moves one wave per round trip, so few keys bound a long link and
@@ -66,6 +70,9 @@ enum Mover {
     Direct {
         dedup: bool,
     },
+    /// Direct with dedup and `strict_order`: a key's events one wave per
+    /// round trip, as before sinks declared `ordered_publish`.
+    DirectStrict,
     /// Direct with dedup, raw messages through a `format = "raw"` route.
     DirectRaw,
     /// Direct with dedup, every event its own key (a bank's accounts are
@@ -153,6 +160,9 @@ async fn prepare(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> Prepa
     if matches!(mover, Mover::DirectRaw) {
         setup.route_extra.push_str("\nformat = \"raw\"");
     }
+    if matches!(mover, Mover::DirectStrict) {
+        setup.route_extra.push_str("\nstrict_order = true");
+    }
     let proxy = if rtt.is_zero() {
         None
     } else {
@@ -203,9 +213,11 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
     let out = match mover {
         Mover::RawLoop => raw_loop::run(&setup.route, from, to, &prefix, EVENTS, cpu_seconds).await,
         Mover::AdapterLoop => adapter_loop(&bridge, from, to, &destination).await,
-        Mover::Direct { .. } | Mover::DirectRaw | Mover::DirectManyKeys | Mover::Durable => {
-            route(&bridge, &["r"]).await
-        }
+        Mover::Direct { .. }
+        | Mover::DirectStrict
+        | Mover::DirectRaw
+        | Mover::DirectManyKeys
+        | Mover::Durable => route(&bridge, &["r"]).await,
         Mover::Fanout => route(&bridge, &["r/a", "r/b"]).await,
     };
     drop(bridge);
@@ -343,6 +355,11 @@ const STANDARD: &[(&str, Mover, Duration)] = &[
         Mover::Direct { dedup: false },
         Duration::ZERO,
     ),
+    (
+        "bridge_direct_dedup_strict_order",
+        Mover::DirectStrict,
+        Duration::ZERO,
+    ),
     ("bridge_durable", Mover::Durable, Duration::ZERO),
 ];
 
@@ -363,6 +380,21 @@ fn benches(c: &mut Criterion) {
             "bridge_direct_dedup_rtt_90ms",
             Mover::Direct { dedup: true },
             ms(90),
+        ),
+        (
+            "bridge_direct_dedup_strict_order_rtt_10ms",
+            Mover::DirectStrict,
+            ms(10),
+        ),
+        (
+            "bridge_direct_dedup_strict_order_rtt_90ms",
+            Mover::DirectStrict,
+            ms(90),
+        ),
+        (
+            "bridge_direct_dedup_rtt_50ms",
+            Mover::Direct { dedup: true },
+            ms(50),
         ),
         ("bridge_durable_rtt_90ms", Mover::Durable, ms(90)),
         (

@@ -75,9 +75,10 @@ pub(crate) fn capabilities(config: &RabbitConfig, queue: Option<&QueueConfig>) -
         dead_letter: queue.is_some_and(|q| q.dead_letter_queue.is_some()),
         native_dedup: false,
         ordering: Ordering::None,
-        // A call publishes on one channel, in order, and nothing after a
-        // channel failure. A queue can still nack one message and confirm
-        // the next (`reject-publish` overflow freeing up in between).
+        // A call publishes on one channel, in order, nothing after a
+        // channel failure and no chunk after one with a message not
+        // confirmed. Within a chunk a queue can still nack one message and
+        // confirm the next (`reject-publish` overflow freeing up between).
         ordered_publish: true,
         consumer_groups: !stream,
         durable_resume: !stream,

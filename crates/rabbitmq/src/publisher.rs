@@ -86,11 +86,18 @@ impl Publisher for RabbitPublisher {
         };
         let mut outcomes = Vec::with_capacity(events.len());
         let mut broken = None;
+        // Set when a chunk had a message not confirmed: later chunks do
+        // not go, so no later event of its key passes it (`ordered_publish`).
+        let mut stopped: Option<CoreError> = None;
         // A chunk takes its share of the window at once and is confirmed
         // before the next: a call never holds part of the window while
         // waiting for more, so concurrent calls (and batches larger than
         // the window) cannot wait for each other forever.
         for chunk in events.chunks(self.window_size) {
+            if let Some(e) = &stopped {
+                outcomes.extend(chunk.iter().map(|_| Err(e.clone())));
+                continue;
+            }
             let permits = self
                 .window
                 .clone()
@@ -98,8 +105,18 @@ impl Publisher for RabbitPublisher {
                 .await
                 .map_err(|_| CoreError::new(ErrorKind::Closed, "publisher closed"))?;
             let confirms = self.send(&channel, routing_key, chunk, &mut broken).await;
-            outcomes.extend(self.confirmed(chunk, confirms).await);
+            let confirmed = self.confirmed(chunk, confirms).await;
             drop(permits);
+            if let Some(Err(e)) = confirmed
+                .iter()
+                .find(|o| o.as_ref().is_err_and(|e| !e.kind().is_event_fault()))
+            {
+                stopped = Some(CoreError::temporary(
+                    ErrorKind::Unavailable,
+                    format!("not sent: an earlier message of this call was not confirmed ({e})"),
+                ));
+            }
+            outcomes.extend(confirmed);
         }
         link.give_back(channel);
         if broken.is_some()
