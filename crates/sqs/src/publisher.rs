@@ -264,6 +264,15 @@ impl Publisher for SqsPublisher {
         capabilities(fifo, false, config)
     }
 
+    /// Looks up the default queue's URL now (creating the queue where
+    /// configured): a round trip the first publish would otherwise pay.
+    async fn connect(&self) -> Result<()> {
+        if let Some(queue) = self.shared.config.publish.default_queue.as_deref() {
+            self.shared.queue_url(queue).await?;
+        }
+        Ok(())
+    }
+
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         let config = &self.shared.config;
         let queue = destination_or_default(

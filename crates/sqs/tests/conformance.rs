@@ -280,6 +280,30 @@ mod sqs_specific {
             .expect("published");
     }
 
+    /// A route connects its sink when it starts: the SQS publisher then
+    /// looks up its default queue (here creating it), a round trip the
+    /// first publish would otherwise pay across clouds. Before, `connect`
+    /// did nothing and the queue did not exist until the first publish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_looks_up_the_default_queue_before_the_first_publish_moto_emulator() {
+        let url = causeway_testkit::env::endpoint(VAR, DEFAULT);
+        let name = queue_name("connect-default", false);
+        let mut config = moto_config(url.clone());
+        config.publish.default_queue = Some(name.clone());
+        let sqs = SqsClient::connect(config).await.expect("sqs client");
+        sqs.publisher().connect().await.expect("connect");
+        let looker = SqsClient::connect(SqsConfig {
+            create_queues: false,
+            ..moto_config(url)
+        })
+        .await
+        .expect("sqs client");
+        looker
+            .queue_url(&name)
+            .await
+            .expect("the default queue exists once the publisher connected");
+    }
+
     /// An ack whose delete is slow to answer (held 6 s in the proxy, three
     /// visibility timeouts) keeps its message hidden until SQS answered:
     /// neither its consumer nor another gets it again. Before the fix the
