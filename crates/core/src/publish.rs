@@ -27,6 +27,31 @@ pub fn destination_or_default<'a>(
     }
 }
 
+/// How a publish call keeps its order ([`Capabilities::ordered_publish`]):
+/// once an event fails to go out for a reason other than its own fault,
+/// nothing after it in the call goes, so no later event of its key passes it.
+#[derive(Debug, Default)]
+pub struct StopAtFailure(Option<crate::Error>);
+
+impl StopAtFailure {
+    /// Whether the next event may go: after a failure, a temporary error
+    /// naming it.
+    pub fn check(&self) -> Result<()> {
+        self.0.as_ref().map_or(Ok(()), |e| Err(e.clone()))
+    }
+
+    /// Notes an event's failure to go out; the first one that is not the
+    /// event's own fault stops the call.
+    pub fn note(&mut self, e: &crate::Error) {
+        if self.0.is_none() && !e.kind().is_event_fault() {
+            self.0 = Some(crate::Error::temporary(
+                crate::ErrorKind::Unavailable,
+                format!("not sent: an earlier event of this call failed ({e})"),
+            ));
+        }
+    }
+}
+
 /// The outcomes of a publish that sends in parts: where a part never went
 /// out (a bug, a loop cut short), the event failed — never a silent success.
 pub fn unsent_failed(outcomes: Vec<Option<Result<Receipt>>>) -> Vec<Result<Receipt>> {
@@ -102,5 +127,23 @@ impl<P: Publisher + ?Sized> Publisher for Box<P> {
     }
     async fn connect(&self) -> Result<()> {
         (**self).connect().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Error, ErrorKind};
+
+    #[test]
+    fn a_call_stops_at_its_first_failure_not_at_an_events_own_fault() {
+        let mut stop = StopAtFailure::default();
+        stop.note(&Error::new(ErrorKind::TooLarge, "one event too big"));
+        assert!(stop.check().is_ok(), "an event's own fault stops nothing");
+        stop.note(&Error::new(ErrorKind::Connection, "channel closed"));
+        stop.note(&Error::new(ErrorKind::Timeout, "later"));
+        let held = stop.check().expect_err("stopped");
+        assert!(held.is_temporary());
+        assert!(held.to_string().contains("channel closed"), "{held}");
     }
 }

@@ -1,5 +1,5 @@
 use async_trait::async_trait;
-use causeway_core::publish::destination_or_default;
+use causeway_core::publish::{StopAtFailure, destination_or_default};
 use causeway_core::{
     Binding, Capabilities, Error as CoreError, ErrorKind, Event, Position, Publisher, Receipt,
     Result,
@@ -128,14 +128,12 @@ impl Publisher for KafkaPublisher {
         // Enqueue everything first; librdkafka sends while we enqueue. Once
         // one cannot be enqueued (a full queue) the rest are not either, so
         // no later event of its key overtakes it (`ordered_publish`).
-        let mut refused = false;
+        let mut stop = StopAtFailure::default();
         let enqueued: Vec<Result<_>> = events
             .iter()
             .map(|event| {
                 self.capabilities.admit(event)?;
-                if refused {
-                    return Err(not_enqueued());
-                }
+                stop.check()?;
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
                     .payload(&event.payload[..])
                     .headers(headers_of(event));
@@ -144,8 +142,7 @@ impl Publisher for KafkaPublisher {
                 }
                 self.producer.send_result(record).map_err(|(e, _)| {
                     let e: CoreError = Error::kafka("enqueue", e).into();
-                    // One event's own fault (too large) stops nothing else.
-                    refused |= !e.kind().is_event_fault();
+                    stop.note(&e);
                     e
                 })
             })
@@ -165,13 +162,4 @@ impl Publisher for KafkaPublisher {
         }))
         .await)
     }
-}
-
-/// The error of an event left out of a call after an earlier one could not
-/// be enqueued.
-fn not_enqueued() -> CoreError {
-    CoreError::temporary(
-        ErrorKind::Unavailable,
-        "not sent: an earlier event of this call could not be enqueued",
-    )
 }

@@ -3,7 +3,7 @@ use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use async_trait::async_trait;
 use causeway_core::message::KEY_HEADER;
-use causeway_core::publish::destination_or_default;
+use causeway_core::publish::{StopAtFailure, destination_or_default};
 use causeway_core::{
     Binding, Capabilities, Error as CoreError, ErrorKind, Event, Position, Publisher, Receipt,
     Result,
@@ -184,20 +184,14 @@ impl Publisher for NatsPublisher {
         // out. After a send fails (not one event's own fault) nothing more
         // goes out, so no later event of its key overtakes it.
         let mut pending = Vec::with_capacity(events.len());
-        let mut broken: Option<CoreError> = None;
+        let mut stop = StopAtFailure::default();
         for event in events {
-            let sent = match &broken {
-                Some(e) => Err(e.clone()),
-                None => self.send(subject, event).await,
+            let sent = match stop.check() {
+                Ok(()) => self.send(subject, event).await,
+                Err(held) => Err(held),
             };
-            if let Err(e) = &sent
-                && broken.is_none()
-                && !e.kind().is_event_fault()
-            {
-                broken = Some(CoreError::temporary(
-                    ErrorKind::Unavailable,
-                    format!("not sent: an earlier event of this call failed to go out ({e})"),
-                ));
+            if let Err(e) = &sent {
+                stop.note(e);
             }
             pending.push(sent);
         }

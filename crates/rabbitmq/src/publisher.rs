@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use causeway_core::publish::destination_or_default;
+use causeway_core::publish::{StopAtFailure, destination_or_default};
 use causeway_core::{
     Capabilities, Error as CoreError, ErrorKind, Event, Publisher, Receipt, Result,
 };
@@ -88,14 +88,14 @@ impl Publisher for RabbitPublisher {
         let mut broken = None;
         // Set when a chunk had a message not confirmed: later chunks do
         // not go, so no later event of its key passes it (`ordered_publish`).
-        let mut stopped: Option<CoreError> = None;
+        let mut stop = StopAtFailure::default();
         // A chunk takes its share of the window at once and is confirmed
         // before the next: a call never holds part of the window while
         // waiting for more, so concurrent calls (and batches larger than
         // the window) cannot wait for each other forever.
         for chunk in events.chunks(self.window_size) {
-            if let Some(e) = &stopped {
-                outcomes.extend(chunk.iter().map(|_| Err(e.clone())));
+            if let Err(held) = stop.check() {
+                outcomes.extend(chunk.iter().map(|_| Err(held.clone())));
                 continue;
             }
             let permits = self
@@ -107,14 +107,8 @@ impl Publisher for RabbitPublisher {
             let confirms = self.send(&channel, routing_key, chunk, &mut broken).await;
             let confirmed = self.confirmed(chunk, confirms).await;
             drop(permits);
-            if let Some(Err(e)) = confirmed
-                .iter()
-                .find(|o| o.as_ref().is_err_and(|e| !e.kind().is_event_fault()))
-            {
-                stopped = Some(CoreError::temporary(
-                    ErrorKind::Unavailable,
-                    format!("not sent: an earlier message of this call was not confirmed ({e})"),
-                ));
+            for e in confirmed.iter().filter_map(|o| o.as_ref().err()) {
+                stop.note(e);
             }
             outcomes.extend(confirmed);
         }
