@@ -14,13 +14,19 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// Chunks in flight per direction before the reader waits: bounded so that
-/// added latency limits throughput the way a real long link's window would.
-const IN_FLIGHT_CHUNKS: usize = 1024;
+/// Bytes in flight per direction before the reader waits: bounded so that
+/// added latency limits throughput the way a real long link's window
+/// would. Counted in bytes, as a TCP window is (4 MiB, Linux's largest
+/// default send buffer), not in the reads that carried them: a client
+/// that writes small frames must not see a narrower link than one that
+/// writes large ones.
+const IN_FLIGHT_BYTES: u32 = 4 * 1024 * 1024;
+/// Most bytes read (and so delayed) as one chunk.
+const CHUNK: usize = 64 * 1024;
 
 /// A running proxy on 127.0.0.1. Stops when dropped.
 #[derive(Debug)]
@@ -179,18 +185,20 @@ async fn pump(
     shared: Arc<Shared>,
     upward: bool,
 ) -> Option<()> {
-    let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(IN_FLIGHT_CHUNKS);
+    let window = Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Bytes, OwnedSemaphorePermit)>();
     let writer = async move {
         let mut to = ResetOnDrop(Some(to));
-        while let Some((due, chunk)) = rx.recv().await {
+        while let Some((due, chunk, permit)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
             to.0.as_mut()?.write_all(&chunk).await.ok()?;
+            drop(permit);
         }
         // Clean end of the other side: pass the FIN on.
         to.0.take()?.shutdown().await.ok()
     };
     let reader = async move {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; CHUNK];
         loop {
             let n = from.read(&mut buf).await.ok()?;
             if n == 0 {
@@ -205,8 +213,9 @@ async fn pump(
             if upward {
                 due += stall_of(&shared, &buf[..n]);
             }
-            tx.send((due, Bytes::copy_from_slice(&buf[..n])))
-                .await
+            // n ≤ CHUNK, far below u32::MAX.
+            let permit = window.clone().acquire_many_owned(n as u32).await.ok()?;
+            tx.send((due, Bytes::copy_from_slice(&buf[..n]), permit))
                 .ok()?;
         }
     };
