@@ -334,7 +334,7 @@ pub struct RouteConfig {
     pub shards: usize,
     /// Batches queued per shard, and calls a shard has at the sink at once
     /// (each for keys with nothing else unconfirmed): the in-flight window
-    /// is `shards × in_flight`.
+    /// is about `in_flight` polls (`in_flight × batch_size` events).
     #[serde(default = "default_in_flight")]
     pub in_flight: usize,
     /// How long a claim lasts unrenewed: an instance's claim on an event
@@ -523,8 +523,12 @@ fn default_linger() -> Duration {
 fn default_shards() -> usize {
     8
 }
+// A window of 8 polls, the raw client loop's 8 batches of the benches:
+// across a 90 ms link NATS → RabbitMQ moved 5.7k events/s with 4 and
+// 7.1k with 8 (docs/benchmarks.md, 2026-12-02); a key's events still wait
+// for its call, so about half the window is at the sink.
 fn default_in_flight() -> usize {
-    4
+    8
 }
 fn default_claim_lease() -> Duration {
     Duration::from_secs(30)
