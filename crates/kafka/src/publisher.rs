@@ -11,6 +11,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::error::Error;
 
+/// How long `connect` waits for the cluster's metadata: a handshake across
+/// clouds takes a few round trips, not seconds.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Produces to Kafka: the batch is enqueued whole (librdkafka batches and
 /// compresses it), then the delivery reports are awaited together.
 #[derive(Clone)]
@@ -77,12 +81,19 @@ impl KafkaPublisher {
 
     /// Asks the cluster for its metadata: proves the brokers answer.
     pub async fn ping(&self, timeout: std::time::Duration) -> Result<usize> {
+        self.metadata(None, timeout).await
+    }
+
+    /// The cluster's metadata, of `topic` only if given; returns how many
+    /// brokers it lists. librdkafka blocks for it, so it runs off the runtime.
+    async fn metadata(&self, topic: Option<String>, timeout: std::time::Duration) -> Result<usize> {
         let producer = self.producer.clone();
-        let metadata =
-            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
-                .await
-                .map_err(|e| CoreError::new(ErrorKind::Internal, e.to_string()))?
-                .map_err(|e| Error::kafka("metadata", e))?;
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(topic.as_deref(), timeout)
+        })
+        .await
+        .map_err(|e| CoreError::new(ErrorKind::Internal, e.to_string()))?
+        .map_err(|e| Error::kafka("metadata", e))?;
         Ok(metadata.brokers().len())
     }
 
@@ -117,6 +128,16 @@ impl KafkaPublisher {
 impl Publisher for KafkaPublisher {
     fn capabilities(&self) -> Capabilities {
         self.capabilities
+    }
+
+    /// Asks for the metadata of the default topic (of the cluster without
+    /// one): librdkafka connects to the brokers and learns the partition
+    /// leaders before the first batch waits for them, and an unreachable
+    /// cluster is reported at start.
+    async fn connect(&self) -> Result<()> {
+        self.metadata(self.default_topic.clone(), CONNECT_TIMEOUT)
+            .await
+            .map(|_brokers| ())
     }
 
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {

@@ -326,3 +326,34 @@ async fn rebalance_when_a_member_leaves_mid_stream() {
         "the handler ran other than once per event"
     );
 }
+
+/// A route connects its sink when it starts: the Kafka publisher then asks
+/// for its default topic's metadata, so librdkafka has its broker
+/// connections and partition leaders before the first batch, and a cluster
+/// that cannot be reached is reported at start. Before, `connect` did
+/// nothing and answered `Ok` for a cluster that was not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_reaches_the_cluster_before_the_first_publish() {
+    let tansu = Tansu::new().await;
+    let topic = causeway_testkit::unique_name("connect");
+    common::create_topics(&tansu.brokers, &[&topic], 1)
+        .await
+        .expect("topic");
+    let mut config = common::config(&tansu.brokers);
+    config.producer.default_topic = Some(topic);
+    let publisher = KafkaClient::new(config).publisher().expect("publisher");
+    publisher.connect().await.expect("connect to tansu");
+
+    // Port 1 on loopback: nothing listens there.
+    let nowhere = KafkaClient::new(common::config("127.0.0.1:1"))
+        .publisher()
+        .expect("publisher");
+    let refused = nowhere
+        .connect()
+        .await
+        .expect_err("connect to a cluster that is not there");
+    assert!(
+        refused.to_string().contains("metadata"),
+        "the error says what failed: {refused}"
+    );
+}
