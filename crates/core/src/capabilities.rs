@@ -2,7 +2,9 @@
 //! scenarios that apply, instead of matching on adapter names; publishers
 //! enforce the sizes ([`Capabilities::admit`]); `causeway check` prints
 //! them. The bridge's pipeline reads one: [`Capabilities::ordered_publish`]
-//! lets it send a key's events in one call instead of one per round trip.
+//! lets it send a key's events in one call instead of one per round trip,
+//! and [`Capabilities::pipelined_order`] lets it keep several such calls at
+//! the sink at once.
 
 /// Ordering a backend guarantees to consumers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,17 @@ pub struct Capabilities {
     /// next of its key (a nack), the adapter says so beside its
     /// declaration; the bridge counts each such event as an order break.
     pub ordered_publish: bool,
+    /// Calls handed over with [`crate::Publisher::submit`] one after
+    /// another, each before the last is confirmed, reach the broker in the
+    /// order they were submitted (one ordered lane: a channel, a
+    /// connection, an idempotent producer), so a key's events in several
+    /// calls at once keep their order. The bridge then keeps several calls
+    /// of a key at the sink instead of waiting a round trip for each. As
+    /// with `ordered_publish`, where the broker can fail one call's event
+    /// and take a later call's event of its key, the adapter says so beside
+    /// its declaration and the bridge counts each such event as an order
+    /// break.
+    pub pipelined_order: bool,
     /// Consumers in one group share the work, each message to one member.
     pub consumer_groups: bool,
     /// A consumer that restarts with the same group resumes where the group left off.
@@ -82,6 +95,7 @@ impl Default for Capabilities {
             native_dedup: false,
             ordering: Ordering::None,
             ordered_publish: false,
+            pipelined_order: false,
             consumer_groups: false,
             durable_resume: false,
             max_message_bytes: 256 * 1024,

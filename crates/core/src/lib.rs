@@ -38,7 +38,7 @@ pub use error::{Error, ErrorKind, Result, Status};
 pub use event::Event;
 pub use idempotent::{Handled, IdempotentHandler};
 pub use message::{Format, Header, Identity, Incoming, InputFormat, Native, Value};
-pub use publish::{Publisher, Receipt};
+pub use publish::{Confirms, Publisher, Receipt};
 pub use retry::{RetryPolicy, RetryingPublisher};
 pub use store::{
     AppendOutcome, EventStore, ReadFrom, ReadQuery, Retention, StoreStats, StoredEvent,

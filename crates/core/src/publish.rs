@@ -1,5 +1,7 @@
 //! Publishing: batches in, one durable confirmation per event out.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -77,6 +79,10 @@ pub struct Receipt {
     pub duplicate: bool,
 }
 
+/// The broker's answers to a call handed over with [`Publisher::submit`],
+/// still to come: what [`Publisher::publish`] would have returned.
+pub type Confirms = Pin<Box<dyn Future<Output = Result<Vec<Result<Receipt>>>> + Send + 'static>>;
+
 /// Sends events to a broker.
 ///
 /// `publish` resolves only once the broker confirmed every event durably
@@ -93,6 +99,17 @@ pub trait Publisher: Send + Sync {
     /// Publishes `events` to `destination` (topic, queue, subject; an empty
     /// string means the adapter's configured default).
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>>;
+
+    /// Hands `events` over to be sent, in order, and returns their
+    /// confirmations to be awaited: where the backend declares
+    /// [`Capabilities::pipelined_order`] it returns once they are on its
+    /// ordered lane, without a round trip, so that the next call can be
+    /// submitted behind them while they are confirmed. The default
+    /// publishes the whole call and returns its answer ready.
+    async fn submit(&self, destination: &str, events: &[Event]) -> Confirms {
+        let answer = self.publish(destination, events).await;
+        Box::pin(std::future::ready(answer))
+    }
 
     /// Opens now what the first publish would otherwise open (a
     /// connection, a channel), so that a route's first batch does not pay
@@ -112,6 +129,9 @@ impl<P: Publisher + ?Sized> Publisher for Arc<P> {
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         (**self).publish(destination, events).await
     }
+    async fn submit(&self, destination: &str, events: &[Event]) -> Confirms {
+        (**self).submit(destination, events).await
+    }
     async fn connect(&self) -> Result<()> {
         (**self).connect().await
     }
@@ -124,6 +144,9 @@ impl<P: Publisher + ?Sized> Publisher for Box<P> {
     }
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         (**self).publish(destination, events).await
+    }
+    async fn submit(&self, destination: &str, events: &[Event]) -> Confirms {
+        (**self).submit(destination, events).await
     }
     async fn connect(&self) -> Result<()> {
         (**self).connect().await

@@ -9,7 +9,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result, Status};
 use crate::event::Event;
-use crate::publish::{Publisher, Receipt};
+use crate::publish::{Confirms, Publisher, Receipt};
 
 /// How to retry.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -82,6 +82,13 @@ impl<P: Publisher> Publisher for RetryingPublisher<P> {
 
     async fn connect(&self) -> Result<()> {
         self.inner.connect().await
+    }
+
+    /// Not retried here: a retry would go out behind the calls submitted
+    /// after this one and pass them. What fails comes back to the caller,
+    /// which sends it again ahead of its key's later events.
+    async fn submit(&self, destination: &str, events: &[Event]) -> Confirms {
+        self.inner.submit(destination, events).await
     }
 
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {

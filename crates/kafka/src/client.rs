@@ -52,6 +52,11 @@ impl KafkaClient {
             // refusal. A message timing out (`delivery_timeout`) can still
             // leave a gap that later messages pass.
             ordered_publish: true,
+            // One producer: librdkafka sends a partition's messages in the
+            // order enqueued, across calls, and with idempotence (at most 5
+            // requests in flight) retries them in that order. The same
+            // `delivery_timeout` gap applies.
+            pipelined_order: true,
             consumer_groups: true,
             durable_resume: true,
             max_message_bytes: self.config.max_message_bytes,

@@ -1,8 +1,8 @@
 use async_trait::async_trait;
 use causeway_core::publish::{StopAtFailure, destination_or_default};
 use causeway_core::{
-    Binding, Capabilities, Error as CoreError, ErrorKind, Event, Position, Publisher, Receipt,
-    Result,
+    Binding, Capabilities, Confirms, Error as CoreError, ErrorKind, Event, Position, Publisher,
+    Receipt, Result,
 };
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
@@ -141,14 +141,23 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
-        let topic = destination_or_default(
+        self.submit(destination, events).await.await
+    }
+
+    /// Enqueues everything (librdkafka sends while we enqueue) and returns
+    /// the deliveries to await: the idempotent producer writes a
+    /// partition's messages in the order enqueued, across calls. Once one
+    /// cannot be enqueued (a full queue) the rest of the call are not
+    /// either, so no later event of its key overtakes it.
+    async fn submit(&self, destination: &str, events: &[Event]) -> Confirms {
+        let topic = match destination_or_default(
             destination,
             self.default_topic.as_deref(),
             "producer.default_topic",
-        )?;
-        // Enqueue everything first; librdkafka sends while we enqueue. Once
-        // one cannot be enqueued (a full queue) the rest are not either, so
-        // no later event of its key overtakes it (`ordered_publish`).
+        ) {
+            Ok(topic) => topic,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
         let mut stop = StopAtFailure::default();
         let enqueued: Vec<Result<_>> = events
             .iter()
@@ -168,19 +177,21 @@ impl Publisher for KafkaPublisher {
                 })
             })
             .collect();
-        Ok(join_all(enqueued.into_iter().map(|e| async move {
-            let delivery = e?
-                .await
-                .map_err(|_| CoreError::new(ErrorKind::Closed, "producer closed"))?
-                .map_err(|(e, _)| Error::kafka("produce", e))?;
-            Ok(Receipt {
-                position: Some(Position {
-                    partition: delivery.partition as u32,
-                    offset: delivery.offset as u64,
-                }),
-                duplicate: false,
-            })
-        }))
-        .await)
+        Box::pin(async move {
+            Ok(join_all(enqueued.into_iter().map(|e| async move {
+                let delivery = e?
+                    .await
+                    .map_err(|_| CoreError::new(ErrorKind::Closed, "producer closed"))?
+                    .map_err(|(e, _)| Error::kafka("produce", e))?;
+                Ok(Receipt {
+                    position: Some(Position {
+                        partition: delivery.partition as u32,
+                        offset: delivery.offset as u64,
+                    }),
+                    duplicate: false,
+                })
+            }))
+            .await)
+        })
     }
 }

@@ -109,6 +109,11 @@ impl NatsClient {
             // send fails. The stream can still refuse one message and take
             // the next (a limit freeing up in between).
             ordered_publish: true,
+            // Every call writes to the one connection, in submission order.
+            // A PubAck can be lost with a connection that drops while later
+            // calls go out on its successor: those events are counted as
+            // order breaks.
+            pipelined_order: true,
             consumer_groups: true,
             durable_resume: true,
             // Headers count against the server's max_payload; keep room for them.

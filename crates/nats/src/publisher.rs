@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use causeway_core::message::KEY_HEADER;
 use causeway_core::publish::{StopAtFailure, destination_or_default};
 use causeway_core::{
-    Binding, Capabilities, Error as CoreError, ErrorKind, Event, Position, Publisher, Receipt,
-    Result,
+    Binding, Capabilities, Confirms, Error as CoreError, ErrorKind, Event, Position, Publisher,
+    Receipt, Result,
 };
 use futures_util::future::join_all;
 
@@ -179,10 +179,18 @@ impl Publisher for NatsPublisher {
     }
 
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
-        let subject = self.subject(destination)?;
-        // Send everything first: the acks come back while later messages go
-        // out. After a send fails (not one event's own fault) nothing more
-        // goes out, so no later event of its key overtakes it.
+        self.submit(destination, events).await.await
+    }
+
+    /// Sends everything on the connection, in order, and returns the
+    /// acks to await: they come back while later calls go out. After a
+    /// send fails (not one event's own fault) nothing more of the call
+    /// goes out, so no later event of its key overtakes it.
+    async fn submit(&self, destination: &str, events: &[Event]) -> Confirms {
+        let subject = match self.subject(destination) {
+            Ok(subject) => subject,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
         let mut pending = Vec::with_capacity(events.len());
         let mut stop = StopAtFailure::default();
         for event in events {
@@ -195,18 +203,19 @@ impl Publisher for NatsPublisher {
             }
             pending.push(sent);
         }
-        let acks = join_all(pending.into_iter().map(|sent| async move {
-            let ack = sent?.await.map_err(Error::publish)?;
-            Ok(Receipt {
-                position: Some(Position {
-                    partition: 0,
-                    offset: ack.sequence,
-                }),
-                duplicate: ack.duplicate,
-            })
-        }))
-        .await;
-        Ok(acks)
+        Box::pin(async move {
+            Ok(join_all(pending.into_iter().map(|sent| async move {
+                let ack = sent?.await.map_err(Error::publish)?;
+                Ok(Receipt {
+                    position: Some(Position {
+                        partition: 0,
+                        offset: ack.sequence,
+                    }),
+                    duplicate: ack.duplicate,
+                })
+            }))
+            .await)
+        })
     }
 }
 

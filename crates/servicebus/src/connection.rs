@@ -271,6 +271,8 @@ pub(crate) fn capabilities(config: &ServiceBusConfig, dead_letter: bool) -> Capa
         // Where the key goes into a property, a key's messages go in one
         // lane of requests, and a lane stops at a failed request.
         ordered_publish: config.publish.key_property != KeyProperty::None,
+        // Each call is its own HTTP requests, which may overtake each other.
+        pipelined_order: false,
         consumer_groups: true,
         durable_resume: true,
         // Any payload fits once base64-encoded (4/3), with room for the properties.

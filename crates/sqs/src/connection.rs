@@ -158,6 +158,9 @@ pub(crate) fn capabilities(fifo: bool, dead_letter: bool, config: &SqsConfig) ->
         // FIFO: a group's messages go in one lane of calls, one message of
         // the group per call, and a lane stops at a failed call.
         ordered_publish: fifo,
+        // Each call is its own requests: a group's sequence is kept by
+        // waiting for each call's answer, not by submission order.
+        pipelined_order: false,
         consumer_groups: true,
         durable_resume: true,
         // Any payload fits once base64-encoded (a binary payload grows by 4/3),

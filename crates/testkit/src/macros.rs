@@ -20,6 +20,7 @@ macro_rules! broker_conformance {
             no_ack_redelivers_after_timeout,
             per_key_order,
             ordered_publish_keeps_a_calls_order,
+            pipelined_calls_keep_their_order,
             consumer_group_shares_work,
             restart_resumes_without_loss,
             duplicate_publish,

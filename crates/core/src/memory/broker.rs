@@ -128,6 +128,9 @@ impl MemoryBroker {
             ordering: Ordering::PerKey,
             // Publishes in order, in memory, failing only an event's own fault.
             ordered_publish: true,
+            // A call is stored before `submit` returns: calls land in the
+            // order they were submitted.
+            pipelined_order: true,
             consumer_groups: true,
             durable_resume: true,
             max_message_bytes: self.inner.max_message_bytes,
