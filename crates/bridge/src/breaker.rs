@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Error, ErrorKind, Event, Publisher, Receipt, Result};
+use causeway_core::{Capabilities, Confirms, Error, ErrorKind, Event, Publisher, Receipt, Result};
 use tokio::time::Instant;
 
 /// Breaker state shared by a route's publishing tasks.
@@ -101,40 +101,63 @@ impl<P: Publisher> Publisher for Breaking<P> {
     }
 
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
+        let pending = self.admit()?;
+        let result = self.inner.publish(destination, events).await;
+        pending.record(result)
+    }
+
+    /// Counted once its confirmations are in, like a publish.
+    async fn submit(&self, destination: &str, events: &[Event]) -> Confirms {
+        let pending = match self.admit() {
+            Ok(pending) => pending,
+            Err(open) => return Box::pin(std::future::ready(Err(open))),
+        };
+        let confirms = self.inner.submit(destination, events).await;
+        Box::pin(async move { pending.record(confirms.await) })
+    }
+}
+
+impl<P> Breaking<P> {
+    /// A call may go unless the circuit is open.
+    fn admit(&self) -> Result<Pending> {
         if !self.breaker.allow() {
             return Err(Error::temporary(
                 ErrorKind::Unavailable,
                 "circuit open: the sink failed repeatedly",
             ));
         }
-        // A publish dropped before it finished (a shutdown, a timeout
-        // around it) counts as failed: a probe that never reported would
-        // leave the breaker half-open, refusing everything, for good.
-        let mut pending = Pending {
-            breaker: &self.breaker,
+        Ok(Pending {
+            breaker: self.breaker.clone(),
             recorded: false,
-        };
-        let result = self.inner.publish(destination, events).await;
-        // A failure is the sink's: temporary, or permanent but not the
-        // event's own fault (credentials, a missing entity, a quota).
+        })
+    }
+}
+
+/// A publish under way. A publish dropped before it finished (a shutdown,
+/// a timeout around it) counts as failed: a probe that never reported
+/// would leave the breaker half-open, refusing everything, for good.
+struct Pending {
+    breaker: std::sync::Arc<Breaker>,
+    recorded: bool,
+}
+
+impl Pending {
+    /// Records the publish's result and passes it on. A failure is the
+    /// sink's: temporary, or permanent but not the event's own fault
+    /// (credentials, a missing entity, a quota).
+    fn record(mut self, result: Result<Vec<Result<Receipt>>>) -> Result<Vec<Result<Receipt>>> {
         let sink_failed = |e: &Error| e.is_temporary() || !e.kind().is_event_fault();
         let ok = match &result {
             Ok(outcomes) => !outcomes.iter().any(|o| o.as_ref().is_err_and(sink_failed)),
             Err(e) => !sink_failed(e),
         };
-        pending.recorded = true;
+        self.recorded = true;
         self.breaker.record(ok);
         result
     }
 }
 
-/// A publish under way: recorded as failed if dropped unfinished.
-struct Pending<'a> {
-    breaker: &'a Breaker,
-    recorded: bool,
-}
-
-impl Drop for Pending<'_> {
+impl Drop for Pending {
     fn drop(&mut self) {
         if !self.recorded {
             self.breaker.record(false);

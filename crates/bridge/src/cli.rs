@@ -238,7 +238,7 @@ async fn check(config: Config) -> Result<()> {
     for (name, kind) in bridge.endpoints.describe() {
         match bridge.endpoints.check(&name).await {
             Ok(c) => println!(
-                "{name} ({kind}): ok — nack {}, delayed redelivery {}, ack timeout {}, dead letter {}, native dedup {}, ordering {:?}, ordered publish {}, groups {}, resume {}, max message {} bytes",
+                "{name} ({kind}): ok — nack {}, delayed redelivery {}, ack timeout {}, dead letter {}, native dedup {}, ordering {:?}, ordered publish {}, pipelined order {}, groups {}, resume {}, max message {} bytes",
                 c.per_message_nack,
                 c.delayed_redelivery,
                 c.ack_timeout_redelivery,
@@ -246,6 +246,7 @@ async fn check(config: Config) -> Result<()> {
                 c.native_dedup,
                 c.ordering,
                 c.ordered_publish,
+                c.pipelined_order,
                 c.consumer_groups,
                 c.durable_resume,
                 c.max_message_bytes

@@ -362,6 +362,15 @@ pub struct RouteConfig {
     /// break is counted (`causeway_order_breaks`).
     #[serde(default)]
     pub strict_order: bool,
+    /// Lets a key have several calls at the sink at once where the sink
+    /// keeps the order of calls submitted one after another
+    /// (`pipelined_order`: NATS, Kafka): across clouds a key then moves
+    /// several calls per round trip instead of one. `false` keeps one call
+    /// per key at the sink. A sink that fails one call's event and takes a
+    /// later call's event of its key breaks the key's order: counted
+    /// (`causeway_order_breaks`); `strict_order` rules it out.
+    #[serde(default = "yes")]
+    pub pipeline: bool,
     /// Retrying temporary failures.
     #[serde(default)]
     pub retry: RetryConfig,

@@ -15,7 +15,9 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use causeway_core::{Capabilities, Event, Publisher, Receipt, RetryPolicy, RetryingPublisher};
+use causeway_core::{
+    Capabilities, Confirms, Event, Publisher, Receipt, RetryPolicy, RetryingPublisher,
+};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::breaker::{Breaker, Breaking};
@@ -83,6 +85,14 @@ struct RateLimited {
 }
 
 impl RateLimited {
+    /// How many of `len` events go in one call: at most the events' burst.
+    fn chunk(&self, len: usize) -> usize {
+        self.events
+            .as_ref()
+            .map_or(len, |(_, burst)| burst.get() as usize)
+            .max(1)
+    }
+
     /// Waits for `n` tokens of `bucket` (at most its burst at once).
     async fn take(bucket: &Option<(DefaultDirectRateLimiter, NonZeroU32)>, n: usize) {
         if let Some((limiter, burst)) = bucket {
@@ -111,11 +121,7 @@ impl Publisher for RateLimited {
         destination: &str,
         events: &[Event],
     ) -> causeway_core::Result<Vec<causeway_core::Result<Receipt>>> {
-        let chunk = self
-            .events
-            .as_ref()
-            .map_or(events.len(), |(_, burst)| burst.get() as usize)
-            .max(1);
+        let chunk = self.chunk(events.len());
         let mut out = Vec::with_capacity(events.len());
         for part in events.chunks(chunk) {
             Self::take(&self.events, part.len()).await;
@@ -123,6 +129,26 @@ impl Publisher for RateLimited {
             out.extend(self.inner.publish(destination, part).await?);
         }
         Ok(out)
+    }
+
+    /// Submits in parts as `publish` sends them, each after its tokens;
+    /// their confirmations come back as one.
+    async fn submit(&self, destination: &str, events: &[Event]) -> Confirms {
+        let chunk = self.chunk(events.len());
+        let mut parts = Vec::new();
+        for part in events.chunks(chunk) {
+            Self::take(&self.events, part.len()).await;
+            Self::take(&self.bytes, part.iter().map(|e| e.payload.len()).sum()).await;
+            parts.push(self.inner.submit(destination, part).await);
+        }
+        let len = events.len();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(len);
+            for part in parts {
+                out.extend(part.await?);
+            }
+            Ok(out)
+        })
     }
 }
 

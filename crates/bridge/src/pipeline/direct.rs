@@ -3,8 +3,10 @@
 //! The source is acked only after the sink confirmed. Events are split
 //! into key shards: same key, same shard, so source order holds per key
 //! while different keys publish in parallel; each shard keeps up to
-//! `in_flight` batches queued and as many calls at the sink, a key in one
-//! call at a time (`Waiting`). A shard that cannot publish keeps retrying
+//! `in_flight` batches queued and as many calls at the sink (`Waiting`): a
+//! key in one call at a time, or, where the sink keeps the order of
+//! submitted calls, in several handed over in the shard's order (`Lane`).
+//! A shard that cannot publish keeps retrying
 //! (with the breaker failing fast) rather than skipping an event, so order
 //! holds and the window fills up: the source stops being read, and nothing
 //! is acked that the sink has not confirmed.
@@ -17,10 +19,11 @@ use anyhow::Result;
 use causeway_core::{
     Claim, ClaimToken, Consumer, Delivery, Error, ErrorKind, Event, Settlement, Ticket, settle_all,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::sink::Turn;
 use super::{Fate, InFlight, RETRY_PAUSE, Route};
 
 /// Events of one poll queued for a shard.
@@ -197,10 +200,20 @@ impl Route {
     /// sink while an earlier one is unconfirmed — a sink that fails k:1
     /// and takes k:2 cannot reorder the key — while the shard's other keys
     /// do not wait for its round trip: across clouds, calls overlap.
+    /// Where the sink keeps the order of submitted calls (`pipelined`),
+    /// a key's later events go in the next call without waiting: calls are
+    /// handed over in the shard's order (`Lane`), and an event confirmed
+    /// after an earlier call failed one of its key is counted as a break.
     /// What failed waits a pause and goes again, ahead of its key's later
     /// events, until it is confirmed or the bridge shuts down.
     async fn shard(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>, shutdown: CancellationToken) {
-        let mut waiting = Waiting::default();
+        let capabilities = self.sink.capabilities();
+        let pipelined = self.config.pipeline
+            && !self.config.strict_order
+            && capabilities.ordered_publish
+            && capabilities.pipelined_order;
+        let mut waiting = Waiting::new(pipelined);
+        let mut lane = Lane::default();
         // Each call runs as a task of its own: the store operations of one
         // call (renewing, committing) hold a pooled connection until the
         // call reads the answer, so a call must never wait on the shard.
@@ -231,8 +244,13 @@ impl Route {
                 };
                 let keys = call.keys();
                 waiting.start(call.events.len(), &keys);
+                let turn = if pipelined {
+                    lane.start()
+                } else {
+                    (0, Turn::default())
+                };
                 let (route, shutdown) = (self.clone(), shutdown.clone());
-                calls.spawn(async move { route.call(call, keys, shutdown).await });
+                calls.spawn(async move { route.call(call, keys, turn, shutdown).await });
             }
             if !open && waiting.is_empty() && calls.is_empty() {
                 break;
@@ -244,6 +262,9 @@ impl Route {
                 Some(ended) = calls.join_next(), if !calls.is_empty() => match ended {
                     Ok(again) => {
                         waiting.end(again.sent, &again.sent_keys);
+                        if pipelined {
+                            self.count_overtakes(lane.end(again.call, again.confirmed, again.failed));
+                        }
                         waiting.retry(again.pending, Instant::now() + RETRY_PAUSE);
                     }
                     // A call that panicked is the shard's panic: the route reports it.
@@ -260,6 +281,15 @@ impl Route {
         self.metrics.in_flight.dec_by(counted);
     }
 
+    /// Counts events a pipelined sink confirmed after an earlier call of
+    /// the shard failed an event of their key: that key's order broke.
+    fn count_overtakes(&self, breaks: u64) {
+        if breaks > 0 {
+            self.metrics.order_breaks.inc_by(breaks);
+            tracing::warn!(route = %self.name, events = breaks, "the sink confirmed events of a key after failing an earlier call's event of that key: those keys' order broke at the sink (pipeline = false rules this out)");
+        }
+    }
+
     /// One call to the sink: renews claims that waited past half the lease
     /// (standing down from any another instance took over), publishes,
     /// finishes what is done (commit, ack) and returns what is to be tried
@@ -269,9 +299,18 @@ impl Route {
         self: Arc<Self>,
         mut pending: Pending,
         sent_keys: Vec<String>,
+        (call, mut turn): (u64, Turn),
         shutdown: CancellationToken,
     ) -> Again {
         let sent = pending.events.len();
+        let mut again = Again {
+            pending: Pending::default(),
+            sent,
+            sent_keys,
+            call,
+            confirmed: HashMap::new(),
+            failed: HashSet::new(),
+        };
         if pending
             .oldest_claim()
             .is_some_and(|at| at.elapsed() >= self.config.claim_lease / 2)
@@ -279,30 +318,37 @@ impl Route {
             pending = self.renew(pending, &shutdown).await;
             if pending.events.is_empty() {
                 // Every claim was taken over (or handed back): nothing to send.
-                return Again {
-                    pending,
-                    sent,
-                    sent_keys,
-                };
+                turn.done().await;
+                return again;
             }
         }
         let (fates, renewed) = self
-            .forward_leased(&pending.events, &pending.claims())
+            .forward_leased(&pending.events, &pending.claims(), turn)
             .await;
-        let (done, mut again) = pending.sort(fates);
+        for (event, fate) in pending.events.iter().zip(&fates) {
+            let Some(key) = event.key.as_deref() else {
+                continue;
+            };
+            let key = causeway_core::template::key_hash(key.as_bytes());
+            match fate {
+                Fate::Sent => *again.confirmed.entry(key).or_default() += 1,
+                Fate::Failed(_) => {
+                    again.failed.insert(key);
+                }
+                Fate::Filtered | Fate::DeadLettered => {}
+            }
+        }
+        let (done, mut retried) = pending.sort(fates);
         if let Some(at) = renewed {
-            again.held.iter_mut().for_each(|h| h.claimed_at = at);
+            retried.held.iter_mut().for_each(|h| h.claimed_at = at);
         }
         self.finish(done).await;
-        if shutdown.is_cancelled() && !again.held.is_empty() {
+        if shutdown.is_cancelled() && !retried.held.is_empty() {
             // Not confirmed: hand back to the source, release the claims.
-            self.give_back(std::mem::take(&mut again).held).await;
+            self.give_back(std::mem::take(&mut retried).held).await;
         }
-        Again {
-            pending: again,
-            sent,
-            sent_keys,
-        }
+        again.pending = retried;
+        again
     }
 
     /// Renews a batch's claims. Events another instance took over are
@@ -476,6 +522,66 @@ struct Again {
     /// How many events the call carried, and their keys.
     sent: usize,
     sent_keys: Vec<String>,
+    /// Its place in the shard's lane, and by key hash how many events of
+    /// each key the sink confirmed and which keys it failed.
+    call: u64,
+    confirmed: HashMap<u64, u64>,
+    failed: HashSet<u64>,
+}
+
+/// A shard's calls in the order they are handed to a pipelined sink, and
+/// what overlapping calls let break: when a call fails an event of key k,
+/// every later call already handed over may still confirm k's later
+/// events ahead of it. Calls made after the failure is known do not: the
+/// shard holds k's later events behind the retry. Keys are hashes: a
+/// collision can only miscount.
+#[derive(Default)]
+struct Lane {
+    /// The turn the next call waits for.
+    last: Option<oneshot::Receiver<()>>,
+    next: u64,
+    /// Calls at the sink, each with the keys an earlier call failed since
+    /// it was handed over.
+    open: BTreeMap<u64, HashSet<u64>>,
+    /// Calls that ended while an earlier one was still at the sink: what
+    /// they confirmed, by key.
+    ended: BTreeMap<u64, HashMap<u64, u64>>,
+}
+
+impl Lane {
+    /// The next call's place and turn.
+    fn start(&mut self) -> (u64, Turn) {
+        let call = self.next;
+        self.next += 1;
+        self.open.insert(call, HashSet::new());
+        (call, Turn::next(&mut self.last))
+    }
+
+    /// A call ended: how many events it or the calls after it confirmed
+    /// past a failed earlier event of their key.
+    fn end(&mut self, call: u64, confirmed: HashMap<u64, u64>, failed: HashSet<u64>) -> u64 {
+        let passed = self.open.remove(&call).unwrap_or_default();
+        let mut breaks: u64 = confirmed
+            .iter()
+            .filter(|(k, _)| passed.contains(k))
+            .map(|(_, n)| n)
+            .sum();
+        if !failed.is_empty() {
+            for (_, keys) in self.open.range_mut(call + 1..) {
+                keys.extend(failed.iter().copied());
+            }
+            for (_, sent) in self.ended.range(call + 1..) {
+                breaks += failed.iter().filter_map(|k| sent.get(k)).sum::<u64>();
+            }
+        }
+        if self.open.range(..call).next().is_some() {
+            self.ended.insert(call, confirmed);
+        }
+        // A call ended before every open one cannot be passed any more.
+        let oldest = self.open.keys().next().copied().unwrap_or(u64::MAX);
+        self.ended = self.ended.split_off(&oldest);
+        breaks
+    }
 }
 
 /// A shard's events not yet confirmed and not at the sink, in arrival
@@ -486,13 +592,24 @@ struct Waiting {
     events: BTreeMap<u64, (Event, Held)>,
     /// When a failed event may go again, by its place.
     retry_at: BTreeMap<u64, Instant>,
-    at_sink: HashSet<String>,
+    /// Keys at the sink, with how many calls hold each.
+    at_sink: HashMap<String, usize>,
+    /// Whether a key at the sink may go in another call (the sink keeps
+    /// the order of submitted calls).
+    pipelined: bool,
     /// Events in calls at the sink.
     sending: usize,
     next_seq: u64,
 }
 
 impl Waiting {
+    fn new(pipelined: bool) -> Self {
+        Waiting {
+            pipelined,
+            ..Waiting::default()
+        }
+    }
+
     /// Events waiting and at the sink.
     fn held(&self) -> usize {
         self.events.len() + self.sending
@@ -522,8 +639,8 @@ impl Waiting {
     }
 
     /// The next call: in arrival order, up to `most` events whose key has
-    /// nothing at the sink and nothing earlier still pausing after a
-    /// failure. None when nothing can go now.
+    /// nothing at the sink (unless pipelined) and nothing earlier still
+    /// pausing after a failure. None when nothing can go now.
     fn next_call(&mut self, most: usize) -> Option<Pending> {
         let now = Instant::now();
         let mut stopped: HashSet<&str> = HashSet::new();
@@ -534,7 +651,8 @@ impl Waiting {
             }
             let key = event.key.as_deref();
             let pausing = self.retry_at.get(&seq).is_some_and(|&at| at > now);
-            if key.is_some_and(|k| self.at_sink.contains(k) || stopped.contains(k)) {
+            let busy = |k: &str| !self.pipelined && self.at_sink.contains_key(k);
+            if key.is_some_and(|k| busy(k) || stopped.contains(k)) {
                 continue;
             }
             if pausing {
@@ -560,7 +678,9 @@ impl Waiting {
 
     /// A call of `events` events with `keys` went to the sink: its keys wait for it.
     fn start(&mut self, events: usize, keys: &[String]) {
-        self.at_sink.extend(keys.iter().cloned());
+        for k in keys {
+            *self.at_sink.entry(k.clone()).or_default() += 1;
+        }
         self.sending += events;
     }
 
@@ -568,7 +688,12 @@ impl Waiting {
     fn end(&mut self, events: usize, keys: &[String]) {
         self.sending -= events;
         for k in keys {
-            self.at_sink.remove(k);
+            if let Some(calls) = self.at_sink.get_mut(k) {
+                *calls -= 1;
+                if *calls == 0 {
+                    self.at_sink.remove(k);
+                }
+            }
         }
     }
 
@@ -627,5 +752,45 @@ impl KeysBehind {
         if self.0.get(key).is_some_and(|(b, _)| b == dedup_key) {
             self.0.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(key: u64, n: u64) -> HashMap<u64, u64> {
+        HashMap::from([(key, n)])
+    }
+
+    #[test]
+    fn a_call_confirming_a_key_after_an_earlier_call_failed_it_is_a_break() {
+        let mut lane = Lane::default();
+        let (a, b, c) = (lane.start().0, lane.start().0, lane.start().0);
+        // b ends first, confirming 2 of key 7; then a fails key 7: b passed it.
+        assert_eq!(lane.end(b, sent(7, 2), HashSet::new()), 0);
+        assert_eq!(lane.end(a, HashMap::new(), HashSet::from([7])), 2);
+        // c was handed over before a failed: its 3 of key 7 passed too.
+        assert_eq!(lane.end(c, sent(7, 3), HashSet::new()), 3);
+        // A call made after the failure was known is not counted.
+        let d = lane.start().0;
+        assert_eq!(lane.end(d, sent(7, 1), HashSet::new()), 0);
+        assert!(
+            lane.open.is_empty() && lane.ended.is_empty(),
+            "nothing kept"
+        );
+    }
+
+    #[test]
+    fn other_keys_and_earlier_calls_are_not_breaks() {
+        let mut lane = Lane::default();
+        let (a, b) = (lane.start().0, lane.start().0);
+        // a confirms key 1 and fails key 2; b (later) confirms only key 1.
+        assert_eq!(lane.end(b, sent(1, 4), HashSet::new()), 0);
+        assert_eq!(lane.end(a, sent(1, 1), HashSet::from([2])), 0);
+        // A failure in the later call is never passed by the earlier one.
+        let (c, d) = (lane.start().0, lane.start().0);
+        assert_eq!(lane.end(d, HashMap::new(), HashSet::from([5])), 0);
+        assert_eq!(lane.end(c, sent(5, 9), HashSet::new()), 0);
     }
 }

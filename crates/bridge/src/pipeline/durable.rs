@@ -17,6 +17,7 @@ use causeway_core::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::sink::Turn;
 use super::{Fate, RETRY_PAUSE, Route};
 
 impl Route {
@@ -209,7 +210,7 @@ impl Route {
             let events: Vec<Event> = todo.iter().map(|s| s.event.clone()).collect();
             let claims = lease.as_ref().map(|l| std::slice::from_ref(&l.token));
             let (fates, renewed) = self
-                .forward_leased(&events, claims.unwrap_or_default())
+                .forward_leased(&events, claims.unwrap_or_default(), Turn::default())
                 .await;
             if let (Some(l), Some(at)) = (lease.as_mut(), renewed) {
                 l.renewed_at = at;

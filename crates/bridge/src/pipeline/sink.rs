@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use causeway_core::{ClaimToken, Error, ErrorKind, Event, dead_letter};
+use tokio::sync::oneshot;
 
 use super::{Fate, Route};
 
@@ -36,28 +37,42 @@ impl Route {
     /// Events the sink's filter does not take are [`Fate::Filtered`],
     /// counted and not sent.
     pub async fn forward(&self, events: &[Event]) -> Vec<Fate> {
+        self.forward_in_turn(events, Turn::default()).await
+    }
+
+    /// [`Self::forward`] on a shard's lane: the events are handed to the
+    /// sink in `turn`, after the call before them handed over theirs.
+    async fn forward_in_turn(&self, events: &[Event], mut turn: Turn) -> Vec<Fate> {
+        let fates = self.forward_filtered(events, &mut turn).await;
+        // Nothing was sent (all filtered out): still in turn.
+        turn.done().await;
+        fates
+    }
+
+    /// [`Self::forward_all`] of what the sink's filter takes.
+    async fn forward_filtered(&self, events: &[Event], turn: &mut Turn) -> Vec<Fate> {
         let Some(filter) = &self.filter else {
-            return self.forward_all(events).await;
+            return self.forward_all(events, turn).await;
         };
         let taken: Vec<usize> = (0..events.len())
             .filter(|&i| filter.takes(&events[i]))
             .collect();
         if taken.len() == events.len() {
-            return self.forward_all(events).await;
+            return self.forward_all(events, turn).await;
         }
         self.metrics
             .filtered
             .inc_by((events.len() - taken.len()) as u64);
         let subset: Vec<Event> = taken.iter().map(|&i| events[i].clone()).collect();
         let mut fates: Vec<Fate> = events.iter().map(|_| Fate::Filtered).collect();
-        for (i, fate) in taken.into_iter().zip(self.forward_all(&subset).await) {
+        for (i, fate) in taken.into_iter().zip(self.forward_all(&subset, turn).await) {
             fates[i] = fate;
         }
         fates
     }
 
     /// [`Self::forward`] without a filter.
-    async fn forward_all(&self, events: &[Event]) -> Vec<Fate> {
+    async fn forward_all(&self, events: &[Event], turn: &mut Turn) -> Vec<Fate> {
         // Fail closed: an event the sink returned no outcome for is not sent.
         let mut fates: Vec<Fate> = events
             .iter()
@@ -90,7 +105,7 @@ impl Route {
                     "not sent: an earlier event of its key in this batch failed",
                 ));
             }
-            self.publish_wave(events, &send, &mut fates).await;
+            self.publish_wave(events, &send, &mut fates, turn).await;
             for &i in &send {
                 self.resolve(&events[i], &mut fates[i], &mut paused_said, &mut latencies)
                     .await;
@@ -133,8 +148,15 @@ impl Route {
     }
 
     /// One wave: its events grouped by destination, one call per group, in
-    /// order of first appearance; each outcome goes to its event's fate.
-    async fn publish_wave(&self, events: &[Event], wave: &[usize], fates: &mut [Fate]) {
+    /// order of first appearance, all submitted in `turn` before any is
+    /// awaited; each outcome goes to its event's fate.
+    async fn publish_wave(
+        &self,
+        events: &[Event],
+        wave: &[usize],
+        fates: &mut [Fate],
+        turn: &mut Turn,
+    ) {
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
         for &i in wave {
             let d = self.template.render(&events[i]);
@@ -143,6 +165,8 @@ impl Route {
                 None => groups.push((d.into_owned(), vec![i])),
             }
         }
+        turn.wait().await;
+        let mut submitted = Vec::with_capacity(groups.len());
         for (dest, idx) in groups {
             let owned;
             let batch: &[Event] = if idx.len() == events.len() {
@@ -151,7 +175,11 @@ impl Route {
                 owned = idx.iter().map(|&i| events[i].clone()).collect::<Vec<_>>();
                 &owned
             };
-            match self.sink.publish(&dest, batch).await {
+            submitted.push((idx, self.sink.submit(&dest, batch).await));
+        }
+        turn.pass();
+        for (idx, confirms) in submitted {
+            match confirms.await {
                 Ok(outcomes) => {
                     if outcomes.len() != idx.len() {
                         tracing::error!(route = %self.name, events = idx.len(), outcomes = outcomes.len(), "the sink broke its contract: not one outcome per event; those without one are retried");
@@ -239,8 +267,9 @@ impl Route {
         &self,
         events: &[Event],
         claims: &[ClaimToken],
+        turn: Turn,
     ) -> (Vec<Fate>, Option<Instant>) {
-        let forward = self.forward(events);
+        let forward = self.forward_in_turn(events, turn);
         if claims.is_empty() {
             return (forward.await, None);
         }
@@ -296,6 +325,53 @@ impl Route {
         }
         self.metrics.dead_lettered.inc();
         true
+    }
+}
+
+/// A call's turn on its shard's lane. Calls of one shard pass it on in
+/// the order the shard made them: a call hands its events to the sink
+/// once the call before it handed over its own, and lets the next go as
+/// soon as it has, before its confirmations are in. So a key's calls reach
+/// a sink that keeps the order of submitted calls (`pipelined_order`) in
+/// the shard's order while they are confirmed together. A call that ends
+/// without sending still takes its turn ([`Turn::done`]): the next must
+/// not go before the one before it. The default turn waits for nothing.
+#[derive(Debug, Default)]
+pub(super) struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    then: Option<oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// The turn after the one `last` waits for; `last` becomes this one.
+    pub(super) fn next(last: &mut Option<oneshot::Receiver<()>>) -> Turn {
+        let (then, after_this) = oneshot::channel();
+        Turn {
+            after: last.replace(after_this),
+            then: Some(then),
+        }
+    }
+
+    /// Waits until the call before has handed over its events.
+    async fn wait(&mut self) {
+        if let Some(after) = self.after.take() {
+            // Sent or dropped, the call before is done handing over.
+            let _ = after.await;
+        }
+    }
+
+    /// This call's events are handed over: the next call may go.
+    fn pass(&mut self) {
+        if let Some(then) = self.then.take() {
+            let _ = then.send(());
+        }
+    }
+
+    /// Takes the turn without sending (or after sending: then it does
+    /// nothing more).
+    pub(super) async fn done(&mut self) {
+        self.wait().await;
+        self.pass();
     }
 }
 
