@@ -26,7 +26,11 @@
 //! - NATS → RabbitMQ, direct with dedup, with 10,000 keys (every event its
 //!   own; the other cases use 100) at 0, 10, 50 and 90 ms of round trip: a
 //!   key moves one wave per round trip, so few keys bound a long link and
-//!   many keys fill it.
+//!   many keys fill it;
+//! - Kafka → NATS with 10 and 90 ms of round trip added in front of NATS,
+//!   the raw loop beside it at 90 ms, and the route with `pipeline = false`
+//!   (a key in one call at a time, as before NATS declared
+//!   `pipelined_order`).
 //!
 //! A sample is timed from the first event received to the last confirmed by
 //! the sink, so that consumer start-up (a Kafka group join) is not counted;
@@ -73,6 +77,9 @@ enum Mover {
     /// Direct with dedup and `strict_order`: a key's events one wave per
     /// round trip, as before sinks declared `ordered_publish`.
     DirectStrict,
+    /// Direct with dedup and `pipeline = false`: a key in one call at a
+    /// time, as before sinks declared `pipelined_order`.
+    DirectUnpipelined,
     /// Direct with dedup, raw messages through a `format = "raw"` route.
     DirectRaw,
     /// Direct with dedup, every event its own key (a bank's accounts are
@@ -163,15 +170,36 @@ async fn prepare(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> Prepa
     if matches!(mover, Mover::DirectStrict) {
         setup.route_extra.push_str("\nstrict_order = true");
     }
+    if matches!(mover, Mover::DirectUnpipelined) {
+        setup.route_extra.push_str("\npipeline = false");
+    }
     let proxy = if rtt.is_zero() {
         None
     } else {
-        assert_eq!(to, Rabbit, "latency is injected in front of RabbitMQ only");
-        let proxy = FaultProxy::start("127.0.0.1:5672".parse().expect("addr"))
+        // In front of the sink only (its URL in the route's endpoints).
+        let url = match to {
+            Rabbit => &mut setup.route.rabbit,
+            Nats => &mut setup.route.nats,
+            other => panic!("latency is injected in front of RabbitMQ or NATS, not {other:?}"),
+        };
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
+        let (target, path) = rest.split_once('/').map_or((rest, ""), |(t, p)| (t, p));
+        let proxy = FaultProxy::start(target.parse().expect("the sink's host:port"))
             .await
             .expect("proxy");
         proxy.set_latency(rtt / 2, rtt / 2);
-        setup.route.rabbit = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+        let at = if userinfo.is_empty() {
+            String::new()
+        } else {
+            format!("{userinfo}@")
+        };
+        let path = if path.is_empty() {
+            String::new()
+        } else {
+            format!("/{path}")
+        };
+        *url = format!("{scheme}://{at}{}{path}", proxy.addr());
         Some(proxy)
     };
     let bridge = Bridge::new(setup.config(&emulator)).await.expect("bridge");
@@ -215,6 +243,7 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
         Mover::AdapterLoop => adapter_loop(&bridge, from, to, &destination).await,
         Mover::Direct { .. }
         | Mover::DirectStrict
+        | Mover::DirectUnpipelined
         | Mover::DirectRaw
         | Mover::DirectManyKeys
         | Mover::Durable => route(&bridge, &["r"]).await,
@@ -382,24 +411,33 @@ const STANDARD: &[(&str, Mover, Duration)] = &[
     ("bridge_durable", Mover::Durable, Duration::ZERO),
 ];
 
+/// The cases both routes with a sink behind the fault proxy run.
+const ACROSS_CLOUDS: &[(&str, Mover, Duration)] = &[
+    (
+        "raw_loop_baseline_rtt_90ms",
+        Mover::RawLoop,
+        Duration::from_millis(90),
+    ),
+    (
+        "bridge_direct_dedup_rtt_10ms",
+        Mover::Direct { dedup: true },
+        Duration::from_millis(10),
+    ),
+    (
+        "bridge_direct_dedup_rtt_90ms",
+        Mover::Direct { dedup: true },
+        Duration::from_millis(90),
+    ),
+];
+
 const RAW: (&str, Mover, Duration) = ("bridge_direct_dedup_raw", Mover::DirectRaw, Duration::ZERO);
 
 fn benches(c: &mut Criterion) {
     let ms = Duration::from_millis;
     let mut nats_rabbit = STANDARD.to_vec();
+    nats_rabbit.extend(ACROSS_CLOUDS);
     nats_rabbit.extend([
-        ("raw_loop_baseline_rtt_90ms", Mover::RawLoop, ms(90)),
         ("adapter_loop_baseline_rtt_90ms", Mover::AdapterLoop, ms(90)),
-        (
-            "bridge_direct_dedup_rtt_10ms",
-            Mover::Direct { dedup: true },
-            ms(10),
-        ),
-        (
-            "bridge_direct_dedup_rtt_90ms",
-            Mover::Direct { dedup: true },
-            ms(90),
-        ),
         (
             "bridge_direct_dedup_strict_order_rtt_10ms",
             Mover::DirectStrict,
@@ -445,7 +483,15 @@ fn benches(c: &mut Criterion) {
     ]);
     bench_pair(c, Nats, Rabbit, &nats_rabbit);
     let mut kafka_nats = STANDARD.to_vec();
-    kafka_nats.push(RAW);
+    kafka_nats.extend(ACROSS_CLOUDS);
+    kafka_nats.extend([
+        RAW,
+        (
+            "bridge_direct_dedup_unpipelined_rtt_90ms",
+            Mover::DirectUnpipelined,
+            ms(90),
+        ),
+    ]);
     bench_pair(c, Kafka, Nats, &kafka_nats);
     bench_pair(c, Rabbit, Kafka, STANDARD);
     bench_pair(c, Nats, Nats, STANDARD);
