@@ -80,13 +80,11 @@ pub(crate) fn capabilities(config: &RabbitConfig, queue: Option<&QueueConfig>) -
         // confirmed. Within a chunk a queue can still nack one message and
         // confirm the next (`reject-publish` overflow freeing up between).
         ordered_publish: true,
-        // Not yet: calls in submission order would have to share one
-        // channel, and lapin hands a returned (unroutable) message to
-        // whichever pending confirm the next ack resolves, so a call
-        // could take another's return and report its unroutable event
-        // delivered. Sharing needs one reader of the channel's confirms,
-        // in delivery-tag order (`Link::publish_channel` says more).
-        pipelined_order: false,
+        // Submitted calls share one confirm-mode channel, in submission
+        // order, and one reader of its confirms (`crate::lane`). As within
+        // a call, the queue can nack one message and confirm a later
+        // call's.
+        pipelined_order: true,
         consumer_groups: !stream,
         durable_resume: !stream,
         max_message_bytes: config.max_message_bytes,

@@ -21,6 +21,7 @@ mod client;
 mod config;
 mod consumer;
 mod error;
+mod lane;
 mod mapping;
 mod publisher;
 mod session;

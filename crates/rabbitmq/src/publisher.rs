@@ -4,27 +4,32 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use causeway_core::publish::{StopAtFailure, destination_or_default};
 use causeway_core::{
-    Capabilities, Error as CoreError, ErrorKind, Event, Publisher, Receipt, Result,
+    Capabilities, Confirms, Error as CoreError, ErrorKind, Event, Publisher, Receipt, Result,
 };
 use futures_util::future::join_all;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::error::{Error, bounded};
+use crate::lane::{Lane, Sent};
 use crate::mapping::properties;
-use crate::session::Session;
+use crate::session::{Link, Session};
 
 /// Publishes persistent messages with publisher confirms: the batch goes
 /// out, then its confirms are awaited together (a batch larger than the
 /// window in window-sized chunks). At most `max_unconfirmed` messages are
-/// outstanding across concurrent calls.
+/// outstanding across concurrent calls. A `publish` call has a channel of
+/// its own; submitted calls go one after another on the publisher's lane
+/// (`crate::lane`), in the order submitted.
 #[derive(Debug, Clone)]
 pub struct RabbitPublisher {
     session: Arc<Session>,
     window: Arc<Semaphore>,
     window_size: usize,
     capabilities: Capabilities,
+    /// The channel submitted calls share, opened by the first.
+    lane: Arc<tokio::sync::Mutex<Option<Lane>>>,
 }
 
 impl RabbitPublisher {
@@ -40,6 +45,7 @@ impl RabbitPublisher {
             window_size,
             session: Arc::new(session),
             capabilities,
+            lane: Arc::default(),
         }
     }
 
@@ -63,14 +69,27 @@ impl Publisher for RabbitPublisher {
     async fn connect(&self) -> Result<()> {
         let link = self.session.link().await?;
         match link.publish_channel().await {
-            Ok(channel) => {
-                link.give_back(channel);
-                Ok(())
-            }
+            Ok(channel) => link.give_back(channel),
             Err(e) => {
                 self.session.invalidate(&link).await;
-                Err(e.into())
+                return Err(e.into());
             }
+        }
+        let mut lane = self.lane.lock().await;
+        self.lane_on(&link, &mut lane).await.map(|_| ())
+    }
+
+    /// Sends the call on the lane, after the calls submitted before it,
+    /// and returns its outcomes to await. A call larger than the window
+    /// goes as `publish` sends it (confirmed chunk by chunk).
+    async fn submit(&self, destination: &str, events: &[Event]) -> Confirms {
+        if events.len() > self.window_size {
+            let answer = self.publish(destination, events).await;
+            return Box::pin(std::future::ready(answer));
+        }
+        match self.hand_over(destination, events).await {
+            Ok(confirms) => confirms,
+            Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
 
@@ -125,6 +144,79 @@ impl Publisher for RabbitPublisher {
 }
 
 impl RabbitPublisher {
+    /// The lane's channel on `link`, opened anew when the lane has none
+    /// there (first use, a lost channel or link).
+    async fn lane_on<'a>(&self, link: &Arc<Link>, lane: &'a mut Option<Lane>) -> Result<&'a Lane> {
+        if let Some(open) = lane.take_if(|l| l.usable(link)) {
+            return Ok(lane.insert(open));
+        }
+        let channel = match link.publish_channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                self.session.invalidate(link).await;
+                return Err(e.into());
+            }
+        };
+        let timeout = self.session.config.publish.confirm_timeout;
+        Ok(lane.insert(Lane::new(link.clone(), channel, timeout)))
+    }
+
+    /// [`Publisher::submit`] of a call within the window.
+    async fn hand_over(&self, destination: &str, events: &[Event]) -> Result<Confirms> {
+        let routing_key = self.routing_key(destination)?;
+        let permits = self
+            .window
+            .clone()
+            .acquire_many_owned(events.len() as u32)
+            .await
+            .map_err(|_| CoreError::new(ErrorKind::Closed, "publisher closed"))?;
+        let link = self.session.link().await?;
+        let mut lane = self.lane.lock().await;
+        let open = self.lane_on(&link, &mut lane).await?;
+        let mut broken = None;
+        let sent = self
+            .send(&open.channel, routing_key, events, &mut broken)
+            .await;
+        let outcomes: Vec<Result<oneshot::Receiver<Result<Receipt>>>> = events
+            .iter()
+            .zip(sent)
+            .map(|(event, sent)| {
+                let (outcome, answer) = oneshot::channel();
+                open.watch(Sent {
+                    id: event.id.clone(),
+                    confirm: sent?,
+                    outcome,
+                });
+                Ok(answer)
+            })
+            .collect();
+        drop(lane);
+        let session = self.session.clone();
+        Ok(Box::pin(async move {
+            let mut answers = Vec::with_capacity(outcomes.len());
+            for outcome in outcomes {
+                answers.push(match outcome {
+                    Ok(answer) => answer.await.unwrap_or_else(|_| {
+                        Err(CoreError::new(
+                            ErrorKind::Connection,
+                            "the channel's confirm reader stopped",
+                        ))
+                    }),
+                    Err(e) => Err(e),
+                });
+            }
+            drop(permits);
+            if broken.is_some()
+                || answers
+                    .iter()
+                    .any(|o| o.as_ref().is_err_and(|e| e.kind() == ErrorKind::Connection))
+            {
+                session.invalidate(&link).await;
+            }
+            Ok(answers)
+        }))
+    }
+
     /// Sends `events`; after a channel failure nothing more goes out and
     /// the rest fail with the same error.
     async fn send(
@@ -199,21 +291,15 @@ impl RabbitPublisher {
                     Confirmation::Ack(returned) => Ok(returned),
                     Confirmation::NotRequested => Ok(None),
                     // The broker could not store it; it may next time.
-                    Confirmation::Nack(_) => Err(CoreError::temporary(
-                        ErrorKind::Unavailable,
-                        "the broker nacked the message",
-                    )),
+                    Confirmation::Nack(_) => Err(nacked()),
                 }
             }))
             .await;
         // Every return of this call, by the id of the event it carries.
         let mut returned: HashMap<String, Vec<String>> = HashMap::new();
         for r in results.iter().flatten().flatten() {
-            let reason = format!(
-                "unroutable: no queue bound for routing key `{}` ({} {})",
-                r.delivery.routing_key, r.reply_code, r.reply_text
-            );
-            returned.entry(returned_id(r)).or_default().push(reason);
+            let (id, reason) = unroutable(r);
+            returned.entry(id).or_default().push(reason);
         }
         events
             .iter()
@@ -227,6 +313,20 @@ impl RabbitPublisher {
             })
             .collect()
     }
+}
+
+/// The broker could not store a message; it may next time.
+pub(crate) fn nacked() -> CoreError {
+    CoreError::temporary(ErrorKind::Unavailable, "the broker nacked the message")
+}
+
+/// A returned message: the id of the event it carries, and why it came back.
+pub(crate) fn unroutable(r: &lapin::message::BasicReturnMessage) -> (String, String) {
+    let reason = format!(
+        "unroutable: no queue bound for routing key `{}` ({} {})",
+        r.delivery.routing_key, r.reply_code, r.reply_text
+    );
+    (returned_id(r), reason)
 }
 
 /// The event id a returned message carries: its `cloudEvents:id` header,

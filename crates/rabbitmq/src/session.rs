@@ -134,7 +134,9 @@ impl Link {
     /// completes first, so calls sharing a channel received each other's
     /// returns: an event that was delivered reported unroutable, and the
     /// unroutable one reported delivered. With a channel per call, every
-    /// return stays within the call that sent the message.
+    /// return stays within the call that sent the message. (Submitted
+    /// calls share one such channel, the publisher's lane, whose one
+    /// confirm reader keeps the returns apart: `crate::lane`.)
     pub(crate) async fn publish_channel(&self) -> Result<Channel, Error> {
         loop {
             let spare = self

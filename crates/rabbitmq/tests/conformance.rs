@@ -439,6 +439,43 @@ mod classic {
         assert_eq!(misattributed, 0, "outcomes given to the wrong events");
     }
 
+    /// Submitted calls share the publisher's lane (one channel, in order),
+    /// one of each round to a routing key no queue is bound to, all
+    /// submitted before any is awaited: exactly that call's events are
+    /// reported unroutable, however lapin hands the returns to the
+    /// channel's confirms (the lane's one reader sorts them out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unroutable_returns_reach_their_own_events_on_the_lane() {
+        use causeway_core::ErrorKind;
+        let rabbit = Rabbit::new(QueueKind::Classic).await;
+        assert!(rabbit.client.publisher().capabilities().pipelined_order);
+        let good = rabbit.destination("lane-returns").await.expect("queue");
+        let publisher = rabbit.client.publisher();
+        let mut misattributed = 0;
+        for round in 0..20 {
+            let mut calls = Vec::new();
+            for call in 0..5 {
+                let routable = call != 2;
+                let dest = if routable {
+                    good.clone()
+                } else {
+                    causeway_testkit::unique_name("nowhere")
+                };
+                let events = causeway_testkit::events(&format!("l{round}c{call}"), 50, 5);
+                calls.push((routable, publisher.submit(&dest, &events).await));
+            }
+            for (routable, confirms) in calls {
+                for o in confirms.await.expect("submitted call") {
+                    let unroutable = o.as_ref().is_err_and(|e| e.kind() == ErrorKind::NotFound);
+                    if unroutable == routable {
+                        misattributed += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(misattributed, 0, "outcomes given to the wrong events");
+    }
+
     /// A settlement that fails (here a reject whose dead-letter queue was
     /// deleted under the consumer) gives its message back, and consumption
     /// goes on. Before the fix the delivery was taken out of the in-flight
