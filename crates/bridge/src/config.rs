@@ -333,8 +333,10 @@ pub struct RouteConfig {
     #[serde(default = "default_shards")]
     pub shards: usize,
     /// Batches queued per shard, and calls a shard has at the sink at once
-    /// (each for keys with nothing else unconfirmed): the in-flight window
-    /// is about `in_flight` polls (`in_flight × batch_size` events).
+    /// (each for keys with nothing else unconfirmed, unless the sink is
+    /// pipelined): the in-flight window is about `in_flight` polls
+    /// (`in_flight × batch_size` events). In durable mode, the pages a
+    /// forwarder has at a pipelined sink at once.
     #[serde(default = "default_in_flight")]
     pub in_flight: usize,
     /// How long a claim lasts unrenewed: an instance's claim on an event
@@ -364,7 +366,7 @@ pub struct RouteConfig {
     pub strict_order: bool,
     /// Lets a key have several calls at the sink at once where the sink
     /// keeps the order of calls submitted one after another
-    /// (`pipelined_order`: NATS, Kafka): across clouds a key then moves
+    /// (`pipelined_order`: NATS, Kafka, RabbitMQ): across clouds a key then moves
     /// several calls per round trip instead of one. `false` keeps one call
     /// per key at the sink. A sink that fails one call's event and takes a
     /// later call's event of its key breaks the key's order: counted

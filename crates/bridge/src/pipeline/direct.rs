@@ -19,11 +19,11 @@ use anyhow::Result;
 use causeway_core::{
     Claim, ClaimToken, Consumer, Delivery, Error, ErrorKind, Event, Settlement, Ticket, settle_all,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::sink::Turn;
+use super::sink::{Lane, Turn, by_key};
 use super::{Fate, InFlight, RETRY_PAUSE, Route};
 
 /// Events of one poll queued for a shard.
@@ -207,11 +207,7 @@ impl Route {
     /// What failed waits a pause and goes again, ahead of its key's later
     /// events, until it is confirmed or the bridge shuts down.
     async fn shard(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>, shutdown: CancellationToken) {
-        let capabilities = self.sink.capabilities();
-        let pipelined = self.config.pipeline
-            && !self.config.strict_order
-            && capabilities.ordered_publish
-            && capabilities.pipelined_order;
+        let pipelined = self.pipelined();
         let mut waiting = Waiting::new(pipelined);
         let mut lane = Lane::default();
         // Each call runs as a task of its own: the store operations of one
@@ -281,15 +277,6 @@ impl Route {
         self.metrics.in_flight.dec_by(counted);
     }
 
-    /// Counts events a pipelined sink confirmed after an earlier call of
-    /// the shard failed an event of their key: that key's order broke.
-    fn count_overtakes(&self, breaks: u64) {
-        if breaks > 0 {
-            self.metrics.order_breaks.inc_by(breaks);
-            tracing::warn!(route = %self.name, events = breaks, "the sink confirmed events of a key after failing an earlier call's event of that key: those keys' order broke at the sink (pipeline = false rules this out)");
-        }
-    }
-
     /// One call to the sink: renews claims that waited past half the lease
     /// (standing down from any another instance took over), publishes,
     /// finishes what is done (commit, ack) and returns what is to be tried
@@ -325,19 +312,7 @@ impl Route {
         let (fates, renewed) = self
             .forward_leased(&pending.events, &pending.claims(), turn)
             .await;
-        for (event, fate) in pending.events.iter().zip(&fates) {
-            let Some(key) = event.key.as_deref() else {
-                continue;
-            };
-            let key = causeway_core::template::key_hash(key.as_bytes());
-            match fate {
-                Fate::Sent => *again.confirmed.entry(key).or_default() += 1,
-                Fate::Failed(_) => {
-                    again.failed.insert(key);
-                }
-                Fate::Filtered | Fate::DeadLettered => {}
-            }
-        }
+        (again.confirmed, again.failed) = by_key(&pending.events, &fates);
         let (done, mut retried) = pending.sort(fates);
         if let Some(at) = renewed {
             retried.held.iter_mut().for_each(|h| h.claimed_at = at);
@@ -529,61 +504,6 @@ struct Again {
     failed: HashSet<u64>,
 }
 
-/// A shard's calls in the order they are handed to a pipelined sink, and
-/// what overlapping calls let break: when a call fails an event of key k,
-/// every later call already handed over may still confirm k's later
-/// events ahead of it. Calls made after the failure is known do not: the
-/// shard holds k's later events behind the retry. Keys are hashes: a
-/// collision can only miscount.
-#[derive(Default)]
-struct Lane {
-    /// The turn the next call waits for.
-    last: Option<oneshot::Receiver<()>>,
-    next: u64,
-    /// Calls at the sink, each with the keys an earlier call failed since
-    /// it was handed over.
-    open: BTreeMap<u64, HashSet<u64>>,
-    /// Calls that ended while an earlier one was still at the sink: what
-    /// they confirmed, by key.
-    ended: BTreeMap<u64, HashMap<u64, u64>>,
-}
-
-impl Lane {
-    /// The next call's place and turn.
-    fn start(&mut self) -> (u64, Turn) {
-        let call = self.next;
-        self.next += 1;
-        self.open.insert(call, HashSet::new());
-        (call, Turn::next(&mut self.last))
-    }
-
-    /// A call ended: how many events it or the calls after it confirmed
-    /// past a failed earlier event of their key.
-    fn end(&mut self, call: u64, confirmed: HashMap<u64, u64>, failed: HashSet<u64>) -> u64 {
-        let passed = self.open.remove(&call).unwrap_or_default();
-        let mut breaks: u64 = confirmed
-            .iter()
-            .filter(|(k, _)| passed.contains(k))
-            .map(|(_, n)| n)
-            .sum();
-        if !failed.is_empty() {
-            for (_, keys) in self.open.range_mut(call + 1..) {
-                keys.extend(failed.iter().copied());
-            }
-            for (_, sent) in self.ended.range(call + 1..) {
-                breaks += failed.iter().filter_map(|k| sent.get(k)).sum::<u64>();
-            }
-        }
-        if self.open.range(..call).next().is_some() {
-            self.ended.insert(call, confirmed);
-        }
-        // A call ended before every open one cannot be passed any more.
-        let oldest = self.open.keys().next().copied().unwrap_or(u64::MAX);
-        self.ended = self.ended.split_off(&oldest);
-        breaks
-    }
-}
-
 /// A shard's events not yet confirmed and not at the sink, in arrival
 /// order (a failed event goes back to its place, ahead of its key's later
 /// ones), and the keys that have events at the sink.
@@ -752,45 +672,5 @@ impl KeysBehind {
         if self.0.get(key).is_some_and(|(b, _)| b == dedup_key) {
             self.0.remove(key);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sent(key: u64, n: u64) -> HashMap<u64, u64> {
-        HashMap::from([(key, n)])
-    }
-
-    #[test]
-    fn a_call_confirming_a_key_after_an_earlier_call_failed_it_is_a_break() {
-        let mut lane = Lane::default();
-        let (a, b, c) = (lane.start().0, lane.start().0, lane.start().0);
-        // b ends first, confirming 2 of key 7; then a fails key 7: b passed it.
-        assert_eq!(lane.end(b, sent(7, 2), HashSet::new()), 0);
-        assert_eq!(lane.end(a, HashMap::new(), HashSet::from([7])), 2);
-        // c was handed over before a failed: its 3 of key 7 passed too.
-        assert_eq!(lane.end(c, sent(7, 3), HashSet::new()), 3);
-        // A call made after the failure was known is not counted.
-        let d = lane.start().0;
-        assert_eq!(lane.end(d, sent(7, 1), HashSet::new()), 0);
-        assert!(
-            lane.open.is_empty() && lane.ended.is_empty(),
-            "nothing kept"
-        );
-    }
-
-    #[test]
-    fn other_keys_and_earlier_calls_are_not_breaks() {
-        let mut lane = Lane::default();
-        let (a, b) = (lane.start().0, lane.start().0);
-        // a confirms key 1 and fails key 2; b (later) confirms only key 1.
-        assert_eq!(lane.end(b, sent(1, 4), HashSet::new()), 0);
-        assert_eq!(lane.end(a, sent(1, 1), HashSet::from([2])), 0);
-        // A failure in the later call is never passed by the earlier one.
-        let (c, d) = (lane.start().0, lane.start().0);
-        assert_eq!(lane.end(d, HashMap::new(), HashSet::from([5])), 0);
-        assert_eq!(lane.end(c, sent(5, 9), HashSet::new()), 0);
     }
 }

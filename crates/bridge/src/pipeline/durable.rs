@@ -3,10 +3,12 @@
 //! The source is acked once the event is in the store. The forwarder
 //! drains the store to the sink in position order and never moves its
 //! cursor past an event the sink has not confirmed: a sink outage only
-//! grows the backlog. With a shared store, only the instance holding the
-//! route's [`ForwarderLease`] forwards.
+//! grows the backlog. Where the sink keeps the order of submitted calls,
+//! several pages are at the sink at once (across clouds, a page per round
+//! trip would bound the route). With a shared store, only the instance
+//! holding the route's [`ForwarderLease`] forwards.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +17,10 @@ use causeway_core::{
     AppendOutcome, Claim, ClaimToken, Consumer, Event, ReadFrom, ReadQuery, Settlement,
     StoredEvent, Ticket, settle_all,
 };
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::sink::Turn;
+use super::sink::{Lane, Turn, by_key};
 use super::{Fate, RETRY_PAUSE, Route};
 
 impl Route {
@@ -146,10 +149,16 @@ impl Route {
     }
 
     /// Drains the store to the sink in position order, while `lease` (if
-    /// any) is renewed. On shutdown it stops between batches; the rest stays
-    /// in the store for the next start. Returns when the lease is lost.
+    /// any) is renewed. Where the sink keeps the order of submitted calls,
+    /// up to `in_flight` pages are at the sink at once, handed over in
+    /// order (`Turn`); otherwise one. The cursor moves over the confirmed
+    /// prefix only. After a page with a failure, the pages already at the
+    /// sink finish (what they confirm is not sent again) and reading starts
+    /// over from the cursor. On shutdown it reads no more and finishes the
+    /// pages at the sink; the rest stays in the store for the next start.
+    /// Returns when the lease is lost.
     async fn forward_stored(
-        &self,
+        self: &Arc<Self>,
         lease: &mut Option<ForwarderLease>,
         shutdown: &CancellationToken,
     ) -> Result<()> {
@@ -162,73 +171,118 @@ impl Route {
             return Ok(());
         };
         let mut cursor = cursor.unwrap_or(0);
+        let window = if self.pipelined() {
+            self.config.in_flight
+        } else {
+            1
+        };
         let mut confirmed_ahead = BTreeSet::new();
-        while !shutdown.is_cancelled() {
-            if let Some(l) = lease.as_mut() {
-                match l.renew_if_due(self).await {
-                    Some(true) => {}
-                    Some(false) => return Ok(()),
-                    // Not knowing whether it still leads, it does not forward.
-                    None => {
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                        continue;
+        // Pages at the sink, in position order, and where the next starts.
+        let mut pages: VecDeque<(Vec<u64>, JoinHandle<Forwarded>)> = VecDeque::new();
+        let mut next_read = cursor + 1;
+        let mut lane = Lane::default();
+        // A page had a failure: read again from the cursor once the pages
+        // at the sink are back.
+        let mut stalled = false;
+        loop {
+            while pages.len() < window && !stalled && !shutdown.is_cancelled() {
+                if let Some(l) = lease.as_mut() {
+                    match l.renew_if_due(self).await {
+                        Some(true) => {}
+                        Some(false) => {
+                            // Another instance forwards now: what is at the
+                            // sink stops, and its cursor is not moved.
+                            pages.iter().for_each(|(_, page)| page.abort());
+                            return Ok(());
+                        }
+                        // Not knowing whether it still leads, it does not
+                        // hand more over.
+                        None => break,
                     }
                 }
+                let Some(page) = self.read_page(next_read, cursor).await else {
+                    break;
+                };
+                next_read = page.last().map_or(next_read, |s| s.position + 1);
+                // Events confirmed in an earlier round, beyond a failed one,
+                // are not sent again: the sink would get them twice.
+                let events: Vec<Event> = page
+                    .iter()
+                    .filter(|s| !confirmed_ahead.contains(&s.position))
+                    .map(|s| s.event.clone())
+                    .collect();
+                let positions: Vec<u64> = page.iter().map(|s| s.position).collect();
+                let todo: Vec<u64> = page
+                    .iter()
+                    .map(|s| s.position)
+                    .filter(|p| !confirmed_ahead.contains(p))
+                    .collect();
+                let (call, turn) = if window > 1 {
+                    let (call, turn) = lane.start();
+                    (Some(call), turn)
+                } else {
+                    (None, Turn::default())
+                };
+                let claims: Vec<ClaimToken> = lease.iter().map(|l| l.token.clone()).collect();
+                let route = self.clone();
+                let forwarding = tokio::spawn(async move {
+                    let (fates, renewed) = route.forward_leased(&events, &claims, turn).await;
+                    let (confirmed, failed) = by_key(&events, &fates);
+                    Forwarded {
+                        todo,
+                        fates,
+                        renewed,
+                        call: call.map(|call| (call, confirmed, failed)),
+                    }
+                });
+                pages.push_back((positions, forwarding));
             }
-            let page = match self
-                .store
-                .read(&ReadQuery::new(
-                    &self.stream,
-                    ReadFrom::Position(cursor + 1),
-                    self.config.batch_size,
-                ))
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(route = %self.name, error = %e, "store read failed; retrying");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
+            let Some((positions, forwarding)) = pages.pop_front() else {
+                if shutdown.is_cancelled() {
+                    break;
                 }
-            };
-            if let Ok(stats) = self.store.stats(Some(&self.stream)).await {
-                let last = stats.last_position.unwrap_or(cursor);
-                self.metrics.backlog.set(last.saturating_sub(cursor) as i64);
-            }
-            if page.is_empty() {
+                let pause = if stalled {
+                    stalled = false;
+                    next_read = cursor + 1;
+                    RETRY_PAUSE
+                } else {
+                    self.config.linger
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(self.config.linger) => continue,
+                    () = tokio::time::sleep(pause) => continue,
                 }
+            };
+            let forwarded = match forwarding.await {
+                Ok(forwarded) => forwarded,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => anyhow::bail!("route {}: a page's forwarding stopped: {e}", self.name),
+            };
+            if let (Some(l), Some(at)) = (lease.as_mut(), forwarded.renewed) {
+                l.renewed_at = l.renewed_at.max(at);
             }
-            // Events confirmed in an earlier round, beyond a failed one, are
-            // not sent again: the sink would get them twice.
-            let todo: Vec<&StoredEvent> = page
-                .iter()
-                .filter(|s| !confirmed_ahead.contains(&s.position))
-                .collect();
-            let events: Vec<Event> = todo.iter().map(|s| s.event.clone()).collect();
-            let claims = lease.as_ref().map(|l| std::slice::from_ref(&l.token));
-            let (fates, renewed) = self
-                .forward_leased(&events, claims.unwrap_or_default(), Turn::default())
-                .await;
-            if let (Some(l), Some(at)) = (lease.as_mut(), renewed) {
-                l.renewed_at = at;
+            if let Some((call, confirmed, failed)) = forwarded.call {
+                self.count_overtakes(lane.end(call, confirmed, failed));
             }
-            for (s, fate) in todo.iter().zip(&fates) {
+            for (position, fate) in forwarded.todo.iter().zip(&forwarded.fates) {
                 if !matches!(fate, Fate::Failed(_)) {
-                    confirmed_ahead.insert(s.position);
+                    confirmed_ahead.insert(*position);
                 }
+            }
+            if stalled {
+                // Past a gap: kept in `confirmed_ahead`, not moved over.
+                continue;
             }
             // Advance over the confirmed prefix only: order holds, nothing is skipped.
             let mut confirmed = 0;
-            for s in &page {
-                if !confirmed_ahead.remove(&s.position) {
+            for position in &positions {
+                if !confirmed_ahead.remove(position) {
                     break;
                 }
-                cursor = s.position;
+                cursor = *position;
                 confirmed += 1;
             }
+            stalled = confirmed < positions.len();
             // Not moved: after a restart these are sent again and the
             // sink's dedup (or the reader's) drops the copies.
             // Fenced: only the lease holder moves the cursor. One that lost
@@ -238,6 +292,7 @@ impl Route {
                 && let Some(l) = lease.as_mut()
                 && !l.still_holds(self).await
             {
+                pages.iter().for_each(|(_, page)| page.abort());
                 return Ok(());
             }
             if confirmed > 0
@@ -250,14 +305,32 @@ impl Route {
             {
                 break;
             }
-            if confirmed < page.len() {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(RETRY_PAUSE) => {}
-                }
-            }
         }
         Ok(())
+    }
+
+    /// The next page from `from`, `None` when there is none now (empty, or
+    /// the store failed: logged, after a pause). Also sets the backlog
+    /// past `cursor`.
+    async fn read_page(&self, from: u64, cursor: u64) -> Option<Vec<StoredEvent>> {
+        let query = ReadQuery::new(
+            &self.stream,
+            ReadFrom::Position(from),
+            self.config.batch_size,
+        );
+        let page = match self.store.read(&query).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(route = %self.name, error = %e, "store read failed; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                return None;
+            }
+        };
+        if let Ok(stats) = self.store.stats(Some(&self.stream)).await {
+            let last = stats.last_position.unwrap_or(cursor);
+            self.metrics.backlog.set(last.saturating_sub(cursor) as i64);
+        }
+        (!page.is_empty()).then_some(page)
     }
 
     /// Runs a store operation until it succeeds, pausing between tries (a
@@ -290,6 +363,16 @@ impl Route {
             pause = (pause * 2).min(Duration::from_secs(10));
         }
     }
+}
+
+/// What forwarding a page gave: the positions sent, their fates in order,
+/// and when the lease was renewed meanwhile.
+struct Forwarded {
+    todo: Vec<u64>,
+    fates: Vec<Fate>,
+    renewed: Option<Instant>,
+    /// Its place in the lane, and by key what it confirmed and failed.
+    call: Option<(u64, HashMap<u64, u64>, HashSet<u64>)>,
 }
 
 /// The route's forwarder lease in a shared store: a claim on the key

@@ -132,6 +132,16 @@ impl Route {
         result
     }
 
+    /// Whether the sink may have several calls of a key at once: it keeps
+    /// the order of submitted calls (and of a call) and the route lets it.
+    fn pipelined(&self) -> bool {
+        let sink = self.sink.capabilities();
+        self.config.pipeline
+            && !self.config.strict_order
+            && sink.ordered_publish
+            && sink.pipelined_order
+    }
+
     /// Opens the sink's connection before the first publish needs it:
     /// across clouds a handshake is several round trips, which the first
     /// batch would otherwise wait for. Called where the publishing side

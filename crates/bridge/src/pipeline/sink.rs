@@ -9,7 +9,7 @@
 //! outcome, and a key whose event failed sends no more of that batch. A
 //! batch of few keys then pays a round trip per event of its busiest key.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use causeway_core::{ClaimToken, Error, ErrorKind, Event, dead_letter};
@@ -119,6 +119,15 @@ impl Route {
             self.count_order_breaks(events, &fates);
         }
         fates
+    }
+
+    /// Counts events a pipelined sink confirmed after an earlier call
+    /// failed an event of their key ([`Lane::end`]): that key's order broke.
+    pub(super) fn count_overtakes(&self, breaks: u64) {
+        if breaks > 0 {
+            self.metrics.order_breaks.inc_by(breaks);
+            tracing::warn!(route = %self.name, events = breaks, "the sink confirmed events of a key after failing an earlier call's event of that key: those keys' order broke at the sink (pipeline = false rules this out)");
+        }
     }
 
     /// Counts the events a sink that keeps a call's order confirmed after
@@ -375,6 +384,88 @@ impl Turn {
     }
 }
 
+/// Calls (a shard's, a forwarder's pages) in the order they are handed to
+/// a pipelined sink, and what overlapping calls let break: when a call fails an event of key k,
+/// every later call already handed over may still confirm k's later
+/// events ahead of it. Calls made after the failure is known do not: a
+/// shard holds k's later events behind the retry, a forwarder reads again
+/// from its cursor. Keys are hashes: a
+/// collision can only miscount.
+#[derive(Default)]
+pub(super) struct Lane {
+    /// The turn the next call waits for.
+    last: Option<oneshot::Receiver<()>>,
+    next: u64,
+    /// Calls at the sink, each with the keys an earlier call failed since
+    /// it was handed over.
+    open: BTreeMap<u64, HashSet<u64>>,
+    /// Calls that ended while an earlier one was still at the sink: what
+    /// they confirmed, by key.
+    ended: BTreeMap<u64, HashMap<u64, u64>>,
+}
+
+impl Lane {
+    /// The next call's place and turn.
+    pub(super) fn start(&mut self) -> (u64, Turn) {
+        let call = self.next;
+        self.next += 1;
+        self.open.insert(call, HashSet::new());
+        (call, Turn::next(&mut self.last))
+    }
+
+    /// A call ended: how many events it or the calls after it confirmed
+    /// past a failed earlier event of their key.
+    pub(super) fn end(
+        &mut self,
+        call: u64,
+        confirmed: HashMap<u64, u64>,
+        failed: HashSet<u64>,
+    ) -> u64 {
+        let passed = self.open.remove(&call).unwrap_or_default();
+        let mut breaks: u64 = confirmed
+            .iter()
+            .filter(|(k, _)| passed.contains(k))
+            .map(|(_, n)| n)
+            .sum();
+        if !failed.is_empty() {
+            for (_, keys) in self.open.range_mut(call + 1..) {
+                keys.extend(failed.iter().copied());
+            }
+            for (_, sent) in self.ended.range(call + 1..) {
+                breaks += failed.iter().filter_map(|k| sent.get(k)).sum::<u64>();
+            }
+        }
+        if self.open.range(..call).next().is_some() {
+            self.ended.insert(call, confirmed);
+        }
+        // A call ended before every open one cannot be passed any more.
+        let oldest = self.open.keys().next().copied().unwrap_or(u64::MAX);
+        self.ended = self.ended.split_off(&oldest);
+        breaks
+    }
+}
+
+/// By key hash, how many events of each key the sink confirmed, and which
+/// keys it failed (what [`Lane::end`] takes).
+pub(super) fn by_key(events: &[Event], fates: &[Fate]) -> (HashMap<u64, u64>, HashSet<u64>) {
+    let mut confirmed = HashMap::new();
+    let mut failed = HashSet::new();
+    for (event, fate) in events.iter().zip(fates) {
+        let Some(key) = event.key.as_deref() else {
+            continue;
+        };
+        let key = causeway_core::template::key_hash(key.as_bytes());
+        match fate {
+            Fate::Sent => *confirmed.entry(key).or_default() += 1,
+            Fate::Failed(_) => {
+                failed.insert(key);
+            }
+            Fate::Filtered | Fate::DeadLettered => {}
+        }
+    }
+    (confirmed, failed)
+}
+
 /// A batch's indices in waves: the n-th event of each key goes in wave n,
 /// events without a key (no order to keep) in the first.
 fn waves(events: &[Event]) -> Vec<Vec<usize>> {
@@ -392,4 +483,44 @@ fn waves(events: &[Event]) -> Vec<Vec<usize>> {
         waves[wave].push(i);
     }
     waves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(key: u64, n: u64) -> HashMap<u64, u64> {
+        HashMap::from([(key, n)])
+    }
+
+    #[test]
+    fn a_call_confirming_a_key_after_an_earlier_call_failed_it_is_a_break() {
+        let mut lane = Lane::default();
+        let (a, b, c) = (lane.start().0, lane.start().0, lane.start().0);
+        // b ends first, confirming 2 of key 7; then a fails key 7: b passed it.
+        assert_eq!(lane.end(b, sent(7, 2), HashSet::new()), 0);
+        assert_eq!(lane.end(a, HashMap::new(), HashSet::from([7])), 2);
+        // c was handed over before a failed: its 3 of key 7 passed too.
+        assert_eq!(lane.end(c, sent(7, 3), HashSet::new()), 3);
+        // A call made after the failure was known is not counted.
+        let d = lane.start().0;
+        assert_eq!(lane.end(d, sent(7, 1), HashSet::new()), 0);
+        assert!(
+            lane.open.is_empty() && lane.ended.is_empty(),
+            "nothing kept"
+        );
+    }
+
+    #[test]
+    fn other_keys_and_earlier_calls_are_not_breaks() {
+        let mut lane = Lane::default();
+        let (a, b) = (lane.start().0, lane.start().0);
+        // a confirms key 1 and fails key 2; b (later) confirms only key 1.
+        assert_eq!(lane.end(b, sent(1, 4), HashSet::new()), 0);
+        assert_eq!(lane.end(a, sent(1, 1), HashSet::from([2])), 0);
+        // A failure in the later call is never passed by the earlier one.
+        let (c, d) = (lane.start().0, lane.start().0);
+        assert_eq!(lane.end(d, HashMap::new(), HashSet::from([5])), 0);
+        assert_eq!(lane.end(c, sent(5, 9), HashSet::new()), 0);
+    }
 }
