@@ -88,6 +88,9 @@ enum Mover {
     /// Direct with dedup to the sink and to NATS as well: sinks `a` and `b`.
     Fanout,
     Durable,
+    /// Durable with `pipeline = false`: the forwarder's pages one at a
+    /// time, as before.
+    DurableUnpipelined,
 }
 
 /// CPU seconds of this process (user + system), from /proc.
@@ -151,7 +154,7 @@ async fn prepare(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> Prepa
     let dir = tempfile::tempdir().expect("dir");
     let prefix = causeway_testkit::unique_name("bench");
     let emulator = common::prepare(&prefix, from, to).await;
-    let mode = if matches!(mover, Mover::Durable) {
+    let mode = if matches!(mover, Mover::Durable | Mover::DurableUnpipelined) {
         "durable"
     } else {
         "direct"
@@ -170,7 +173,7 @@ async fn prepare(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> Prepa
     if matches!(mover, Mover::DirectStrict) {
         setup.route_extra.push_str("\nstrict_order = true");
     }
-    if matches!(mover, Mover::DirectUnpipelined) {
+    if matches!(mover, Mover::DirectUnpipelined | Mover::DurableUnpipelined) {
         setup.route_extra.push_str("\npipeline = false");
     }
     let proxy = if rtt.is_zero() {
@@ -246,7 +249,8 @@ async fn sample(from: Broker, to: Broker, mover: Mover, rtt: Duration) -> (Durat
         | Mover::DirectUnpipelined
         | Mover::DirectRaw
         | Mover::DirectManyKeys
-        | Mover::Durable => route(&bridge, &["r"]).await,
+        | Mover::Durable
+        | Mover::DurableUnpipelined => route(&bridge, &["r"]).await,
         Mover::Fanout => route(&bridge, &["r/a", "r/b"]).await,
     };
     drop(bridge);
@@ -459,6 +463,11 @@ fn benches(c: &mut Criterion) {
             ms(50),
         ),
         ("bridge_durable_rtt_90ms", Mover::Durable, ms(90)),
+        (
+            "bridge_durable_unpipelined_rtt_90ms",
+            Mover::DurableUnpipelined,
+            ms(90),
+        ),
         (
             "bridge_direct_dedup_10k_keys",
             Mover::DirectManyKeys,

@@ -219,6 +219,26 @@ fn parts_of(base: &Route) -> Route {
     }
 }
 
+/// `base` with `config` and `sink` instead of its own carries `sent` from
+/// the source; returns what reached the sink (all of it, checked).
+async fn carry(
+    bridge: &Bridge,
+    broker: &MemoryBroker,
+    base: &Route,
+    config: RouteConfig,
+    sink: Arc<dyn Publisher>,
+    sent: &[Event],
+) -> Vec<Event> {
+    let route = Arc::new(Route {
+        config,
+        sink,
+        ..parts_of(base)
+    });
+    publish(broker, sent).await;
+    run_until(bridge, broker, route, at_sink, sent.len()).await;
+    drain_sink(broker, sent.len()).await
+}
+
 /// A sink that can go down, and that refuses some ids permanently.
 struct Flaky {
     inner: Arc<dyn Publisher>,
@@ -1156,14 +1176,7 @@ async fn a_shards_calls_overlap_across_keys_and_never_within_one() {
         most_at_once: AtomicUsize::new(0),
         key_in_two_calls: AtomicBool::new(false),
     });
-    let route = Arc::new(Route {
-        config,
-        sink: sink.clone(),
-        ..parts_of(&base)
-    });
-    publish(&broker, &sent).await;
-    run_until(&bridge, &broker, route, at_sink, 400).await;
-    let got = drain_sink(&broker, 400).await;
+    let got = carry(&bridge, &broker, &base, config, sink.clone(), &sent).await;
     assert_order_per_key(&got);
     assert!(
         !sink.key_in_two_calls.load(Ordering::SeqCst),
@@ -1415,14 +1428,7 @@ async fn a_durable_forwarder_keeps_several_pages_at_a_pipelined_sink() {
             *sink.refuse_once.lock().expect("lock") =
                 sent.iter().step_by(37).map(|e| e.id.clone()).collect();
         }
-        let route = Arc::new(Route {
-            config,
-            sink: sink.clone(),
-            ..parts_of(&base)
-        });
-        publish(&broker, &sent).await;
-        run_until(&bridge, &broker, route, at_sink, 400).await;
-        let got = drain_sink(&broker, 400).await;
+        let got = carry(&bridge, &broker, &base, config, sink.clone(), &sent).await;
         let ids: HashSet<&str> = got.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids.len(), 400, "every event once");
         let (two, most) = (
