@@ -9,7 +9,7 @@ use causeway_core::{
 use futures_util::future::join_all;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::{Error, bounded};
 use crate::lane::{Lane, Sent};
@@ -68,13 +68,7 @@ impl Publisher for RabbitPublisher {
     /// channel, kept for the first publish.
     async fn connect(&self) -> Result<()> {
         let link = self.session.link().await?;
-        match link.publish_channel().await {
-            Ok(channel) => link.give_back(channel),
-            Err(e) => {
-                self.session.invalidate(&link).await;
-                return Err(e.into());
-            }
-        }
+        link.give_back(self.channel_on(&link).await?);
         let mut lane = self.lane.lock().await;
         self.lane_on(&link, &mut lane).await.map(|_| ())
     }
@@ -96,13 +90,7 @@ impl Publisher for RabbitPublisher {
     async fn publish(&self, destination: &str, events: &[Event]) -> Result<Vec<Result<Receipt>>> {
         let routing_key = self.routing_key(destination)?;
         let link = self.session.link().await?;
-        let channel = match link.publish_channel().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                self.session.invalidate(&link).await;
-                return Err(e.into());
-            }
-        };
+        let channel = self.channel_on(&link).await?;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut broken = None;
         // Set when a chunk had a message not confirmed: later chunks do
@@ -117,12 +105,7 @@ impl Publisher for RabbitPublisher {
                 outcomes.extend(chunk.iter().map(|_| Err(held.clone())));
                 continue;
             }
-            let permits = self
-                .window
-                .clone()
-                .acquire_many_owned(chunk.len() as u32)
-                .await
-                .map_err(|_| CoreError::new(ErrorKind::Closed, "publisher closed"))?;
+            let permits = self.window_for(chunk.len()).await?;
             let confirms = self.send(&channel, routing_key, chunk, &mut broken).await;
             let confirmed = self.confirmed(chunk, confirms).await;
             drop(permits);
@@ -132,11 +115,7 @@ impl Publisher for RabbitPublisher {
             outcomes.extend(confirmed);
         }
         link.give_back(channel);
-        if broken.is_some()
-            || outcomes
-                .iter()
-                .any(|o| o.as_ref().is_err_and(|e| e.kind() == ErrorKind::Connection))
-        {
+        if lost_link(broken.as_ref(), &outcomes) {
             self.session.invalidate(&link).await;
         }
         Ok(outcomes)
@@ -144,19 +123,35 @@ impl Publisher for RabbitPublisher {
 }
 
 impl RabbitPublisher {
+    /// `messages` places in the window of unconfirmed messages (at most
+    /// its size: callers send larger calls in chunks).
+    async fn window_for(&self, messages: usize) -> Result<OwnedSemaphorePermit> {
+        self.window
+            .clone()
+            .acquire_many_owned(messages as u32)
+            .await
+            .map_err(|_| CoreError::new(ErrorKind::Closed, "publisher closed"))
+    }
+
+    /// A confirm-mode channel on `link`; a link that cannot open one is
+    /// given up, for the next call to open another.
+    async fn channel_on(&self, link: &Arc<Link>) -> Result<lapin::Channel> {
+        match link.publish_channel().await {
+            Ok(channel) => Ok(channel),
+            Err(e) => {
+                self.session.invalidate(link).await;
+                Err(e.into())
+            }
+        }
+    }
+
     /// The lane's channel on `link`, opened anew when the lane has none
     /// there (first use, a lost channel or link).
     async fn lane_on<'a>(&self, link: &Arc<Link>, lane: &'a mut Option<Lane>) -> Result<&'a Lane> {
         if let Some(open) = lane.take_if(|l| l.usable(link)) {
             return Ok(lane.insert(open));
         }
-        let channel = match link.publish_channel().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                self.session.invalidate(link).await;
-                return Err(e.into());
-            }
-        };
+        let channel = self.channel_on(link).await?;
         let timeout = self.session.config.publish.confirm_timeout;
         Ok(lane.insert(Lane::new(link.clone(), channel, timeout)))
     }
@@ -164,12 +159,7 @@ impl RabbitPublisher {
     /// [`Publisher::submit`] of a call within the window.
     async fn hand_over(&self, destination: &str, events: &[Event]) -> Result<Confirms> {
         let routing_key = self.routing_key(destination)?;
-        let permits = self
-            .window
-            .clone()
-            .acquire_many_owned(events.len() as u32)
-            .await
-            .map_err(|_| CoreError::new(ErrorKind::Closed, "publisher closed"))?;
+        let permits = self.window_for(events.len()).await?;
         let link = self.session.link().await?;
         let mut lane = self.lane.lock().await;
         let open = self.lane_on(&link, &mut lane).await?;
@@ -206,11 +196,7 @@ impl RabbitPublisher {
                 });
             }
             drop(permits);
-            if broken.is_some()
-                || answers
-                    .iter()
-                    .any(|o| o.as_ref().is_err_and(|e| e.kind() == ErrorKind::Connection))
-            {
+            if lost_link(broken.as_ref(), &answers) {
                 session.invalidate(&link).await;
             }
             Ok(answers)
@@ -313,6 +299,16 @@ impl RabbitPublisher {
             })
             .collect()
     }
+}
+
+/// Whether a call's outcomes show its link is gone (a channel failure
+/// while sending, a message lost with the connection): the session opens
+/// a new one for the next call.
+fn lost_link(broken: Option<&CoreError>, outcomes: &[Result<Receipt>]) -> bool {
+    broken.is_some()
+        || outcomes
+            .iter()
+            .any(|o| o.as_ref().is_err_and(|e| e.kind() == ErrorKind::Connection))
 }
 
 /// The broker could not store a message; it may next time.

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::sink::{Lane, Turn, by_key};
+use super::sink::{Lane, LaneCall, Turn};
 use super::{Fate, InFlight, RETRY_PAUSE, Route};
 
 /// Events of one poll queued for a shard.
@@ -208,7 +208,7 @@ impl Route {
     /// events, until it is confirmed or the bridge shuts down.
     async fn shard(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>, shutdown: CancellationToken) {
         let pipelined = self.pipelined();
-        let mut waiting = Waiting::new(pipelined);
+        let mut waiting = Waiting::default();
         let mut lane = Lane::default();
         // Each call runs as a task of its own: the store operations of one
         // call (renewing, committing) hold a pooled connection until the
@@ -238,12 +238,15 @@ impl Route {
                 let Some(call) = waiting.next_call(room) else {
                     break;
                 };
-                let keys = call.keys();
+                // A pipelined sink takes a key in several calls: its keys
+                // need not wait for this one.
+                let keys = if pipelined { Vec::new() } else { call.keys() };
                 waiting.start(call.events.len(), &keys);
                 let turn = if pipelined {
-                    lane.start()
+                    let (place, turn) = lane.start();
+                    (Some(place), turn)
                 } else {
-                    (0, Turn::default())
+                    (None, Turn::default())
                 };
                 let (route, shutdown) = (self.clone(), shutdown.clone());
                 calls.spawn(async move { route.call(call, keys, turn, shutdown).await });
@@ -258,8 +261,8 @@ impl Route {
                 Some(ended) = calls.join_next(), if !calls.is_empty() => match ended {
                     Ok(again) => {
                         waiting.end(again.sent, &again.sent_keys);
-                        if pipelined {
-                            self.count_overtakes(lane.end(again.call, again.confirmed, again.failed));
+                        if let Some(ended) = again.on_lane {
+                            self.count_overtakes(lane.ended(ended));
                         }
                         waiting.retry(again.pending, Instant::now() + RETRY_PAUSE);
                     }
@@ -286,7 +289,7 @@ impl Route {
         self: Arc<Self>,
         mut pending: Pending,
         sent_keys: Vec<String>,
-        (call, mut turn): (u64, Turn),
+        (place, mut turn): (Option<u64>, Turn),
         shutdown: CancellationToken,
     ) -> Again {
         let sent = pending.events.len();
@@ -294,9 +297,7 @@ impl Route {
             pending: Pending::default(),
             sent,
             sent_keys,
-            call,
-            confirmed: HashMap::new(),
-            failed: HashSet::new(),
+            on_lane: None,
         };
         if pending
             .oldest_claim()
@@ -312,7 +313,7 @@ impl Route {
         let (fates, renewed) = self
             .forward_leased(&pending.events, &pending.claims(), turn)
             .await;
-        (again.confirmed, again.failed) = by_key(&pending.events, &fates);
+        again.on_lane = place.map(|place| LaneCall::of(place, &pending.events, &fates));
         let (done, mut retried) = pending.sort(fates);
         if let Some(at) = renewed {
             retried.held.iter_mut().for_each(|h| h.claimed_at = at);
@@ -497,11 +498,8 @@ struct Again {
     /// How many events the call carried, and their keys.
     sent: usize,
     sent_keys: Vec<String>,
-    /// Its place in the shard's lane, and by key hash how many events of
-    /// each key the sink confirmed and which keys it failed.
-    call: u64,
-    confirmed: HashMap<u64, u64>,
-    failed: HashSet<u64>,
+    /// What it did by key, on a pipelined sink's lane.
+    on_lane: Option<LaneCall>,
 }
 
 /// A shard's events not yet confirmed and not at the sink, in arrival
@@ -512,24 +510,14 @@ struct Waiting {
     events: BTreeMap<u64, (Event, Held)>,
     /// When a failed event may go again, by its place.
     retry_at: BTreeMap<u64, Instant>,
-    /// Keys at the sink, with how many calls hold each.
-    at_sink: HashMap<String, usize>,
-    /// Whether a key at the sink may go in another call (the sink keeps
-    /// the order of submitted calls).
-    pipelined: bool,
+    /// Keys at the sink (none tracked for a pipelined sink).
+    at_sink: HashSet<String>,
     /// Events in calls at the sink.
     sending: usize,
     next_seq: u64,
 }
 
 impl Waiting {
-    fn new(pipelined: bool) -> Self {
-        Waiting {
-            pipelined,
-            ..Waiting::default()
-        }
-    }
-
     /// Events waiting and at the sink.
     fn held(&self) -> usize {
         self.events.len() + self.sending
@@ -559,7 +547,7 @@ impl Waiting {
     }
 
     /// The next call: in arrival order, up to `most` events whose key has
-    /// nothing at the sink (unless pipelined) and nothing earlier still
+    /// nothing at the sink (tracked unless pipelined) and nothing earlier still
     /// pausing after a failure. None when nothing can go now.
     fn next_call(&mut self, most: usize) -> Option<Pending> {
         let now = Instant::now();
@@ -571,8 +559,7 @@ impl Waiting {
             }
             let key = event.key.as_deref();
             let pausing = self.retry_at.get(&seq).is_some_and(|&at| at > now);
-            let busy = |k: &str| !self.pipelined && self.at_sink.contains_key(k);
-            if key.is_some_and(|k| busy(k) || stopped.contains(k)) {
+            if key.is_some_and(|k| self.at_sink.contains(k) || stopped.contains(k)) {
                 continue;
             }
             if pausing {
@@ -598,9 +585,7 @@ impl Waiting {
 
     /// A call of `events` events with `keys` went to the sink: its keys wait for it.
     fn start(&mut self, events: usize, keys: &[String]) {
-        for k in keys {
-            *self.at_sink.entry(k.clone()).or_default() += 1;
-        }
+        self.at_sink.extend(keys.iter().cloned());
         self.sending += events;
     }
 
@@ -608,12 +593,7 @@ impl Waiting {
     fn end(&mut self, events: usize, keys: &[String]) {
         self.sending -= events;
         for k in keys {
-            if let Some(calls) = self.at_sink.get_mut(k) {
-                *calls -= 1;
-                if *calls == 0 {
-                    self.at_sink.remove(k);
-                }
-            }
+            self.at_sink.remove(k);
         }
     }
 

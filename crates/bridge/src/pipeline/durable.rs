@@ -8,7 +8,7 @@
 //! trip would bound the route). With a shared store, only the instance
 //! holding the route's [`ForwarderLease`] forwards.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use causeway_core::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::sink::{Lane, Turn, by_key};
+use super::sink::{Lane, LaneCall, Turn};
 use super::{Fate, RETRY_PAUSE, Route};
 
 impl Route {
@@ -206,17 +206,12 @@ impl Route {
                 next_read = page.last().map_or(next_read, |s| s.position + 1);
                 // Events confirmed in an earlier round, beyond a failed one,
                 // are not sent again: the sink would get them twice.
-                let events: Vec<Event> = page
-                    .iter()
-                    .filter(|s| !confirmed_ahead.contains(&s.position))
-                    .map(|s| s.event.clone())
-                    .collect();
                 let positions: Vec<u64> = page.iter().map(|s| s.position).collect();
-                let todo: Vec<u64> = page
-                    .iter()
-                    .map(|s| s.position)
-                    .filter(|p| !confirmed_ahead.contains(p))
-                    .collect();
+                let (todo, events): (Vec<u64>, Vec<Event>) = page
+                    .into_iter()
+                    .filter(|s| !confirmed_ahead.contains(&s.position))
+                    .map(|s| (s.position, s.event))
+                    .unzip();
                 let (call, turn) = if window > 1 {
                     let (call, turn) = lane.start();
                     (Some(call), turn)
@@ -227,12 +222,11 @@ impl Route {
                 let route = self.clone();
                 let forwarding = tokio::spawn(async move {
                     let (fates, renewed) = route.forward_leased(&events, &claims, turn).await;
-                    let (confirmed, failed) = by_key(&events, &fates);
                     Forwarded {
+                        on_lane: call.map(|call| LaneCall::of(call, &events, &fates)),
                         todo,
                         fates,
                         renewed,
-                        call: call.map(|call| (call, confirmed, failed)),
                     }
                 });
                 pages.push_back((positions, forwarding));
@@ -261,8 +255,8 @@ impl Route {
             if let (Some(l), Some(at)) = (lease.as_mut(), forwarded.renewed) {
                 l.renewed_at = l.renewed_at.max(at);
             }
-            if let Some((call, confirmed, failed)) = forwarded.call {
-                self.count_overtakes(lane.end(call, confirmed, failed));
+            if let Some(ended) = forwarded.on_lane {
+                self.count_overtakes(lane.ended(ended));
             }
             for (position, fate) in forwarded.todo.iter().zip(&forwarded.fates) {
                 if !matches!(fate, Fate::Failed(_)) {
@@ -371,8 +365,8 @@ struct Forwarded {
     todo: Vec<u64>,
     fates: Vec<Fate>,
     renewed: Option<Instant>,
-    /// Its place in the lane, and by key what it confirmed and failed.
-    call: Option<(u64, HashMap<u64, u64>, HashSet<u64>)>,
+    /// What it did by key, on a pipelined sink's lane.
+    on_lane: Option<LaneCall>,
 }
 
 /// The route's forwarder lease in a shared store: a claim on the key

@@ -415,12 +415,11 @@ impl Lane {
 
     /// A call ended: how many events it or the calls after it confirmed
     /// past a failed earlier event of their key.
-    pub(super) fn end(
-        &mut self,
-        call: u64,
-        confirmed: HashMap<u64, u64>,
-        failed: HashSet<u64>,
-    ) -> u64 {
+    pub(super) fn ended(&mut self, ended: LaneCall) -> u64 {
+        self.end(ended.call, ended.confirmed, ended.failed)
+    }
+
+    fn end(&mut self, call: u64, confirmed: HashMap<u64, u64>, failed: HashSet<u64>) -> u64 {
         let passed = self.open.remove(&call).unwrap_or_default();
         let mut breaks: u64 = confirmed
             .iter()
@@ -445,25 +444,38 @@ impl Lane {
     }
 }
 
-/// By key hash, how many events of each key the sink confirmed, and which
-/// keys it failed (what [`Lane::end`] takes).
-pub(super) fn by_key(events: &[Event], fates: &[Fate]) -> (HashMap<u64, u64>, HashSet<u64>) {
-    let mut confirmed = HashMap::new();
-    let mut failed = HashSet::new();
-    for (event, fate) in events.iter().zip(fates) {
-        let Some(key) = event.key.as_deref() else {
-            continue;
-        };
-        let key = causeway_core::template::key_hash(key.as_bytes());
-        match fate {
-            Fate::Sent => *confirmed.entry(key).or_default() += 1,
-            Fate::Failed(_) => {
-                failed.insert(key);
+/// What a call on a [`Lane`] did, by key hash: how many events of each
+/// key the sink confirmed, and which keys it failed.
+pub(super) struct LaneCall {
+    call: u64,
+    confirmed: HashMap<u64, u64>,
+    failed: HashSet<u64>,
+}
+
+impl LaneCall {
+    /// Call `call`'s `events` and their `fates`, by key.
+    pub(super) fn of(call: u64, events: &[Event], fates: &[Fate]) -> Self {
+        let mut confirmed = HashMap::new();
+        let mut failed = HashSet::new();
+        for (event, fate) in events.iter().zip(fates) {
+            let Some(key) = event.key.as_deref() else {
+                continue;
+            };
+            let key = causeway_core::template::key_hash(key.as_bytes());
+            match fate {
+                Fate::Sent => *confirmed.entry(key).or_default() += 1,
+                Fate::Failed(_) => {
+                    failed.insert(key);
+                }
+                Fate::Filtered | Fate::DeadLettered => {}
             }
-            Fate::Filtered | Fate::DeadLettered => {}
+        }
+        LaneCall {
+            call,
+            confirmed,
+            failed,
         }
     }
-    (confirmed, failed)
 }
 
 /// A batch's indices in waves: the n-th event of each key goes in wave n,
