@@ -251,6 +251,9 @@ fn test(args: &TestArgs) -> Result<()> {
     extra_refs.push(("CAUSEWAY_SKIPPED_FILE", &skipped_var));
     let result = run_suite(&filter, runner, &not_run, &extra_refs);
     report_skipped(&skipped);
+    if result.is_err() {
+        services::report_health(services::NEEDED_BY_TESTS);
+    }
     result?;
     soak(soak_minutes)
 }

@@ -234,12 +234,110 @@ pub fn up<S: AsRef<str>>(names: &[S]) -> Result<Vec<(String, String)>> {
             wait_reachable(s.name, s.probe, Duration::from_secs(90), &cache)?;
             println!("{}: up on {}", s.name, s.probe);
         }
+        if s.name == "rabbitmq" {
+            expire_test_queues();
+        }
         env.push((s.env.to_owned(), s.default.to_owned()));
     }
     for s in find(&names)? {
         install_tools(s.tools)?;
     }
     Ok(env)
+}
+
+/// Queue names the test kit makes (`unique_name`: `prefix-t<pid>-n-hex4`),
+/// and those made from them (`.dlq`, delay queues, a route's `-in`/`-out`).
+const TEST_QUEUES: &str = "^.+-t[0-9]+-[0-9]+-[0-9a-f]{4}($|[.-])";
+
+/// The tests never delete their queues; on the machine's own RabbitMQ,
+/// which outlives every run, they would pile up run after run (thousands of
+/// queues, quorum queues each a Raft member). A policy lets RabbitMQ delete
+/// a test queue unused for 15 minutes; no run leaves one idle that long
+/// while it still needs it. Not fatal: a broker we cannot administer is
+/// used as it is.
+fn expire_test_queues() {
+    let set = Command::new("rabbitmqctl")
+        .args([
+            "set_policy",
+            "--apply-to",
+            "queues",
+            "causeway-test-queues",
+            TEST_QUEUES,
+            r#"{"expires": 900000}"#,
+        ])
+        .stdin(Stdio::null())
+        .output();
+    match set {
+        Ok(out) if out.status.success() => {
+            println!(
+                "rabbitmq: test queues unused for 15 min expire (policy causeway-test-queues)"
+            );
+        }
+        Ok(out) => println!(
+            "rabbitmq: could not set the test-queue expiry policy: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => println!("rabbitmq: could not run rabbitmqctl to set the test-queue expiry: {e}"),
+    }
+}
+
+/// After a failed run: how the local services stand, so that a broker that
+/// went away or wedged mid-run shows in the run's own output (CI keeps
+/// nothing else). Each probe is best effort.
+pub fn report_health(names: &[&str]) {
+    println!("\nservices after the failed run:");
+    for s in find(names).unwrap_or_default() {
+        let state = if reachable(s.probe) {
+            "reachable"
+        } else {
+            "NOT reachable"
+        };
+        println!("  {:<10} {state} on {}", s.name, s.probe);
+    }
+    if names.contains(&"rabbitmq") {
+        for (what, program, args) in [
+            ("alarms", "rabbitmq-diagnostics", &["-q", "alarms"][..]),
+            (
+                "queues",
+                "sh",
+                &["-c", "rabbitmqctl -q list_queues name | wc -l"][..],
+            ),
+            (
+                "file descriptors",
+                "sh",
+                &[
+                    "-c",
+                    "rabbitmq-diagnostics -q status | grep -A3 'File Descriptors'",
+                ][..],
+            ),
+            (
+                "log, last warnings",
+                "sh",
+                &[
+                    "-c",
+                    "grep -hE '\\[(warning|error)\\]' /var/log/rabbitmq/*.log | tail -n 20",
+                ][..],
+            ),
+        ] {
+            let out = Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .output();
+            let text = out.map_or_else(
+                |e| e.to_string(),
+                |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+            );
+            println!("  rabbitmq {what}:\n    {}", text.replace('\n', "\n    "));
+        }
+    }
+    if let Ok(out) = Command::new("df").args(["-h", "/", "/tmp"]).output() {
+        println!(
+            "  disk:\n    {}",
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .replace('\n', "\n    ")
+        );
+    }
 }
 
 /// Installs the Debian packages in `tools` that are missing (the package's

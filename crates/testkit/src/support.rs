@@ -3,12 +3,14 @@ use std::time::{Duration, Instant};
 
 use causeway_core::{Consumer, Delivery, Event};
 
-/// A name unique to this process run: `prefix-<pid>-<n>-<random>`, so
-/// scenarios and repeated runs against one broker never share a destination.
+/// A name unique to this process run: `prefix-t<pid>-<n>-<random>`, so
+/// scenarios and repeated runs against one broker never share a
+/// destination. The `t` marks it as a test's: xtask lets RabbitMQ delete
+/// idle queues named so, and nothing else.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
-        "{prefix}-{}-{}-{:04x}",
+        "{prefix}-t{}-{}-{:04x}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed),
         fastrand::u16(..)
