@@ -195,6 +195,10 @@ impl BrokerHarness for Nats {
         self.proxy.cut_for(outage);
         true
     }
+    async fn delay_link(&self, one_way: Duration) -> bool {
+        self.proxy.set_latency(one_way, one_way);
+        true
+    }
 }
 
 causeway_testkit::broker_conformance!(Nats::new());

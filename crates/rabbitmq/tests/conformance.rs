@@ -239,6 +239,10 @@ impl BrokerHarness for Rabbit {
         self.proxy.cut_for(outage);
         true
     }
+    async fn delay_link(&self, one_way: Duration) -> bool {
+        self.proxy.set_latency(one_way, one_way);
+        true
+    }
 }
 
 /// lapin itself, as any AMQP client: a connection and a channel.

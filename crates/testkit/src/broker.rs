@@ -461,6 +461,154 @@ fn assert_in_key_order(h: &dyn BrokerHarness, got: &[Event]) {
     }
 }
 
+/// Calls submitted to a pipelined sink when every connection is cut under
+/// them: 30 calls of 100 events go out across a slowed link (50 ms each
+/// way, so that some are unanswered), the link is cut right after the
+/// last, and then every call must answer within a minute (an answer that
+/// never comes would stall a shard for good), each event confirmed or
+/// failed. The failed ones published again, every event is at the
+/// consumer; copies of events that went through but were not confirmed
+/// are counted, and they are what dedup is for.
+pub async fn pipelined_calls_across_a_cut(h: &dyn BrokerHarness) {
+    const CALLS: usize = 30;
+    const SCENARIO: &str = "pipelined_calls_across_a_cut";
+    if !h.capabilities().pipelined_order {
+        return not_applicable(&h.name(), SCENARIO, "pipelined_order not declared");
+    }
+    if !h.can_cut() {
+        return not_applicable(
+            &h.name(),
+            SCENARIO,
+            "the harness cannot cut this backend's connections",
+        );
+    }
+    let dest = h.destination("pipelined-cut").await.expect("destination");
+    let sent = events("pipelined-cut", CALLS * 100, 5);
+    let mut consumer = h.consumer(&dest, "pipelined-cut").await.expect("consumer");
+    let publisher = h.publisher().await.expect("publisher");
+    let delayed = h.delay_link(Duration::from_millis(50)).await;
+    let mut answers = Vec::new();
+    for call in sent.chunks(100) {
+        let confirms = tokio::time::timeout(RECEIVE, publisher.submit(&dest, call))
+            .await
+            .unwrap_or_else(|_| panic!("{}: a submit took over {RECEIVE:?}", h.name()));
+        // Each answer is awaited from now on, to time it against the cut.
+        answers.push(tokio::spawn(async move {
+            let answer = confirms.await;
+            (Instant::now(), answer)
+        }));
+    }
+    let cut_at = Instant::now();
+    assert!(
+        h.cut_connections(Duration::from_secs(2)).await,
+        "{}: nothing to cut",
+        h.name()
+    );
+    let answers = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(answers),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "{}: a call submitted before the cut never answered",
+            h.name()
+        )
+    });
+    h.delay_link(Duration::ZERO).await;
+    let (mut unanswered_at_cut, mut failed_calls, mut confirmed) = (0, 0, 0);
+    let mut again = Vec::new();
+    for (call, answer) in sent.chunks(100).zip(answers) {
+        let (answered_at, answer) = answer.expect("answer task");
+        unanswered_at_cut += usize::from(answered_at > cut_at);
+        match answer {
+            Ok(outcomes) => {
+                assert_eq!(
+                    outcomes.len(),
+                    call.len(),
+                    "{}: one outcome per event",
+                    h.name()
+                );
+                for (event, outcome) in call.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(_) => confirmed += 1,
+                        Err(_) => again.push(event.clone()),
+                    }
+                }
+            }
+            Err(_) => {
+                failed_calls += 1;
+                again.extend_from_slice(call);
+            }
+        }
+    }
+    if delayed {
+        assert!(
+            unanswered_at_cut > 0,
+            "{}: every call answered before the cut; the scenario tested nothing",
+            h.name()
+        );
+    }
+    let retrying = RetryingPublisher::new(
+        h.publisher().await.expect("publisher"),
+        RetryPolicy {
+            max_attempts: 30,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        },
+    );
+    for chunk in again.chunks(100) {
+        let out = retrying.publish(&dest, chunk).await.expect("publish again");
+        assert!(
+            out.iter().all(Result::is_ok),
+            "{}: publishing again after the cut failed: {out:?}",
+            h.name()
+        );
+    }
+    let (mut seen, mut deliveries) = (HashSet::new(), 0usize);
+    let deadline = Instant::now() + RECEIVE * 2;
+    while seen.len() < sent.len() && Instant::now() < deadline {
+        match consumer.next_batch(500, Duration::from_secs(1)).await {
+            Ok(batch) => {
+                for d in batch {
+                    deliveries += 1;
+                    seen.insert(d.event.id.clone());
+                    // An ack lost in the cut means a redelivery, which the set absorbs.
+                    let _ = d.ack().await;
+                }
+            }
+            Err(e) => println!("{}: consumer reported during the cut: {e}", h.name()),
+        }
+    }
+    let missing: Vec<&str> = ids(&sent)
+        .into_iter()
+        .filter(|id| !seen.contains(*id))
+        .collect();
+    println!(
+        "{}: {CALLS} pipelined calls across a cut{}: {unanswered_at_cut} unanswered at the cut, \
+         {failed_calls} failed whole, {confirmed} of {} events confirmed, {} published again; \
+         {} of them arrived, {deliveries} deliveries ({} copies)",
+        h.name(),
+        if delayed {
+            " (50 ms each way)"
+        } else {
+            " (link not slowed)"
+        },
+        sent.len(),
+        again.len(),
+        seen.len(),
+        deliveries.saturating_sub(seen.len()),
+    );
+    assert!(
+        missing.is_empty(),
+        "{}: lost across the cut: {} events, first {:?}",
+        h.name(),
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
 /// Two consumers in one group share the work: both get some, none gets an
 /// event the other got while the first holder's lease was live, and
 /// together they get all. A copy after a lease that may have lapsed (held

@@ -86,6 +86,14 @@ pub trait BrokerHarness: Send + Sync {
     /// failure would, and keeps new connections failing for `outage`. Returns
     /// false where the backend has no connection to cut (in-process backends).
     async fn cut_connections(&self, outage: Duration) -> bool;
+
+    /// Adds `one_way` latency in each direction on every connection to the
+    /// broker (`Duration::ZERO` takes it away), so that calls are still
+    /// unanswered when a scenario cuts the link. False where the harness
+    /// has no link to slow.
+    async fn delay_link(&self, _one_way: Duration) -> bool {
+        false
+    }
 }
 
 /// A message as a foreign producer writes it with the broker's own client.
@@ -226,5 +234,8 @@ impl<H: BrokerHarness> BrokerHarness for Decorated<H> {
     }
     async fn cut_connections(&self, outage: Duration) -> bool {
         self.inner.cut_connections(outage).await
+    }
+    async fn delay_link(&self, one_way: Duration) -> bool {
+        self.inner.delay_link(one_way).await
     }
 }

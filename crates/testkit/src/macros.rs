@@ -21,6 +21,7 @@ macro_rules! broker_conformance {
             per_key_order,
             ordered_publish_keeps_a_calls_order,
             pipelined_calls_keep_their_order,
+            pipelined_calls_across_a_cut,
             consumer_group_shares_work,
             restart_resumes_without_loss,
             duplicate_publish,
