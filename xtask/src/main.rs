@@ -252,7 +252,7 @@ fn test(args: &TestArgs) -> Result<()> {
     let result = run_suite(&filter, runner, &not_run, &extra_refs);
     report_skipped(&skipped);
     if result.is_err() {
-        services::report_health(services::NEEDED_BY_TESTS);
+        services::report_health("services after the failed run", services::NEEDED_BY_TESTS);
     }
     result?;
     soak(soak_minutes)
@@ -335,7 +335,7 @@ fn soak(minutes: f64) -> Result<()> {
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     env.push(("CAUSEWAY_SOAK_MINUTES", &minutes));
     println!("soak: {minutes} minute(s)");
-    if cmd::succeeds("cargo", &["nextest", "--version"]) {
+    let result = if cmd::succeeds("cargo", &["nextest", "--version"]) {
         cmd::run(
             "cargo",
             &[
@@ -367,7 +367,11 @@ fn soak(minutes: f64) -> Result<()> {
             ],
             &env,
         )
+    };
+    if result.is_err() {
+        services::report_health("services after the failed run", services::NEEDED_BY_TESTS);
     }
+    result
 }
 
 fn deny() -> Result<()> {

@@ -281,11 +281,12 @@ fn expire_test_queues() {
     }
 }
 
-/// After a failed run: how the local services stand, so that a broker that
-/// went away or wedged mid-run shows in the run's own output (CI keeps
-/// nothing else). Each probe is best effort.
-pub fn report_health(names: &[&str]) {
-    println!("\nservices after the failed run:");
+/// How the local services stand, under `title`: after a failed run, so
+/// that a broker that went away or wedged mid-run shows in the run's own
+/// output (CI keeps nothing else), and for `services status`. Each probe
+/// is best effort.
+pub fn report_health(title: &str, names: &[&str]) {
+    println!("\n{title}:");
     for s in find(names).unwrap_or_default() {
         let state = if reachable(s.probe) {
             "reachable"
@@ -307,7 +308,7 @@ pub fn report_health(names: &[&str]) {
                 "sh",
                 &[
                     "-c",
-                    "rabbitmq-diagnostics -q status | grep -A3 'File Descriptors'",
+                    "rabbitmq-diagnostics -q status | grep -A3 'File Descriptors' | tail -n 2",
                 ][..],
             ),
             (
@@ -315,7 +316,8 @@ pub fn report_health(names: &[&str]) {
                 "sh",
                 &[
                     "-c",
-                    "grep -hE '\\[(warning|error)\\]' /var/log/rabbitmq/*.log | tail -n 20",
+                    "grep -hE '\\[(warning|error)\\]' /var/log/rabbitmq/*.log \\
+                     | grep -vE 'closing AMQP connection|client unexpectedly closed|> {2,}' | tail -n 12",
                 ][..],
             ),
         ] {
@@ -391,16 +393,9 @@ pub fn all() -> Vec<&'static str> {
     SERVICES.iter().map(|s| s.name).collect()
 }
 
-/// Prints which services are reachable.
+/// Prints how every service stands.
 pub fn status() -> Result<()> {
-    for s in SERVICES {
-        let state = if reachable(s.probe) {
-            "reachable"
-        } else {
-            "down"
-        };
-        println!("{:<10} {:<10} {} ({})", s.name, state, s.probe, s.env);
-    }
+    report_health("services", &all());
     Ok(())
 }
 
