@@ -566,25 +566,8 @@ pub async fn pipelined_calls_across_a_cut(h: &dyn BrokerHarness) {
             h.name()
         );
     }
-    let (mut seen, mut deliveries) = (HashSet::new(), 0usize);
-    let deadline = Instant::now() + RECEIVE * 2;
-    while seen.len() < sent.len() && Instant::now() < deadline {
-        match consumer.next_batch(500, Duration::from_secs(1)).await {
-            Ok(batch) => {
-                for d in batch {
-                    deliveries += 1;
-                    seen.insert(d.event.id.clone());
-                    // An ack lost in the cut means a redelivery, which the set absorbs.
-                    let _ = d.ack().await;
-                }
-            }
-            Err(e) => println!("{}: consumer reported during the cut: {e}", h.name()),
-        }
-    }
-    let missing: Vec<&str> = ids(&sent)
-        .into_iter()
-        .filter(|id| !seen.contains(*id))
-        .collect();
+    let mut seen = HashSet::new();
+    let (deliveries, missing) = receive_across_a_cut(h, consumer.as_mut(), &sent, &mut seen).await;
     println!(
         "{}: {CALLS} pipelined calls across a cut{}: {unanswered_at_cut} unanswered at the cut, \
          {failed_calls} failed whole, {confirmed} of {} events confirmed, {} published again; \
@@ -1253,7 +1236,7 @@ pub async fn reconnect_after_cut(h: &dyn BrokerHarness) {
         .await
         .expect("publish before cut");
     assert!(first.iter().all(Result::is_ok));
-    let mut got = receive_and_ack(consumer.as_mut(), 25, RECEIVE).await;
+    let got = receive_and_ack(consumer.as_mut(), 25, RECEIVE).await;
     if !h.cut_connections(Duration::from_secs(2)).await {
         not_applicable(
             &h.name(),
@@ -1274,26 +1257,8 @@ pub async fn reconnect_after_cut(h: &dyn BrokerHarness) {
             o
         );
     }
-    let deadline = Instant::now() + RECEIVE * 2;
     let mut seen: HashSet<String> = got.iter().map(|e| e.id.clone()).collect();
-    while seen.len() < sent.len() && Instant::now() < deadline {
-        match consumer.next_batch(100, Duration::from_secs(1)).await {
-            Ok(batch) => {
-                for d in batch {
-                    seen.insert(d.event.id.clone());
-                    got.push(d.event.clone());
-                    // An ack lost in the cut means a redelivery, which the set absorbs.
-                    let _ = d.ack().await;
-                }
-            }
-            // The consumer may report the cut once; it must recover on its own.
-            Err(e) => println!("{}: consumer reported during the cut: {e}", h.name()),
-        }
-    }
-    let missing: Vec<&str> = ids(&sent)
-        .into_iter()
-        .filter(|id| !seen.contains(*id))
-        .collect();
+    let (deliveries, missing) = receive_across_a_cut(h, consumer.as_mut(), &sent, &mut seen).await;
     assert!(
         missing.is_empty(),
         "{}: lost across the cut: {missing:?}",
@@ -1302,9 +1267,40 @@ pub async fn reconnect_after_cut(h: &dyn BrokerHarness) {
     println!(
         "{}: {} deliveries for {} events across the cut",
         h.name(),
-        got.len(),
+        got.len() + deliveries,
         sent.len()
     );
+}
+
+/// Receives until every event of `sent` is in `seen` or a minute passed,
+/// acking each delivery (an ack lost in a cut means a redelivery, which
+/// the set absorbs). Returns the deliveries made and the ids missing.
+async fn receive_across_a_cut<'a>(
+    h: &dyn BrokerHarness,
+    consumer: &mut dyn causeway_core::Consumer,
+    sent: &'a [Event],
+    seen: &mut HashSet<String>,
+) -> (usize, Vec<&'a str>) {
+    let deadline = Instant::now() + RECEIVE * 2;
+    let mut deliveries = 0;
+    while seen.len() < sent.len() && Instant::now() < deadline {
+        match consumer.next_batch(500, Duration::from_secs(1)).await {
+            Ok(batch) => {
+                for d in batch {
+                    deliveries += 1;
+                    seen.insert(d.event.id.clone());
+                    let _ = d.ack().await;
+                }
+            }
+            // The consumer may report the cut; it must recover on its own.
+            Err(e) => println!("{}: consumer reported during the cut: {e}", h.name()),
+        }
+    }
+    let missing = ids(sent)
+        .into_iter()
+        .filter(|id| !seen.contains(*id))
+        .collect();
+    (deliveries, missing)
 }
 
 /// The fault test: 10,000 events (a few hundred where the backend is an
