@@ -204,10 +204,10 @@ impl StoreConfig {
         ];
         for (key, set) in unused {
             if set {
-                let at = line_of_key(text, key).map_or(String::new(), |l| format!("{l}:"));
                 return Err(ConfigError(format!(
-                    "{origin}:{at} store.{key}: a SQLite setting beside store.postgres, where it \
-                     would do nothing; the store is PostgreSQL: remove it"
+                    "{} store.{key}: a SQLite setting beside store.postgres, where it \
+                     would do nothing; the store is PostgreSQL: remove it",
+                    at(origin, text, &["store", key])
                 )));
             }
         }
@@ -215,15 +215,30 @@ impl StoreConfig {
     }
 }
 
-/// The line of the first `key = ...` in `text`, if it is written that way.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            l.trim_start()
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|i| i + 1)
+/// `origin:line:` of the key at `path` (`["routes", "r", "source"]`) in
+/// `text`, however it is written (a table header, a dotted key, an inline
+/// table), or of the deepest part of the path that is there; `origin:`
+/// alone when `text` has none of it.
+fn at(origin: &str, text: &str, path: &[&str]) -> String {
+    use toml::de::{DeTable, DeValue};
+    let Ok(document) = DeTable::parse(text) else {
+        return format!("{origin}:");
+    };
+    let (mut table, mut found) = (document.get_ref(), None);
+    for part in path {
+        let Some((key, value)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *part) else {
+            break;
+        };
+        found = Some(key.span().start);
+        match value.get_ref() {
+            DeValue::Table(inner) => table = inner,
+            _ => break,
+        }
+    }
+    match found {
+        Some(offset) => format!("{origin}:{}:", text[..offset].matches('\n').count() + 1),
+        None => format!("{origin}:"),
+    }
 }
 
 fn default_dedup_window() -> Duration {
@@ -672,34 +687,47 @@ impl Config {
         let config: Config =
             toml::from_str(&file.text).map_err(|e| ConfigError(describe(origin, &file, &e)))?;
         config.store.validate(origin, file.original)?;
-        config.validate(origin)?;
+        config.validate(origin, file.original)?;
         Ok(config)
     }
 
     /// Cross-references: every route's endpoints exist, templates parse, no
     /// two routes consume one endpoint (they would share its consumer group
     /// and split its events between them).
-    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+    fn validate(&self, origin: &str, text: &str) -> Result<(), ConfigError> {
         let mut sources: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, r) in &self.routes {
+            // `file:line:` of `routes.<name>.<key>` (dotted), for the errors.
+            let line = |key: &str| {
+                let mut path = vec!["routes", name.as_str()];
+                path.extend(key.split('.').filter(|k| !k.is_empty()));
+                at(origin, text, &path)
+            };
             if let Some(other) = sources.insert(&r.source, name) {
                 return Err(ConfigError(format!(
-                    "{origin}: routes.{name}.source: endpoint `{}` is already the source of route \
+                    "{} routes.{name}.source: endpoint `{}` is already the source of route \
                      `{other}`; routes sharing a source split its events. Give each route its own \
                      endpoint (its own consumer group)",
+                    line("source"),
                     r.source
                 )));
             }
             let one = r.sink.is_some() || r.destination.is_some();
             if one != r.sinks.is_empty() || r.sink.is_some() != r.destination.is_some() {
                 return Err(ConfigError(format!(
-                    "{origin}: routes.{name}: give either `sink` and `destination`, or a \
-                     `[routes.{name}.sinks.<sink>]` table per sink"
+                    "{} routes.{name}: give either `sink` and `destination`, or a \
+                     `[routes.{name}.sinks.<sink>]` table per sink",
+                    line("")
                 )));
             }
             if !r.sinks.is_empty() && (r.filter.is_some() || r.rate_limit.is_some()) {
                 return Err(ConfigError(format!(
-                    "{origin}: routes.{name}: with `sinks`, `filter` and `rate_limit` go in each sink's table"
+                    "{} routes.{name}: with `sinks`, `filter` and `rate_limit` go in each sink's table",
+                    line(if r.filter.is_some() {
+                        "filter"
+                    } else {
+                        "rate_limit"
+                    })
                 )));
             }
             let legs = r.legs(name);
@@ -715,7 +743,8 @@ impl Config {
             {
                 if !self.endpoints.contains_key(endpoint) {
                     return Err(ConfigError(format!(
-                        "{origin}: routes.{name}.{key}: no endpoint `{endpoint}` (known: {})",
+                        "{} routes.{name}.{key}: no endpoint `{endpoint}` (known: {})",
+                        line(&key),
                         self.endpoints
                             .keys()
                             .cloned()
@@ -728,24 +757,29 @@ impl Config {
                 && !self.endpoints.contains_key(&dl.endpoint)
             {
                 return Err(ConfigError(format!(
-                    "{origin}: routes.{name}.dead_letter.endpoint: no endpoint `{}`",
+                    "{} routes.{name}.dead_letter.endpoint: no endpoint `{}`",
+                    line("dead_letter.endpoint"),
                     dl.endpoint
                 )));
             }
             for leg in &legs {
-                let at = match leg.name.split_once('/') {
+                let sink = match leg.name.split_once('/') {
                     Some((_, sink)) => format!("sinks.{sink}."),
                     None => String::new(),
                 };
                 causeway_core::Template::parse(&leg.sink.destination).map_err(|e| {
                     ConfigError(format!(
-                        "{origin}: routes.{name}.{at}destination: {}",
+                        "{} routes.{name}.{sink}destination: {}",
+                        line(&format!("{sink}destination")),
                         e.message()
                     ))
                 })?;
                 if let Some(filter) = &leg.sink.filter {
                     crate::filter::Filter::new(filter).map_err(|e| {
-                        ConfigError(format!("{origin}: routes.{name}.{at}filter: {e}"))
+                        ConfigError(format!(
+                            "{} routes.{name}.{sink}filter: {e}",
+                            line(&format!("{sink}filter"))
+                        ))
                     })?;
                 }
                 if let Some(limit) = &leg.sink.rate_limit
@@ -753,7 +787,8 @@ impl Config {
                     && limit.bytes_per_second.is_none()
                 {
                     return Err(ConfigError(format!(
-                        "{origin}: routes.{name}.{at}rate_limit: set events_per_second, bytes_per_second or both"
+                        "{} routes.{name}.{sink}rate_limit: set events_per_second, bytes_per_second or both",
+                        line(&format!("{sink}rate_limit"))
                     )));
                 }
             }
@@ -766,18 +801,30 @@ impl Config {
             for (key, template) in templates {
                 if let Some(template) = template {
                     causeway_core::Template::parse(template).map_err(|e| {
-                        ConfigError(format!("{origin}: routes.{name}.{key}: {}", e.message()))
+                        ConfigError(format!(
+                            "{} routes.{name}.{key}: {}",
+                            line(key),
+                            e.message()
+                        ))
                     })?;
                 }
             }
             if r.wrap.is_some() && r.unwrap {
                 return Err(ConfigError(format!(
-                    "{origin}: routes.{name}: `wrap` and `unwrap` together would undo each other"
+                    "{} routes.{name}: `wrap` and `unwrap` together would undo each other",
+                    line("unwrap")
                 )));
             }
             if r.batch_size == 0 || r.shards == 0 || r.in_flight == 0 {
                 return Err(ConfigError(format!(
-                    "{origin}: routes.{name}: batch_size, shards and in_flight must be at least 1"
+                    "{} routes.{name}: batch_size, shards and in_flight must be at least 1",
+                    line(if r.batch_size == 0 {
+                        "batch_size"
+                    } else if r.shards == 0 {
+                        "shards"
+                    } else {
+                        "in_flight"
+                    })
                 )));
             }
         }
@@ -1120,6 +1167,41 @@ mode = "durable"
         assert!(e.to_string().contains("routes.r.sink"), "{e}");
         let e = Config::parse(&GOOD.replace("{key_hash % 10}", "{bogus}"), "f").unwrap_err();
         assert!(e.to_string().contains("routes.r.destination"), "{e}");
+    }
+
+    /// Errors found after parsing (a missing endpoint, a bad template, a
+    /// setting that would do nothing) name the line of their key however
+    /// it is written: a key in a table, a dotted key, an inline table.
+    /// Before, only the store's errors had a line, and only for a key
+    /// written at the start of its own line.
+    #[test]
+    fn cross_reference_errors_name_file_line_and_key() {
+        let cases = [
+            // (the file, the line the error must name, the key it must name)
+            (GOOD.replace("sink = \"local\"", "sink = \"nowhere\""), 13, "routes.r.sink:"),
+            (GOOD.replace("{key_hash % 10}", "{bogus}"), 14, "routes.r.destination:"),
+            (
+                GOOD.replace("source = \"gen\"", "source = \"gen\"\ndead_letter = { endpoint = \"gone\", destination = \"dl\" }"),
+                13,
+                "routes.r.dead_letter.endpoint:",
+            ),
+            (
+                GOOD.replace(
+                    "[store]\nsqlite = \"x.db\"\n",
+                    "store = { postgres = { url = \"postgres://db/c\" },\n  sqlite_cache_mib = 64 }\n",
+                ),
+                3,
+                "store.sqlite_cache_mib:",
+            ),
+            (GOOD.replace("mode = \"durable\"", "mode = \"durable\"\nshards = 0"), 16, "routes.r:"),
+        ];
+        for (text, line, key) in cases {
+            let e = Config::parse(&text, "f.toml").unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("f.toml:{line}: {key}")),
+                "{e}\n{text}"
+            );
+        }
     }
 
     #[test]
