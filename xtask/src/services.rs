@@ -293,7 +293,7 @@ pub fn report_health(title: &str, names: &[&str]) {
         } else {
             "NOT reachable"
         };
-        println!("  {:<10} {state} on {}", s.name, s.probe);
+        println!("  {:<10} {state:<13} on {} ({})", s.name, s.probe, s.env);
     }
     if names.contains(&"rabbitmq") {
         for (what, program, args) in [
